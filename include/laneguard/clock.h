@@ -1,0 +1,52 @@
+// Clock: the one source of time for the core, injectable so that time-dependent logic (timeouts,
+// durations, sampling intervals) is tested with a fake clock, fast and deterministically.
+//
+// Thread safety: implementations must be safe to call from any thread. SystemClock and ManualClock
+// are.
+#ifndef LANEGUARD_CLOCK_H_
+#define LANEGUARD_CLOCK_H_
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+namespace laneguard {
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  // Monotonic time in nanoseconds; only differences are meaningful.
+  virtual int64_t MonotonicNanos() const = 0;
+  // Wall-clock time in nanoseconds since the Unix epoch.
+  virtual int64_t UnixNanos() const = 0;
+};
+
+// steady_clock and system_clock. A process-wide instance: SystemClock::Get().
+class SystemClock final : public Clock {
+ public:
+  static const SystemClock& Get();
+  int64_t MonotonicNanos() const override;
+  int64_t UnixNanos() const override;
+};
+
+// A clock that moves only when told. Starts at monotonic 0 and the given Unix time.
+class ManualClock final : public Clock {
+ public:
+  explicit ManualClock(int64_t unix_start_nanos = 1'767'225'600'000'000'000)  // 2026-01-01T00:00Z
+      : unix_offset_(unix_start_nanos) {}
+  int64_t MonotonicNanos() const override { return now_.load(std::memory_order_acquire); }
+  int64_t UnixNanos() const override { return unix_offset_ + MonotonicNanos(); }
+  void AdvanceNanos(int64_t d) { now_.fetch_add(d, std::memory_order_acq_rel); }
+  void AdvanceMs(int64_t ms) { AdvanceNanos(ms * 1'000'000); }
+
+ private:
+  const int64_t unix_offset_;
+  std::atomic<int64_t> now_{0};
+};
+
+// ISO 8601 UTC with milliseconds, as JavaScript's Date.toISOString(): "2025-10-22T21:00:00.000Z".
+std::string FormatIso8601(int64_t unix_nanos);
+
+}  // namespace laneguard
+
+#endif  // LANEGUARD_CLOCK_H_

@@ -1,0 +1,77 @@
+// ResourceBudgetConfig: the spec's configuration, its defaults, and its JSON form.
+//
+// JSON uses the spec's camelCase keys, so a TypeScript orchestrator's config file loads unchanged:
+//   {"maxRssMb": 1024, "globalConcurrencyLimit": 64, "laneConcurrencyLimits": {"tool_call": 16}}
+// A partial document merges over a base (the defaults unless given): keys that are absent keep the
+// base's value. `laneConcurrencyLimits` merges lane by lane, so {"custom_lane": 5} adds a lane and
+// keeps the five default lanes.
+//
+// Lane limits above the global limit: a lane limit the document states explicitly must be <= the
+// global limit (else an error). A lane limit inherited from the base that exceeds a lowered global
+// limit is clamped to it, because the spec's own development example lowers the global limit to 8
+// while file_read keeps its default of 16; clamping keeps that example loadable and changes nothing
+// about what is admitted (the global limit binds first anyway).
+//
+// Thread safety: Config is a plain value type. The free functions are thread-safe.
+#ifndef LANEGUARD_CONFIG_H_
+#define LANEGUARD_CONFIG_H_
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "laneguard/result.h"
+
+namespace laneguard {
+
+struct Config {
+  // Admission is rejected with memory_limit while the sampled RSS is above this.
+  double max_rss_mb = 512;
+  // Above this heap use, admission logs a warning and still admits.
+  double heap_warning_mb = 400;
+  // Per-lane concurrency limits. Lane names are case-sensitive.
+  std::map<std::string, int, std::less<>> lane_concurrency_limits = {
+      {"tool_call", 8}, {"file_read", 16}, {"file_write", 4}, {"critic", 3}, {"forecast_model", 1}};
+  int global_concurrency_limit = 32;
+  // Timeout used when TryAcquire is not given one. Warning phase at the timeout, escalation at
+  // timeout x timeout_escalation_factor.
+  int64_t default_timeout_ms = 300000;
+  double timeout_escalation_factor = 1.5;
+  bool enable_memory_guards = true;
+  bool enable_span_emission = true;
+  double span_sample_rate = 1.0;
+
+  // laneguard extensions (not in the spec; same camelCase convention in JSON).
+  // Capacity of the ring of per-call records returned by GetMetrics(). Must be >= 1.
+  int64_t metrics_capacity = 10000;
+  // How often the background thread samples memory (RSS, heap, cgroup). Must be >= 1.
+  int64_t memory_sample_interval_ms = 1000;
+  // Resolution of the timer thread: timeouts fire up to this late. Must be >= 1.
+  int64_t timer_tick_ms = 10;
+
+  bool operator==(const Config&) const = default;
+};
+
+// Checks every constraint and returns the first violation, or an empty optional-like ok result.
+// Constraints: limits >= 1, lane limits <= global limit, 0 <= spanSampleRate <= 1,
+// timeoutEscalationFactor >= 1, defaultTimeoutMs > 0, maxRssMb > 0, heapWarningMb > 0,
+// metricsCapacity/memorySampleIntervalMs/timerTickMs >= 1, lane names non-empty.
+Result<Config, ConfigError> ValidateConfig(Config config);
+
+// Parses `json` (an object with camelCase keys) and merges it over `base`. Errors name the key and
+// the value: unknown key, wrong type, impossible value, malformed JSON (key "" and the parser's
+// position in the message).
+Result<Config, ConfigError> ParseConfigJson(std::string_view json, const Config& base = Config{});
+
+// Reads the file at `path` and parses it as above. An unreadable file is an error with key "" whose
+// message names the path.
+Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base = Config{});
+
+// The complete config as a JSON object with camelCase keys, every field present (the effective
+// config). ParseConfigJson(ConfigToJson(c)) == c.
+std::string ConfigToJson(const Config& config, int indent = 2);
+
+}  // namespace laneguard
+
+#endif  // LANEGUARD_CONFIG_H_

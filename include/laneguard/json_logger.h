@@ -1,0 +1,102 @@
+// Structured JSON-lines logging: one JSON object per line with ts, level, msg and context fields.
+//
+//   laneguard::JsonLogger log({.min_level = laneguard::LogLevel::kInfo});
+//   log.LogInfo("Worker call slot acquired", {{"taskId", "task-1"}, {"globalConcurrency", 4}});
+//   -> {"ts":"2026-...Z","level":"info","msg":"Worker call slot acquired","taskId":"task-1",...}
+//
+// LoggingObserver turns the manager's events into such lines (the spec's logInfo/logWarning/logError
+// calls with contextId, taskId, lane, globalConcurrency, ...).
+//
+// Thread safety: JsonLogger and LoggingObserver are thread-safe; lines from concurrent callers never
+// interleave. Logging never throws into the caller: write errors are counted (write_errors()).
+#ifndef LANEGUARD_JSON_LOGGER_H_
+#define LANEGUARD_JSON_LOGGER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <cstdio>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "laneguard/clock.h"
+#include "laneguard/observer.h"
+#include "laneguard/result.h"
+
+namespace laneguard {
+
+enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
+std::string_view ToString(LogLevel level);  // "debug", "info", "warning", "error"
+// Parses "debug", "info", "warning"/"warn", "error".
+Result<LogLevel, ConfigError> ParseLogLevel(std::string_view text);
+
+using LogValue = std::variant<bool, int64_t, double, std::string_view>;
+struct LogField {
+  std::string_view key;
+  LogValue value;
+};
+using LogFields = std::initializer_list<LogField>;
+
+class JsonLogger {
+ public:
+  struct Options {
+    LogLevel min_level = LogLevel::kInfo;
+    const Clock* clock = nullptr;  // SystemClock when null
+  };
+  // Writes to stderr.
+  explicit JsonLogger(Options options);
+  // Writes to `stream`, which the caller keeps open for the logger's lifetime.
+  JsonLogger(Options options, std::FILE* stream);
+  // Appends to the file at `path`.
+  static Result<std::unique_ptr<JsonLogger>, ConfigError> OpenFile(Options options,
+                                                                   const std::string& path);
+  ~JsonLogger();
+  JsonLogger(const JsonLogger&) = delete;
+  JsonLogger& operator=(const JsonLogger&) = delete;
+
+  void Log(LogLevel level, std::string_view message, LogFields fields = {});
+  void LogDebug(std::string_view message, LogFields fields = {}) {
+    Log(LogLevel::kDebug, message, fields);
+  }
+  void LogInfo(std::string_view message, LogFields fields = {}) {
+    Log(LogLevel::kInfo, message, fields);
+  }
+  void LogWarning(std::string_view message, LogFields fields = {}) {
+    Log(LogLevel::kWarning, message, fields);
+  }
+  void LogError(std::string_view message, LogFields fields = {}) {
+    Log(LogLevel::kError, message, fields);
+  }
+  bool Enabled(LogLevel level) const { return level >= options_.min_level; }
+
+  uint64_t lines_written(LogLevel level) const {
+    return lines_[static_cast<int>(level)].load(std::memory_order_relaxed);
+  }
+  uint64_t write_errors() const { return write_errors_.load(std::memory_order_relaxed); }
+
+ private:
+  Options options_;
+  std::FILE* stream_;
+  bool owns_stream_ = false;
+  std::mutex mu_;
+  std::atomic<uint64_t> lines_[4] = {};
+  std::atomic<uint64_t> write_errors_{0};
+};
+
+// Logs manager events: acquired, released (success) at info; rejected, timeout warning, heap warning
+// and failed releases at warning; escalation at error.
+class LoggingObserver final : public Observer {
+ public:
+  explicit LoggingObserver(std::shared_ptr<JsonLogger> logger) : logger_(std::move(logger)) {}
+  void OnEvent(const CallEvent& event) override;
+
+ private:
+  std::shared_ptr<JsonLogger> logger_;
+};
+
+}  // namespace laneguard
+
+#endif  // LANEGUARD_JSON_LOGGER_H_

@@ -1,0 +1,184 @@
+// ResourceBudgetManager: lane-aware admission, two-phase timeouts, memory guards and call metrics
+// (the spec's ResourceBudgetManager). A worker call asks for a Slot, does its work, and releases it:
+//
+//   auto manager = laneguard::ResourceBudgetManager::Create(config).value();
+//   auto slot = manager->TryAcquire("task-123", "tool_call", /*timeout_ms=*/30000);
+//   if (!slot.ok()) { log(slot.error().message()); return; }
+//   DoWork(slot->stop_token());
+//   slot->Release(/*success=*/true);
+//
+// Admission checks the lane limit and the global limit in one step under one lock, so no two racing
+// callers can both take the last place. The memory guard reads RSS and heap sampled by a background
+// thread (every memorySampleIntervalMs), so admission makes no syscall.
+//
+// Timeouts: at the call's timeout the manager requests a stop on the slot's stop_token and reports
+// kTimeoutWarning; at timeout x timeoutEscalationFactor it reports kTimeoutEscalation and runs the
+// slot's hard-timeout hook. Neither releases the slot: a call past its hard deadline stays counted
+// (as "overrunning") until it is released, because its work may still be running.
+//
+// Thread safety: every method of ResourceBudgetManager is safe to call from any thread. A Slot is
+// owned by one thread at a time (move it to hand it over); its methods must not race with each
+// other, but may race with any manager method. Destroying the manager while slots are outstanding
+// is safe: the slots stay valid and releasable, and the internal state is freed with the last one.
+// The clock passed in ManagerOptions must outlive the manager and its slots.
+#ifndef LANEGUARD_MANAGER_H_
+#define LANEGUARD_MANAGER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "laneguard/clock.h"
+#include "laneguard/config.h"
+#include "laneguard/memory.h"
+#include "laneguard/metrics.h"
+#include "laneguard/observer.h"
+#include "laneguard/result.h"
+
+namespace laneguard {
+
+namespace internal {
+struct ManagerState;
+}  // namespace internal
+
+// Why TryAcquire said no. The message is built on demand, so a rejection costs no formatting
+// unless someone reads it.
+struct Rejection {
+  RejectReason reason = RejectReason::kLaneLimit;
+  std::string lane;  // as asked for
+  int active = 0;    // lane_limit/global_limit: the count seen
+  int limit = 0;     // lane_limit/global_limit: the limit hit
+  double rss_mb = 0, max_rss_mb = 0;  // memory_limit
+  int64_t timeout_ms = 0;             // invalid_timeout
+
+  // A sentence naming the reason, the lane and the numbers, e.g.
+  // "lane_limit: lane 'file_write' is at its limit (4/4 active)".
+  std::string message() const;
+};
+
+// A granted place in a lane. Move-only. Releasing twice is harmless (the second call returns
+// false); a Slot destroyed without Release() is released as a failure with errorType "abandoned".
+class Slot {
+ public:
+  Slot() = default;
+  Slot(Slot&& other) noexcept;
+  Slot& operator=(Slot&& other) noexcept;  // releases the current slot (abandoned) first
+  Slot(const Slot&) = delete;
+  Slot& operator=(const Slot&) = delete;
+  ~Slot();
+
+  // False for a default-constructed, moved-from or released slot.
+  bool valid() const { return state_ != nullptr; }
+  uint64_t call_id() const { return call_id_; }
+  // "call-<n>", the spec's callId/contextId.
+  std::string call_id_string() const;
+
+  // Settles the call: the lane and global counts drop, a record goes into the metrics ring, the
+  // observers get kReleased. Returns false if the slot was not valid (already released, moved from).
+  bool Release(bool success, std::string_view error_type = {});
+
+  // Stop requested at the warning deadline (timeout), and by Shutdown() never; the call decides how
+  // to stop. Created on first use, so calls that never ask pay nothing for it.
+  std::stop_token stop_token();
+  // Monotonic deadlines (Clock::MonotonicNanos) of the two phases.
+  int64_t deadline_mono_nanos() const { return deadline_; }
+  int64_t hard_deadline_mono_nanos() const { return hard_deadline_; }
+
+  // Runs on the manager's timer thread when the hard deadline passes (at most once). Release()
+  // waits for a running hook to return, so the hook may touch what the call owns; it must not
+  // release the slot itself. Replaces any earlier hook.
+  void SetHardTimeoutHook(std::function<void()> hook);
+
+ private:
+  friend struct internal::ManagerState;
+  friend class ResourceBudgetManager;
+  Slot(internal::ManagerState* state, uint32_t index, uint32_t generation, uint64_t call_id,
+       int64_t deadline, int64_t hard_deadline)
+      : state_(state),
+        index_(index),
+        generation_(generation),
+        call_id_(call_id),
+        deadline_(deadline),
+        hard_deadline_(hard_deadline) {}
+
+  internal::ManagerState* state_ = nullptr;
+  uint32_t index_ = 0;
+  uint32_t generation_ = 0;
+  uint64_t call_id_ = 0;
+  int64_t deadline_ = 0;
+  int64_t hard_deadline_ = 0;
+};
+
+struct ManagerOptions {
+  // Defaults to SystemClock::Get(). Must outlive the manager and its slots.
+  const Clock* clock = nullptr;
+  // Defaults to NewProcMemoryProbe().
+  std::unique_ptr<MemoryProbe> memory_probe;
+  // When false there is no background thread: timers fire and memory is sampled only when the
+  // owner calls Tick() (tests with a ManualClock do this).
+  bool start_background_thread = true;
+  std::vector<std::shared_ptr<Observer>> observers;
+};
+
+class ResourceBudgetManager {
+ public:
+  // Validates `config` (see ValidateConfig) and starts the background thread.
+  static Result<std::unique_ptr<ResourceBudgetManager>, ConfigError> Create(
+      Config config, ManagerOptions options = {});
+  ~ResourceBudgetManager();
+  ResourceBudgetManager(const ResourceBudgetManager&) = delete;
+  ResourceBudgetManager& operator=(const ResourceBudgetManager&) = delete;
+
+  // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 is
+  // rejected with kInvalidTimeout. Rejections, in order of checking: kShuttingDown, kUnknownLane,
+  // kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a short task id (<= 15 bytes)
+  // and no metadata the granted path makes no syscall and, once warm, no heap allocation.
+  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
+                                     std::optional<int64_t> timeout_ms = std::nullopt,
+                                     Metadata metadata = {});
+  // Same as slot.Release(success, error_type).
+  bool Release(Slot& slot, bool success, std::string_view error_type = {});
+
+  // The per-call records in the ring, oldest first (at most metricsCapacity).
+  std::vector<WorkerCallMetrics> GetMetrics() const;
+  Statistics GetStatistics() const;
+  // The latest sample (at most memorySampleIntervalMs old). SampleMemoryNow() takes a fresh one.
+  MemorySnapshot GetMemorySnapshot() const;
+  MemorySnapshot SampleMemoryNow();
+  ConcurrencyStatus GetConcurrencyStatus() const;
+  const Config& config() const;
+
+  // Observers see every event from now on. Thread-safe; never blocks TryAcquire.
+  void AddObserver(std::shared_ptr<Observer> observer);
+
+  // Fires due timers and samples memory if the interval has passed. The background thread calls
+  // this every timerTickMs; call it yourself when start_background_thread is false.
+  void Tick();
+
+  // From now on TryAcquire rejects with kShuttingDown and the background thread stops (timers no
+  // longer fire). Outstanding slots stay valid and are released as usual. Idempotent.
+  void Shutdown();
+
+ private:
+  explicit ResourceBudgetManager(internal::ManagerState* state) : state_(state) {}
+  internal::ManagerState* state_;
+};
+
+// The process-wide default manager (the spec's getResourceBudgetManager(partialConfig)). The first
+// call creates it from `config` (defaults when omitted); later calls return the same instance, and
+// are an error if they pass a config different from the one it was created with (rather than
+// silently ignoring it). The instance lives until the process exits.
+Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(
+    std::optional<Config> config = std::nullopt);
+// As above, with a partial JSON config merged over the defaults.
+Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManagerFromJson(
+    std::string_view partial_json);
+
+}  // namespace laneguard
+
+#endif  // LANEGUARD_MANAGER_H_

@@ -1,0 +1,65 @@
+// Result types used across laneguard's core API. The core never throws: admission and configuration
+// return one of these, carrying a machine-readable reason and a human-readable message.
+//
+// Thread safety: plain values; distinct objects may be used from different threads freely, one object
+// needs external synchronization like any std:: value type.
+#ifndef LANEGUARD_RESULT_H_
+#define LANEGUARD_RESULT_H_
+
+#include <cassert>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace laneguard {
+
+// An error found in a configuration. `key` is the dotted camelCase path of the offending field
+// ("laneConcurrencyLimits.file_write"), `value` the offending value as JSON text ("" when the key
+// itself is the problem, e.g. a missing file), `message` a full sentence naming both.
+struct ConfigError {
+  std::string key;
+  std::string value;
+  std::string message;
+};
+
+// Either a value or an error. A small stand-in for C++23 std::expected, which g++ 12 only offers in
+// C++23 mode.
+template <typename T, typename E>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
+  Result(E error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT: implicit by design
+
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+
+  // Precondition: ok().
+  T& value() & {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  const T& value() const& {
+    assert(ok());
+    return std::get<0>(v_);
+  }
+  T&& value() && {
+    assert(ok());
+    return std::get<0>(std::move(v_));
+  }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  T& operator*() & { return value(); }
+
+  // Precondition: !ok().
+  const E& error() const& {
+    assert(!ok());
+    return std::get<1>(v_);
+  }
+
+ private:
+  std::variant<T, E> v_;
+};
+
+}  // namespace laneguard
+
+#endif  // LANEGUARD_RESULT_H_

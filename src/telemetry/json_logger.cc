@@ -1,0 +1,143 @@
+#include "laneguard/json_logger.h"
+
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+namespace laneguard {
+
+std::string_view ToString(LogLevel level) {
+  switch (level) {
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kWarning:
+      return "warning";
+    case LogLevel::kError:
+      return "error";
+  }
+  return "info";
+}
+
+Result<LogLevel, ConfigError> ParseLogLevel(std::string_view text) {
+  if (text == "debug") return LogLevel::kDebug;
+  if (text == "info") return LogLevel::kInfo;
+  if (text == "warning" || text == "warn") return LogLevel::kWarning;
+  if (text == "error") return LogLevel::kError;
+  std::string value = "\"" + std::string(text) + "\"";
+  return ConfigError{"logLevel", value,
+                     "config key 'logLevel' = " + value +
+                         ": must be one of debug, info, warning, error"};
+}
+
+JsonLogger::JsonLogger(Options options) : JsonLogger(options, stderr) {}
+
+JsonLogger::JsonLogger(Options options, std::FILE* stream) : options_(options), stream_(stream) {
+  if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
+}
+
+Result<std::unique_ptr<JsonLogger>, ConfigError> JsonLogger::OpenFile(Options options,
+                                                                      const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "ae");
+  if (f == nullptr)
+    return ConfigError{"logFile", path,
+                       "cannot open log file '" + path + "': " + std::strerror(errno)};
+  auto logger = std::make_unique<JsonLogger>(options, f);
+  logger->owns_stream_ = true;
+  return logger;
+}
+
+JsonLogger::~JsonLogger() {
+  if (owns_stream_) std::fclose(stream_);
+}
+
+void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields) {
+  if (!Enabled(level)) return;
+  try {
+    nlohmann::ordered_json line;
+    line["ts"] = FormatIso8601(options_.clock->UnixNanos());
+    line["level"] = ToString(level);
+    line["msg"] = message;
+    for (const LogField& f : fields) {
+      std::string key(f.key);
+      // The fixed keys come first and win: a context field cannot forge the level or message.
+      if (key == "ts" || key == "level" || key == "msg") key = "ctx." + key;
+      std::visit([&](const auto& v) { line[key] = v; }, f.value);
+    }
+    // Invalid UTF-8 in a task id must not lose the line: replace it rather than throw.
+    std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    text += '\n';
+    std::lock_guard<std::mutex> guard(mu_);
+    if (std::fwrite(text.data(), 1, text.size(), stream_) != text.size() ||
+        std::fflush(stream_) != 0) {
+      write_errors_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    lines_[static_cast<int>(level)].fetch_add(1, std::memory_order_relaxed);
+  } catch (...) {
+    // Out of memory while formatting: logging never throws into the caller.
+    write_errors_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+void LoggingObserver::OnEvent(const CallEvent& e) {
+  const std::string context_id = e.call_id != 0 ? "call-" + std::to_string(e.call_id) : "";
+  switch (e.kind) {
+    case EventKind::kAcquired:
+      logger_->LogInfo("Worker call slot acquired",
+                       {{"contextId", context_id},
+                        {"taskId", e.task_id},
+                        {"lane", e.lane},
+                        {"globalConcurrency", int64_t{e.global_active}},
+                        {"laneConcurrency", int64_t{e.lane_active}},
+                        {"timeoutMs", e.timeout_ms}});
+      break;
+    case EventKind::kRejected:
+      logger_->LogWarning("Worker call rejected",
+                          {{"taskId", e.task_id},
+                           {"lane", e.lane},
+                           {"reason", ToString(e.reason)},
+                           {"detail", e.message},
+                           {"globalConcurrency", int64_t{e.global_active}},
+                           {"laneConcurrency", int64_t{e.lane_active}}});
+      break;
+    case EventKind::kReleased: {
+      const WorkerCallMetrics& r = *e.record;
+      logger_->Log(r.success ? LogLevel::kInfo : LogLevel::kWarning,
+                   r.success ? "Worker call completed" : "Worker call failed",
+                   {{"contextId", r.call_id},
+                    {"taskId", r.task_id},
+                    {"lane", r.lane},
+                    {"success", r.success},
+                    {"errorType", r.error_type},
+                    {"durationMs", r.duration_ms},
+                    {"timeoutReached", r.timeout_reached},
+                    {"rssDeltaMb", r.rss_delta_mb},
+                    {"globalConcurrency", int64_t{e.global_active}}});
+      break;
+    }
+    case EventKind::kTimeoutWarning:
+    case EventKind::kTimeoutEscalation:
+      logger_->Log(e.kind == EventKind::kTimeoutWarning ? LogLevel::kWarning : LogLevel::kError,
+                   e.kind == EventKind::kTimeoutWarning ? "Worker call timeout warning"
+                                                        : "Worker call timeout escalation",
+                   {{"contextId", context_id},
+                    {"taskId", e.task_id},
+                    {"lane", e.lane},
+                    {"timeoutMs", e.timeout_ms},
+                    {"detail", e.message},
+                    {"globalConcurrency", int64_t{e.global_active}}});
+      break;
+    case EventKind::kHeapWarning:
+      logger_->LogWarning("Heap usage above warning threshold",
+                          {{"contextId", context_id},
+                           {"taskId", e.task_id},
+                           {"lane", e.lane},
+                           {"heapUsedMb", e.memory ? e.memory->heap_used_mb : 0.0},
+                           {"detail", e.message}});
+      break;
+  }
+}
+
+}  // namespace laneguard
