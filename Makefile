@@ -7,7 +7,7 @@ DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchm
 	nlohmann-json3-dev clang-format
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps configure build test demo bench tsan asan format format-check install clean
+.PHONY: all deps configure build test demo bench tsan asan format format-check tidy install clean
 
 all: build
 
@@ -31,7 +31,7 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	$(BUILD)/bin/laneguard_demo
+	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-log.jsonl
 
 bench: build
 	$(BUILD)/bin/laneguard_bench --benchmark_out=$(BUILD)/bench.json --benchmark_out_format=json \
@@ -54,6 +54,11 @@ format: deps
 
 format-check: deps
 	clang-format --dry-run -Werror $(FORMAT_FILES)
+
+# Static analysis (bugprone, concurrency, performance checks; see .clang-tidy) on the library sources.
+tidy: configure
+	dpkg-query -W clang-tidy >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq clang-tidy
+	clang-tidy -p $(BUILD) --quiet $(shell find src -name '*.cc')
 
 install: build
 	cmake --install $(BUILD)

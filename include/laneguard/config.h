@@ -25,6 +25,11 @@
 
 namespace laneguard {
 
+// Bounds that keep deadline arithmetic (nanoseconds in int64) far from overflow: 30 days, and a
+// hard deadline at most 100x the timeout.
+inline constexpr int64_t kMaxTimeoutMs = 30LL * 24 * 3600 * 1000;
+inline constexpr double kMaxEscalationFactor = 100;
+
 struct Config {
   // Admission is rejected with memory_limit while the sampled RSS is above this.
   double max_rss_mb = 512;
@@ -36,7 +41,9 @@ struct Config {
   int global_concurrency_limit = 32;
   // Timeout used when TryAcquire is not given one. Warning phase at the timeout, escalation at
   // timeout x timeout_escalation_factor.
+  // At most kMaxTimeoutMs.
   int64_t default_timeout_ms = 300000;
+  // Within [1, kMaxEscalationFactor].
   double timeout_escalation_factor = 1.5;
   bool enable_memory_guards = true;
   bool enable_span_emission = true;
@@ -69,7 +76,9 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view json, const Config&
 Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base = Config{});
 
 // The complete config as a JSON object with camelCase keys, every field present (the effective
-// config). ParseConfigJson(ConfigToJson(c)) == c.
+// config). Round trip: ParseConfigJson(ConfigToJson(c), base) == c whenever base's lanes are a
+// subset of c's (always true for the default base and a config built from it), because lanes merge
+// over the base rather than replace it.
 std::string ConfigToJson(const Config& config, int indent = 2);
 
 }  // namespace laneguard

@@ -4,11 +4,15 @@
 //   log.LogInfo("Worker call slot acquired", {{"taskId", "task-1"}, {"globalConcurrency", 4}});
 //   -> {"ts":"2026-...Z","level":"info","msg":"Worker call slot acquired","taskId":"task-1",...}
 //
-// LoggingObserver turns the manager's events into such lines (the spec's logInfo/logWarning/logError
-// calls with contextId, taskId, lane, globalConcurrency, ...).
+// LoggingObserver turns the manager's events into such lines (the spec's
+// logInfo/logWarning/logError calls with contextId, taskId, lane, globalConcurrency, ...).
 //
-// Thread safety: JsonLogger and LoggingObserver are thread-safe; lines from concurrent callers never
-// interleave. Logging never throws into the caller: write errors are counted (write_errors()).
+// The fixed keys ts, level and msg cannot be forged by context: a context field with one of those
+// names is written as "ctx.<name>".
+//
+// Thread safety: JsonLogger and LoggingObserver are thread-safe; lines from concurrent callers
+// never interleave. Logging never throws into the caller: write errors are counted
+// (write_errors()).
 #ifndef LANEGUARD_JSON_LOGGER_H_
 #define LANEGUARD_JSON_LOGGER_H_
 
@@ -86,8 +90,8 @@ class JsonLogger {
   std::atomic<uint64_t> write_errors_{0};
 };
 
-// Logs manager events: acquired, released (success) at info; rejected, timeout warning, heap warning
-// and failed releases at warning; escalation at error.
+// Logs manager events: acquired, released (success) at info; rejected, timeout warning, heap
+// warning and failed releases at warning; escalation at error.
 class LoggingObserver final : public Observer {
  public:
   explicit LoggingObserver(std::shared_ptr<JsonLogger> logger) : logger_(std::move(logger)) {}

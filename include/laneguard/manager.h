@@ -1,5 +1,6 @@
 // ResourceBudgetManager: lane-aware admission, two-phase timeouts, memory guards and call metrics
-// (the spec's ResourceBudgetManager). A worker call asks for a Slot, does its work, and releases it:
+// (the spec's ResourceBudgetManager). A worker call asks for a Slot, does its work, and releases
+// it:
 //
 //   auto manager = laneguard::ResourceBudgetManager::Create(config).value();
 //   auto slot = manager->TryAcquire("task-123", "tool_call", /*timeout_ms=*/30000);
@@ -50,9 +51,9 @@ struct ManagerState;
 // unless someone reads it.
 struct Rejection {
   RejectReason reason = RejectReason::kLaneLimit;
-  std::string lane;  // as asked for
-  int active = 0;    // lane_limit/global_limit: the count seen
-  int limit = 0;     // lane_limit/global_limit: the limit hit
+  std::string lane;                   // as asked for
+  int active = 0;                     // lane_limit/global_limit: the count seen
+  int limit = 0;                      // lane_limit/global_limit: the limit hit
   double rss_mb = 0, max_rss_mb = 0;  // memory_limit
   int64_t timeout_ms = 0;             // invalid_timeout
 
@@ -79,7 +80,8 @@ class Slot {
   std::string call_id_string() const;
 
   // Settles the call: the lane and global counts drop, a record goes into the metrics ring, the
-  // observers get kReleased. Returns false if the slot was not valid (already released, moved from).
+  // observers get kReleased. Returns false if the slot was not valid (already released, moved
+  // from).
   bool Release(bool success, std::string_view error_type = {});
 
   // Stop requested at the warning deadline (timeout), and by Shutdown() never; the call decides how
@@ -134,10 +136,11 @@ class ResourceBudgetManager {
   ResourceBudgetManager(const ResourceBudgetManager&) = delete;
   ResourceBudgetManager& operator=(const ResourceBudgetManager&) = delete;
 
-  // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 is
-  // rejected with kInvalidTimeout. Rejections, in order of checking: kShuttingDown, kUnknownLane,
-  // kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a short task id (<= 15 bytes)
-  // and no metadata the granted path makes no syscall and, once warm, no heap allocation.
+  // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 or
+  // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
+  // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a
+  // short task id (<= 15 bytes) and no metadata the granted path makes no syscall and, once warm,
+  // no heap allocation.
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
                                      std::optional<int64_t> timeout_ms = std::nullopt,
                                      Metadata metadata = {});

@@ -43,11 +43,11 @@ struct CallEvent {
   int global_limit = 0;
   int lane_limit = 0;
   int64_t timeout_ms = 0;
-  const Metadata* metadata = nullptr;          // kAcquired (may be empty)
+  const Metadata* metadata = nullptr;              // kAcquired (may be empty)
   RejectReason reason = RejectReason::kLaneLimit;  // kRejected
-  std::string_view message;                    // kRejected, timeouts: a readable sentence
-  const WorkerCallMetrics* record = nullptr;   // kReleased
-  const MemorySnapshot* memory = nullptr;      // kHeapWarning, kRejected for memory_limit
+  std::string_view message;                        // kRejected, timeouts: a readable sentence
+  const WorkerCallMetrics* record = nullptr;       // kReleased
+  const MemorySnapshot* memory = nullptr;          // kHeapWarning, kRejected for memory_limit
 };
 
 class Observer {

@@ -1,8 +1,8 @@
 // Result types used across laneguard's core API. The core never throws: admission and configuration
 // return one of these, carrying a machine-readable reason and a human-readable message.
 //
-// Thread safety: plain values; distinct objects may be used from different threads freely, one object
-// needs external synchronization like any std:: value type.
+// Thread safety: plain values; distinct objects may be used from different threads freely, one
+// object needs external synchronization like any std:: value type.
 #ifndef LANEGUARD_RESULT_H_
 #define LANEGUARD_RESULT_H_
 

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -11,7 +12,7 @@ namespace {
 
 using nlohmann::json;
 
-ConfigError Error(std::string key, std::string value, std::string why) {
+ConfigError Error(std::string key, std::string value, const std::string& why) {
   std::string message = key.empty() ? why : "config key '" + key + "'";
   if (!key.empty()) {
     if (!value.empty()) message += " = " + value;
@@ -28,8 +29,12 @@ std::string Text(const T& v) {
 // The JSON type names used in wrong-type messages.
 std::string TypeName(const json& j) { return j.type_name(); }
 
-// Reads a number that must be an integer (1 and 1.0 are accepted, 1.5 is not).
+// Reads a number that must be an integer (1 and 1.0 are accepted, 1.5 is not). Integers outside
+// int64_t are rejected (an unsigned value above INT64_MAX must not wrap to a negative one).
 std::optional<int64_t> AsInteger(const json& j) {
+  if (j.is_number_unsigned() &&
+      j.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    return std::nullopt;
   if (j.is_number_integer()) return j.get<int64_t>();
   if (j.is_number_float()) {
     double d = j.get<double>();
@@ -59,10 +64,12 @@ Result<Config, ConfigError> ValidateConfig(Config c) {
                    "lane limit must not exceed globalConcurrencyLimit (" +
                        std::to_string(c.global_concurrency_limit) + ")");
   }
-  if (c.default_timeout_ms <= 0)
-    return Error("defaultTimeoutMs", Text(c.default_timeout_ms), "must be > 0 milliseconds");
-  if (!(c.timeout_escalation_factor >= 1) || !std::isfinite(c.timeout_escalation_factor))
-    return Error("timeoutEscalationFactor", Text(c.timeout_escalation_factor), "must be >= 1");
+  if (c.default_timeout_ms <= 0 || c.default_timeout_ms > kMaxTimeoutMs)
+    return Error("defaultTimeoutMs", Text(c.default_timeout_ms),
+                 "must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + " milliseconds (30 days)");
+  if (!(c.timeout_escalation_factor >= 1 && c.timeout_escalation_factor <= kMaxEscalationFactor))
+    return Error("timeoutEscalationFactor", Text(c.timeout_escalation_factor),
+                 "must be >= 1 and <= 100");
   if (!(c.span_sample_rate >= 0 && c.span_sample_rate <= 1))
     return Error("spanSampleRate", Text(c.span_sample_rate), "must be within [0, 1]");
   if (c.metrics_capacity < 1)
@@ -77,11 +84,12 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
   json doc;
   try {
     doc = json::parse(text);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
     return Error("", "", std::string("config is not valid JSON: ") + e.what());
   }
   if (!doc.is_object())
-    return Error("", doc.dump(), "config must be a JSON object, got " + TypeName(doc));
+    return Error("", doc.dump(),
+                 "config must be a JSON object, got " + TypeName(doc) + " " + doc.dump());
 
   Config c = base;
   std::set<std::string, std::less<>> explicit_lanes;
@@ -93,7 +101,10 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
   auto integer = [](const std::string& key, const json& v) -> Result<int64_t, ConfigError> {
     if (!v.is_number()) return Error(key, v.dump(), "must be an integer, got " + TypeName(v));
     auto i = AsInteger(v);
-    if (!i) return Error(key, v.dump(), "must be an integer");
+    if (!i) {
+      const bool integral = v.is_number_integer() || v.get<double>() == std::floor(v.get<double>());
+      return Error(key, v.dump(), integral ? "is out of range" : "must be an integer");
+    }
     return *i;
   };
   auto boolean = [](const std::string& key, const json& v) -> Result<bool, ConfigError> {
@@ -106,11 +117,10 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
         key == "spanSampleRate") {
       auto n = number(key, v);
       if (!n) return n.error();
-      double& field = key == "maxRssMb"        ? c.max_rss_mb
-                      : key == "heapWarningMb" ? c.heap_warning_mb
-                      : key == "spanSampleRate"
-                          ? c.span_sample_rate
-                          : c.timeout_escalation_factor;
+      double& field = key == "maxRssMb"         ? c.max_rss_mb
+                      : key == "heapWarningMb"  ? c.heap_warning_mb
+                      : key == "spanSampleRate" ? c.span_sample_rate
+                                                : c.timeout_escalation_factor;
       field = *n;
     } else if (key == "defaultTimeoutMs" || key == "metricsCapacity" ||
                key == "memorySampleIntervalMs" || key == "timerTickMs") {

@@ -4,7 +4,6 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
-#include <deque>
 #include <mutex>
 #include <thread>
 
@@ -62,7 +61,8 @@ struct LaneState {
   int limit = 0;
   // Written under the admission lock, read without it for the lock-free early rejection.
   std::atomic<int> active{0};
-  std::atomic<int64_t> rejections{0};
+  // One counter per reason, so a rejection costs a single atomic add; totals are summed on read.
+  std::atomic<int64_t> rejections[kRejectReasonCount] = {};
   // Under the admission lock.
   int overrunning = 0;
   int64_t total = 0, success = 0, failure = 0, timeouts = 0;
@@ -160,9 +160,11 @@ struct ManagerState {
     return false;
   }
 
-  Rejection Reject(Rejection r, std::string_view task_id, LaneState* ls) {
-    reason_rejections[static_cast<int>(r.reason)].fetch_add(1, std::memory_order_relaxed);
-    if (ls != nullptr) ls->rejections.fetch_add(1, std::memory_order_relaxed);
+  Rejection Reject(Rejection r, std::string_view task_id, std::string_view lane_name,
+                   LaneState* ls) {
+    r.lane.assign(lane_name);
+    (ls != nullptr ? ls->rejections : laneless_rejections)[static_cast<int>(r.reason)].fetch_add(
+        1, std::memory_order_relaxed);
     if (HasObservers()) {
       const std::string message = r.message();
       CallEvent e;
@@ -190,36 +192,35 @@ struct ManagerState {
 
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
                                      std::optional<int64_t> timeout_ms, Metadata&& metadata) {
-    Rejection r;
-    r.lane.assign(lane_name);
+    Rejection r;  // the lane name is copied into it only on the rejecting paths
     if (shutting_down.load(std::memory_order_relaxed)) {
       r.reason = RejectReason::kShuttingDown;
-      return Reject(std::move(r), task_id, nullptr);
+      return Reject(std::move(r), task_id, lane_name, nullptr);
     }
     const int lane_index = FindLane(lane_name);
     if (lane_index < 0) {
       r.reason = RejectReason::kUnknownLane;
-      return Reject(std::move(r), task_id, nullptr);
+      return Reject(std::move(r), task_id, lane_name, nullptr);
     }
     LaneState& lane = lanes[lane_index];
     const int64_t timeout = timeout_ms.value_or(config.default_timeout_ms);
-    if (timeout <= 0) {
+    if (timeout <= 0 || timeout > kMaxTimeoutMs) {
       r.reason = RejectReason::kInvalidTimeout;
       r.timeout_ms = timeout;
-      return Reject(std::move(r), task_id, &lane);
+      return Reject(std::move(r), task_id, lane_name, &lane);
     }
     const double rss = rss_mb.load(std::memory_order_relaxed);
     if (config.enable_memory_guards && rss > config.max_rss_mb) {
       r.reason = RejectReason::kMemoryLimit;
       r.rss_mb = rss;
       r.max_rss_mb = config.max_rss_mb;
-      return Reject(std::move(r), task_id, &lane);
+      return Reject(std::move(r), task_id, lane_name, &lane);
     }
     // A lane or the whole manager seen full is a valid answer without the lock: that count was
     // true at the moment it was read, so rejecting then is linearizable and costs no write.
     if (FullRejection(lane, lane.active.load(std::memory_order_relaxed),
                       global_active.load(std::memory_order_relaxed), &r))
-      return Reject(std::move(r), task_id, &lane);
+      return Reject(std::move(r), task_id, lane_name, &lane);
 
     Metadata metadata_for_observers;
     if (HasObservers()) metadata_for_observers = metadata;
@@ -237,37 +238,37 @@ struct ManagerState {
       const int all_active = global_active.load(std::memory_order_relaxed);
       full = FullRejection(lane, lane_active, all_active, &r);
       if (!full) {
-      lane_now = lane_active + 1;
-      global_now = all_active + 1;
-      lane.active.store(lane_now, std::memory_order_relaxed);
-      global_active.store(global_now, std::memory_order_relaxed);
-      max_concurrent = std::max(max_concurrent, global_now);
+        lane_now = lane_active + 1;
+        global_now = all_active + 1;
+        lane.active.store(lane_now, std::memory_order_relaxed);
+        global_active.store(global_now, std::memory_order_relaxed);
+        max_concurrent = std::max(max_concurrent, global_now);
 
-      if (free_calls.empty()) {
-        index = static_cast<uint32_t>(calls.size());
-        calls.emplace_back();
-      } else {
-        index = free_calls.back();
-        free_calls.pop_back();
-      }
-      CallEntry& c = calls[index];
-      generation = c.generation;
-      c.in_use = true;
-      c.phase = kRunning;
-      c.lane = static_cast<uint32_t>(lane_index);
-      c.call_id = call_id = next_call_id++;
-      c.start_mono = now;
-      c.timeout_ms = timeout;
-      c.hard_deadline = now + hard_ns;
-      c.rss_start = rss;
-      c.heap_start = heap_used_mb.load(std::memory_order_relaxed);
-      c.concurrent_at_start = global_now;
-      c.task_id.assign(task_id);
-      c.metadata = std::move(metadata);
-      c.timer = timers.Arm(now + timeout_ns, Tag(index, generation));
+        if (free_calls.empty()) {
+          index = static_cast<uint32_t>(calls.size());
+          calls.push_back(std::make_unique<CallEntry>());
+        } else {
+          index = free_calls.back();
+          free_calls.pop_back();
+        }
+        CallEntry& c = *calls[index];
+        generation = c.generation;
+        c.in_use = true;
+        c.phase = kRunning;
+        c.lane = static_cast<uint32_t>(lane_index);
+        c.call_id = call_id = next_call_id++;
+        c.start_mono = now;
+        c.timeout_ms = timeout;
+        c.hard_deadline = now + hard_ns;
+        c.rss_start = rss;
+        c.heap_start = heap_used_mb.load(std::memory_order_relaxed);
+        c.concurrent_at_start = global_now;
+        c.task_id.assign(task_id);
+        if (!metadata.empty()) c.metadata = std::move(metadata);
+        c.timer = timers.Arm(now + timeout_ns, Tag(index, generation));
       }
     }
-    if (full) return Reject(std::move(r), task_id, &lane);
+    if (full) return Reject(std::move(r), task_id, lane_name, &lane);
     Slot slot(this, index, generation, call_id, now + timeout_ns, now + hard_ns);
     if (HasObservers()) {
       CallEvent e;
@@ -310,11 +311,12 @@ struct ManagerState {
   CallEntry* LockEntry(uint32_t index, uint32_t generation) {
     lock.lock();
     for (;;) {
-      if (index >= calls.size() || calls[index].generation != generation || !calls[index].in_use) {
+      if (index >= calls.size() || calls[index]->generation != generation ||
+          !calls[index]->in_use) {
         lock.unlock();
         return nullptr;
       }
-      CallEntry& c = calls[index];
+      CallEntry& c = *calls[index];
       if (!c.hook_running || c.hook_thread == std::this_thread::get_id()) return &c;
       lock.unlock();
       std::this_thread::yield();
@@ -358,7 +360,11 @@ struct ManagerState {
     r.timeout_ms = c->timeout_ms;
     r.start_unix = c->start_mono + unix_offset;
     r.task_id.swap(c->task_id);  // the entry inherits the old buffer: no allocation either way
-    r.error_type.assign(error_type);
+    if (error_type.empty()) {
+      r.error_type.clear();
+    } else {
+      r.error_type.assign(error_type);
+    }
 
     ++total_calls;
     (success ? success_count : failure_count) += 1;
@@ -371,11 +377,14 @@ struct ManagerState {
     lane.timeouts += r.timeout_reached;
     lane.duration_sum_ms += r.duration_ms;
 
-    // Destroyed after unlocking: freeing memory or a stop state is not admission work.
-    std::stop_source stop = std::move(c->stop);
-    std::function<void()> hook = std::move(c->hook);
-    Metadata metadata = std::move(c->metadata);
-    c->stop = std::stop_source(std::nostopstate);
+    // Destroyed after unlocking: freeing memory or a stop state is not admission work. Most calls
+    // have none of these, so they are only touched when present.
+    std::stop_source stop(std::nostopstate);
+    if (c->stop.stop_possible()) std::swap(stop, c->stop);
+    std::function<void()> hook;
+    if (c->hook) std::swap(hook, c->hook);
+    Metadata metadata;
+    if (!c->metadata.empty()) std::swap(metadata, c->metadata);
     c->in_use = false;
     ++c->generation;
     free_calls.push_back(index);
@@ -454,7 +463,7 @@ struct ManagerState {
         for (const TimerQueue::Expired& x : expired) {
           const auto index = static_cast<uint32_t>(x.tag >> 32);
           const auto generation = static_cast<uint32_t>(x.tag);
-          CallEntry& c = calls[index];
+          CallEntry& c = *calls[index];
           if (!c.in_use || c.generation != generation) continue;
           Fired f;
           f.kind = EventKind::kTimeoutWarning;
@@ -487,10 +496,9 @@ struct ManagerState {
       if (f.stop.stop_possible()) f.stop.request_stop();
       if (HasObservers()) {
         const bool warning = f.kind == EventKind::kTimeoutWarning;
-        const int64_t phase_ms =
-            warning ? f.timeout_ms
-                    : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
-                                           config.timeout_escalation_factor);
+        const int64_t phase_ms = warning ? f.timeout_ms
+                                         : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
+                                                                config.timeout_escalation_factor);
         std::string message =
             std::string(warning ? "worker call exceeded its timeout of "
                                 : "worker call exceeded its hard deadline of ") +
@@ -517,7 +525,7 @@ struct ManagerState {
           // A failing kill hook must not take down the timer thread; the call stays overrunning.
         }
         std::lock_guard<SpinLock> guard(lock);
-        CallEntry& c = calls[f.index];
+        CallEntry& c = *calls[f.index];
         if (c.generation == f.generation) c.hook_running = false;
       }
     }
@@ -574,10 +582,9 @@ struct ManagerState {
       copy.reserve(ring.size());
       // Once full, ring_next points at the oldest record.
       for (size_t i = 0; i < ring.size(); ++i)
-        copy.push_back(ring[(ring.size() == static_cast<size_t>(config.metrics_capacity)
-                                 ? ring_next + i
-                                 : i) %
-                            ring.size()]);
+        copy.push_back(
+            ring[(ring.size() == static_cast<size_t>(config.metrics_capacity) ? ring_next + i : i) %
+                 ring.size()]);
     }
     std::vector<WorkerCallMetrics> out;
     out.reserve(copy.size());
@@ -589,6 +596,7 @@ struct ManagerState {
     Statistics s;
     std::vector<double> durations;
     std::vector<std::vector<double>> lane_durations(lane_count);
+    int64_t by_reason[kRejectReasonCount] = {};
     {
       std::lock_guard<SpinLock> guard(lock);
       s.total_calls = total_calls;
@@ -618,7 +626,11 @@ struct ManagerState {
         ls.active = l.active.load(std::memory_order_relaxed);
         ls.overrunning = l.overrunning;
         ls.limit = l.limit;
-        ls.rejections = l.rejections.load(std::memory_order_relaxed);
+        for (int reason = 0; reason < kRejectReasonCount; ++reason) {
+          const int64_t n = l.rejections[reason].load(std::memory_order_relaxed);
+          ls.rejections += n;
+          by_reason[reason] += n;
+        }
       }
     }
     std::sort(durations.begin(), durations.end());
@@ -630,7 +642,7 @@ struct ManagerState {
       s.lanes[lanes[i].name].p95_duration_ms = Percentile(lane_durations[i], 0.95);
     }
     for (int i = 0; i < kRejectReasonCount; ++i) {
-      const int64_t n = reason_rejections[i].load(std::memory_order_relaxed);
+      const int64_t n = by_reason[i] + laneless_rejections[i].load(std::memory_order_relaxed);
       s.rejections_by_reason[std::string(ToString(static_cast<RejectReason>(i)))] = n;
       s.total_rejections += n;
     }
@@ -709,8 +721,8 @@ struct ManagerState {
       background.join();
   }
 
-  // Called by ~ResourceBudgetManager. Returns true if the state can be freed now; otherwise the last
-  // outstanding slot frees it.
+  // Called by ~ResourceBudgetManager. Returns true if the state can be freed now; otherwise the
+  // last outstanding slot frees it.
   bool Orphan() {
     std::lock_guard<SpinLock> guard(lock);
     manager_alive = false;
@@ -730,7 +742,9 @@ struct ManagerState {
   std::atomic<int> global_active{0};  // written under `lock`
   int global_overrunning = 0;
   int max_concurrent = 0;
-  std::deque<CallEntry> calls;
+  // unique_ptr keeps entries in place as the table grows, at one indirection (a deque of entries
+  // this large costs a block lookup per access).
+  std::vector<std::unique_ptr<CallEntry>> calls;
   std::vector<uint32_t> free_calls;
   TimerQueue timers;
   std::vector<RingRecord> ring;
@@ -741,15 +755,15 @@ struct ManagerState {
   double duration_sum_ms = 0, rss_delta_sum_mb = 0;
   bool manager_alive = true;
 
-  std::atomic<int64_t> reason_rejections[kRejectReasonCount] = {};
+  std::atomic<int64_t> laneless_rejections[kRejectReasonCount] = {};  // unknown lane, shutdown
   std::atomic<bool> shutting_down{false};
   std::atomic<double> rss_mb{0};
   std::atomic<double> heap_used_mb{0};
   std::atomic<bool> heap_warning_pending{false};
 
   mutable std::mutex memory_mu;
-  MemorySnapshot snapshot;        // guarded by memory_mu
-  int64_t next_sample_mono = 0;   // guarded by memory_mu (written) and tick_mu (read)
+  MemorySnapshot snapshot;       // guarded by memory_mu
+  int64_t next_sample_mono = 0;  // guarded by memory_mu (written) and tick_mu (read)
 
   std::mutex tick_mu;
   std::vector<TimerQueue::Expired> expired;  // guarded by tick_mu and lock
@@ -790,7 +804,8 @@ std::string Rejection::message() const {
       m += "the resource budget manager is shutting down (lane '" + lane + "')";
       break;
     case RejectReason::kInvalidTimeout:
-      m += "timeoutMs must be > 0, got " + std::to_string(timeout_ms) + " (lane '" + lane + "')";
+      m += "timeoutMs must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
+           std::to_string(timeout_ms) + " (lane '" + lane + "')";
       break;
   }
   return m;
@@ -871,9 +886,7 @@ std::vector<WorkerCallMetrics> ResourceBudgetManager::GetMetrics() const {
   return state_->GetMetrics();
 }
 Statistics ResourceBudgetManager::GetStatistics() const { return state_->GetStatistics(); }
-MemorySnapshot ResourceBudgetManager::GetMemorySnapshot() const {
-  return state_->LatestSnapshot();
-}
+MemorySnapshot ResourceBudgetManager::GetMemorySnapshot() const { return state_->LatestSnapshot(); }
 MemorySnapshot ResourceBudgetManager::SampleMemoryNow() {
   return state_->SampleMemory(state_->clock->MonotonicNanos());
 }
@@ -891,7 +904,8 @@ void ResourceBudgetManager::Shutdown() { state_->Shutdown(); }
 
 namespace {
 std::mutex g_default_mu;
-ResourceBudgetManager* g_default = nullptr;  // intentionally never destroyed: slots may outlive main
+ResourceBudgetManager* g_default =
+    nullptr;  // intentionally never destroyed: slots may outlive main
 }  // namespace
 
 Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(std::optional<Config> config) {

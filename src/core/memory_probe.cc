@@ -82,7 +82,8 @@ std::optional<CgroupLocation> FindMemoryCgroup() {
   }
   auto resolve = [](const Mount& m, const std::string& path) {
     std::string rel = path;
-    if (m.root != "/" && rel.compare(0, m.root.size(), m.root) == 0) rel = rel.substr(m.root.size());
+    if (m.root != "/" && rel.compare(0, m.root.size(), m.root) == 0)
+      rel = rel.substr(m.root.size());
     std::string dir = m.point + (rel == "/" ? "" : rel);
     if (access(dir.c_str(), R_OK) != 0) dir = m.point;
     return dir;
@@ -120,7 +121,8 @@ class ProcMemoryProbe final : public MemoryProbe {
     // statm's second field is resident pages: one short read, cheaper than parsing status.
     if (std::FILE* f = std::fopen("/proc/self/statm", "re")) {
       unsigned long size = 0, resident = 0;
-      if (std::fscanf(f, "%lu %lu", &size, &resident) == 2) s.rss_mb = resident * page_size_ / kMb;
+      if (std::fscanf(f, "%lu %lu", &size, &resident) == 2)
+        s.rss_mb = static_cast<double>(resident) * page_size_ / kMb;
       std::fclose(f);
     }
     if (std::FILE* f = std::fopen("/proc/self/status", "re")) {
@@ -128,7 +130,7 @@ class ProcMemoryProbe final : public MemoryProbe {
       while (std::fgets(line, sizeof line, f)) {
         unsigned long kb = 0;
         if (std::sscanf(line, "VmHWM: %lu kB", &kb) == 1) {
-          s.peak_rss_mb = kb / 1024.0;
+          s.peak_rss_mb = static_cast<double>(kb) / 1024.0;
           break;
         }
       }
@@ -140,10 +142,12 @@ class ProcMemoryProbe final : public MemoryProbe {
     if (cgroup_) {
       s.cgroup_version = cgroup_->version;
       const bool v2 = cgroup_->version == "v2";
-      if (auto usage = ReadNumberFile(cgroup_->dir + (v2 ? "/memory.current" : "/memory.usage_in_bytes")))
+      if (auto usage =
+              ReadNumberFile(cgroup_->dir + (v2 ? "/memory.current" : "/memory.usage_in_bytes")))
         s.cgroup_usage_mb = static_cast<double>(*usage) / kMb;
       auto limit = ReadNumberFile(cgroup_->dir + (v2 ? "/memory.max" : "/memory.limit_in_bytes"));
-      if (limit && *limit < kNoLimitThreshold) s.cgroup_limit_mb = static_cast<double>(*limit) / kMb;
+      if (limit && *limit < kNoLimitThreshold)
+        s.cgroup_limit_mb = static_cast<double>(*limit) / kMb;
     }
     return s;
   }

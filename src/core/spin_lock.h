@@ -23,7 +23,7 @@ inline void CpuRelax() {
 class SpinLock {
  public:
   void lock() {
-    for (int spins = 0; locked_.exchange(true, std::memory_order_acquire); ) {
+    for (int spins = 0; locked_.exchange(true, std::memory_order_acquire);) {
       while (locked_.load(std::memory_order_relaxed)) {
         if (++spins < 64) {
           CpuRelax();

@@ -1,8 +1,8 @@
 #include "laneguard/json_logger.h"
 
 #include <cerrno>
-#include <cstring>
 #include <nlohmann/json.hpp>
+#include <system_error>
 
 namespace laneguard {
 
@@ -26,9 +26,9 @@ Result<LogLevel, ConfigError> ParseLogLevel(std::string_view text) {
   if (text == "warning" || text == "warn") return LogLevel::kWarning;
   if (text == "error") return LogLevel::kError;
   std::string value = "\"" + std::string(text) + "\"";
-  return ConfigError{"logLevel", value,
-                     "config key 'logLevel' = " + value +
-                         ": must be one of debug, info, warning, error"};
+  return ConfigError{
+      "logLevel", value,
+      "config key 'logLevel' = " + value + ": must be one of debug, info, warning, error"};
 }
 
 JsonLogger::JsonLogger(Options options) : JsonLogger(options, stderr) {}
@@ -41,8 +41,9 @@ Result<std::unique_ptr<JsonLogger>, ConfigError> JsonLogger::OpenFile(Options op
                                                                       const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "ae");
   if (f == nullptr)
-    return ConfigError{"logFile", path,
-                       "cannot open log file '" + path + "': " + std::strerror(errno)};
+    return ConfigError{"logFile", nlohmann::json(path).dump(),
+                       "cannot open log file '" + path +
+                           "': " + std::error_code(errno, std::generic_category()).message()};
   auto logger = std::make_unique<JsonLogger>(options, f);
   logger->owns_stream_ = true;
   return logger;
@@ -61,7 +62,7 @@ void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields)
     line["msg"] = message;
     for (const LogField& f : fields) {
       std::string key(f.key);
-      // The fixed keys come first and win: a context field cannot forge the level or message.
+      // A context field cannot forge the fixed keys; see json_logger.h.
       if (key == "ts" || key == "level" || key == "msg") key = "ctx." + key;
       std::visit([&](const auto& v) { line[key] = v; }, f.value);
     }
@@ -94,13 +95,12 @@ void LoggingObserver::OnEvent(const CallEvent& e) {
                         {"timeoutMs", e.timeout_ms}});
       break;
     case EventKind::kRejected:
-      logger_->LogWarning("Worker call rejected",
-                          {{"taskId", e.task_id},
-                           {"lane", e.lane},
-                           {"reason", ToString(e.reason)},
-                           {"detail", e.message},
-                           {"globalConcurrency", int64_t{e.global_active}},
-                           {"laneConcurrency", int64_t{e.lane_active}}});
+      logger_->LogWarning("Worker call rejected", {{"taskId", e.task_id},
+                                                   {"lane", e.lane},
+                                                   {"reason", ToString(e.reason)},
+                                                   {"detail", e.message},
+                                                   {"globalConcurrency", int64_t{e.global_active}},
+                                                   {"laneConcurrency", int64_t{e.lane_active}}});
       break;
     case EventKind::kReleased: {
       const WorkerCallMetrics& r = *e.record;

@@ -1,1 +1,471 @@
+#include "laneguard/config.h"
+
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <ostream>
+#include <string>
+
+namespace laneguard {
+namespace {
+
+using Lanes = std::map<std::string, int, std::less<>>;
+
+const Lanes kDefaultLanes = {
+    {"tool_call", 8}, {"file_read", 16}, {"file_write", 4}, {"critic", 3}, {"forecast_model", 1}};
+
+std::string ExamplePath(const std::string& name) {
+  return std::string(LANEGUARD_SOURCE_DIR) + "/examples/config/" + name;
+}
+
+// A scratch file that is removed when the test ends.
+class TempFile {
+ public:
+  explicit TempFile(const std::string& contents) {
+    char tmpl[] = "/tmp/laneguard_config_test_XXXXXX";
+    int fd = mkstemp(tmpl);
+    EXPECT_GE(fd, 0);
+    close(fd);
+    path_ = tmpl;
+    std::ofstream(path_) << contents;
+  }
+  ~TempFile() { std::filesystem::remove(path_); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+TEST(Config, DefaultsEqualTheSpec) {
+  Config c;
+  EXPECT_EQ(c.max_rss_mb, 512);
+  EXPECT_EQ(c.heap_warning_mb, 400);
+  EXPECT_EQ(c.lane_concurrency_limits, kDefaultLanes);
+  EXPECT_EQ(c.global_concurrency_limit, 32);
+  EXPECT_EQ(c.default_timeout_ms, 300000);
+  EXPECT_EQ(c.timeout_escalation_factor, 1.5);
+  EXPECT_TRUE(c.enable_memory_guards);
+  EXPECT_TRUE(c.enable_span_emission);
+  EXPECT_EQ(c.span_sample_rate, 1.0);
+  EXPECT_TRUE(ValidateConfig(c).ok());
+}
+
+TEST(Config, EmptyObjectParsesToDefaults) {
+  auto r = ParseConfigJson("{}");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(*r, Config{});
+}
+
+TEST(Config, PartialJsonMergesOverDefaults) {
+  auto r = ParseConfigJson(R"({"maxRssMb": 1024, "enableSpanEmission": false,
+                               "spanSampleRate": 0.25, "defaultTimeoutMs": 1000})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  Config expected;
+  expected.max_rss_mb = 1024;
+  expected.enable_span_emission = false;
+  expected.span_sample_rate = 0.25;
+  expected.default_timeout_ms = 1000;
+  EXPECT_EQ(*r, expected);
+  // Untouched fields keep their defaults.
+  EXPECT_EQ(r->heap_warning_mb, 400);
+  EXPECT_EQ(r->global_concurrency_limit, 32);
+  EXPECT_EQ(r->lane_concurrency_limits, kDefaultLanes);
+}
+
+TEST(Config, PartialJsonMergesOverGivenBase) {
+  Config base;
+  base.max_rss_mb = 2048;
+  base.timeout_escalation_factor = 3;
+  auto r = ParseConfigJson(R"({"heapWarningMb": 100})", base);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->max_rss_mb, 2048);
+  EXPECT_EQ(r->timeout_escalation_factor, 3);
+  EXPECT_EQ(r->heap_warning_mb, 100);
+}
+
+TEST(Config, CustomLaneIsAddedAndDefaultLanesStay) {
+  auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"custom_lane": 5}})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  Lanes expected = kDefaultLanes;
+  expected["custom_lane"] = 5;
+  EXPECT_EQ(r->lane_concurrency_limits, expected);
+}
+
+TEST(Config, LaneOverrideChangesOnlyThatLane) {
+  auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"file_write": 2, "critic": 32}})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  Lanes expected = kDefaultLanes;
+  expected["file_write"] = 2;
+  expected["critic"] = 32;  // equal to the global limit is allowed
+  EXPECT_EQ(r->lane_concurrency_limits, expected);
+}
+
+TEST(Config, IntegralFloatIsAcceptedForIntegerField) {
+  auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 40.0, "defaultTimeoutMs": 5e3})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->global_concurrency_limit, 40);
+  EXPECT_EQ(r->default_timeout_ms, 5000);
+}
+
+TEST(Config, ExtensionKeysParse) {
+  auto r =
+      ParseConfigJson(R"({"metricsCapacity": 7, "memorySampleIntervalMs": 250, "timerTickMs": 3})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->metrics_capacity, 7);
+  EXPECT_EQ(r->memory_sample_interval_ms, 250);
+  EXPECT_EQ(r->timer_tick_ms, 3);
+}
+
+// --- Error cases: every error names the key and the value, in its fields and its message. ---
+
+struct ErrorCase {
+  std::string name;
+  std::string json;
+  std::string key;    // expected ConfigError::key
+  std::string value;  // expected ConfigError::value (JSON text)
+};
+
+void PrintTo(const ErrorCase& tc, std::ostream* os) { *os << tc.json; }
+
+// Values reported by the final validation are re-serialized from the C++ field, so an integral
+// double comes back as "2.0" where the document said 2; compare as JSON values.
+bool SameJsonValue(const std::string& a, const std::string& b) {
+  auto ja = nlohmann::json::parse(a, nullptr, false);
+  auto jb = nlohmann::json::parse(b, nullptr, false);
+  if (ja.is_discarded() || jb.is_discarded()) return false;
+  if (ja.is_number() && jb.is_number()) {
+    // nlohmann's == casts unsigned to signed (18446744073709551615 == -1): compare integers by
+    // text.
+    if (ja.is_number_float() || jb.is_number_float()) return ja.get<double>() == jb.get<double>();
+    return ja.dump() == jb.dump();
+  }
+  return ja == jb;
+}
+
+class ConfigErrorTest : public testing::TestWithParam<ErrorCase> {};
+
+TEST_P(ConfigErrorTest, NamesKeyAndValue) {
+  const ErrorCase& tc = GetParam();
+  auto r = ParseConfigJson(tc.json);
+  ASSERT_FALSE(r.ok()) << "accepted: " << tc.json;
+  const ConfigError& e = r.error();
+  EXPECT_EQ(e.key, tc.key);
+  EXPECT_TRUE(SameJsonValue(e.value, tc.value)) << e.value << " vs " << tc.value;
+  EXPECT_NE(e.message.find("'" + tc.key + "'"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find(e.value), std::string::npos) << e.message;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Config, ConfigErrorTest,
+    testing::Values(
+        ErrorCase{"UnknownKey", R"({"maxRssMB": 100})", "maxRssMB", "100"},
+        ErrorCase{"UnknownTypeScriptOnlyKey", R"({"throwOnResourceLimitExceeded": true})",
+                  "throwOnResourceLimitExceeded", "true"},
+        ErrorCase{"StringForNumber", R"({"maxRssMb": "512"})", "maxRssMb", R"("512")"},
+        ErrorCase{"StringForInteger", R"({"globalConcurrencyLimit": "8"})",
+                  "globalConcurrencyLimit", R"("8")"},
+        ErrorCase{"BoolForNumber", R"({"heapWarningMb": true})", "heapWarningMb", "true"},
+        ErrorCase{"NumberForBool", R"({"enableMemoryGuards": 1})", "enableMemoryGuards", "1"},
+        ErrorCase{"StringForBool", R"({"enableSpanEmission": "yes"})", "enableSpanEmission",
+                  R"("yes")"},
+        ErrorCase{"ArrayForLanes", R"({"laneConcurrencyLimits": [1,2]})", "laneConcurrencyLimits",
+                  "[1,2]"},
+        ErrorCase{"FractionForGlobalLimit", R"({"globalConcurrencyLimit": 1.5})",
+                  "globalConcurrencyLimit", "1.5"},
+        ErrorCase{"FractionForTimeout", R"({"defaultTimeoutMs": 1.5})", "defaultTimeoutMs", "1.5"},
+        ErrorCase{"FractionForLaneLimit", R"({"laneConcurrencyLimits": {"critic": 1.5}})",
+                  "laneConcurrencyLimits.critic", "1.5"},
+        ErrorCase{"StringForLaneLimit", R"({"laneConcurrencyLimits": {"critic": "3"}})",
+                  "laneConcurrencyLimits.critic", R"("3")"},
+        ErrorCase{"LaneLimitZero", R"({"laneConcurrencyLimits": {"file_write": 0}})",
+                  "laneConcurrencyLimits.file_write", "0"},
+        ErrorCase{"LaneLimitNegative", R"({"laneConcurrencyLimits": {"file_write": -1}})",
+                  "laneConcurrencyLimits.file_write", "-1"},
+        ErrorCase{"ExplicitLaneAboveGlobal", R"({"laneConcurrencyLimits": {"tool_call": 33}})",
+                  "laneConcurrencyLimits.tool_call", "33"},
+        ErrorCase{"ExplicitLaneAboveLoweredGlobal",
+                  R"({"globalConcurrencyLimit": 8, "laneConcurrencyLimits": {"file_read": 16}})",
+                  "laneConcurrencyLimits.file_read", "16"},
+        ErrorCase{"GlobalLimitZero", R"({"globalConcurrencyLimit": 0})", "globalConcurrencyLimit",
+                  "0"},
+        ErrorCase{"SampleRateNegative", R"({"spanSampleRate": -0.1})", "spanSampleRate", "-0.1"},
+        ErrorCase{"SampleRateAboveOne", R"({"spanSampleRate": 1.5})", "spanSampleRate", "1.5"},
+        ErrorCase{"EscalationBelowOne", R"({"timeoutEscalationFactor": 0.9})",
+                  "timeoutEscalationFactor", "0.9"},
+        ErrorCase{"TimeoutZero", R"({"defaultTimeoutMs": 0})", "defaultTimeoutMs", "0"},
+        ErrorCase{"TimeoutNegative", R"({"defaultTimeoutMs": -5})", "defaultTimeoutMs", "-5"},
+        ErrorCase{"TimeoutAboveThirtyDays", R"({"defaultTimeoutMs": 2592000001})",
+                  "defaultTimeoutMs", "2592000001"},
+        ErrorCase{"EscalationAboveHundred", R"({"timeoutEscalationFactor": 1e300})",
+                  "timeoutEscalationFactor", "1e300"},
+        ErrorCase{"UnsignedAboveInt64ForTimeout", R"({"defaultTimeoutMs": 18446744073709551615})",
+                  "defaultTimeoutMs", "18446744073709551615"},
+        ErrorCase{"HugeIntegralFloatForGlobalLimit", R"({"globalConcurrencyLimit": 1e20})",
+                  "globalConcurrencyLimit", "1e20"},
+        ErrorCase{"UnsignedAboveInt64ForLaneLimit",
+                  R"({"laneConcurrencyLimits": {"critic": 9223372036854775808}})",
+                  "laneConcurrencyLimits.critic", "9223372036854775808"},
+        ErrorCase{"MaxRssZero", R"({"maxRssMb": 0})", "maxRssMb", "0"},
+        ErrorCase{"TimerTickZero", R"({"timerTickMs": 0})", "timerTickMs", "0"}),
+    [](const testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
+
+TEST(Config, MalformedJsonIsAnErrorWithParserPosition) {
+  auto r = ParseConfigJson(R"({"maxRssMb": 512,)");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "");
+  EXPECT_EQ(r.error().value, "");
+  EXPECT_NE(r.error().message.find("not valid JSON"), std::string::npos) << r.error().message;
+  // nlohmann's parse_error names the position ("... at line 1, column 18 ...").
+  EXPECT_NE(r.error().message.find("column"), std::string::npos) << r.error().message;
+}
+
+TEST(Config, NumberOverflowIsAnErrorNotAnException) {
+  // nlohmann reports 1e400 as out_of_range, not parse_error; it must not escape as an exception.
+  Result<Config, ConfigError> r = Config{};
+  ASSERT_NO_THROW(r = ParseConfigJson(R"({"maxRssMb": 1e400})"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("1e400"), std::string::npos) << r.error().message;
+}
+
+TEST(Config, EmptyInputIsMalformed) {
+  auto r = ParseConfigJson("");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "");
+  EXPECT_NE(r.error().message.find("not valid JSON"), std::string::npos) << r.error().message;
+}
+
+TEST(Config, NonObjectJsonIsAnErrorNamingTheValue) {
+  for (const std::string text : {"[1,2]", "42", "\"maxRssMb\"", "null"}) {
+    auto r = ParseConfigJson(text);
+    ASSERT_FALSE(r.ok()) << text;
+    EXPECT_EQ(r.error().key, "") << text;
+    EXPECT_EQ(r.error().value, text);
+    EXPECT_NE(r.error().message.find("object"), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find(text), std::string::npos) << r.error().message;
+  }
+}
+
+TEST(Config, LaneAboveGlobalMessageNamesTheGlobalLimit) {
+  auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 10, "laneConcurrencyLimits": {"x": 11}})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "laneConcurrencyLimits.x");
+  EXPECT_NE(r.error().message.find("10"), std::string::npos) << r.error().message;
+}
+
+// --- Clamping of inherited lane limits (config.h). ---
+
+TEST(Config, InheritedLaneLimitsAreClampedToLoweredGlobalLimit) {
+  auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 6})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->global_concurrency_limit, 6);
+  Lanes expected = {
+      {"tool_call", 6}, {"file_read", 6}, {"file_write", 4}, {"critic", 3}, {"forecast_model", 1}};
+  EXPECT_EQ(r->lane_concurrency_limits, expected);
+}
+
+TEST(Config, ClampingAppliesOnlyToInheritedLanes) {
+  // file_write is explicit and within the limit; file_read is inherited and clamped.
+  auto r = ParseConfigJson(
+      R"({"globalConcurrencyLimit": 5, "laneConcurrencyLimits": {"file_write": 5}})");
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->lane_concurrency_limits.at("file_write"), 5);
+  EXPECT_EQ(r->lane_concurrency_limits.at("file_read"), 5);
+  EXPECT_EQ(r->lane_concurrency_limits.at("tool_call"), 5);
+  EXPECT_EQ(r->lane_concurrency_limits.at("critic"), 3);
+}
+
+TEST(Config, InheritedCustomLaneFromBaseIsClamped) {
+  Config base;
+  base.global_concurrency_limit = 100;
+  base.lane_concurrency_limits["bulk"] = 90;
+  auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 20})", base);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->lane_concurrency_limits.at("bulk"), 20);
+  EXPECT_EQ(r->lane_concurrency_limits.at("file_read"), 16);
+}
+
+TEST(Config, ValidateConfigRejectsLaneAboveGlobal) {
+  Config c;
+  c.lane_concurrency_limits["tool_call"] = 33;
+  auto r = ValidateConfig(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "laneConcurrencyLimits.tool_call");
+  EXPECT_EQ(r.error().value, "33");
+  EXPECT_NE(r.error().message.find("laneConcurrencyLimits.tool_call"), std::string::npos);
+  EXPECT_NE(r.error().message.find("33"), std::string::npos);
+}
+
+TEST(Config, ValidateConfigRejectsOtherImpossibleValues) {
+  {
+    Config c;
+    c.lane_concurrency_limits.clear();
+    auto r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().key, "laneConcurrencyLimits");
+  }
+  {
+    Config c;
+    c.lane_concurrency_limits[""] = 1;
+    auto r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().key, "laneConcurrencyLimits.");
+  }
+  {
+    Config c;
+    c.metrics_capacity = 0;
+    auto r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().key, "metricsCapacity");
+    EXPECT_EQ(r.error().value, "0");
+  }
+  {
+    Config c;
+    c.heap_warning_mb = -1;
+    auto r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().key, "heapWarningMb");
+  }
+}
+
+// --- Serialization. ---
+
+TEST(Config, ConfigToJsonRoundTrips) {
+  Config c;
+  c.max_rss_mb = 1234.5;
+  c.heap_warning_mb = 0.1 + 0.2;  // not exactly representable: needs full precision
+  c.lane_concurrency_limits["custom_lane"] = 5;
+  c.lane_concurrency_limits["tool_call"] = 12;
+  c.global_concurrency_limit = 48;
+  c.default_timeout_ms = 1234567890;
+  c.timeout_escalation_factor = 2.75;
+  c.enable_memory_guards = false;
+  c.enable_span_emission = false;
+  c.span_sample_rate = 1.0 / 3.0;
+  c.metrics_capacity = 17;
+  c.memory_sample_interval_ms = 333;
+  c.timer_tick_ms = 7;
+  ASSERT_TRUE(ValidateConfig(c).ok());
+  const std::string text = ConfigToJson(c);
+  auto r = ParseConfigJson(text);
+  ASSERT_TRUE(r.ok()) << r.error().message << "\n" << text;
+  EXPECT_EQ(*r, c) << text;
+  // Compact form too.
+  auto compact = ParseConfigJson(ConfigToJson(c, -1));
+  ASSERT_TRUE(compact.ok());
+  EXPECT_EQ(*compact, c);
+}
+
+TEST(Config, ConfigToJsonHasEveryFieldInCamelCase) {
+  const std::string text = ConfigToJson(Config{}, -1);
+  for (const char* key :
+       {"\"maxRssMb\"", "\"heapWarningMb\"", "\"laneConcurrencyLimits\"",
+        "\"globalConcurrencyLimit\"", "\"defaultTimeoutMs\"", "\"timeoutEscalationFactor\"",
+        "\"enableMemoryGuards\"", "\"enableSpanEmission\"", "\"spanSampleRate\"",
+        "\"metricsCapacity\"", "\"memorySampleIntervalMs\"", "\"timerTickMs\"", "\"file_read\""}) {
+    EXPECT_NE(text.find(key), std::string::npos) << key << " missing from " << text;
+  }
+}
+
+TEST(Config, RoundTripOfConfigWithoutDefaultLanesNeedsLaneFreeBase) {
+  // Lanes merge lane by lane, so a config that dropped default lanes gets them back when its JSON
+  // is parsed over the defaults; parsed over a base without lanes it round-trips exactly.
+  Config c;
+  c.lane_concurrency_limits = {{"only", 2}};
+  const std::string text = ConfigToJson(c);
+  auto over_defaults = ParseConfigJson(text);
+  ASSERT_TRUE(over_defaults.ok());
+  EXPECT_EQ(over_defaults->lane_concurrency_limits.size(), 6u);
+  Config lane_free;
+  lane_free.lane_concurrency_limits.clear();
+  auto exact = ParseConfigJson(text, lane_free);
+  ASSERT_TRUE(exact.ok()) << exact.error().message;
+  EXPECT_EQ(*exact, c);
+}
+
+// --- Files. ---
+
+TEST(Config, LoadConfigFileMissingPathNamesThePath) {
+  const std::string path = "/nonexistent/laneguard/no-such-config.json";
+  auto r = LoadConfigFile(path);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "");
+  EXPECT_NE(r.error().message.find(path), std::string::npos) << r.error().message;
+}
+
+TEST(Config, LoadConfigFileErrorNamesPathKeyAndValue) {
+  TempFile f(R"({"spanSampleRate": 2})");
+  auto r = LoadConfigFile(f.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "spanSampleRate");
+  EXPECT_TRUE(SameJsonValue(r.error().value, "2")) << r.error().value;
+  EXPECT_NE(r.error().message.find(f.path()), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("spanSampleRate"), std::string::npos) << r.error().message;
+}
+
+TEST(Config, LoadConfigFileMergesOverBase) {
+  TempFile f(R"({"maxRssMb": 64})");
+  Config base;
+  base.global_concurrency_limit = 4;
+  base.lane_concurrency_limits = {{"a", 4}};
+  auto r = LoadConfigFile(f.path(), base);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->max_rss_mb, 64);
+  EXPECT_EQ(r->global_concurrency_limit, 4);
+  EXPECT_EQ(r->lane_concurrency_limits, (Lanes{{"a", 4}}));
+}
+
+TEST(Config, DevelopmentExampleLoads) {
+  auto r = LoadConfigFile(ExamplePath("development.json"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->max_rss_mb, 256);
+  EXPECT_EQ(r->global_concurrency_limit, 8);
+  EXPECT_TRUE(r->enable_memory_guards);
+  EXPECT_FALSE(r->enable_span_emission);
+  EXPECT_EQ(r->span_sample_rate, 0.1);
+  // Unstated fields keep their defaults; file_read (16) is clamped to the global limit of 8.
+  EXPECT_EQ(r->heap_warning_mb, 400);
+  EXPECT_EQ(r->default_timeout_ms, 300000);
+  EXPECT_EQ(r->timeout_escalation_factor, 1.5);
+  Lanes expected = {
+      {"tool_call", 8}, {"file_read", 8}, {"file_write", 4}, {"critic", 3}, {"forecast_model", 1}};
+  EXPECT_EQ(r->lane_concurrency_limits, expected);
+}
+
+TEST(Config, StagingExampleLoads) {
+  auto r = LoadConfigFile(ExamplePath("staging.json"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->max_rss_mb, 512);
+  EXPECT_EQ(r->global_concurrency_limit, 32);
+  EXPECT_TRUE(r->enable_memory_guards);
+  EXPECT_TRUE(r->enable_span_emission);
+  EXPECT_EQ(r->span_sample_rate, 0.5);
+  EXPECT_EQ(r->lane_concurrency_limits, kDefaultLanes);
+  EXPECT_EQ(r->default_timeout_ms, 300000);
+}
+
+TEST(Config, ProductionExampleLoads) {
+  auto r = LoadConfigFile(ExamplePath("production.json"));
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->max_rss_mb, 1024);
+  EXPECT_EQ(r->global_concurrency_limit, 64);
+  Lanes expected = {{"tool_call", 16},
+                    {"file_read", 32},
+                    {"file_write", 8},
+                    {"critic", 6},
+                    {"forecast_model", 1}};
+  EXPECT_EQ(r->lane_concurrency_limits, expected);
+  EXPECT_EQ(r->default_timeout_ms, 600000);
+  EXPECT_TRUE(r->enable_memory_guards);
+  EXPECT_TRUE(r->enable_span_emission);
+  EXPECT_EQ(r->span_sample_rate, 1.0);
+  EXPECT_EQ(r->heap_warning_mb, 400);
+  EXPECT_EQ(r->timeout_escalation_factor, 1.5);
+}
+
+}  // namespace
+}  // namespace laneguard

@@ -1,1 +1,728 @@
+#include "laneguard/manager.h"
+
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+namespace laneguard {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+// A probe whose figures the test sets.
+class FakeProbe final : public MemoryProbe {
+ public:
+  struct Figures {
+    std::atomic<double> rss{100};
+    std::atomic<double> heap{50};
+  };
+  explicit FakeProbe(std::shared_ptr<Figures> f) : f_(std::move(f)) {}
+  MemorySnapshot Sample() override {
+    MemorySnapshot s;
+    s.rss_mb = f_->rss.load();
+    s.heap_used_mb = f_->heap.load();
+    s.heap_total_mb = s.heap_used_mb * 2;
+    s.peak_rss_mb = s.rss_mb;
+    return s;
+  }
+
+ private:
+  std::shared_ptr<Figures> f_;
+};
+
+// Records every event as a compact string plus the raw events' key fields.
+class RecordingObserver final : public Observer {
+ public:
+  struct Seen {
+    EventKind kind;
+    uint64_t call_id;
+    std::string task_id;
+    std::string lane;
+    std::string message;
+    RejectReason reason;
+    int global_active;
+    int lane_active;
+    std::optional<WorkerCallMetrics> record;
+    Metadata metadata;
+  };
+  void OnEvent(const CallEvent& e) override {
+    std::lock_guard<std::mutex> guard(mu_);
+    Seen s{e.kind,
+           e.call_id,
+           std::string(e.task_id),
+           std::string(e.lane),
+           std::string(e.message),
+           e.reason,
+           e.global_active,
+           e.lane_active,
+           std::nullopt,
+           {}};
+    if (e.record) s.record = *e.record;
+    if (e.metadata) s.metadata = *e.metadata;
+    seen_.push_back(std::move(s));
+  }
+  std::vector<Seen> seen() {
+    std::lock_guard<std::mutex> guard(mu_);
+    return seen_;
+  }
+  std::vector<EventKind> kinds() {
+    std::vector<EventKind> k;
+    for (const auto& s : seen()) k.push_back(s.kind);
+    return k;
+  }
+  void clear() {
+    std::lock_guard<std::mutex> guard(mu_);
+    seen_.clear();
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<Seen> seen_;
+};
+
+class ManagerTest : public ::testing::Test {
+ protected:
+  std::unique_ptr<ResourceBudgetManager> Make(Config config = Config{}) {
+    ManagerOptions options;
+    options.clock = &clock_;
+    options.memory_probe = std::make_unique<FakeProbe>(figures_);
+    options.start_background_thread = false;
+    options.observers = {observer_};
+    auto m = ResourceBudgetManager::Create(std::move(config), std::move(options));
+    EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message);
+    return std::move(m).value();
+  }
+
+  ManualClock clock_;
+  std::shared_ptr<FakeProbe::Figures> figures_ = std::make_shared<FakeProbe::Figures>();
+  std::shared_ptr<RecordingObserver> observer_ = std::make_shared<RecordingObserver>();
+};
+
+// ---- slot acquisition and release
+// -----------------------------------------------------------------
+
+TEST_F(ManagerTest, AcquireAndReleaseUpdatesCountsAndRecords) {
+  auto m = Make();
+  auto slot = m->TryAcquire("task-1", "tool_call", 5000, {{"userId", "user-1"}});
+  ASSERT_TRUE(slot.ok());
+  EXPECT_TRUE(slot->valid());
+  EXPECT_EQ(slot->call_id_string(), "call-1");
+  auto status = m->GetConcurrencyStatus();
+  EXPECT_EQ(status.global.active, 1);
+  EXPECT_EQ(status.global.limit, 32);
+  EXPECT_EQ(status.lanes.at("tool_call").active, 1);
+  EXPECT_EQ(status.lanes.at("tool_call").limit, 8);
+  EXPECT_EQ(status.lanes.at("file_read").active, 0);
+
+  clock_.AdvanceMs(250);
+  EXPECT_TRUE(slot->Release(true));
+  EXPECT_FALSE(slot->valid());
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+  EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("tool_call").active, 0);
+
+  auto metrics = m->GetMetrics();
+  ASSERT_EQ(metrics.size(), 1u);
+  EXPECT_EQ(metrics[0].call_id, "call-1");
+  EXPECT_EQ(metrics[0].task_id, "task-1");
+  EXPECT_EQ(metrics[0].lane, "tool_call");
+  EXPECT_DOUBLE_EQ(metrics[0].duration_ms, 250.0);
+  EXPECT_TRUE(metrics[0].success);
+  EXPECT_EQ(metrics[0].error_type, "");
+  EXPECT_EQ(metrics[0].timeout_ms, 5000);
+  EXPECT_FALSE(metrics[0].timeout_reached);
+  EXPECT_EQ(metrics[0].timestamp, "2026-01-01T00:00:00.000Z");
+
+  auto kinds = observer_->kinds();
+  EXPECT_THAT(kinds, ElementsAre(EventKind::kAcquired, EventKind::kReleased));
+  auto seen = observer_->seen();
+  EXPECT_EQ(seen[0].task_id, "task-1");
+  EXPECT_EQ(seen[0].global_active, 1);
+  EXPECT_EQ(seen[0].lane_active, 1);
+  EXPECT_THAT(seen[0].metadata,
+              ElementsAre(std::pair<std::string, std::string>{"userId", "user-1"}));
+  ASSERT_TRUE(seen[1].record.has_value());
+  EXPECT_EQ(seen[1].record->call_id, "call-1");
+  EXPECT_EQ(seen[1].global_active, 0);
+}
+
+TEST_F(ManagerTest, DefaultTimeoutComesFromConfig) {
+  Config c;
+  c.default_timeout_ms = 1234;
+  auto m = Make(c);
+  auto slot = m->TryAcquire("t", "critic");
+  ASSERT_TRUE(slot.ok());
+  EXPECT_EQ(slot->deadline_mono_nanos(), 1234 * 1'000'000LL);
+  EXPECT_EQ(slot->hard_deadline_mono_nanos(), 1851 * 1'000'000LL);
+}
+
+TEST_F(ManagerTest, DoubleReleaseIsHarmlessAndCountsOnce) {
+  auto m = Make();
+  auto slot = m->TryAcquire("t", "file_read");
+  ASSERT_TRUE(slot.ok());
+  Slot s = std::move(slot).value();
+  EXPECT_TRUE(m->Release(s, true));
+  EXPECT_FALSE(m->Release(s, true));
+  EXPECT_FALSE(s.Release(false, "again"));
+  EXPECT_EQ(m->GetStatistics().total_calls, 1);
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+}
+
+TEST_F(ManagerTest, DestroyedUnreleasedSlotIsRecordedAsAbandonedFailure) {
+  auto m = Make();
+  {
+    auto slot = m->TryAcquire("lost", "file_write");
+    ASSERT_TRUE(slot.ok());
+    EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("file_write").active, 1);
+  }
+  EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("file_write").active, 0);
+  auto metrics = m->GetMetrics();
+  ASSERT_EQ(metrics.size(), 1u);
+  EXPECT_FALSE(metrics[0].success);
+  EXPECT_EQ(metrics[0].error_type, "abandoned");
+  EXPECT_EQ(m->GetStatistics().failure_count, 1);
+}
+
+TEST_F(ManagerTest, MoveAssigningOverALiveSlotAbandonsIt) {
+  auto m = Make();
+  Slot a = m->TryAcquire("a", "critic").value();
+  Slot b = m->TryAcquire("b", "critic").value();
+  a = std::move(b);
+  EXPECT_FALSE(b.valid());  // NOLINT(bugprone-use-after-move): checking the moved-from state
+  EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("critic").active, 1);
+  ASSERT_EQ(m->GetMetrics().size(), 1u);
+  EXPECT_EQ(m->GetMetrics()[0].task_id, "a");
+  EXPECT_EQ(m->GetMetrics()[0].error_type, "abandoned");
+  EXPECT_TRUE(a.Release(true));
+  EXPECT_EQ(m->GetMetrics()[1].task_id, "b");
+}
+
+TEST_F(ManagerTest, ReleaseThroughTheWrongManagerIsRefused) {
+  auto m1 = Make();
+  auto m2 = Make();
+  Slot s = m1->TryAcquire("t", "critic").value();
+  EXPECT_FALSE(m2->Release(s, true));
+  EXPECT_TRUE(s.valid());
+  EXPECT_TRUE(m1->Release(s, true));
+}
+
+TEST_F(ManagerTest, SlotOutlivingItsManagerStaysReleasable) {
+  auto m = Make();
+  Slot s = m->TryAcquire("t", "critic").value();
+  m.reset();
+  EXPECT_TRUE(s.valid());
+  EXPECT_TRUE(s.Release(true));  // frees the orphaned state; ASan checks there is no use after free
+}
+
+// ---- concurrency limits and lane independence ---------------------------------------------------
+
+TEST_F(ManagerTest, LaneLimitRejectsWithReasonAndMessage) {
+  auto m = Make();
+  Slot first = m->TryAcquire("model-1", "forecast_model").value();
+  auto second = m->TryAcquire("model-2", "forecast_model");
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.error().reason, RejectReason::kLaneLimit);
+  EXPECT_EQ(second.error().message(),
+            "lane_limit: lane 'forecast_model' is at its limit (1/1 active)");
+  auto stats = m->GetStatistics();
+  EXPECT_EQ(stats.rejections_by_reason.at("lane_limit"), 1);
+  EXPECT_EQ(stats.lanes.at("forecast_model").rejections, 1);
+  EXPECT_EQ(stats.total_rejections, 1);
+  auto seen = observer_->seen();
+  ASSERT_EQ(seen.back().kind, EventKind::kRejected);
+  EXPECT_EQ(seen.back().reason, RejectReason::kLaneLimit);
+  EXPECT_THAT(seen.back().message, HasSubstr("forecast_model"));
+
+  first.Release(true);
+  EXPECT_TRUE(m->TryAcquire("model-3", "forecast_model").ok());
+}
+
+TEST_F(ManagerTest, GlobalLimitRejectsAcrossLanes) {
+  Config c;
+  c.global_concurrency_limit = 3;
+  c.lane_concurrency_limits = {{"a", 2}, {"b", 2}};
+  auto m = Make(c);
+  std::vector<Slot> held;
+  held.push_back(m->TryAcquire("1", "a").value());
+  held.push_back(m->TryAcquire("2", "a").value());
+  held.push_back(m->TryAcquire("3", "b").value());
+  auto r = m->TryAcquire("4", "b");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().reason, RejectReason::kGlobalLimit);
+  EXPECT_THAT(r.error().message(), HasSubstr("global concurrency is at its limit (3/3 active)"));
+  EXPECT_EQ(m->GetStatistics().rejections_by_reason.at("global_limit"), 1);
+}
+
+TEST_F(ManagerTest, LanesAreIndependent) {
+  auto m = Make();
+  std::vector<Slot> writes;
+  for (int i = 0; i < 4; ++i) writes.push_back(m->TryAcquire("w", "file_write").value());
+  EXPECT_FALSE(m->TryAcquire("w", "file_write").ok());
+  for (int i = 0; i < 16; ++i) EXPECT_TRUE(m->TryAcquire("r", "file_read").ok()) << i;
+  std::vector<Slot> tools;
+  for (int i = 0; i < 8; ++i) tools.push_back(m->TryAcquire("t", "tool_call").value());
+  EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("tool_call").active, 8);
+  EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("file_write").active, 4);
+}
+
+TEST_F(ManagerTest, CustomLanesWork) {
+  Config c;
+  c.lane_concurrency_limits["custom_lane"] = 5;
+  auto m = Make(c);
+  std::vector<Slot> held;
+  for (int i = 0; i < 5; ++i) held.push_back(m->TryAcquire("c", "custom_lane").value());
+  EXPECT_EQ(m->TryAcquire("c", "custom_lane").error().reason, RejectReason::kLaneLimit);
+  EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("custom_lane").limit, 5);
+}
+
+// The invariant: no observer ever sees more granted slots than a lane's or the global limit, under
+// threads racing for the same places, and every slot comes back.
+TEST(ManagerContention, LaneAndGlobalLimitsHoldUnderManyThreads) {
+  Config c;
+  c.global_concurrency_limit = 5;
+  c.lane_concurrency_limits = {{"hot", 3}, {"warm", 3}, {"cold", 2}};
+  ManagerOptions o;
+  o.start_background_thread = false;
+  auto m = ResourceBudgetManager::Create(c, std::move(o)).value();
+  const std::vector<std::string> lanes = {"hot", "warm", "cold"};
+  std::map<std::string, std::atomic<int>> live;
+  for (const auto& l : lanes) live[l] = 0;
+  std::atomic<int> live_global{0};
+  std::atomic<int> violations{0}, granted{0}, rejected{0};
+  std::atomic<bool> stop{false};
+
+  std::thread checker([&] {
+    while (!stop.load()) {
+      auto s = m->GetConcurrencyStatus();
+      if (s.global.active > 5) ++violations;
+      for (const auto& [name, lane] : s.lanes)
+        if (lane.active > lane.limit) ++violations;
+    }
+  });
+  std::vector<std::thread> workers;
+  for (int t = 0; t < 8; ++t) {
+    workers.emplace_back([&, t] {
+      std::mt19937 rng(t);
+      for (int i = 0; i < 20000; ++i) {
+        const std::string& lane = lanes[rng() % 3];
+        auto r = m->TryAcquire("task", lane);
+        if (!r.ok()) {
+          ++rejected;
+          continue;
+        }
+        ++granted;
+        // Counted after the grant and uncounted before the release: only an over-grant can push
+        // these past the limits.
+        if (live[lane].fetch_add(1) + 1 > c.lane_concurrency_limits[lane]) ++violations;
+        if (live_global.fetch_add(1) + 1 > 5) ++violations;
+        if (rng() % 4 == 0) std::this_thread::yield();
+        live_global.fetch_sub(1);
+        live[lane].fetch_sub(1);
+        r->Release(rng() % 2 == 0);
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  stop = true;
+  checker.join();
+  EXPECT_EQ(violations.load(), 0);
+  EXPECT_EQ(granted.load() + rejected.load(), 8 * 20000);
+  EXPECT_GT(granted.load(), 0);
+  auto stats = m->GetStatistics();
+  EXPECT_EQ(stats.total_calls, granted.load());
+  EXPECT_EQ(stats.total_rejections, rejected.load());
+  EXPECT_LE(stats.max_concurrent_calls, 5);
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+  for (const auto& [name, lane] : m->GetConcurrencyStatus().lanes) EXPECT_EQ(lane.active, 0);
+}
+
+// ---- rejections for bad requests and shutdown
+// ----------------------------------------------------
+
+TEST_F(ManagerTest, UnknownLaneIsRejected) {
+  auto m = Make();
+  auto r = m->TryAcquire("t", "no_such_lane");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().reason, RejectReason::kUnknownLane);
+  EXPECT_THAT(r.error().message(), HasSubstr("'no_such_lane'"));
+  EXPECT_EQ(m->GetStatistics().rejections_by_reason.at("unknown_lane"), 1);
+}
+
+TEST_F(ManagerTest, NonPositiveTimeoutIsRejected) {
+  auto m = Make();
+  for (int64_t t : {int64_t{0}, int64_t{-5}, kMaxTimeoutMs + 1}) {
+    auto r = m->TryAcquire("t", "critic", t);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().reason, RejectReason::kInvalidTimeout);
+    EXPECT_THAT(r.error().message(), HasSubstr("got " + std::to_string(t)));
+  }
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+}
+
+TEST_F(ManagerTest, ShutdownRejectsNewCallsAndKeepsOutstandingSlotsReleasable) {
+  auto m = Make();
+  Slot s = m->TryAcquire("t", "critic").value();
+  m->Shutdown();
+  m->Shutdown();  // idempotent
+  auto r = m->TryAcquire("t", "critic");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().reason, RejectReason::kShuttingDown);
+  EXPECT_TRUE(s.Release(true));
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+}
+
+TEST_F(ManagerTest, ThrowingObserverDoesNotBreakCalls) {
+  struct Thrower : Observer {
+    void OnEvent(const CallEvent&) override { throw std::runtime_error("broken exporter"); }
+  };
+  auto m = Make();
+  m->AddObserver(std::make_shared<Thrower>());
+  auto s = m->TryAcquire("t", "critic");
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->Release(true));
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+  EXPECT_EQ(observer_->kinds().size(), 2u);  // the other observer still saw both events
+}
+
+TEST_F(ManagerTest, InvalidConfigIsRefusedAtCreate) {
+  Config c;
+  c.timeout_escalation_factor = 0.5;
+  auto m = ResourceBudgetManager::Create(c);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.error().key, "timeoutEscalationFactor");
+}
+
+// ---- memory guards ------------------------------------------------------------------------------
+
+TEST_F(ManagerTest, RssAboveLimitRejectsWithMemoryLimit) {
+  figures_->rss = 600;  // above the default maxRssMb of 512
+  auto m = Make();
+  auto r = m->TryAcquire("t", "tool_call");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().reason, RejectReason::kMemoryLimit);
+  EXPECT_THAT(r.error().message(), HasSubstr("maxRssMb"));
+
+  figures_->rss = 300;
+  EXPECT_FALSE(m->TryAcquire("t", "tool_call").ok()) << "no resample yet: the guard uses the cache";
+  clock_.AdvanceMs(1000);
+  m->Tick();
+  EXPECT_TRUE(m->TryAcquire("t", "tool_call").ok());
+}
+
+TEST_F(ManagerTest, MemoryGuardsOffAdmitsAboveLimits) {
+  figures_->rss = 600;
+  figures_->heap = 450;
+  Config c;
+  c.enable_memory_guards = false;
+  auto m = Make(c);
+  EXPECT_TRUE(m->TryAcquire("t", "tool_call").ok());
+  for (const auto& s : observer_->seen()) EXPECT_NE(s.kind, EventKind::kHeapWarning);
+}
+
+TEST_F(ManagerTest, HeapAboveWarningAdmitsAndWarnsOncePerSample) {
+  figures_->heap = 450;  // above the default heapWarningMb of 400
+  auto m = Make();
+  Slot a = m->TryAcquire("a", "tool_call").value();
+  Slot b = m->TryAcquire("b", "tool_call").value();
+  auto count_warnings = [&] {
+    int n = 0;
+    for (const auto& s : observer_->seen()) n += s.kind == EventKind::kHeapWarning;
+    return n;
+  };
+  EXPECT_EQ(count_warnings(), 1);
+  clock_.AdvanceMs(1000);
+  m->Tick();
+  Slot c = m->TryAcquire("c", "tool_call").value();
+  EXPECT_EQ(count_warnings(), 2);
+  figures_->heap = 100;
+  clock_.AdvanceMs(1000);
+  m->Tick();
+  Slot d = m->TryAcquire("d", "tool_call").value();
+  EXPECT_EQ(count_warnings(), 2);
+}
+
+TEST_F(ManagerTest, SnapshotAndPerCallMemoryFigures) {
+  auto m = Make();
+  auto snap = m->GetMemorySnapshot();
+  EXPECT_DOUBLE_EQ(snap.rss_mb, 100);
+  EXPECT_DOUBLE_EQ(snap.heap_used_mb, 50);
+  EXPECT_EQ(snap.timestamp, "2026-01-01T00:00:00.000Z");
+  Slot s = m->TryAcquire("t", "critic").value();
+  figures_->rss = 130;
+  figures_->heap = 45;
+  clock_.AdvanceMs(1000);
+  m->Tick();
+  EXPECT_EQ(m->GetMemorySnapshot().timestamp, "2026-01-01T00:00:01.000Z");
+  s.Release(true);
+  auto rec = m->GetMetrics().at(0);
+  EXPECT_DOUBLE_EQ(rec.rss_start_mb, 100);
+  EXPECT_DOUBLE_EQ(rec.rss_end_mb, 130);
+  EXPECT_DOUBLE_EQ(rec.rss_delta_mb, 30);
+  EXPECT_DOUBLE_EQ(rec.heap_start_mb, 50);
+  EXPECT_DOUBLE_EQ(rec.heap_delta_mb, -5);
+  EXPECT_DOUBLE_EQ(m->GetStatistics().average_rss_delta_mb, 30);
+}
+
+// ---- timeouts
+// -------------------------------------------------------------------------------------
+
+TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
+  auto m = Make();  // escalation factor 1.5
+  Slot s = m->TryAcquire("slow", "tool_call", 1000).value();
+  std::stop_token token = s.stop_token();
+  std::atomic<int> hook_runs{0};
+  s.SetHardTimeoutHook([&] { ++hook_runs; });
+  observer_->clear();
+
+  clock_.AdvanceMs(999);
+  m->Tick();
+  EXPECT_TRUE(observer_->kinds().empty());
+  EXPECT_FALSE(token.stop_requested());
+
+  clock_.AdvanceMs(1);
+  m->Tick();
+  EXPECT_THAT(observer_->kinds(), ElementsAre(EventKind::kTimeoutWarning));
+  EXPECT_TRUE(token.stop_requested());
+  EXPECT_EQ(hook_runs.load(), 0);
+  EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 0);
+
+  clock_.AdvanceMs(499);
+  m->Tick();
+  EXPECT_EQ(observer_->kinds().size(), 1u);
+
+  clock_.AdvanceMs(1);
+  m->Tick();
+  EXPECT_THAT(observer_->kinds(),
+              ElementsAre(EventKind::kTimeoutWarning, EventKind::kTimeoutEscalation));
+  EXPECT_EQ(hook_runs.load(), 1);
+  // Still counted: the work may still be running.
+  auto status = m->GetConcurrencyStatus();
+  EXPECT_EQ(status.global.active, 1);
+  EXPECT_EQ(status.global.overrunning, 1);
+  EXPECT_EQ(status.lanes.at("tool_call").overrunning, 1);
+  EXPECT_EQ(m->GetStatistics().overrunning_calls, 1);
+
+  clock_.AdvanceMs(10000);
+  m->Tick();
+  EXPECT_EQ(observer_->kinds().size(), 2u) << "each phase fires once";
+  EXPECT_EQ(hook_runs.load(), 1);
+
+  s.Release(false, "timeout");
+  status = m->GetConcurrencyStatus();
+  EXPECT_EQ(status.global.active, 0);
+  EXPECT_EQ(status.global.overrunning, 0);
+  auto rec = m->GetMetrics().at(0);
+  EXPECT_TRUE(rec.timeout_reached);
+  EXPECT_TRUE(rec.escalated);
+  auto stats = m->GetStatistics();
+  EXPECT_EQ(stats.timeout_count, 1);
+  EXPECT_EQ(stats.escalation_count, 1);
+  EXPECT_EQ(stats.overrunning_calls, 0);
+}
+
+TEST_F(ManagerTest, NothingFiresAfterRelease) {
+  auto m = Make();
+  Slot s = m->TryAcquire("quick", "critic", 1000).value();
+  bool hook_ran = false;
+  s.SetHardTimeoutHook([&] { hook_ran = true; });
+  clock_.AdvanceMs(500);
+  s.Release(true);
+  observer_->clear();
+  clock_.AdvanceMs(5000);
+  m->Tick();
+  EXPECT_TRUE(observer_->kinds().empty());
+  EXPECT_FALSE(hook_ran);
+  EXPECT_FALSE(m->GetMetrics().at(0).timeout_reached);
+}
+
+TEST_F(ManagerTest, StopTokenTakenAfterTheWarningIsAlreadyStopped) {
+  auto m = Make();
+  Slot s = m->TryAcquire("t", "critic", 100).value();
+  clock_.AdvanceMs(100);
+  m->Tick();
+  EXPECT_TRUE(s.stop_token().stop_requested());
+}
+
+TEST_F(ManagerTest, EscalationFactorOneFiresBothPhasesInOneTick) {
+  Config c;
+  c.timeout_escalation_factor = 1.0;
+  auto m = Make(c);
+  Slot s = m->TryAcquire("t", "critic", 100).value();
+  observer_->clear();
+  clock_.AdvanceMs(100);
+  m->Tick();
+  EXPECT_THAT(observer_->kinds(),
+              ElementsAre(EventKind::kTimeoutWarning, EventKind::kTimeoutEscalation));
+}
+
+TEST_F(ManagerTest, TenThousandArmedTimersFireOnceEachInDeadlineOrder) {
+  Config c;
+  c.global_concurrency_limit = 10000;
+  c.lane_concurrency_limits = {{"bulk", 10000}};
+  c.metrics_capacity = 10000;
+  auto m = Make(c);
+  std::vector<Slot> slots;
+  std::mt19937 rng(7);
+  std::map<uint64_t, int64_t> timeout_of;
+  for (int i = 0; i < 10000; ++i) {
+    const int64_t timeout = 1 + static_cast<int64_t>(rng() % 5000);
+    slots.push_back(m->TryAcquire("t", "bulk", timeout).value());
+    timeout_of[slots.back().call_id()] = timeout;
+  }
+  observer_->clear();
+  // Release every other call before anything fires: their timers must stay silent.
+  for (size_t i = 0; i < slots.size(); i += 2) slots[i].Release(true);
+  for (int step = 0; step < 5000; step += 7) {
+    clock_.AdvanceMs(7);
+    m->Tick();
+  }
+  clock_.AdvanceMs(5000);
+  m->Tick();
+  std::map<uint64_t, int> warnings, escalations;
+  int64_t last_tick = 0;
+  for (const auto& e : observer_->seen()) {
+    if (e.kind == EventKind::kTimeoutWarning) {
+      ++warnings[e.call_id];
+      // A warning fires at the first 7 ms tick at or after its deadline, and ticks fire in order.
+      const int64_t tick = (timeout_of[e.call_id] + 6) / 7;
+      EXPECT_GE(tick, last_tick) << e.call_id;
+      last_tick = tick;
+    } else if (e.kind == EventKind::kTimeoutEscalation) {
+      ++escalations[e.call_id];
+    }
+  }
+  EXPECT_EQ(warnings.size(), 5000u);
+  EXPECT_EQ(escalations.size(), 5000u);
+  for (const auto& [id, n] : warnings) {
+    EXPECT_EQ(n, 1);
+    EXPECT_EQ((id - 1) % 2, 1u) << "released call " << id << " fired";
+  }
+  EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 5000);
+  for (auto& s : slots) s.Release(false, "timeout");
+  EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 0);
+}
+
+TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
+  auto m = Make();
+  Slot s = m->TryAcquire("t", "critic", 10).value();
+  std::atomic<bool> hook_started{false}, release_started{false}, hook_done{false};
+  s.SetHardTimeoutHook([&] {
+    hook_started = true;
+    while (!release_started) std::this_thread::yield();
+    // Give a non-waiting Release every chance to finish first.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    hook_done = true;
+  });
+  clock_.AdvanceMs(15);
+  std::thread timer_thread([&] { m->Tick(); });
+  while (!hook_started) std::this_thread::yield();
+  release_started = true;
+  s.Release(false, "timeout");
+  EXPECT_TRUE(hook_done.load()) << "Release returned while the hook was still running";
+  timer_thread.join();
+}
+
+// ---- metrics and statistics ---------------------------------------------------------------------
+
+TEST_F(ManagerTest, MetricsRingKeepsTheMostRecentCallsOldestFirst) {
+  Config c;
+  c.metrics_capacity = 3;
+  auto m = Make(c);
+  for (int i = 1; i <= 5; ++i) m->TryAcquire("task-" + std::to_string(i), "critic")->Release(true);
+  auto metrics = m->GetMetrics();
+  ASSERT_EQ(metrics.size(), 3u);
+  EXPECT_EQ(metrics[0].task_id, "task-3");
+  EXPECT_EQ(metrics[1].task_id, "task-4");
+  EXPECT_EQ(metrics[2].task_id, "task-5");
+  EXPECT_EQ(m->GetStatistics().total_calls, 5) << "totals cover every call, not just the ring";
+}
+
+TEST_F(ManagerTest, ConcurrencyAtStartAndEndAreRecorded) {
+  auto m = Make();
+  Slot a = m->TryAcquire("a", "critic").value();
+  Slot b = m->TryAcquire("b", "tool_call").value();
+  Slot c = m->TryAcquire("c", "tool_call").value();
+  a.Release(true);
+  auto rec = m->GetMetrics().at(0);
+  EXPECT_EQ(rec.concurrent_calls_at_start, 1);
+  EXPECT_EQ(rec.concurrent_calls_at_end, 3);
+  EXPECT_EQ(m->GetStatistics().max_concurrent_calls, 3);
+}
+
+TEST_F(ManagerTest, StatisticsAggregateCountsAveragesAndPercentiles) {
+  auto m = Make();
+  // 100 calls of 1..100 ms; every tenth fails.
+  for (int i = 1; i <= 100; ++i) {
+    Slot s = m->TryAcquire("t", i % 2 ? "file_read" : "file_write").value();
+    clock_.AdvanceMs(i);
+    s.Release(i % 10 != 0, i % 10 != 0 ? "" : "IoError");
+  }
+  (void)m->TryAcquire("t", "nope");
+  auto st = m->GetStatistics();
+  EXPECT_EQ(st.total_calls, 100);
+  EXPECT_EQ(st.success_count, 90);
+  EXPECT_EQ(st.failure_count, 10);
+  EXPECT_DOUBLE_EQ(st.average_duration_ms, 50.5);
+  EXPECT_DOUBLE_EQ(st.p50_duration_ms, 50);
+  EXPECT_DOUBLE_EQ(st.p95_duration_ms, 95);
+  EXPECT_DOUBLE_EQ(st.p99_duration_ms, 99);
+  EXPECT_EQ(st.timeout_count, 0);
+  EXPECT_EQ(st.total_rejections, 1);
+  EXPECT_EQ(st.rejections_by_reason.size(), static_cast<size_t>(kRejectReasonCount));
+  const auto& reads = st.lanes.at("file_read");
+  EXPECT_EQ(reads.total_calls, 50);
+  EXPECT_DOUBLE_EQ(reads.average_duration_ms, 50);  // the odd numbers 1..99
+  EXPECT_EQ(reads.failure_count, 0);
+  const auto& writes = st.lanes.at("file_write");
+  EXPECT_EQ(writes.failure_count, 10);
+  EXPECT_DOUBLE_EQ(writes.p95_duration_ms, 96);
+  EXPECT_EQ(writes.limit, 4);
+  EXPECT_EQ(st.lanes.at("critic").total_calls, 0);
+  auto failed = m->GetMetrics().at(9);
+  EXPECT_FALSE(failed.success);
+  EXPECT_EQ(failed.error_type, "IoError");
+}
+
+// ---- the process-wide default -------------------------------------------------------------------
+
+TEST(DefaultManager, ReturnsOneInstanceAndRefusesAConflictingConfig) {
+  auto first = GetResourceBudgetManager();
+  ASSERT_TRUE(first.ok());
+  auto again = GetResourceBudgetManager();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*first, *again);
+  EXPECT_TRUE(GetResourceBudgetManager(Config{}).ok()) << "the same config is fine";
+  Config other;
+  other.max_rss_mb = 1024;
+  auto conflict = GetResourceBudgetManager(other);
+  ASSERT_FALSE(conflict.ok());
+  EXPECT_THAT(conflict.error().message, HasSubstr("different config"));
+  auto bad = GetResourceBudgetManagerFromJson(R"({"maxRssMb": "lots"})");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.error().key, "maxRssMb");
+  auto slot = (*first)->TryAcquire("t", "tool_call");
+  ASSERT_TRUE(slot.ok());
+  EXPECT_TRUE(slot->Release(true));
+}
+
+// The background thread drives timers on the real clock.
+TEST(BackgroundThread, FiresTimeoutsWithoutTicks) {
+  Config c;
+  c.timer_tick_ms = 1;
+  auto m = ResourceBudgetManager::Create(c).value();
+  Slot s = m->TryAcquire("t", "critic", 5).value();
+  std::stop_token token = s.stop_token();
+  for (int i = 0; i < 5000 && !token.stop_requested(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  EXPECT_TRUE(token.stop_requested());
+  s.Release(false, "timeout");
+  EXPECT_TRUE(m->GetMetrics().at(0).timeout_reached);
+}
+
+}  // namespace
+}  // namespace laneguard
