@@ -63,14 +63,17 @@ struct LaneState {
   std::atomic<int> active{0};
   // One counter per reason, so a rejection costs a single atomic add; totals are summed on read.
   std::atomic<int64_t> rejections[kRejectReasonCount] = {};
-  // Under the admission lock.
+};
+
+// Per-lane totals kept by each shard (summed on read).
+struct LaneTotals {
   int overrunning = 0;
   int64_t total = 0, success = 0, failure = 0, timeouts = 0;
   double duration_sum_ms = 0;
 };
 
-// One active (or free) call. Entries live in a deque so references stay valid as it grows, and are
-// reused through a free list, so a warm manager allocates nothing per call.
+// One active (or free) call. Entries are reused through a free list, so a warm manager allocates
+// nothing per call.
 struct CallEntry {
   uint32_t generation = 0;
   bool in_use = false;
@@ -101,18 +104,54 @@ struct RingRecord {
   double rss_start = 0, rss_end = 0, heap_start = 0, heap_end = 0;
   int64_t timeout_ms = 0;
   int64_t start_unix = 0;
+  int64_t end_mono = 0;  // orders records across shards
   std::string task_id;
   std::string error_type;
 };
 
-uint64_t Tag(uint32_t index, uint32_t generation) {
-  return (static_cast<uint64_t>(index) << 32) | generation;
+// The per-call half of the manager. Each thread works in its own shard (chosen round-robin the
+// first time the thread calls), so on the hot path two threads share only the admission counters:
+// call entries, timers, the metrics ring and the totals stay in one core's cache. A release from
+// another thread goes to the slot's shard, which is correct, just not as fast.
+struct alignas(64) Shard {
+  SpinLock lock;  // guards everything in the shard
+  std::vector<std::unique_ptr<CallEntry>> calls;  // unique_ptr: entries stay put as it grows
+  std::vector<uint32_t> free_calls;
+  TimerQueue timers;
+  std::vector<RingRecord> ring;  // each shard keeps up to metricsCapacity most recent records
+  size_t ring_next = 0;
+  int overrunning = 0;
+  int64_t total_calls = 0, success_count = 0, failure_count = 0, timeout_count = 0,
+          escalation_count = 0;
+  double duration_sum_ms = 0, rss_delta_sum_mb = 0;
+  std::vector<LaneTotals> lanes;
+};
+
+// Slot::index_ packs the shard (high 8 bits) and the entry (low 24 bits).
+constexpr uint32_t kEntryBits = 24;
+constexpr uint32_t kEntryMask = (1u << kEntryBits) - 1;
+constexpr size_t kMaxShards = 1u << (32 - kEntryBits);
+
+uint64_t Tag(uint32_t entry, uint32_t generation) {
+  return (static_cast<uint64_t>(entry) << 32) | generation;
 }
 
 double Percentile(std::vector<double>& sorted, double p) {
   if (sorted.empty()) return 0;
   auto rank = static_cast<size_t>(std::ceil(p * static_cast<double>(sorted.size())));
   return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
+}
+
+size_t ShardCount() {
+  const size_t cores = std::max(1u, std::thread::hardware_concurrency());
+  return std::clamp<size_t>(2 * cores, 2, 64);
+}
+
+// The calling thread's shard number, assigned round-robin on first use.
+size_t ThreadShardHint() {
+  static std::atomic<size_t> next{0};
+  thread_local const size_t hint = next.fetch_add(1, std::memory_order_relaxed);
+  return hint;
 }
 
 }  // namespace
@@ -124,13 +163,17 @@ struct ManagerState {
         probe(options.memory_probe ? std::move(options.memory_probe) : NewProcMemoryProbe()),
         unix_offset(clock->UnixNanos() - clock->MonotonicNanos()),
         lane_count(config.lane_concurrency_limits.size()),
-        lanes(new LaneState[lane_count]) {
+        lanes(new LaneState[lane_count]),
+        shard_count(ShardCount()),
+        shards(new Shard[shard_count]) {
+    static_assert(kMaxShards >= 64);
     size_t i = 0;
     for (const auto& [name, limit] : config.lane_concurrency_limits) {
       lanes[i].name = name;
       lanes[i].limit = limit;
       ++i;
     }
+    for (size_t s = 0; s < shard_count; ++s) shards[s].lanes.resize(lane_count);
     if (!options.observers.empty()) SetObservers(std::move(options.observers));
     SampleMemory(clock->MonotonicNanos());
   }
@@ -222,18 +265,12 @@ struct ManagerState {
                       global_active.load(std::memory_order_relaxed), &r))
       return Reject(std::move(r), task_id, lane_name, &lane);
 
-    Metadata metadata_for_observers;
-    if (HasObservers()) metadata_for_observers = metadata;
-    const int64_t now = clock->MonotonicNanos();
-    const auto timeout_ns = timeout * kNanosPerMs;
-    const auto hard_ns =
-        static_cast<int64_t>(static_cast<double>(timeout_ns) * config.timeout_escalation_factor);
-    uint32_t index = 0, generation = 0;
-    uint64_t call_id = 0;
+    // The admission step proper: both limits checked and both counts taken under one lock.
     int global_now = 0, lane_now = 0;
+    uint64_t call_id = 0;
     bool full;
     {
-      std::lock_guard<SpinLock> guard(lock);
+      std::lock_guard<SpinLock> guard(admission_lock);
       const int lane_active = lane.active.load(std::memory_order_relaxed);
       const int all_active = global_active.load(std::memory_order_relaxed);
       full = FullRejection(lane, lane_active, all_active, &r);
@@ -243,33 +280,47 @@ struct ManagerState {
         lane.active.store(lane_now, std::memory_order_relaxed);
         global_active.store(global_now, std::memory_order_relaxed);
         max_concurrent = std::max(max_concurrent, global_now);
-
-        if (free_calls.empty()) {
-          index = static_cast<uint32_t>(calls.size());
-          calls.push_back(std::make_unique<CallEntry>());
-        } else {
-          index = free_calls.back();
-          free_calls.pop_back();
-        }
-        CallEntry& c = *calls[index];
-        generation = c.generation;
-        c.in_use = true;
-        c.phase = kRunning;
-        c.lane = static_cast<uint32_t>(lane_index);
-        c.call_id = call_id = next_call_id++;
-        c.start_mono = now;
-        c.timeout_ms = timeout;
-        c.hard_deadline = now + hard_ns;
-        c.rss_start = rss;
-        c.heap_start = heap_used_mb.load(std::memory_order_relaxed);
-        c.concurrent_at_start = global_now;
-        c.task_id.assign(task_id);
-        if (!metadata.empty()) c.metadata = std::move(metadata);
-        c.timer = timers.Arm(now + timeout_ns, Tag(index, generation));
+        call_id = next_call_id++;
       }
     }
     if (full) return Reject(std::move(r), task_id, lane_name, &lane);
-    Slot slot(this, index, generation, call_id, now + timeout_ns, now + hard_ns);
+
+    Metadata metadata_for_observers;
+    if (HasObservers()) metadata_for_observers = metadata;
+    const int64_t now = clock->MonotonicNanos();
+    const int64_t timeout_ns = timeout * kNanosPerMs;
+    const auto hard_ns =
+        static_cast<int64_t>(static_cast<double>(timeout_ns) * config.timeout_escalation_factor);
+    const size_t shard_index = ThreadShardHint() % shard_count;
+    Shard& shard = shards[shard_index];
+    uint32_t entry = 0, generation = 0;
+    {
+      std::lock_guard<SpinLock> guard(shard.lock);
+      if (shard.free_calls.empty()) {
+        entry = static_cast<uint32_t>(shard.calls.size());
+        shard.calls.push_back(std::make_unique<CallEntry>());
+      } else {
+        entry = shard.free_calls.back();
+        shard.free_calls.pop_back();
+      }
+      CallEntry& c = *shard.calls[entry];
+      generation = c.generation;
+      c.in_use = true;
+      c.phase = kRunning;
+      c.lane = static_cast<uint32_t>(lane_index);
+      c.call_id = call_id;
+      c.start_mono = now;
+      c.timeout_ms = timeout;
+      c.hard_deadline = now + hard_ns;
+      c.rss_start = rss;
+      c.heap_start = heap_used_mb.load(std::memory_order_relaxed);
+      c.concurrent_at_start = global_now;
+      c.task_id.assign(task_id);
+      if (!metadata.empty()) c.metadata = std::move(metadata);
+      c.timer = shard.timers.Arm(now + timeout_ns, Tag(entry, generation));
+    }
+    Slot slot(this, static_cast<uint32_t>(shard_index << kEntryBits) | entry, generation, call_id,
+              now + timeout_ns, now + hard_ns);
     if (HasObservers()) {
       CallEvent e;
       e.kind = EventKind::kAcquired;
@@ -306,52 +357,56 @@ struct ManagerState {
     return slot;
   }
 
-  // Locks and returns the entry for (index, generation), or nullptr (and unlocked) if the slot was
-  // already released. Waits for a hard-timeout hook running on another thread.
-  CallEntry* LockEntry(uint32_t index, uint32_t generation) {
-    lock.lock();
+  // Locks the slot's shard and returns its entry, or nullptr (unlocked) if the slot was already
+  // released. Waits for a hard-timeout hook running on another thread.
+  CallEntry* LockEntry(const Slot& slot, Shard** shard_out) {
+    const size_t shard_index = slot.index_ >> kEntryBits;
+    const uint32_t entry = slot.index_ & kEntryMask;
+    if (shard_index >= shard_count) return nullptr;
+    Shard& shard = shards[shard_index];
+    *shard_out = &shard;
+    shard.lock.lock();
     for (;;) {
-      if (index >= calls.size() || calls[index]->generation != generation ||
-          !calls[index]->in_use) {
-        lock.unlock();
+      if (entry >= shard.calls.size() || shard.calls[entry]->generation != slot.generation_ ||
+          !shard.calls[entry]->in_use) {
+        shard.lock.unlock();
         return nullptr;
       }
-      CallEntry& c = *calls[index];
+      CallEntry& c = *shard.calls[entry];
       if (!c.hook_running || c.hook_thread == std::this_thread::get_id()) return &c;
-      lock.unlock();
+      shard.lock.unlock();
       std::this_thread::yield();
-      lock.lock();
+      shard.lock.lock();
     }
   }
 
   bool Release(Slot& slot, bool success, std::string_view error_type) {
-    const uint32_t index = slot.index_, generation = slot.generation_;
-    slot.state_ = nullptr;
     const int64_t now = clock->MonotonicNanos();
-    CallEntry* c = LockEntry(index, generation);
+    Shard* shard = nullptr;
+    CallEntry* c = LockEntry(slot, &shard);
+    slot.state_ = nullptr;
     if (c == nullptr) return false;
-    LaneState& lane = lanes[c->lane];
-    timers.Cancel(c->timer);
-
-    const int lane_now = lane.active.load(std::memory_order_relaxed) - 1;
-    const int global_before = global_active.load(std::memory_order_relaxed);
-    lane.active.store(lane_now, std::memory_order_relaxed);
-    global_active.store(global_before - 1, std::memory_order_relaxed);
+    const uint32_t lane_index = c->lane;
+    LaneState& lane = lanes[lane_index];
+    LaneTotals& totals = shard->lanes[lane_index];
+    shard->timers.Cancel(c->timer);
     if (c->phase == kEscalated) {
-      --lane.overrunning;
-      --global_overrunning;
+      --totals.overrunning;
+      --shard->overrunning;
     }
 
-    if (ring.size() < static_cast<size_t>(config.metrics_capacity)) ring.emplace_back();
-    RingRecord& r = ring[ring_next];
-    ring_next = (ring_next + 1) % static_cast<size_t>(config.metrics_capacity);
+    const auto capacity = static_cast<size_t>(config.metrics_capacity);
+    if (shard->ring.size() < capacity) shard->ring.emplace_back();
+    RingRecord& r = shard->ring[shard->ring_next];
+    shard->ring_next = (shard->ring_next + 1) % capacity;
     r.call_id = c->call_id;
-    r.lane = c->lane;
+    r.lane = lane_index;
     r.success = success;
     r.timeout_reached = c->phase >= kWarned;
     r.escalated = c->phase == kEscalated;
     r.concurrent_at_start = c->concurrent_at_start;
-    r.concurrent_at_end = global_before;
+    // A snapshot of the count that still includes this call (it drops below, after the record).
+    r.concurrent_at_end = global_active.load(std::memory_order_relaxed);
     r.duration_ms = static_cast<double>(now - c->start_mono) / kNanosPerMs;
     r.rss_start = c->rss_start;
     r.rss_end = rss_mb.load(std::memory_order_relaxed);
@@ -359,6 +414,7 @@ struct ManagerState {
     r.heap_end = heap_used_mb.load(std::memory_order_relaxed);
     r.timeout_ms = c->timeout_ms;
     r.start_unix = c->start_mono + unix_offset;
+    r.end_mono = now;
     r.task_id.swap(c->task_id);  // the entry inherits the old buffer: no allocation either way
     if (error_type.empty()) {
       r.error_type.clear();
@@ -366,16 +422,16 @@ struct ManagerState {
       r.error_type.assign(error_type);
     }
 
-    ++total_calls;
-    (success ? success_count : failure_count) += 1;
-    timeout_count += r.timeout_reached;
-    escalation_count += r.escalated;
-    duration_sum_ms += r.duration_ms;
-    rss_delta_sum_mb += r.rss_end - r.rss_start;
-    ++lane.total;
-    (success ? lane.success : lane.failure) += 1;
-    lane.timeouts += r.timeout_reached;
-    lane.duration_sum_ms += r.duration_ms;
+    ++shard->total_calls;
+    (success ? shard->success_count : shard->failure_count) += 1;
+    shard->timeout_count += r.timeout_reached;
+    shard->escalation_count += r.escalated;
+    shard->duration_sum_ms += r.duration_ms;
+    shard->rss_delta_sum_mb += r.rss_end - r.rss_start;
+    ++totals.total;
+    (success ? totals.success : totals.failure) += 1;
+    totals.timeouts += r.timeout_reached;
+    totals.duration_sum_ms += r.duration_ms;
 
     // Destroyed after unlocking: freeing memory or a stop state is not admission work. Most calls
     // have none of these, so they are only touched when present.
@@ -387,14 +443,24 @@ struct ManagerState {
     if (!c->metadata.empty()) std::swap(metadata, c->metadata);
     c->in_use = false;
     ++c->generation;
-    free_calls.push_back(index);
+    shard->free_calls.push_back(slot.index_ & kEntryMask);
 
     const bool notify = HasObservers();
     const uint64_t call_id = r.call_id;
     WorkerCallMetrics record;
     if (notify) record = ToPublic(r);
-    const bool last_after_destroy = !manager_alive && global_before - 1 == 0;
-    lock.unlock();
+    shard->lock.unlock();
+
+    int global_after, lane_after;
+    bool last_after_destroy;
+    {
+      std::lock_guard<SpinLock> guard(admission_lock);
+      lane_after = lane.active.load(std::memory_order_relaxed) - 1;
+      global_after = global_active.load(std::memory_order_relaxed) - 1;
+      lane.active.store(lane_after, std::memory_order_relaxed);
+      global_active.store(global_after, std::memory_order_relaxed);
+      last_after_destroy = !manager_alive && global_after == 0;
+    }
 
     if (notify) {
       CallEvent e;
@@ -403,8 +469,8 @@ struct ManagerState {
       e.call_id = call_id;
       e.task_id = record.task_id;
       e.lane = lane.name;
-      e.global_active = global_before - 1;
-      e.lane_active = lane_now;
+      e.global_active = global_after;
+      e.lane_active = lane_after;
       e.global_limit = config.global_concurrency_limit;
       e.lane_limit = lane.limit;
       e.timeout_ms = record.timeout_ms;
@@ -418,28 +484,32 @@ struct ManagerState {
 
   std::stop_token StopToken(const Slot& slot) {
     std::stop_source fresh;  // allocated outside the lock, used only if the entry has none yet
-    CallEntry* c = LockEntry(slot.index_, slot.generation_);
+    Shard* shard = nullptr;
+    CallEntry* c = LockEntry(slot, &shard);
     if (c == nullptr) return {};
     if (!c->stop.stop_possible()) c->stop = std::move(fresh);
     std::stop_source stop = c->stop;
     const bool past_deadline = c->phase >= kWarned;
-    lock.unlock();
+    shard->lock.unlock();
     if (past_deadline) stop.request_stop();
     return stop.get_token();
   }
 
   void SetHook(const Slot& slot, std::function<void()> hook) {
-    CallEntry* c = LockEntry(slot.index_, slot.generation_);
+    Shard* shard = nullptr;
+    CallEntry* c = LockEntry(slot, &shard);
     if (c == nullptr) return;
     std::swap(c->hook, hook);
-    lock.unlock();
+    shard->lock.unlock();
   }
 
   // ---- timers and memory ----------------------------------------------------------------------
 
   struct Fired {
     EventKind kind = EventKind::kTimeoutWarning;
-    uint32_t index = 0, generation = 0;
+    int64_t deadline = 0;
+    Shard* shard = nullptr;
+    uint32_t entry = 0, generation = 0;
     uint64_t call_id = 0;
     uint32_t lane = 0;
     int64_t timeout_ms = 0;
@@ -448,57 +518,67 @@ struct ManagerState {
     std::function<void()> hook;
   };
 
+  // Pops the shard's due timers; called with the shard locked.
+  void CollectDue(Shard& shard, int64_t now, std::vector<Fired>* fired) {
+    // An escalation re-armed at or before `now` (escalation factor 1) fires in the same tick.
+    while (shard.timers.NextDeadline() <= now) {
+      expired.clear();
+      shard.timers.PopExpired(now, &expired);
+      for (const TimerQueue::Expired& x : expired) {
+        const auto entry = static_cast<uint32_t>(x.tag >> 32);
+        const auto generation = static_cast<uint32_t>(x.tag);
+        CallEntry& c = *shard.calls[entry];
+        if (!c.in_use || c.generation != generation) continue;
+        Fired f;
+        f.shard = &shard;
+        f.deadline = x.deadline;
+        f.entry = entry;
+        f.generation = generation;
+        f.call_id = c.call_id;
+        f.lane = c.lane;
+        f.timeout_ms = c.timeout_ms;
+        f.task_id = c.task_id;
+        if (c.phase == kRunning) {
+          c.phase = kWarned;
+          f.stop = c.stop;
+          c.timer = shard.timers.Arm(c.hard_deadline, x.tag);
+        } else {
+          c.phase = kEscalated;
+          f.kind = EventKind::kTimeoutEscalation;
+          ++shard.lanes[c.lane].overrunning;
+          ++shard.overrunning;
+          if (c.hook) {
+            f.hook = c.hook;
+            c.hook_running = true;
+            c.hook_thread = std::this_thread::get_id();
+          }
+        }
+        fired->push_back(std::move(f));
+      }
+    }
+  }
+
   void Tick() {
     std::lock_guard<std::mutex> tick_guard(tick_mu);
     const int64_t now = clock->MonotonicNanos();
     if (now >= next_sample_mono) SampleMemory(now);
 
     std::vector<Fired> fired;
-    {
-      std::lock_guard<SpinLock> guard(lock);
-      // An escalation re-armed at or before `now` (escalation factor 1) fires in the same tick.
-      while (timers.NextDeadline() <= now) {
-        expired.clear();
-        timers.PopExpired(now, &expired);
-        for (const TimerQueue::Expired& x : expired) {
-          const auto index = static_cast<uint32_t>(x.tag >> 32);
-          const auto generation = static_cast<uint32_t>(x.tag);
-          CallEntry& c = *calls[index];
-          if (!c.in_use || c.generation != generation) continue;
-          Fired f;
-          f.kind = EventKind::kTimeoutWarning;
-          f.index = index;
-          f.generation = generation;
-          f.call_id = c.call_id;
-          f.lane = c.lane;
-          f.timeout_ms = c.timeout_ms;
-          f.task_id = c.task_id;
-          if (c.phase == kRunning) {
-            c.phase = kWarned;
-            f.stop = c.stop;
-            c.timer = timers.Arm(c.hard_deadline, x.tag);
-          } else {
-            c.phase = kEscalated;
-            f.kind = EventKind::kTimeoutEscalation;
-            ++lanes[c.lane].overrunning;
-            ++global_overrunning;
-            if (c.hook) {
-              f.hook = c.hook;
-              c.hook_running = true;
-              c.hook_thread = std::this_thread::get_id();
-            }
-          }
-          fired.push_back(std::move(f));
-        }
-      }
+    for (size_t s = 0; s < shard_count; ++s) {
+      std::lock_guard<SpinLock> guard(shards[s].lock);
+      CollectDue(shards[s], now, &fired);
     }
+    // Across shards, report in deadline order as a single queue would.
+    std::stable_sort(fired.begin(), fired.end(),
+                     [](const Fired& a, const Fired& b) { return a.deadline < b.deadline; });
     for (Fired& f : fired) {
       if (f.stop.stop_possible()) f.stop.request_stop();
       if (HasObservers()) {
         const bool warning = f.kind == EventKind::kTimeoutWarning;
-        const int64_t phase_ms = warning ? f.timeout_ms
-                                         : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
-                                                                config.timeout_escalation_factor);
+        const int64_t phase_ms =
+            warning ? f.timeout_ms
+                    : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
+                                           config.timeout_escalation_factor);
         std::string message =
             std::string(warning ? "worker call exceeded its timeout of "
                                 : "worker call exceeded its hard deadline of ") +
@@ -524,8 +604,8 @@ struct ManagerState {
         } catch (...) {
           // A failing kill hook must not take down the timer thread; the call stays overrunning.
         }
-        std::lock_guard<SpinLock> guard(lock);
-        CallEntry& c = *calls[f.index];
+        std::lock_guard<SpinLock> guard(f.shard->lock);
+        CallEntry& c = *f.shard->calls[f.entry];
         if (c.generation == f.generation) c.hook_running = false;
       }
     }
@@ -575,71 +655,92 @@ struct ManagerState {
     return m;
   }
 
-  std::vector<WorkerCallMetrics> GetMetrics() {
-    std::vector<RingRecord> copy;
-    {
-      std::lock_guard<SpinLock> guard(lock);
-      copy.reserve(ring.size());
-      // Once full, ring_next points at the oldest record.
-      for (size_t i = 0; i < ring.size(); ++i)
-        copy.push_back(
-            ring[(ring.size() == static_cast<size_t>(config.metrics_capacity) ? ring_next + i : i) %
-                 ring.size()]);
+  // The most recent metricsCapacity records of all shards, in release order.
+  std::vector<RingRecord> RecentRecords() {
+    std::vector<RingRecord> all;
+    for (size_t s = 0; s < shard_count; ++s) {
+      std::lock_guard<SpinLock> guard(shards[s].lock);
+      all.insert(all.end(), shards[s].ring.begin(), shards[s].ring.end());
     }
+    std::sort(all.begin(), all.end(), [](const RingRecord& a, const RingRecord& b) {
+      return a.end_mono != b.end_mono ? a.end_mono < b.end_mono : a.call_id < b.call_id;
+    });
+    const auto capacity = static_cast<size_t>(config.metrics_capacity);
+    if (all.size() > capacity) all.erase(all.begin(), all.end() - static_cast<ptrdiff_t>(capacity));
+    return all;
+  }
+
+  std::vector<WorkerCallMetrics> GetMetrics() {
     std::vector<WorkerCallMetrics> out;
-    out.reserve(copy.size());
-    for (const RingRecord& r : copy) out.push_back(ToPublic(r));
+    for (const RingRecord& r : RecentRecords()) out.push_back(ToPublic(r));
     return out;
   }
 
   Statistics GetStatistics() {
     Statistics s;
+    double duration_sum = 0, rss_delta_sum = 0;
+    std::vector<LaneTotals> lane_totals(lane_count);
+    for (size_t i = 0; i < shard_count; ++i) {
+      Shard& shard = shards[i];
+      std::lock_guard<SpinLock> guard(shard.lock);
+      s.total_calls += shard.total_calls;
+      s.success_count += shard.success_count;
+      s.failure_count += shard.failure_count;
+      s.timeout_count += shard.timeout_count;
+      s.escalation_count += shard.escalation_count;
+      s.overrunning_calls += shard.overrunning;
+      duration_sum += shard.duration_sum_ms;
+      rss_delta_sum += shard.rss_delta_sum_mb;
+      for (size_t l = 0; l < lane_count; ++l) {
+        const LaneTotals& from = shard.lanes[l];
+        LaneTotals& to = lane_totals[l];
+        to.overrunning += from.overrunning;
+        to.total += from.total;
+        to.success += from.success;
+        to.failure += from.failure;
+        to.timeouts += from.timeouts;
+        to.duration_sum_ms += from.duration_sum_ms;
+      }
+    }
+    {
+      std::lock_guard<SpinLock> guard(admission_lock);
+      s.max_concurrent_calls = max_concurrent;
+    }
+    if (s.total_calls > 0) {
+      s.average_duration_ms = duration_sum / static_cast<double>(s.total_calls);
+      s.average_rss_delta_mb = rss_delta_sum / static_cast<double>(s.total_calls);
+    }
+
     std::vector<double> durations;
     std::vector<std::vector<double>> lane_durations(lane_count);
-    int64_t by_reason[kRejectReasonCount] = {};
-    {
-      std::lock_guard<SpinLock> guard(lock);
-      s.total_calls = total_calls;
-      s.success_count = success_count;
-      s.failure_count = failure_count;
-      s.timeout_count = timeout_count;
-      s.escalation_count = escalation_count;
-      s.max_concurrent_calls = max_concurrent;
-      s.overrunning_calls = global_overrunning;
-      if (total_calls > 0) {
-        s.average_duration_ms = duration_sum_ms / static_cast<double>(total_calls);
-        s.average_rss_delta_mb = rss_delta_sum_mb / static_cast<double>(total_calls);
-      }
-      durations.reserve(ring.size());
-      for (const RingRecord& r : ring) {
-        durations.push_back(r.duration_ms);
-        lane_durations[r.lane].push_back(r.duration_ms);
-      }
-      for (size_t i = 0; i < lane_count; ++i) {
-        const LaneState& l = lanes[i];
-        LaneStatistics& ls = s.lanes[l.name];
-        ls.total_calls = l.total;
-        ls.success_count = l.success;
-        ls.failure_count = l.failure;
-        ls.timeout_count = l.timeouts;
-        ls.average_duration_ms = l.total > 0 ? l.duration_sum_ms / static_cast<double>(l.total) : 0;
-        ls.active = l.active.load(std::memory_order_relaxed);
-        ls.overrunning = l.overrunning;
-        ls.limit = l.limit;
-        for (int reason = 0; reason < kRejectReasonCount; ++reason) {
-          const int64_t n = l.rejections[reason].load(std::memory_order_relaxed);
-          ls.rejections += n;
-          by_reason[reason] += n;
-        }
-      }
+    for (const RingRecord& r : RecentRecords()) {
+      durations.push_back(r.duration_ms);
+      lane_durations[r.lane].push_back(r.duration_ms);
     }
     std::sort(durations.begin(), durations.end());
     s.p50_duration_ms = Percentile(durations, 0.50);
     s.p95_duration_ms = Percentile(durations, 0.95);
     s.p99_duration_ms = Percentile(durations, 0.99);
-    for (size_t i = 0; i < lane_count; ++i) {
-      std::sort(lane_durations[i].begin(), lane_durations[i].end());
-      s.lanes[lanes[i].name].p95_duration_ms = Percentile(lane_durations[i], 0.95);
+
+    int64_t by_reason[kRejectReasonCount] = {};
+    for (size_t l = 0; l < lane_count; ++l) {
+      const LaneTotals& t = lane_totals[l];
+      LaneStatistics& ls = s.lanes[lanes[l].name];
+      ls.total_calls = t.total;
+      ls.success_count = t.success;
+      ls.failure_count = t.failure;
+      ls.timeout_count = t.timeouts;
+      ls.average_duration_ms = t.total > 0 ? t.duration_sum_ms / static_cast<double>(t.total) : 0;
+      ls.active = lanes[l].active.load(std::memory_order_relaxed);
+      ls.overrunning = t.overrunning;
+      ls.limit = lanes[l].limit;
+      for (int reason = 0; reason < kRejectReasonCount; ++reason) {
+        const int64_t n = lanes[l].rejections[reason].load(std::memory_order_relaxed);
+        ls.rejections += n;
+        by_reason[reason] += n;
+      }
+      std::sort(lane_durations[l].begin(), lane_durations[l].end());
+      ls.p95_duration_ms = Percentile(lane_durations[l], 0.95);
     }
     for (int i = 0; i < kRejectReasonCount; ++i) {
       const int64_t n = by_reason[i] + laneless_rejections[i].load(std::memory_order_relaxed);
@@ -651,12 +752,18 @@ struct ManagerState {
 
   ConcurrencyStatus GetConcurrencyStatus() {
     ConcurrencyStatus s;
-    std::lock_guard<SpinLock> guard(lock);
-    s.global = {global_active.load(std::memory_order_relaxed), config.global_concurrency_limit,
-                global_overrunning};
-    for (size_t i = 0; i < lane_count; ++i)
-      s.lanes[lanes[i].name] = {lanes[i].active.load(std::memory_order_relaxed), lanes[i].limit,
-                                lanes[i].overrunning};
+    std::vector<int> overrunning(lane_count, 0);
+    for (size_t i = 0; i < shard_count; ++i) {
+      std::lock_guard<SpinLock> guard(shards[i].lock);
+      s.global.overrunning += shards[i].overrunning;
+      for (size_t l = 0; l < lane_count; ++l) overrunning[l] += shards[i].lanes[l].overrunning;
+    }
+    std::lock_guard<SpinLock> guard(admission_lock);
+    s.global.active = global_active.load(std::memory_order_relaxed);
+    s.global.limit = config.global_concurrency_limit;
+    for (size_t l = 0; l < lane_count; ++l)
+      s.lanes[lanes[l].name] = {lanes[l].active.load(std::memory_order_relaxed), lanes[l].limit,
+                                overrunning[l]};
     return s;
   }
 
@@ -724,7 +831,7 @@ struct ManagerState {
   // Called by ~ResourceBudgetManager. Returns true if the state can be freed now; otherwise the
   // last outstanding slot frees it.
   bool Orphan() {
-    std::lock_guard<SpinLock> guard(lock);
+    std::lock_guard<SpinLock> guard(admission_lock);
     manager_alive = false;
     return global_active.load(std::memory_order_relaxed) == 0;
   }
@@ -737,25 +844,17 @@ struct ManagerState {
   const int64_t unix_offset;  // wall time = monotonic + offset: one clock read per event
   const size_t lane_count;
   const std::unique_ptr<LaneState[]> lanes;
+  const size_t shard_count;
+  const std::unique_ptr<Shard[]> shards;
 
-  SpinLock lock;  // guards everything below up to the atomics, and LaneState's plain fields
-  std::atomic<int> global_active{0};  // written under `lock`
-  int global_overrunning = 0;
+  // The one lock every admission takes: the only state threads share on the hot path.
+  alignas(64) SpinLock admission_lock;  // guards the fields up to the next alignas
+  std::atomic<int> global_active{0};    // written under admission_lock (and LaneState::active)
   int max_concurrent = 0;
-  // unique_ptr keeps entries in place as the table grows, at one indirection (a deque of entries
-  // this large costs a block lookup per access).
-  std::vector<std::unique_ptr<CallEntry>> calls;
-  std::vector<uint32_t> free_calls;
-  TimerQueue timers;
-  std::vector<RingRecord> ring;
-  size_t ring_next = 0;
   uint64_t next_call_id = 1;
-  int64_t total_calls = 0, success_count = 0, failure_count = 0, timeout_count = 0,
-          escalation_count = 0;
-  double duration_sum_ms = 0, rss_delta_sum_mb = 0;
   bool manager_alive = true;
 
-  std::atomic<int64_t> laneless_rejections[kRejectReasonCount] = {};  // unknown lane, shutdown
+  alignas(64) std::atomic<int64_t> laneless_rejections[kRejectReasonCount] = {};
   std::atomic<bool> shutting_down{false};
   std::atomic<double> rss_mb{0};
   std::atomic<double> heap_used_mb{0};
@@ -766,7 +865,7 @@ struct ManagerState {
   int64_t next_sample_mono = 0;  // guarded by memory_mu (written) and tick_mu (read)
 
   std::mutex tick_mu;
-  std::vector<TimerQueue::Expired> expired;  // guarded by tick_mu and lock
+  std::vector<TimerQueue::Expired> expired;  // guarded by tick_mu
 
   std::atomic<const ObserverList*> observers{nullptr};
   std::mutex observers_mu;
