@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstring>
 #include <mutex>
 #include <thread>
 
@@ -114,7 +115,7 @@ struct RingRecord {
 // call entries, timers, the metrics ring and the totals stay in one core's cache. A release from
 // another thread goes to the slot's shard, which is correct, just not as fast.
 struct alignas(64) Shard {
-  SpinLock lock;  // guards everything in the shard
+  SpinLock lock;                                  // guards everything in the shard
   std::vector<std::unique_ptr<CallEntry>> calls;  // unique_ptr: entries stay put as it grows
   std::vector<uint32_t> free_calls;
   TimerQueue timers;
@@ -182,8 +183,12 @@ struct ManagerState {
 
   int FindLane(std::string_view name) const {
     // Lanes are few (the spec has five), so a scan of short strings beats hashing.
-    for (size_t i = 0; i < lane_count; ++i)
-      if (lanes[i].name == name) return static_cast<int>(i);
+    // Sizes first: std::string's operator== runs memcmp before it compares lengths.
+    for (size_t i = 0; i < lane_count; ++i) {
+      const std::string& lane = lanes[i].name;
+      if (lane.size() == name.size() && std::memcmp(lane.data(), name.data(), name.size()) == 0)
+        return static_cast<int>(i);
+    }
     return -1;
   }
 
@@ -396,7 +401,11 @@ struct ManagerState {
     }
 
     const auto capacity = static_cast<size_t>(config.metrics_capacity);
-    if (shard->ring.size() < capacity) shard->ring.emplace_back();
+    if (shard->ring.size() < capacity) {
+      // Reserved whole on first use, so filling the ring never reallocates on the hot path.
+      if (shard->ring.empty()) shard->ring.reserve(capacity);
+      shard->ring.emplace_back();
+    }
     RingRecord& r = shard->ring[shard->ring_next];
     shard->ring_next = (shard->ring_next + 1) % capacity;
     r.call_id = c->call_id;
@@ -445,10 +454,9 @@ struct ManagerState {
     ++c->generation;
     shard->free_calls.push_back(slot.index_ & kEntryMask);
 
-    const bool notify = HasObservers();
     const uint64_t call_id = r.call_id;
-    WorkerCallMetrics record;
-    if (notify) record = ToPublic(r);
+    std::optional<WorkerCallMetrics> record;
+    if (HasObservers()) record = ToPublic(r);
     shard->lock.unlock();
 
     int global_after, lane_after;
@@ -462,20 +470,20 @@ struct ManagerState {
       last_after_destroy = !manager_alive && global_after == 0;
     }
 
-    if (notify) {
+    if (record) {
       CallEvent e;
       e.kind = EventKind::kReleased;
       e.time_unix_nanos = now + unix_offset;
       e.call_id = call_id;
-      e.task_id = record.task_id;
+      e.task_id = record->task_id;
       e.lane = lane.name;
       e.global_active = global_after;
       e.lane_active = lane_after;
       e.global_limit = config.global_concurrency_limit;
       e.lane_limit = lane.limit;
-      e.timeout_ms = record.timeout_ms;
+      e.timeout_ms = record->timeout_ms;
       e.metadata = &metadata;
-      e.record = &record;
+      e.record = &*record;
       Notify(e);
     }
     if (last_after_destroy) delete this;
@@ -575,10 +583,9 @@ struct ManagerState {
       if (f.stop.stop_possible()) f.stop.request_stop();
       if (HasObservers()) {
         const bool warning = f.kind == EventKind::kTimeoutWarning;
-        const int64_t phase_ms =
-            warning ? f.timeout_ms
-                    : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
-                                           config.timeout_escalation_factor);
+        const int64_t phase_ms = warning ? f.timeout_ms
+                                         : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
+                                                                config.timeout_escalation_factor);
         std::string message =
             std::string(warning ? "worker call exceeded its timeout of "
                                 : "worker call exceeded its hard deadline of ") +

@@ -1,0 +1,56 @@
+// The admission fast path allocates nothing once warm (short task id, no metadata, no observers).
+// Its own executable: it replaces the global operator new to count allocations, which must not
+// affect the other tests.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "laneguard/manager.h"
+
+namespace {
+std::atomic<uint64_t> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace laneguard {
+namespace {
+
+TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
+  ManualClock clock;
+  ManagerOptions options;
+  options.clock = &clock;
+  options.start_background_thread = false;
+  auto manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
+  // Warm up: the call table, the timer slab and the metrics ring grow to their working size (two
+  // calls at once: the held one and the one in the loop).
+  Slot held = manager->TryAcquire("holder", "forecast_model").value();
+  for (int i = 0; i < 64; ++i) manager->TryAcquire("task-1234", "tool_call")->Release(true);
+
+  const uint64_t before = g_allocations.load();
+  for (int i = 0; i < 1000; ++i) {
+    auto slot = manager->TryAcquire("task-1234", "tool_call");
+    ASSERT_TRUE(slot.ok());
+    clock.AdvanceMs(1);
+    slot->Release(i % 3 != 0, i % 3 != 0 ? "" : "Timeout");  // short error type: SSO
+    auto rejected = manager->TryAcquire("task-1234", "forecast_model");
+    ASSERT_FALSE(rejected.ok());
+  }
+  EXPECT_EQ(g_allocations.load() - before, 0u);
+
+  // The check above must be able to fail: a long task id does allocate.
+  const uint64_t before_long = g_allocations.load();
+  manager->TryAcquire("a-task-id-longer-than-the-small-string-buffer", "tool_call")->Release(true);
+  EXPECT_GT(g_allocations.load() - before_long, 0u);
+}
+
+}  // namespace
+}  // namespace laneguard
