@@ -7,6 +7,7 @@
 #define LANEGUARD_RESULT_H_
 
 #include <cassert>
+#include <cstddef>
 #include <string>
 #include <utility>
 #include <variant>
@@ -29,6 +30,10 @@ class [[nodiscard]] Result {
  public:
   Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
   Result(E error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT: implicit by design
+  // Constructs the value (index 0) or the error (index 1) in place, without a move.
+  template <size_t I, typename... Args>
+  explicit Result(std::in_place_index_t<I> index, Args&&... args)
+      : v_(index, std::forward<Args>(args)...) {}
 
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }

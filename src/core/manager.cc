@@ -192,83 +192,84 @@ struct ManagerState {
     return -1;
   }
 
-  bool FullRejection(const LaneState& lane, int lane_active, int all_active, Rejection* r) const {
+  // What a rejection found; the Rejection (with its lane string) is built once, in place.
+  struct Refusal {
+    RejectReason reason = RejectReason::kLaneLimit;
+    int active = 0, limit = 0;
+    double rss_mb = 0, max_rss_mb = 0;
+    int64_t timeout_ms = 0;
+  };
+
+  bool FullRefusal(const LaneState& lane, int lane_active, int all_active, Refusal* r) const {
     if (lane_active >= lane.limit) {
-      r->reason = RejectReason::kLaneLimit;
-      r->active = lane_active;
-      r->limit = lane.limit;
+      *r = {RejectReason::kLaneLimit, lane_active, lane.limit};
       return true;
     }
     if (all_active >= config.global_concurrency_limit) {
-      r->reason = RejectReason::kGlobalLimit;
-      r->active = all_active;
-      r->limit = config.global_concurrency_limit;
+      *r = {RejectReason::kGlobalLimit, all_active, config.global_concurrency_limit};
       return true;
     }
     return false;
   }
 
-  Rejection Reject(Rejection r, std::string_view task_id, std::string_view lane_name,
-                   LaneState* ls) {
-    r.lane.assign(lane_name);
-    (ls != nullptr ? ls->rejections : laneless_rejections)[static_cast<int>(r.reason)].fetch_add(
+  Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,
+                                 std::string_view lane_name, LaneState* ls) {
+    (ls != nullptr ? ls->rejections : laneless_rejections)[static_cast<int>(f.reason)].fetch_add(
         1, std::memory_order_relaxed);
+    Result<Slot, Rejection> result(std::in_place_index<1>,
+                                   Rejection{f.reason, std::string(lane_name), f.active, f.limit,
+                                             f.rss_mb, f.max_rss_mb, f.timeout_ms});
     if (HasObservers()) {
-      const std::string message = r.message();
+      const std::string message = result.error().message();
       CallEvent e;
       e.kind = EventKind::kRejected;
       e.time_unix_nanos = clock->UnixNanos();
       e.task_id = task_id;
-      e.lane = r.lane;
+      e.lane = lane_name;
       e.global_active = global_active.load(std::memory_order_relaxed);
       e.global_limit = config.global_concurrency_limit;
       if (ls != nullptr) {
         e.lane_active = ls->active.load(std::memory_order_relaxed);
         e.lane_limit = ls->limit;
       }
-      e.reason = r.reason;
+      e.reason = f.reason;
       e.message = message;
       MemorySnapshot mem;
-      if (r.reason == RejectReason::kMemoryLimit) {
+      if (f.reason == RejectReason::kMemoryLimit) {
         mem = LatestSnapshot();
         e.memory = &mem;
       }
       Notify(e);
     }
-    return r;
+    return result;
   }
 
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
                                      std::optional<int64_t> timeout_ms, Metadata&& metadata) {
-    Rejection r;  // the lane name is copied into it only on the rejecting paths
-    if (shutting_down.load(std::memory_order_relaxed)) {
-      r.reason = RejectReason::kShuttingDown;
-      return Reject(std::move(r), task_id, lane_name, nullptr);
-    }
+    if (shutting_down.load(std::memory_order_relaxed))
+      return Reject({RejectReason::kShuttingDown}, task_id, lane_name, nullptr);
     const int lane_index = FindLane(lane_name);
-    if (lane_index < 0) {
-      r.reason = RejectReason::kUnknownLane;
-      return Reject(std::move(r), task_id, lane_name, nullptr);
-    }
+    if (lane_index < 0) return Reject({RejectReason::kUnknownLane}, task_id, lane_name, nullptr);
     LaneState& lane = lanes[lane_index];
     const int64_t timeout = timeout_ms.value_or(config.default_timeout_ms);
     if (timeout <= 0 || timeout > kMaxTimeoutMs) {
-      r.reason = RejectReason::kInvalidTimeout;
-      r.timeout_ms = timeout;
-      return Reject(std::move(r), task_id, lane_name, &lane);
+      Refusal f{RejectReason::kInvalidTimeout};
+      f.timeout_ms = timeout;
+      return Reject(f, task_id, lane_name, &lane);
     }
     const double rss = rss_mb.load(std::memory_order_relaxed);
     if (config.enable_memory_guards && rss > config.max_rss_mb) {
-      r.reason = RejectReason::kMemoryLimit;
-      r.rss_mb = rss;
-      r.max_rss_mb = config.max_rss_mb;
-      return Reject(std::move(r), task_id, lane_name, &lane);
+      Refusal f{RejectReason::kMemoryLimit};
+      f.rss_mb = rss;
+      f.max_rss_mb = config.max_rss_mb;
+      return Reject(f, task_id, lane_name, &lane);
     }
     // A lane or the whole manager seen full is a valid answer without the lock: that count was
     // true at the moment it was read, so rejecting then is linearizable and costs no write.
-    if (FullRejection(lane, lane.active.load(std::memory_order_relaxed),
-                      global_active.load(std::memory_order_relaxed), &r))
-      return Reject(std::move(r), task_id, lane_name, &lane);
+    Refusal refusal;
+    if (FullRefusal(lane, lane.active.load(std::memory_order_relaxed),
+                    global_active.load(std::memory_order_relaxed), &refusal))
+      return Reject(refusal, task_id, lane_name, &lane);
 
     // The admission step proper: both limits checked and both counts taken under one lock.
     int global_now = 0, lane_now = 0;
@@ -278,7 +279,7 @@ struct ManagerState {
       std::lock_guard<SpinLock> guard(admission_lock);
       const int lane_active = lane.active.load(std::memory_order_relaxed);
       const int all_active = global_active.load(std::memory_order_relaxed);
-      full = FullRejection(lane, lane_active, all_active, &r);
+      full = FullRefusal(lane, lane_active, all_active, &refusal);
       if (!full) {
         lane_now = lane_active + 1;
         global_now = all_active + 1;
@@ -288,7 +289,7 @@ struct ManagerState {
         call_id = next_call_id++;
       }
     }
-    if (full) return Reject(std::move(r), task_id, lane_name, &lane);
+    if (full) return Reject(refusal, task_id, lane_name, &lane);
 
     Metadata metadata_for_observers;
     if (HasObservers()) metadata_for_observers = metadata;
