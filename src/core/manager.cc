@@ -133,6 +133,9 @@ constexpr uint32_t kEntryBits = 24;
 constexpr uint32_t kEntryMask = (1u << kEntryBits) - 1;
 constexpr size_t kMaxShards = 1u << (32 - kEntryBits);
 
+constexpr int64_t kOrphaned = int64_t{1} << 40;
+constexpr int64_t kCountMask = kOrphaned - 1;
+
 uint64_t Tag(uint32_t entry, uint32_t generation) {
   return (static_cast<uint64_t>(entry) << 32) | generation;
 }
@@ -200,18 +203,6 @@ struct ManagerState {
     int64_t timeout_ms = 0;
   };
 
-  bool FullRefusal(const LaneState& lane, int lane_active, int all_active, Refusal* r) const {
-    if (lane_active >= lane.limit) {
-      *r = {RejectReason::kLaneLimit, lane_active, lane.limit};
-      return true;
-    }
-    if (all_active >= config.global_concurrency_limit) {
-      *r = {RejectReason::kGlobalLimit, all_active, config.global_concurrency_limit};
-      return true;
-    }
-    return false;
-  }
-
   Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,
                                  std::string_view lane_name, LaneState* ls) {
     (ls != nullptr ? ls->rejections : laneless_rejections)[static_cast<int>(f.reason)].fetch_add(
@@ -226,7 +217,7 @@ struct ManagerState {
       e.time_unix_nanos = clock->UnixNanos();
       e.task_id = task_id;
       e.lane = lane_name;
-      e.global_active = global_active.load(std::memory_order_relaxed);
+      e.global_active = GlobalActive();
       e.global_limit = config.global_concurrency_limit;
       if (ls != nullptr) {
         e.lane_active = ls->active.load(std::memory_order_relaxed);
@@ -264,32 +255,36 @@ struct ManagerState {
       f.max_rss_mb = config.max_rss_mb;
       return Reject(f, task_id, lane_name, &lane);
     }
-    // A lane or the whole manager seen full is a valid answer without the lock: that count was
-    // true at the moment it was read, so rejecting then is linearizable and costs no write.
-    Refusal refusal;
-    if (FullRefusal(lane, lane.active.load(std::memory_order_relaxed),
-                    global_active.load(std::memory_order_relaxed), &refusal))
-      return Reject(refusal, task_id, lane_name, &lane);
-
-    // The admission step proper: both limits checked and both counts taken under one lock.
-    int global_now = 0, lane_now = 0;
-    uint64_t call_id = 0;
-    bool full;
-    {
-      std::lock_guard<SpinLock> guard(admission_lock);
-      const int lane_active = lane.active.load(std::memory_order_relaxed);
-      const int all_active = global_active.load(std::memory_order_relaxed);
-      full = FullRefusal(lane, lane_active, all_active, &refusal);
-      if (!full) {
-        lane_now = lane_active + 1;
-        global_now = all_active + 1;
-        lane.active.store(lane_now, std::memory_order_relaxed);
-        global_active.store(global_now, std::memory_order_relaxed);
-        max_concurrent = std::max(max_concurrent, global_now);
-        call_id = next_call_id++;
+    // Admission: reserve a place in the lane, then in the global count, each with a
+    // compare-and-swap that only succeeds below its limit; if the global count is full the lane
+    // place is handed back. Neither count can ever exceed its limit, so no two racing callers can
+    // both take the last place, and no lock is held. A caller that reserved a lane place and then
+    // gave it back held it for those few nanoseconds: a racing caller on the same lane may be
+    // refused for lane_limit in that window, just as if the place had been taken and released.
+    int lane_now = lane.active.load(std::memory_order_relaxed);
+    do {
+      if (lane_now >= lane.limit)
+        return Reject({RejectReason::kLaneLimit, lane_now, lane.limit}, task_id, lane_name, &lane);
+    } while (!lane.active.compare_exchange_weak(lane_now, lane_now + 1, std::memory_order_acquire,
+                                                std::memory_order_relaxed));
+    ++lane_now;
+    int64_t word = global_word.load(std::memory_order_relaxed);
+    do {
+      const auto all_active = static_cast<int>(word & kCountMask);
+      if (all_active >= config.global_concurrency_limit) {
+        lane.active.fetch_sub(1, std::memory_order_release);
+        return Reject({RejectReason::kGlobalLimit, all_active, config.global_concurrency_limit},
+                      task_id, lane_name, &lane);
       }
+    } while (!global_word.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                                std::memory_order_relaxed));
+    const int global_now = static_cast<int>(word & kCountMask) + 1;
+    // Beside global_word on purpose: that cache line is already this core's after the CAS.
+    const uint64_t call_id = next_call_id.fetch_add(1, std::memory_order_relaxed);
+    for (int seen = max_concurrent.load(std::memory_order_relaxed);
+         global_now > seen &&
+         !max_concurrent.compare_exchange_weak(seen, global_now, std::memory_order_relaxed);) {
     }
-    if (full) return Reject(refusal, task_id, lane_name, &lane);
 
     Metadata metadata_for_observers;
     if (HasObservers()) metadata_for_observers = metadata;
@@ -416,7 +411,7 @@ struct ManagerState {
     r.escalated = c->phase == kEscalated;
     r.concurrent_at_start = c->concurrent_at_start;
     // A snapshot of the count that still includes this call (it drops below, after the record).
-    r.concurrent_at_end = global_active.load(std::memory_order_relaxed);
+    r.concurrent_at_end = GlobalActive();
     r.duration_ms = static_cast<double>(now - c->start_mono) / kNanosPerMs;
     r.rss_start = c->rss_start;
     r.rss_end = rss_mb.load(std::memory_order_relaxed);
@@ -460,17 +455,8 @@ struct ManagerState {
     if (HasObservers()) record = ToPublic(r);
     shard->lock.unlock();
 
-    int global_after, lane_after;
-    bool last_after_destroy;
-    {
-      std::lock_guard<SpinLock> guard(admission_lock);
-      lane_after = lane.active.load(std::memory_order_relaxed) - 1;
-      global_after = global_active.load(std::memory_order_relaxed) - 1;
-      lane.active.store(lane_after, std::memory_order_relaxed);
-      global_active.store(global_after, std::memory_order_relaxed);
-      last_after_destroy = !manager_alive && global_after == 0;
-    }
-
+    // Observers hear of the release before the counts drop: once they have, this thread may no
+    // longer touch the state (a destroyed manager's last release frees it).
     if (record) {
       CallEvent e;
       e.kind = EventKind::kReleased;
@@ -478,8 +464,8 @@ struct ManagerState {
       e.call_id = call_id;
       e.task_id = record->task_id;
       e.lane = lane.name;
-      e.global_active = global_after;
-      e.lane_active = lane_after;
+      e.global_active = GlobalActive() - 1;
+      e.lane_active = lane.active.load(std::memory_order_relaxed) - 1;
       e.global_limit = config.global_concurrency_limit;
       e.lane_limit = lane.limit;
       e.timeout_ms = record->timeout_ms;
@@ -487,7 +473,10 @@ struct ManagerState {
       e.record = &*record;
       Notify(e);
     }
-    if (last_after_destroy) delete this;
+    // The global word is the last thing touched; the orphan bit in it decides who frees a
+    // destroyed manager's state.
+    lane.active.fetch_sub(1, std::memory_order_release);
+    if (global_word.fetch_sub(1, std::memory_order_acq_rel) == (kOrphaned | 1)) delete this;
     return true;
   }
 
@@ -598,7 +587,7 @@ struct ManagerState {
         e.call_id = f.call_id;
         e.task_id = f.task_id;
         e.lane = lanes[f.lane].name;
-        e.global_active = global_active.load(std::memory_order_relaxed);
+        e.global_active = GlobalActive();
         e.lane_active = lanes[f.lane].active.load(std::memory_order_relaxed);
         e.global_limit = config.global_concurrency_limit;
         e.lane_limit = lanes[f.lane].limit;
@@ -710,10 +699,7 @@ struct ManagerState {
         to.duration_sum_ms += from.duration_sum_ms;
       }
     }
-    {
-      std::lock_guard<SpinLock> guard(admission_lock);
-      s.max_concurrent_calls = max_concurrent;
-    }
+    s.max_concurrent_calls = max_concurrent.load(std::memory_order_relaxed);
     if (s.total_calls > 0) {
       s.average_duration_ms = duration_sum / static_cast<double>(s.total_calls);
       s.average_rss_delta_mb = rss_delta_sum / static_cast<double>(s.total_calls);
@@ -766,8 +752,7 @@ struct ManagerState {
       s.global.overrunning += shards[i].overrunning;
       for (size_t l = 0; l < lane_count; ++l) overrunning[l] += shards[i].lanes[l].overrunning;
     }
-    std::lock_guard<SpinLock> guard(admission_lock);
-    s.global.active = global_active.load(std::memory_order_relaxed);
+    s.global.active = GlobalActive();
     s.global.limit = config.global_concurrency_limit;
     for (size_t l = 0; l < lane_count; ++l)
       s.lanes[lanes[l].name] = {lanes[l].active.load(std::memory_order_relaxed), lanes[l].limit,
@@ -839,9 +824,11 @@ struct ManagerState {
   // Called by ~ResourceBudgetManager. Returns true if the state can be freed now; otherwise the
   // last outstanding slot frees it.
   bool Orphan() {
-    std::lock_guard<SpinLock> guard(admission_lock);
-    manager_alive = false;
-    return global_active.load(std::memory_order_relaxed) == 0;
+    return (global_word.fetch_or(kOrphaned, std::memory_order_acq_rel) & kCountMask) == 0;
+  }
+
+  int GlobalActive() const {
+    return static_cast<int>(global_word.load(std::memory_order_relaxed) & kCountMask);
   }
 
   // ---- data -----------------------------------------------------------------------------------
@@ -856,11 +843,12 @@ struct ManagerState {
   const std::unique_ptr<Shard[]> shards;
 
   // The one lock every admission takes: the only state threads share on the hot path.
-  alignas(64) SpinLock admission_lock;  // guards the fields up to the next alignas
-  std::atomic<int> global_active{0};    // written under admission_lock (and LaneState::active)
-  int max_concurrent = 0;
-  uint64_t next_call_id = 1;
-  bool manager_alive = true;
+  // The counts every admission touches, on one cache line of their own. global_word holds the
+  // global active count (low bits) and, once the manager object is destroyed, kOrphaned: one
+  // word, so "last slot released after destruction" is decided by one atomic operation.
+  alignas(64) std::atomic<int64_t> global_word{0};
+  std::atomic<uint64_t> next_call_id{1};
+  std::atomic<int> max_concurrent{0};
 
   alignas(64) std::atomic<int64_t> laneless_rejections[kRejectReasonCount] = {};
   std::atomic<bool> shutting_down{false};
