@@ -33,9 +33,9 @@ test: build
 demo: build
 	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-log.jsonl
 
+BENCH_FLAGS := --benchmark_out_format=json --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 bench: build
-	$(BUILD)/bin/laneguard_bench --benchmark_out=$(BUILD)/bench.json --benchmark_out_format=json \
-	  --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
+	$(BUILD)/bin/laneguard_bench --benchmark_out=$(BUILD)/bench.json $(BENCH_FLAGS)
 
 tsan: deps
 	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_SANITIZE=thread

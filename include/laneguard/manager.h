@@ -87,7 +87,8 @@ class Slot {
   // Stop requested at the warning deadline (timeout), and by Shutdown() never; the call decides how
   // to stop. Created on first use, so calls that never ask pay nothing for it.
   std::stop_token stop_token();
-  // Monotonic deadlines (Clock::MonotonicNanos) of the two phases.
+  // Monotonic start (Clock::MonotonicNanos) and deadlines of the two phases.
+  int64_t start_mono_nanos() const { return start_; }
   int64_t deadline_mono_nanos() const { return deadline_; }
   int64_t hard_deadline_mono_nanos() const { return hard_deadline_; }
 
@@ -95,16 +96,24 @@ class Slot {
   // waits for a running hook to return, so the hook may touch what the call owns; it must not
   // release the slot itself. Replaces any earlier hook.
   void SetHardTimeoutHook(std::function<void()> hook);
+  // The same for the timeout (warning phase), run just after the stop request.
+  void SetTimeoutWarningHook(std::function<void()> hook);
+
+  // The global and lane counts right after this slot was granted (the spec's acquired_slot
+  // globalConcurrency and laneConcurrency).
+  int global_active_at_start() const { return global_active_at_start_; }
+  int lane_active_at_start() const { return lane_active_at_start_; }
 
  private:
   friend struct internal::ManagerState;
   friend class ResourceBudgetManager;
   Slot(internal::ManagerState* state, uint32_t index, uint32_t generation, uint64_t call_id,
-       int64_t deadline, int64_t hard_deadline)
+       int64_t start, int64_t deadline, int64_t hard_deadline)
       : state_(state),
         index_(index),
         generation_(generation),
         call_id_(call_id),
+        start_(start),
         deadline_(deadline),
         hard_deadline_(hard_deadline) {}
 
@@ -112,8 +121,11 @@ class Slot {
   uint32_t index_ = 0;
   uint32_t generation_ = 0;
   uint64_t call_id_ = 0;
+  int64_t start_ = 0;
   int64_t deadline_ = 0;
   int64_t hard_deadline_ = 0;
+  int global_active_at_start_ = 0;
+  int lane_active_at_start_ = 0;
 };
 
 struct ManagerOptions {
@@ -155,6 +167,8 @@ class ResourceBudgetManager {
   MemorySnapshot SampleMemoryNow();
   ConcurrencyStatus GetConcurrencyStatus() const;
   const Config& config() const;
+  // The clock the manager measures with (deadlines are on its monotonic scale).
+  const Clock& clock() const;
 
   // Observers see every event from now on. Thread-safe; never blocks TryAcquire.
   void AddObserver(std::shared_ptr<Observer> observer);

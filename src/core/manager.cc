@@ -93,7 +93,8 @@ struct CallEntry {
   std::string task_id;
   Metadata metadata;
   std::stop_source stop{std::nostopstate};
-  std::function<void()> hook;
+  std::function<void()> hook;          // at the hard deadline
+  std::function<void()> warning_hook;  // at the timeout
   std::thread::id hook_thread;
 };
 
@@ -325,7 +326,9 @@ struct ManagerState {
       c.timer = shard.timers.Arm(now + timeout_ns, Tag(entry, generation));
     }
     Slot slot(this, static_cast<uint32_t>(shard_index << kEntryBits) | entry, generation, call_id,
-              now + timeout_ns, now + hard_ns);
+              now, now + timeout_ns, now + hard_ns);
+    slot.global_active_at_start_ = global_now;
+    slot.lane_active_at_start_ = lane_now;
     if (HasObservers()) {
       CallEvent e;
       e.kind = EventKind::kAcquired;
@@ -446,8 +449,9 @@ struct ManagerState {
     // have none of these, so they are only touched when present.
     std::stop_source stop(std::nostopstate);
     if (c->stop.stop_possible()) std::swap(stop, c->stop);
-    std::function<void()> hook;
+    std::function<void()> hook, warning_hook;
     if (c->hook) std::swap(hook, c->hook);
+    if (c->warning_hook) std::swap(warning_hook, c->warning_hook);
     Metadata metadata;
     if (!c->metadata.empty()) std::swap(metadata, c->metadata);
     c->in_use = false;
@@ -497,11 +501,11 @@ struct ManagerState {
     return stop.get_token();
   }
 
-  void SetHook(const Slot& slot, std::function<void()> hook) {
+  void SetHook(const Slot& slot, std::function<void()> hook, bool hard) {
     Shard* shard = nullptr;
     CallEntry* c = LockEntry(slot, &shard);
     if (c == nullptr) return;
-    std::swap(c->hook, hook);
+    std::swap(hard ? c->hook : c->warning_hook, hook);
     shard->lock.unlock();
   }
 
@@ -543,17 +547,18 @@ struct ManagerState {
         if (c.phase == kRunning) {
           c.phase = kWarned;
           f.stop = c.stop;
+          f.hook = c.warning_hook;
           c.timer = shard.timers.Arm(c.hard_deadline, x.tag);
         } else {
           c.phase = kEscalated;
           f.kind = EventKind::kTimeoutEscalation;
           ++shard.lanes[c.lane].overrunning;
           ++shard.overrunning;
-          if (c.hook) {
-            f.hook = c.hook;
-            c.hook_running = true;
-            c.hook_thread = std::this_thread::get_id();
-          }
+          f.hook = c.hook;
+        }
+        if (f.hook) {
+          c.hook_running = true;
+          c.hook_thread = std::this_thread::get_id();
         }
         fired->push_back(std::move(f));
       }
@@ -603,7 +608,7 @@ struct ManagerState {
         try {
           f.hook();
         } catch (...) {
-          // A failing kill hook must not take down the timer thread; the call stays overrunning.
+          // A failing hook must not take down the timer thread; the call stays counted.
         }
         std::lock_guard<SpinLock> guard(f.shard->lock);
         CallEntry& c = *f.shard->calls[f.entry];
@@ -917,8 +922,11 @@ Slot::Slot(Slot&& other) noexcept
       index_(other.index_),
       generation_(other.generation_),
       call_id_(other.call_id_),
+      start_(other.start_),
       deadline_(other.deadline_),
-      hard_deadline_(other.hard_deadline_) {}
+      hard_deadline_(other.hard_deadline_),
+      global_active_at_start_(other.global_active_at_start_),
+      lane_active_at_start_(other.lane_active_at_start_) {}
 
 Slot& Slot::operator=(Slot&& other) noexcept {
   if (this != &other) {
@@ -927,8 +935,11 @@ Slot& Slot::operator=(Slot&& other) noexcept {
     index_ = other.index_;
     generation_ = other.generation_;
     call_id_ = other.call_id_;
+    start_ = other.start_;
     deadline_ = other.deadline_;
     hard_deadline_ = other.hard_deadline_;
+    global_active_at_start_ = other.global_active_at_start_;
+    lane_active_at_start_ = other.lane_active_at_start_;
   }
   return *this;
 }
@@ -949,7 +960,11 @@ std::stop_token Slot::stop_token() {
 }
 
 void Slot::SetHardTimeoutHook(std::function<void()> hook) {
-  if (state_ != nullptr) state_->SetHook(*this, std::move(hook));
+  if (state_ != nullptr) state_->SetHook(*this, std::move(hook), /*hard=*/true);
+}
+
+void Slot::SetTimeoutWarningHook(std::function<void()> hook) {
+  if (state_ != nullptr) state_->SetHook(*this, std::move(hook), /*hard=*/false);
 }
 
 // ---- ResourceBudgetManager --------------------------------------------------------------------
@@ -993,6 +1008,7 @@ ConcurrencyStatus ResourceBudgetManager::GetConcurrencyStatus() const {
   return state_->GetConcurrencyStatus();
 }
 const Config& ResourceBudgetManager::config() const { return state_->config; }
+const Clock& ResourceBudgetManager::clock() const { return *state_->clock; }
 void ResourceBudgetManager::AddObserver(std::shared_ptr<Observer> observer) {
   state_->AddObserver(std::move(observer));
 }

@@ -475,8 +475,14 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   auto m = Make();  // escalation factor 1.5
   Slot s = m->TryAcquire("slow", "tool_call", 1000).value();
   std::stop_token token = s.stop_token();
-  std::atomic<int> hook_runs{0};
+  std::atomic<int> hook_runs{0}, warning_hook_runs{0};
   s.SetHardTimeoutHook([&] { ++hook_runs; });
+  s.SetTimeoutWarningHook([&] {
+    EXPECT_TRUE(token.stop_requested()) << "the warning hook runs after the stop request";
+    ++warning_hook_runs;
+  });
+  EXPECT_EQ(s.global_active_at_start(), 1);
+  EXPECT_EQ(s.lane_active_at_start(), 1);
   observer_->clear();
 
   clock_.AdvanceMs(999);
@@ -488,6 +494,7 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   m->Tick();
   EXPECT_THAT(observer_->kinds(), ElementsAre(EventKind::kTimeoutWarning));
   EXPECT_TRUE(token.stop_requested());
+  EXPECT_EQ(warning_hook_runs.load(), 1);
   EXPECT_EQ(hook_runs.load(), 0);
   EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 0);
 
@@ -511,6 +518,7 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   m->Tick();
   EXPECT_EQ(observer_->kinds().size(), 2u) << "each phase fires once";
   EXPECT_EQ(hook_runs.load(), 1);
+  EXPECT_EQ(warning_hook_runs.load(), 1);
 
   s.Release(false, "timeout");
   status = m->GetConcurrencyStatus();

@@ -1,0 +1,62 @@
+// with_worker_call around an empty function: spans off, sampled out, sampled in to a batch
+// processor whose exporter discards; beside the bare try_acquire+release it is built on.
+// BENCHMARK_MAIN and the allocation counter are in core_bench.cc.
+#include <benchmark/benchmark.h>
+
+#include "laneguard/worker.h"
+
+namespace laneguard {
+namespace {
+
+class DiscardExporter final : public SpanExporter {
+ public:
+  bool Export(const std::vector<SpanData>& batch, const Resource&) override {
+    benchmark::DoNotOptimize(batch.size());
+    return true;
+  }
+};
+
+struct Runtime {
+  explicit Runtime(bool enabled, double rate, bool batch) {
+    manager = ResourceBudgetManager::Create(Config{}).value();
+    TracerOptions o;
+    o.enabled = enabled;
+    o.sample_rate = rate;
+    if (batch) o.processor = std::make_shared<BatchSpanProcessor>(std::make_unique<DiscardExporter>());
+    tracer = std::make_unique<Tracer>(std::move(o));
+    calls = std::make_unique<WorkerCalls>(*manager, *tracer);
+  }
+  std::unique_ptr<ResourceBudgetManager> manager;
+  std::unique_ptr<Tracer> tracer;
+  std::unique_ptr<WorkerCalls> calls;
+};
+
+void BM_Baseline_TryAcquireRelease(benchmark::State& state) {
+  Runtime rt(false, 0, false);
+  for (auto _ : state) rt.manager->TryAcquire("task-1234", "tool_call")->Release(true);
+}
+BENCHMARK(BM_Baseline_TryAcquireRelease);
+
+void BM_WithWorkerCall_SpansOff(benchmark::State& state) {
+  Runtime rt(false, 1.0, false);
+  for (auto _ : state) rt.calls->Call("task-1234", [] {});
+}
+BENCHMARK(BM_WithWorkerCall_SpansOff);
+
+void BM_WithWorkerCall_SampledOut(benchmark::State& state) {
+  Runtime rt(true, 0.0, true);
+  for (auto _ : state) rt.calls->Call("task-1234", [] {});
+}
+BENCHMARK(BM_WithWorkerCall_SampledOut);
+
+// The spec's four events (acquired_slot, execution_started, execution_succeeded, call_completed)
+// on a recording span handed to the batch processor.
+void BM_WithWorkerCall_SampledInBatch(benchmark::State& state) {
+  Runtime rt(true, 1.0, true);
+  for (auto _ : state) rt.calls->Call("task-1234", [] {});
+  rt.tracer->ForceFlush();
+}
+BENCHMARK(BM_WithWorkerCall_SampledInBatch);
+
+}  // namespace
+}  // namespace laneguard

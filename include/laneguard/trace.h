@@ -1,0 +1,302 @@
+// Spans in OpenTelemetry's data model: ids, W3C trace context, sampling, limits, processors and
+// exporters. Every worker call gets a span named "worker_call:<lane>"; see worker.h.
+//
+//   laneguard::TracerOptions o;
+//   o.resource = {.service_name = "orchestrator", .service_version = "1.0.0",
+//                 .deployment_environment = "production"};
+//   o.processor = laneguard::NewBatchSpanProcessor(laneguard::NewJsonLinesSpanExporter(file));
+//   laneguard::Tracer tracer(std::move(o));
+//   laneguard::Span span = tracer.StartSpan("worker_call:tool_call", parent_context);
+//   span.AddEvent("acquired_slot", {{"globalConcurrency", int64_t{4}}});
+//   span.End();
+//
+// Thread safety: Tracer, the processors and the exporters are thread-safe. A Span may be used from
+// several threads (events from the timer thread land on a span the caller is also writing); its
+// methods lock a per-span mutex, taken only by recording spans. SpanContext, SpanData and the
+// id types are plain values.
+#ifndef LANEGUARD_TRACE_H_
+#define LANEGUARD_TRACE_H_
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "laneguard/clock.h"
+#include "laneguard/result.h"
+
+namespace laneguard {
+
+// ---- ids and context ----------------------------------------------------------------------------
+
+struct TraceId {
+  std::array<uint8_t, 16> bytes{};
+  bool valid() const;       // not all zero
+  std::string Hex() const;  // 32 lower-case hex digits
+  bool operator==(const TraceId&) const = default;
+};
+struct SpanId {
+  std::array<uint8_t, 8> bytes{};
+  bool valid() const;       // not all zero
+  std::string Hex() const;  // 16 lower-case hex digits
+  bool operator==(const SpanId&) const = default;
+};
+
+// Random ids from a per-thread xoshiro256** generator seeded from std::random_device: no lock, no
+// syscall after the first id on a thread. Never all-zero.
+TraceId NewTraceId();
+SpanId NewSpanId();
+
+// What crosses process boundaries: W3C trace context.
+struct SpanContext {
+  TraceId trace_id;
+  SpanId span_id;
+  bool sampled = false;  // trace-flags bit 0
+  bool remote = false;   // parsed from a traceparent rather than created here
+  bool valid() const { return trace_id.valid() && span_id.valid(); }
+  bool operator==(const SpanContext&) const = default;
+};
+
+// Strict W3C traceparent parsing ("00-<32 hex>-<16 hex>-<2 hex>"): lower-case hex only, exact
+// lengths and dashes, version "ff" refused, all-zero trace or span id refused. Versions above 00
+// are accepted when the header is at least as long as version 00's and, if longer, continues with
+// '-' (the spec's forward compatibility). Returns nullopt for anything else: the caller then starts
+// a new trace.
+std::optional<SpanContext> ParseTraceparent(std::string_view header);
+// "00-<trace>-<span>-01" or "-00". An invalid context formats with its zero ids, which
+// ParseTraceparent refuses: check context.valid() before sending one.
+std::string FormatTraceparent(const SpanContext& context);
+
+// ---- sampling -----------------------------------------------------------------------------------
+
+// Parent-based ratio sampling. With a valid parent, the parent's sampled flag decides. Otherwise
+// the decision is a deterministic function of the trace id (the same id always gets the same
+// answer, on every host): the last 8 bytes read big-endian, shifted right by one, compared below
+// rate x 2^63 -- the rule of OpenTelemetry's TraceIdRatioBased sampler.
+class Sampler {
+ public:
+  explicit Sampler(double rate);  // clamped to [0, 1]
+  bool ShouldSample(const TraceId& trace_id, const SpanContext* parent) const;
+  double rate() const { return rate_; }
+
+ private:
+  double rate_;
+  uint64_t bound_;
+};
+
+// ---- span data ----------------------------------------------------------------------------------
+
+using AttributeValue = std::variant<bool, int64_t, double, std::string>;
+struct Attribute {
+  std::string key;
+  AttributeValue value;
+};
+using Attributes = std::vector<Attribute>;
+
+struct SpanEvent {
+  std::string name;
+  int64_t time_unix_nanos = 0;
+  Attributes attributes;
+  uint32_t dropped_attributes_count = 0;  // past SpanLimits::max_attributes_per_event
+};
+
+enum class SpanKind { kInternal = 1, kServer = 2, kClient = 3, kProducer = 4, kConsumer = 5 };
+enum class StatusCode { kUnset = 0, kOk = 1, kError = 2 };
+
+// A finished span, as processors and exporters see it.
+struct SpanData {
+  std::string name;
+  TraceId trace_id;
+  SpanId span_id;
+  SpanId parent_span_id;  // all zero for a root span
+  SpanKind kind = SpanKind::kInternal;
+  int64_t start_unix_nanos = 0;
+  int64_t end_unix_nanos = 0;
+  Attributes attributes;
+  std::vector<SpanEvent> events;
+  StatusCode status = StatusCode::kUnset;
+  std::string status_message;
+  uint32_t dropped_attributes_count = 0;
+  uint32_t dropped_events_count = 0;
+};
+
+// OpenTelemetry's default span limits.
+struct SpanLimits {
+  size_t max_attributes = 128;
+  size_t max_events = 128;
+  size_t max_attributes_per_event = 128;
+};
+
+// The resource every span of a tracer belongs to (the spec's service/version/environment).
+struct Resource {
+  std::string service_name = "laneguard";
+  std::string service_version;
+  std::string deployment_environment;
+  Attributes extra;  // further resource attributes
+};
+
+// ---- exporters and processors ------------------------------------------------------------------
+
+class SpanExporter {
+ public:
+  virtual ~SpanExporter() = default;
+  // Returns false if the batch was not delivered. Called from one thread at a time.
+  virtual bool Export(const std::vector<SpanData>& batch, const Resource& resource) = 0;
+  virtual void Shutdown() {}
+};
+
+// Keeps everything it is given; for tests.
+class InMemorySpanExporter final : public SpanExporter {
+ public:
+  bool Export(const std::vector<SpanData>& batch, const Resource& resource) override;
+  std::vector<SpanData> spans() const;
+  void Clear();
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<SpanData> spans_;
+};
+
+// One JSON object per span per line, with OTLP/JSON field names (traceId and spanId as lower-case
+// hex, kind and status code as integers, times as decimal strings of Unix nanoseconds, attributes
+// as [{"key": ..., "value": {"stringValue" | "intValue" | "doubleValue" | "boolValue": ...}}]) and
+// the resource's attributes under "resource".
+std::unique_ptr<SpanExporter> NewJsonLinesSpanExporter(std::FILE* stream);  // caller keeps it open
+Result<std::unique_ptr<SpanExporter>, ConfigError> NewJsonLinesFileSpanExporter(
+    const std::string& path);  // appends
+std::unique_ptr<SpanExporter> NewStdoutSpanExporter();
+
+// Receives ended spans. OnEnd must not block for long: it runs on the worker call's thread.
+class SpanProcessor {
+ public:
+  virtual ~SpanProcessor() = default;
+  virtual void OnEnd(SpanData&& span) = 0;
+  // Exports everything queued so far; returns false if that did not finish within the timeout.
+  virtual bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30)) = 0;
+  // Flushes and stops; later spans are dropped (and counted). Idempotent.
+  virtual void Shutdown() = 0;
+  virtual void SetResource(const Resource& resource) = 0;
+};
+
+// Exports each span on the calling thread, as it ends. For tests and debugging.
+std::unique_ptr<SpanProcessor> NewSimpleSpanProcessor(std::unique_ptr<SpanExporter> exporter);
+
+// Values below 1 are taken as 1 (1 ms for the delay); a batch is at most max_queue_size spans.
+struct BatchSpanProcessorOptions {
+  size_t max_queue_size = 2048;
+  size_t max_export_batch_size = 512;
+  std::chrono::milliseconds schedule_delay{5000};
+};
+// Counters of a batch processor. `queued` counts every span handed to OnEnd, including the ones
+// then dropped; each such span is counted exactly once more, in exactly one of the other fields.
+// stats() takes one consistent snapshot, in which at every moment
+//   queued == exported + dropped_queue_full + dropped_export_failed + dropped_after_shutdown
+//             + pending.
+struct BatchSpanProcessorStats {
+  uint64_t queued = 0;                  // spans given to OnEnd
+  uint64_t exported = 0;                // in a batch the exporter accepted
+  uint64_t dropped_queue_full = 0;      // the queue held max_queue_size spans
+  uint64_t dropped_export_failed = 0;   // in a batch the exporter refused (or threw on)
+  uint64_t dropped_after_shutdown = 0;  // OnEnd after Shutdown() began
+  uint64_t pending = 0;                 // in the queue, or in the batch being exported now
+};
+// Queues spans (bounded; when full it drops the new span and counts it, never blocking the caller)
+// and exports them on its own thread in batches, every schedule_delay or as soon as a batch is
+// full.
+class BatchSpanProcessor final : public SpanProcessor {
+ public:
+  BatchSpanProcessor(std::unique_ptr<SpanExporter> exporter,
+                     BatchSpanProcessorOptions options = {});
+  ~BatchSpanProcessor() override;  // Shutdown()
+  void OnEnd(SpanData&& span) override;
+  bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30)) override;
+  void Shutdown() override;
+  void SetResource(const Resource& resource) override;
+  BatchSpanProcessorStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- tracer and spans ---------------------------------------------------------------------------
+
+struct TracerOptions {
+  bool enabled = true;       // false: StartSpan returns an empty Span and does no work at all
+  double sample_rate = 1.0;  // for root spans; children follow their parent
+  Resource resource;
+  SpanLimits limits;
+  std::shared_ptr<SpanProcessor> processor;  // none: spans are sampled but go nowhere
+  const Clock* clock = nullptr;              // SystemClock when null
+};
+
+class Tracer;
+
+// A span being recorded, or a non-recording one (not sampled: it still has a context to hand on),
+// or an empty one (tracing disabled). Move-only; ends itself when destroyed.
+class Span {
+ public:
+  Span();  // empty; defined out of line because State is incomplete here
+  Span(Span&&) noexcept;
+  Span& operator=(Span&&) noexcept;
+  Span(const Span&) = delete;
+  Span& operator=(const Span&) = delete;
+  ~Span();
+
+  bool recording() const { return state_ != nullptr; }
+  const SpanContext& context() const { return context_; }
+
+  // No-ops on a non-recording span and after End(). Past the limits, attributes and events are
+  // dropped and counted (an existing attribute key is overwritten, not counted); an event's
+  // attributes past max_attributes_per_event are dropped and counted on the event.
+  void SetAttribute(std::string_view key, AttributeValue value);
+  void AddEvent(std::string_view name, Attributes attributes = {});
+  // OpenTelemetry's rules: kUnset is ignored, kOk is final, the message is kept only with kError.
+  void SetStatus(StatusCode code, std::string_view message = {});
+  // Ends the span and hands it to the processor; later calls do nothing. recording() stays true
+  // (another thread may still hold the span), but nothing more is recorded.
+  void End();
+
+ private:
+  friend class Tracer;
+  struct State;
+  SpanContext context_;
+  std::unique_ptr<State> state_;
+};
+
+// Spans point at their tracer: a Tracer must outlive every Span it started, so it is neither
+// copied nor moved.
+class Tracer {
+ public:
+  explicit Tracer(TracerOptions options);
+  Tracer(const Tracer&) = delete;
+  Tracer& operator=(const Tracer&) = delete;
+  ~Tracer();  // shuts the processor down (flushes)
+
+  // `parent` may be null or invalid: a new trace starts. The span is recording only if sampled.
+  Span StartSpan(std::string_view name, const SpanContext* parent = nullptr,
+                 SpanKind kind = SpanKind::kInternal, Attributes attributes = {});
+  bool enabled() const { return options_.enabled; }
+  const Resource& resource() const { return options_.resource; }
+  const Clock& clock() const { return *options_.clock; }
+  bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void Shutdown();
+
+ private:
+  friend class Span;
+  TracerOptions options_;
+  Sampler sampler_;
+};
+
+}  // namespace laneguard
+
+#endif  // LANEGUARD_TRACE_H_

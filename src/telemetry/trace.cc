@@ -1,0 +1,326 @@
+#include "laneguard/trace.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <thread>
+#include <utility>
+
+namespace laneguard {
+namespace {
+
+constexpr char kHexDigits[] = "0123456789abcdef";
+
+template <size_t N>
+bool AllZero(const std::array<uint8_t, N>& bytes) {
+  for (uint8_t b : bytes)
+    if (b != 0) return false;
+  return true;
+}
+
+template <size_t N>
+std::string ToHex(const std::array<uint8_t, N>& bytes) {
+  std::string out(2 * N, '0');
+  for (size_t i = 0; i < N; ++i) {
+    out[2 * i] = kHexDigits[bytes[i] >> 4];
+    out[2 * i + 1] = kHexDigits[bytes[i] & 0xf];
+  }
+  return out;
+}
+
+// Lower-case hex only: W3C trace context refuses upper case.
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  return -1;
+}
+
+// Parses 2*N lower-case hex digits at `text` into `out`.
+template <size_t N>
+bool ParseHex(std::string_view text, std::array<uint8_t, N>& out) {
+  if (text.size() != 2 * N) return false;
+  for (size_t i = 0; i < N; ++i) {
+    int hi = HexValue(text[2 * i]);
+    int lo = HexValue(text[2 * i + 1]);
+    if (hi < 0 || lo < 0) return false;
+    out[i] = static_cast<uint8_t>(hi << 4 | lo);
+  }
+  return true;
+}
+
+uint64_t SplitMix64(uint64_t& x) {
+  uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// xoshiro256** (Blackman and Vigna), one per thread.
+class Xoshiro256StarStar {
+ public:
+  Xoshiro256StarStar() {
+    uint64_t seed[4] = {};
+    try {
+      std::random_device rd;
+      for (uint64_t& s : seed) s = (uint64_t{rd()} << 32) ^ rd();
+    } catch (...) {
+      // No entropy source: fall back to time, thread and address, still distinct per thread.
+      seed[0] = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+      seed[1] = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+      seed[2] = std::hash<std::thread::id>{}(std::this_thread::get_id());
+      seed[3] = reinterpret_cast<uintptr_t>(this);
+    }
+    // SplitMix64 is a bijection on 64 bits: it scrambles weak seeds without losing any of the 256
+    // bits. The all-zero state (xoshiro's one fixed point) is ruled out explicitly.
+    for (int i = 0; i < 4; ++i) s_[i] = SplitMix64(seed[i]);
+    if (s_[0] == 0 && s_[1] == 0 && s_[2] == 0 && s_[3] == 0) s_[0] = 1;
+  }
+
+  uint64_t Next() {
+    const uint64_t result = Rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = Rotl(s_[3], 45);
+    return result;
+  }
+
+ private:
+  static uint64_t Rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  uint64_t s_[4];
+};
+
+Xoshiro256StarStar& Rng() {
+  thread_local Xoshiro256StarStar rng;
+  return rng;
+}
+
+void PutBigEndian(uint64_t v, uint8_t* out) {
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<uint8_t>(v);
+    v >>= 8;
+  }
+}
+
+// Adds or overwrites `key` within the limit; counts what does not fit.
+void SetAttributeLimited(SpanData& data, size_t limit, std::string_view key, AttributeValue value) {
+  for (Attribute& a : data.attributes) {
+    if (a.key == key) {
+      a.value = std::move(value);
+      return;
+    }
+  }
+  if (data.attributes.size() >= limit) {
+    ++data.dropped_attributes_count;
+    return;
+  }
+  data.attributes.push_back(Attribute{std::string(key), std::move(value)});
+}
+
+}  // namespace
+
+// ---- ids and context ----------------------------------------------------------------------------
+
+bool TraceId::valid() const { return !AllZero(bytes); }
+std::string TraceId::Hex() const { return ToHex(bytes); }
+bool SpanId::valid() const { return !AllZero(bytes); }
+std::string SpanId::Hex() const { return ToHex(bytes); }
+
+TraceId NewTraceId() {
+  TraceId id;
+  do {
+    PutBigEndian(Rng().Next(), id.bytes.data());
+    PutBigEndian(Rng().Next(), id.bytes.data() + 8);
+  } while (!id.valid());
+  return id;
+}
+
+SpanId NewSpanId() {
+  SpanId id;
+  do {
+    PutBigEndian(Rng().Next(), id.bytes.data());
+  } while (!id.valid());
+  return id;
+}
+
+std::optional<SpanContext> ParseTraceparent(std::string_view header) {
+  // version "-" trace-id "-" parent-id "-" trace-flags: 2 + 1 + 32 + 1 + 16 + 1 + 2 = 55.
+  constexpr size_t kLength = 55;
+  if (header.size() < kLength) return std::nullopt;
+  std::array<uint8_t, 1> version{};
+  if (!ParseHex(header.substr(0, 2), version) || version[0] == 0xff) return std::nullopt;
+  if (version[0] == 0x00 && header.size() != kLength) return std::nullopt;
+  // A later version may append fields, each introduced by '-'.
+  if (header.size() > kLength && header[kLength] != '-') return std::nullopt;
+  if (header[2] != '-' || header[35] != '-' || header[52] != '-') return std::nullopt;
+  SpanContext context;
+  std::array<uint8_t, 1> flags{};
+  if (!ParseHex(header.substr(3, 32), context.trace_id.bytes) ||
+      !ParseHex(header.substr(36, 16), context.span_id.bytes) ||
+      !ParseHex(header.substr(53, 2), flags))
+    return std::nullopt;
+  if (!context.trace_id.valid() || !context.span_id.valid()) return std::nullopt;
+  context.sampled = (flags[0] & 0x01) != 0;
+  context.remote = true;
+  return context;
+}
+
+std::string FormatTraceparent(const SpanContext& context) {
+  std::string out;
+  out.reserve(55);
+  out += "00-";
+  out += context.trace_id.Hex();
+  out += '-';
+  out += context.span_id.Hex();
+  out += context.sampled ? "-01" : "-00";
+  return out;
+}
+
+// ---- sampling -----------------------------------------------------------------------------------
+
+Sampler::Sampler(double rate) {
+  if (!(rate > 0.0)) rate = 0.0;  // also NaN
+  if (rate > 1.0) rate = 1.0;
+  rate_ = rate;
+  // rate x 2^63 is exact in double and at most 2^63, which fits: rate 1 samples every id, since
+  // the shifted value is below 2^63; rate 0 samples none.
+  bound_ = static_cast<uint64_t>(std::ldexp(rate, 63));
+}
+
+bool Sampler::ShouldSample(const TraceId& trace_id, const SpanContext* parent) const {
+  if (parent != nullptr && parent->valid()) return parent->sampled;
+  uint64_t x = 0;
+  for (size_t i = 8; i < 16; ++i) x = (x << 8) | trace_id.bytes[i];
+  return (x >> 1) < bound_;
+}
+
+// ---- spans --------------------------------------------------------------------------------------
+
+struct Span::State {
+  const Tracer* tracer = nullptr;
+  std::mutex mu;
+  SpanData data;
+  bool ended = false;
+};
+
+Span::Span() = default;
+
+Span::Span(Span&& other) noexcept
+    : context_(std::exchange(other.context_, SpanContext{})), state_(std::move(other.state_)) {}
+
+Span& Span::operator=(Span&& other) noexcept {
+  if (this != &other) {
+    End();
+    context_ = std::exchange(other.context_, SpanContext{});
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+Span::~Span() { End(); }
+
+void Span::SetAttribute(std::string_view key, AttributeValue value) {
+  if (!state_) return;
+  const size_t limit = state_->tracer->options_.limits.max_attributes;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->ended) return;
+  SetAttributeLimited(state_->data, limit, key, std::move(value));
+}
+
+void Span::AddEvent(std::string_view name, Attributes attributes) {
+  if (!state_) return;
+  const SpanLimits& limits = state_->tracer->options_.limits;
+  SpanEvent event;
+  event.time_unix_nanos = state_->tracer->options_.clock->UnixNanos();
+  if (attributes.size() > limits.max_attributes_per_event) {
+    event.dropped_attributes_count =
+        static_cast<uint32_t>(attributes.size() - limits.max_attributes_per_event);
+    attributes.resize(limits.max_attributes_per_event);
+  }
+  event.attributes = std::move(attributes);
+  event.name = std::string(name);
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->ended) return;
+  if (state_->data.events.size() >= limits.max_events) {
+    ++state_->data.dropped_events_count;
+    return;
+  }
+  state_->data.events.push_back(std::move(event));
+}
+
+void Span::SetStatus(StatusCode code, std::string_view message) {
+  if (!state_ || code == StatusCode::kUnset) return;
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->ended || state_->data.status == StatusCode::kOk) return;
+  state_->data.status = code;
+  if (code == StatusCode::kError)
+    state_->data.status_message = std::string(message);
+  else
+    state_->data.status_message.clear();
+}
+
+void Span::End() {
+  if (!state_) return;
+  const Tracer* tracer = state_->tracer;
+  const int64_t now = tracer->options_.clock->UnixNanos();
+  SpanData data;
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    if (state_->ended) return;
+    state_->ended = true;
+    state_->data.end_unix_nanos = now;
+    data = std::move(state_->data);
+  }
+  if (tracer->options_.processor) tracer->options_.processor->OnEnd(std::move(data));
+}
+
+// ---- tracer -------------------------------------------------------------------------------------
+
+Tracer::Tracer(TracerOptions options)
+    : options_(std::move(options)), sampler_(options_.sample_rate) {
+  if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
+  if (options_.processor) options_.processor->SetResource(options_.resource);
+}
+
+Tracer::~Tracer() { Shutdown(); }
+
+Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKind kind,
+                       Attributes attributes) {
+  Span span;
+  if (!options_.enabled) return span;
+  if (parent != nullptr && !parent->valid()) parent = nullptr;
+  SpanContext& context = span.context_;
+  context.trace_id = parent != nullptr ? parent->trace_id : NewTraceId();
+  context.span_id = NewSpanId();
+  context.sampled = sampler_.ShouldSample(context.trace_id, parent);
+  if (!context.sampled) return span;
+
+  auto state = std::make_unique<Span::State>();
+  state->tracer = this;
+  SpanData& data = state->data;
+  data.name = std::string(name);
+  data.trace_id = context.trace_id;
+  data.span_id = context.span_id;
+  if (parent != nullptr) data.parent_span_id = parent->span_id;
+  data.kind = kind;
+  data.start_unix_nanos = options_.clock->UnixNanos();
+  for (Attribute& a : attributes)
+    SetAttributeLimited(data, options_.limits.max_attributes, a.key, std::move(a.value));
+  span.state_ = std::move(state);
+  return span;
+}
+
+bool Tracer::ForceFlush(std::chrono::milliseconds timeout) {
+  return options_.processor ? options_.processor->ForceFlush(timeout) : true;
+}
+
+void Tracer::Shutdown() {
+  if (options_.processor) options_.processor->Shutdown();
+}
+
+}  // namespace laneguard

@@ -1,0 +1,364 @@
+#include "laneguard/worker.h"
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <typeinfo>
+
+namespace laneguard {
+namespace {
+
+constexpr int64_t kNanosPerMs = 1'000'000;
+
+// The dynamic type of the exception being handled, demangled ("std::runtime_error").
+std::string CurrentExceptionType() {
+  const std::type_info* type = abi::__cxa_current_exception_type();
+  if (type == nullptr) return "unknown";
+  int status = 0;
+  char* name = abi::__cxa_demangle(type->name(), nullptr, nullptr, &status);
+  std::string out = status == 0 && name != nullptr ? name : type->name();
+  std::free(name);
+  return out;
+}
+
+std::string CurrentExceptionMessage() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return {};
+  }
+}
+
+}  // namespace
+
+ResourceLimitExceeded::ResourceLimitExceeded(Rejection rejection)
+    : std::runtime_error("Resource limit exceeded: " + rejection.message()),
+      rejection_(std::move(rejection)) {}
+
+WorkerCallTimeout::WorkerCallTimeout(std::string_view task_id, std::string_view lane,
+                                     int64_t timeout_ms, double duration_ms)
+    : std::runtime_error("Worker call timed out: task '" + std::string(task_id) + "' in lane '" +
+                         std::string(lane) + "' ran " + std::to_string(duration_ms) +
+                         " ms, past its hard deadline (timeout " + std::to_string(timeout_ms) +
+                         " ms)"),
+      timeout_ms_(timeout_ms),
+      duration_ms_(duration_ms) {}
+
+// ---- CallContext ---------------------------------------------------------------------------------
+
+std::stop_token CallContext::stop_token() { return guard_->slot_.stop_token(); }
+int64_t CallContext::deadline_mono_nanos() const {
+  return guard_->slot_.valid() ? guard_->slot_.deadline_mono_nanos() : 0;
+}
+int64_t CallContext::hard_deadline_mono_nanos() const {
+  return guard_->slot_.valid() ? guard_->slot_.hard_deadline_mono_nanos() : 0;
+}
+Span& CallContext::span() { return guard_->span_; }
+bool CallContext::guarded() const { return guard_->slot_.valid(); }
+std::string CallContext::call_id() const {
+  return guard_->slot_.valid() ? guard_->slot_.call_id_string() : std::string();
+}
+void CallContext::OnHardTimeout(std::function<void()> hook) {
+  {
+    std::lock_guard<std::mutex> lock(guard_->hook_mu_);
+    guard_->user_hard_hook_ = std::move(hook);
+  }
+  guard_->InstallHardHook();
+}
+
+// ---- CallGuard -------------------------------------------------------------------------------------
+
+namespace internal {
+
+CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
+                     std::string_view span_prefix)
+    : calls_(calls), task_id_(task_id), lane_(options.lane) {
+  auto acquired =
+      calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata);
+  // A granted slot carries the time it was granted at; only a refused call reads the clock here.
+  start_mono_ = acquired.ok() ? acquired->start_mono_nanos()
+                              : calls.manager().clock().MonotonicNanos();
+  Tracer& tracer = calls.tracer();
+  if (tracer.enabled()) {
+    const SpanContext* parent =
+        options.parent && options.parent->valid() ? &*options.parent : nullptr;
+    // The name is built on the stack: a sampled-out span never needs it as a string.
+    char name[96];
+    const size_t length = span_prefix.size() + lane_.size();
+    if (length <= sizeof name) {
+      std::memcpy(name, span_prefix.data(), span_prefix.size());
+      std::memcpy(name + span_prefix.size(), lane_.data(), lane_.size());
+      span_ = tracer.StartSpan(std::string_view(name, length), parent);
+    } else {
+      span_ = tracer.StartSpan(std::string(span_prefix) + lane_, parent);
+    }
+    if (span_.recording()) {
+      span_.SetAttribute("taskId", task_id_);
+      span_.SetAttribute("lane", lane_);
+      for (const auto& [key, value] : options.metadata) span_.SetAttribute(key, value);
+    }
+  }
+  if (acquired.ok()) {
+    slot_ = std::move(acquired).value();
+    if (span_.recording()) {
+      span_.AddEvent("acquired_slot",
+                     {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
+                      {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
+      slot_.SetTimeoutWarningHook(
+          [this] { span_.AddEvent("timeout", {{"phase", std::string("warning")}}); });
+      InstallHardHook();
+    }
+  } else {
+    const Rejection& rejection = acquired.error();
+    if (span_.recording()) {
+      span_.SetAttribute("laneguard.rejection_reason", std::string(ToString(rejection.reason)));
+    }
+    if (options.throw_on_resource_limit_exceeded) {
+      span_.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
+      throw ResourceLimitExceeded(rejection);
+    }
+    // Graceful degradation, never silent: counted, marked on the span, logged.
+    calls.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
+    span_.SetAttribute("laneguard.unguarded", true);
+    if (JsonLogger* log = calls.logger()) {
+      const std::string message = rejection.message();
+      log->LogWarning("Worker call running unguarded after a refusal",
+                      {{"taskId", task_id_},
+                       {"lane", lane_},
+                       {"reason", ToString(rejection.reason)},
+                       {"detail", message}});
+    }
+  }
+  if (span_.recording()) span_.AddEvent("execution_started", {{"taskId", task_id_}});
+}
+
+CallGuard::~CallGuard() {
+  // Released before any member goes: a timeout hook running on the timer thread uses span_, and
+  // Release() waits for it.
+  if (!finished_) slot_.Release(false, "abandoned");
+}
+
+void CallGuard::InstallHardHook() {
+  if (!slot_.valid() || hard_hook_installed_) return;
+  hard_hook_installed_ = true;
+  slot_.SetHardTimeoutHook([this] {
+    if (span_.recording()) {
+      span_.AddEvent("timeout", {{"phase", std::string("escalation")}});
+      span_.SetStatus(StatusCode::kError, "worker call passed its hard deadline");
+    }
+    std::function<void()> user;
+    {
+      std::lock_guard<std::mutex> lock(hook_mu_);
+      user = user_hard_hook_;
+    }
+    if (user) user();
+  });
+}
+
+double CallGuard::ElapsedMs() const {
+  return static_cast<double>(calls_.manager().clock().MonotonicNanos() - start_mono_) /
+         kNanosPerMs;
+}
+
+void CallGuard::Succeeded() {
+  // At or past the hard deadline, as the timer fires (deadline <= now).
+  if (slot_.valid() &&
+      calls_.manager().clock().MonotonicNanos() >= slot_.hard_deadline_mono_nanos()) {
+    const double elapsed = ElapsedMs();
+    const int64_t timeout_ms = (slot_.deadline_mono_nanos() - start_mono_) / kNanosPerMs;
+    WorkerCallTimeout timeout(task_id_, lane_, timeout_ms, elapsed);
+    Finish(false, "WorkerCallTimeout", timeout.what());
+    throw timeout;
+  }
+  Finish(true, {}, {});
+}
+
+void CallGuard::Failed() {
+  const std::string type = CurrentExceptionType();
+  const std::string message = CurrentExceptionMessage();
+  if (span_.recording())
+    span_.AddEvent("exception", {{"exception.type", type}, {"exception.message", message}});
+  Finish(false, type, message);
+}
+
+void CallGuard::Settle(bool success, std::string_view error_type) {
+  if (!finished_) Finish(success, error_type, error_type);
+}
+
+void CallGuard::Finish(bool success, std::string_view error_type, std::string_view message) {
+  finished_ = true;
+  if (span_.recording()) {
+    const double elapsed = ElapsedMs();
+    if (success) span_.AddEvent("execution_succeeded");
+    span_.AddEvent("call_completed", {{"status", std::string(success ? "success" : "failure")},
+                                      {"duration", elapsed}});
+    span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
+  }
+  slot_.Release(success, error_type);  // after this no timeout hook runs
+  span_.End();
+}
+
+}  // namespace internal
+
+// ---- BatchCall -------------------------------------------------------------------------------------
+
+BatchCall::BatchCall(WorkerCalls& calls, std::string_view task_id, std::string_view lane,
+                     CallOptions options)
+    : calls_(&calls), task_id_(task_id), options_(std::move(options)) {
+  options_.lane = std::string(lane);
+}
+
+BatchCall::BatchCall(BatchCall&& other) noexcept
+    : calls_(other.calls_),
+      task_id_(std::move(other.task_id_)),
+      options_(std::move(other.options_)),
+      guard_(std::move(other.guard_)),
+      released_(other.released_),
+      items_(other.items_),
+      errors_(other.errors_) {
+  other.released_ = true;
+}
+
+BatchCall::~BatchCall() {
+  if (guard_ && !released_) Release(false, "abandoned");
+}
+
+void BatchCall::Init() {
+  if (guard_ || released_) throw std::logic_error("BatchCall::Init called twice");
+  guard_ = std::make_unique<internal::CallGuard>(*calls_, task_id_, options_);
+  guard_->span().AddEvent("batch_started", {{"taskId", task_id_}, {"lane", options_.lane}});
+}
+
+CallContext& BatchCall::context() {
+  if (!guard_) throw std::logic_error("BatchCall used before Init()");
+  return guard_->context();
+}
+
+void BatchCall::BeforeItem() {
+  if (!guard_) throw std::logic_error("BatchCall::Execute called before Init()");
+  if (released_) throw std::logic_error("BatchCall::Execute called after Release()");
+}
+
+void BatchCall::ItemDone(bool ok) {
+  const int64_t index = items_++;
+  if (ok) {
+    guard_->span().AddEvent("batch_item_processed", {{"itemIndex", index}});
+    return;
+  }
+  ++errors_;
+  guard_->span().AddEvent("batch_item_failed",
+                          {{"itemIndex", index}, {"errorType", CurrentExceptionType()}});
+}
+
+void BatchCall::Release(bool success, std::string_view error_type) {
+  if (!guard_ || released_) return;
+  released_ = true;
+  guard_->span().AddEvent("batch_completed",
+                          {{"items", int64_t{items_}}, {"errors", int64_t{errors_}}});
+  guard_->Settle(success, error_type);
+}
+
+BatchCall WorkerCalls::Batch(std::string_view task_id, std::string_view lane,
+                             CallOptions options) {
+  return BatchCall(*this, task_id, lane, std::move(options));
+}
+
+// ---- RequestScope ----------------------------------------------------------------------------------
+
+RequestScope::RequestScope(WorkerCalls& calls, std::string_view task_id,
+                           const ScopeOptions& options, const RequestScope* parent)
+    : calls_(calls),
+      task_id_(task_id),
+      lane_(options.lane),
+      throw_on_refusal_(options.throw_on_resource_limit_exceeded) {
+  const int64_t timeout_ms =
+      options.timeout_ms.value_or(calls.manager().config().default_timeout_ms);
+  deadline_ = calls.manager().clock().MonotonicNanos() + timeout_ms * kNanosPerMs;
+  Tracer& tracer = calls.tracer();
+  if (tracer.enabled()) {
+    const SpanContext* parent_context = nullptr;
+    if (parent != nullptr && parent->span_context().valid()) {
+      parent_context = &parent->span_context();
+    } else if (options.parent && options.parent->valid()) {
+      parent_context = &*options.parent;
+    }
+    span_ = tracer.StartSpan("request_scope:" + lane_, parent_context);
+    span_.SetAttribute("taskId", task_id_);
+    span_.SetAttribute("lane", lane_);
+    span_.SetAttribute("timeoutMs", timeout_ms);
+  }
+}
+
+int64_t RequestScope::remaining_ms() const {
+  const int64_t left = deadline_ - calls_.manager().clock().MonotonicNanos();
+  return left > 0 ? left / kNanosPerMs : 0;
+}
+
+CallOptions RequestScope::Prepare(CallOptions options) const {
+  const int64_t left = remaining_ms();
+  if (left <= 0) throw WorkerCallTimeout(task_id_, options.lane, 0, 0);
+  options.timeout_ms = std::min(options.timeout_ms.value_or(left), left);
+  if (span_.context().valid()) options.parent = span_.context();
+  return options;
+}
+
+ScopeOptions RequestScope::PrepareNested(ScopeOptions options) const {
+  const int64_t left = remaining_ms();
+  if (left <= 0) throw WorkerCallTimeout(task_id_, options.lane, 0, 0);
+  options.timeout_ms = std::min(options.timeout_ms.value_or(left), left);
+  return options;
+}
+
+void RequestScope::Failed() {
+  span_.SetStatus(StatusCode::kError, CurrentExceptionType() + ": " + CurrentExceptionMessage());
+}
+
+// ---- defaults --------------------------------------------------------------------------------------
+
+namespace {
+std::mutex g_default_mu;
+// Never destroyed: calls may run during static destruction of other objects.
+WorkerCalls* g_default_calls = nullptr;
+
+WorkerCalls* MakeDefault(std::shared_ptr<SpanProcessor> processor, Resource resource,
+                         std::shared_ptr<JsonLogger> logger) {
+  ResourceBudgetManager* manager = GetResourceBudgetManager().value();
+  TracerOptions options;
+  options.enabled = manager->config().enable_span_emission;
+  options.sample_rate = manager->config().span_sample_rate;
+  options.resource = std::move(resource);
+  options.processor = std::move(processor);
+  auto* tracer = new Tracer(std::move(options));
+  return new WorkerCalls(*manager, *tracer, std::move(logger));
+}
+}  // namespace
+
+Result<bool, ConfigError> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProcessor> processor,
+                                                      Resource resource,
+                                                      std::shared_ptr<JsonLogger> logger) {
+  std::lock_guard<std::mutex> lock(g_default_mu);
+  if (g_default_calls != nullptr)
+    return ConfigError{"", "",
+                       "the default worker calls are already in use; configure them before the "
+                       "first call"};
+  g_default_calls = MakeDefault(std::move(processor), std::move(resource), std::move(logger));
+  return true;
+}
+
+WorkerCalls& DefaultWorkerCalls() {
+  std::lock_guard<std::mutex> lock(g_default_mu);
+  if (g_default_calls == nullptr) g_default_calls = MakeDefault(nullptr, {}, nullptr);
+  return *g_default_calls;
+}
+
+BatchCall CreateBatchWorkerCallWrapper(std::string_view task_id, std::string_view lane,
+                                       CallOptions options) {
+  return DefaultWorkerCalls().Batch(task_id, lane, std::move(options));
+}
+
+}  // namespace laneguard
