@@ -31,7 +31,8 @@ test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build
-	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-log.jsonl
+	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-log.jsonl \
+	  --spans $(BUILD)/demo-spans.jsonl
 
 BENCH_FLAGS := --benchmark_out_format=json --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 bench: build

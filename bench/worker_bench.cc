@@ -22,7 +22,8 @@ struct Runtime {
     TracerOptions o;
     o.enabled = enabled;
     o.sample_rate = rate;
-    if (batch) o.processor = std::make_shared<BatchSpanProcessor>(std::make_unique<DiscardExporter>());
+    if (batch)
+      o.processor = std::make_shared<BatchSpanProcessor>(std::make_unique<DiscardExporter>());
     tracer = std::make_unique<Tracer>(std::move(o));
     calls = std::make_unique<WorkerCalls>(*manager, *tracer);
   }

@@ -1,13 +1,14 @@
 // laneguard demo: concurrent worker calls across all five lanes under one ResourceBudgetManager.
 //
-//   laneguard_demo [CONFIG.json] [--log FILE]
+//   laneguard_demo [CONFIG.json] [--log FILE] [--spans FILE]
 //
-// Eight worker threads issue calls on random lanes. Each call takes a slot, "works" for a few
-// milliseconds while watching its stop_token, and releases the slot; some fail, a few run past
-// their timeout (one cooperatively stops at the warning, one ignores it and is escalated). Lanes
-// that are full reject, and the worker backs off and retries. At the end the demo prints the
-// spec's statistics, the concurrency status and the memory snapshot. JSON log lines go to the file
-// given with --log (default: build/demo-log.jsonl next to the binary's working directory).
+// Eight worker threads issue calls on random lanes through WorkerCalls::Call. Each call takes a
+// slot, "works" for a few milliseconds while watching its stop_token, and releases the slot; some
+// fail, two run past their timeout (one cooperatively stops at the warning, one ignores it, is
+// escalated and ends in WorkerCallTimeout). Lanes that are full refuse, and the worker backs off
+// and retries. At the end the demo prints the spec's statistics, the concurrency status and the
+// memory snapshot. JSON log lines go to --log (default demo-log.jsonl), spans as OTLP-shaped JSON
+// lines to --spans (default demo-spans.jsonl), through the batch span processor.
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -20,11 +21,20 @@
 #include "laneguard/config.h"
 #include "laneguard/json_logger.h"
 #include "laneguard/manager.h"
+#include "laneguard/trace.h"
+#include "laneguard/worker.h"
 
 namespace {
 
 using laneguard::Config;
 using laneguard::ResourceBudgetManager;
+
+struct Cancelled : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct ToolError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 void SleepMs(int ms) { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
 
@@ -42,12 +52,16 @@ bool Work(int ms, const std::stop_token& stop, bool ignore_stop) {
 int main(int argc, char** argv) {
   std::string config_path;
   std::string log_path = "demo-log.jsonl";
+  std::string spans_path = "demo-spans.jsonl";
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--log") == 0 && i + 1 < argc) {
       log_path = argv[++i];
+    } else if (std::strcmp(argv[i], "--spans") == 0 && i + 1 < argc) {
+      spans_path = argv[++i];
     } else if (argv[i][0] == '-') {
       std::fprintf(stderr,
-                   "laneguard_demo: unknown flag '%s'\nusage: %s [CONFIG.json] [--log FILE]\n",
+                   "laneguard_demo: unknown flag '%s'\nusage: %s [CONFIG.json] [--log FILE] "
+                   "[--spans FILE]\n",
                    argv[i], argv[0]);
       return 2;
     } else {
@@ -84,11 +98,26 @@ int main(int argc, char** argv) {
   }
   std::unique_ptr<ResourceBudgetManager> manager = std::move(created).value();
 
+  auto exporter = laneguard::NewJsonLinesFileSpanExporter(spans_path);
+  if (!exporter.ok()) {
+    std::fprintf(stderr, "laneguard_demo: %s\n", exporter.error().message.c_str());
+    return 2;
+  }
+  auto processor = std::make_shared<laneguard::BatchSpanProcessor>(std::move(exporter).value());
+  laneguard::TracerOptions tracing;
+  tracing.enabled = config.enable_span_emission;
+  tracing.sample_rate = config.span_sample_rate;
+  tracing.resource = {.service_name = "laneguard-demo",
+                      .service_version = "0.1.0",
+                      .deployment_environment = "demo"};
+  tracing.processor = processor;
+  laneguard::Tracer tracer(std::move(tracing));
+  laneguard::WorkerCalls calls(*manager, tracer, log);
+
   const std::vector<std::string> lanes = {"tool_call", "file_read", "file_write", "critic",
                                           "forecast_model"};
   constexpr int kThreads = 8, kCallsPerThread = 60;
-  std::atomic<int> retries{0}, stopped_early{0};
-  std::atomic<int> peak_seen{0};
+  std::atomic<int> retries{0}, stopped_early{0}, overran{0};
 
   std::printf("laneguard demo: %d threads x %d calls across %zu lanes (global limit %d)\n",
               kThreads, kCallsPerThread, lanes.size(), config.global_concurrency_limit);
@@ -105,22 +134,29 @@ int main(int argc, char** argv) {
         const bool slow_stubborn = t == 0 && i == 6;
         const int64_t timeout_ms = (slow_polite || slow_stubborn) ? 20 : 2000;
         for (;;) {
-          auto slot = manager->TryAcquire(task, lane, timeout_ms, {{"thread", std::to_string(t)}});
-          if (!slot.ok()) {
-            ++retries;
+          try {
+            calls.Call(task,
+                       [&](laneguard::CallContext& ctx) {
+                         const int work_ms =
+                             (slow_polite || slow_stubborn) ? 60 : 2 + static_cast<int>(rng() % 12);
+                         if (!Work(work_ms, ctx.stop_token(), slow_stubborn)) {
+                           ++stopped_early;
+                           throw Cancelled("stopped at the timeout warning");
+                         }
+                         if (rng() % 17 == 0) throw ToolError("the tool reported an error");
+                       },
+                       {.lane = lane,
+                        .timeout_ms = timeout_ms,
+                        .metadata = {{"thread", std::to_string(t)}}});
+          } catch (const laneguard::ResourceLimitExceeded&) {
+            ++retries;  // the lane is full: back off and try again
             SleepMs(1 + static_cast<int>(rng() % 3));
             continue;
+          } catch (const laneguard::WorkerCallTimeout&) {
+            ++overran;  // returned after its hard deadline
+          } catch (const std::runtime_error&) {
+            // Cancelled or ToolError: recorded as a failure with its type.
           }
-          int active = manager->GetConcurrencyStatus().global.active;
-          for (int p = peak_seen.load();
-               active > p && !peak_seen.compare_exchange_weak(p, active);) {
-          }
-          const int work_ms =
-              (slow_polite || slow_stubborn) ? 60 : 2 + static_cast<int>(rng() % 12);
-          const bool finished = Work(work_ms, slot->stop_token(), slow_stubborn);
-          if (!finished) ++stopped_early;
-          const bool fail = rng() % 17 == 0;
-          slot->Release(finished && !fail, !finished ? "cancelled" : fail ? "ToolError" : "");
           break;
         }
       }
@@ -141,9 +177,11 @@ int main(int argc, char** argv) {
   std::printf("averageDurationMs %.2f  p50 %.2f  p95 %.2f  p99 %.2f  averageRssDeltaMb %.3f\n",
               stats.average_duration_ms, stats.p50_duration_ms, stats.p95_duration_ms,
               stats.p99_duration_ms, stats.average_rss_delta_mb);
-  std::printf("maxConcurrentCalls %d  rejections %lld (retried; stopped early at warning: %d)\n",
-              stats.max_concurrent_calls, static_cast<long long>(stats.total_rejections),
-              stopped_early.load());
+  std::printf(
+      "maxConcurrentCalls %d  rejections %lld (retried)  stopped at the warning %d  overran the "
+      "hard deadline %d\n",
+      stats.max_concurrent_calls, static_cast<long long>(stats.total_rejections),
+      stopped_early.load(), overran.load());
   std::printf("rejections by reason:");
   for (const auto& [reason, n] : stats.rejections_by_reason)
     if (n > 0) std::printf("  %s=%lld", reason.c_str(), static_cast<long long>(n));
@@ -171,7 +209,14 @@ int main(int argc, char** argv) {
     std::printf("  cgroup(%s) usageMb %.1f limitMb %s", mem.cgroup_version.c_str(),
                 *mem.cgroup_usage_mb,
                 mem.cgroup_limit_mb ? std::to_string(*mem.cgroup_limit_mb).c_str() : "none");
-  std::printf("\n\nJSON log: %s (%llu info, %llu warning, %llu error lines)\n", log_path.c_str(),
+  tracer.Shutdown();  // flushes every queued span
+  const auto span_stats = processor->stats();
+  std::printf("\n\nspans: %s (%llu exported, %llu dropped)", spans_path.c_str(),
+              static_cast<unsigned long long>(span_stats.exported),
+              static_cast<unsigned long long>(span_stats.dropped_queue_full +
+                                              span_stats.dropped_export_failed +
+                                              span_stats.dropped_after_shutdown));
+  std::printf("\nJSON log: %s (%llu info, %llu warning, %llu error lines)\n", log_path.c_str(),
               static_cast<unsigned long long>(log->lines_written(laneguard::LogLevel::kInfo)),
               static_cast<unsigned long long>(log->lines_written(laneguard::LogLevel::kWarning)),
               static_cast<unsigned long long>(log->lines_written(laneguard::LogLevel::kError)));

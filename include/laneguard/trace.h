@@ -4,9 +4,10 @@
 //   laneguard::TracerOptions o;
 //   o.resource = {.service_name = "orchestrator", .service_version = "1.0.0",
 //                 .deployment_environment = "production"};
-//   o.processor = laneguard::NewBatchSpanProcessor(laneguard::NewJsonLinesSpanExporter(file));
+//   o.processor = std::make_shared<laneguard::BatchSpanProcessor>(
+//       laneguard::NewJsonLinesSpanExporter(file));
 //   laneguard::Tracer tracer(std::move(o));
-//   laneguard::Span span = tracer.StartSpan("worker_call:tool_call", parent_context);
+//   laneguard::Span span = tracer.StartSpan("worker_call:tool_call", &parent_context);
 //   span.AddEvent("acquired_slot", {{"globalConcurrency", int64_t{4}}});
 //   span.End();
 //

@@ -273,7 +273,8 @@ class RequestScope {
   Span span_;
 };
 
-// ---- the process-wide defaults (the spec's free functions) ------------------------------------------
+// ---- the process-wide defaults (the spec's free functions)
+// ------------------------------------------
 
 // The default manager (GetResourceBudgetManager()) with a tracer built from its config
 // (enableSpanEmission, spanSampleRate) and `processor`, which may be null (spans go nowhere).
@@ -295,7 +296,8 @@ auto WithRequestScope(std::string_view task_id, Fn&& fn, const ScopeOptions& opt
   return DefaultWorkerCalls().WithRequestScope(task_id, std::forward<Fn>(fn), options);
 }
 
-// ---- templates ------------------------------------------------------------------------------------
+// ---- templates
+// ------------------------------------------------------------------------------------
 
 namespace internal {
 template <typename Fn>
@@ -338,9 +340,10 @@ auto WorkerCalls::Call(std::string_view task_id, Fn&& fn, const CallOptions& opt
 
 template <typename Fn>
 auto WorkerCalls::CallAsync(std::string task_id, Fn fn, CallOptions options) {
-  return std::async(std::launch::async,
-                    [this, task_id = std::move(task_id), fn = std::move(fn),
-                     options = std::move(options)]() mutable { return Call(task_id, fn, options); });
+  return std::async(std::launch::async, [this, task_id = std::move(task_id), fn = std::move(fn),
+                                         options = std::move(options)]() mutable {
+    return Call(task_id, fn, options);
+  });
 }
 
 template <typename Fn>

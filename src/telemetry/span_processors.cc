@@ -71,8 +71,8 @@ std::unique_ptr<SpanProcessor> NewSimpleSpanProcessor(std::unique_ptr<SpanExport
 
 // One mutex guards the queue and the counters; OnEnd holds it only to push. The exporter runs on
 // the background thread without the lock. Spans carry an implicit sequence number (their position
-// in the order they were queued): `taken_` have left the queue, `done_` have been exported or
-// dropped, so a flush waits for done_ to reach the number queued when it was called.
+// in the order they were queued): `taken` have left the queue, `done` have been exported or
+// dropped, so a flush waits for `done` to reach the number queued when it was called.
 struct BatchSpanProcessor::Impl {
   std::unique_ptr<SpanExporter> exporter;
   size_t max_queue;
@@ -159,7 +159,12 @@ void BatchSpanProcessor::OnEnd(SpanData&& span) {
     ++d.stats.dropped_queue_full;
     return;
   }
-  d.queue.push_back(std::move(span));
+  try {
+    d.queue.push_back(std::move(span));
+  } catch (...) {  // out of memory: the span could not be queued either
+    ++d.stats.dropped_queue_full;
+    return;
+  }
   ++d.enqueued;
   if (d.queue.size() == d.max_batch) d.work_cv.notify_one();
 }
@@ -169,6 +174,8 @@ bool BatchSpanProcessor::ForceFlush(std::chrono::milliseconds timeout) {
   std::unique_lock<std::mutex> lock(d.mu);
   const uint64_t target = d.enqueued;
   if (d.done >= target) return true;
+  // now() + milliseconds::max() would overflow: a year is as good as forever here.
+  timeout = std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365));
   if (target > d.flush_target) {
     d.flush_target = target;
     d.work_cv.notify_one();

@@ -276,7 +276,11 @@ void Span::End() {
     state_->data.end_unix_nanos = now;
     data = std::move(state_->data);
   }
-  if (tracer->options_.processor) tracer->options_.processor->OnEnd(std::move(data));
+  // End runs in destructors and noexcept moves: a throwing processor must not terminate.
+  try {
+    if (tracer->options_.processor) tracer->options_.processor->OnEnd(std::move(data));
+  } catch (...) {
+  }
 }
 
 // ---- tracer -------------------------------------------------------------------------------------

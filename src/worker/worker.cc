@@ -49,7 +49,8 @@ WorkerCallTimeout::WorkerCallTimeout(std::string_view task_id, std::string_view 
       timeout_ms_(timeout_ms),
       duration_ms_(duration_ms) {}
 
-// ---- CallContext ---------------------------------------------------------------------------------
+// ---- CallContext
+// ---------------------------------------------------------------------------------
 
 std::stop_token CallContext::stop_token() { return guard_->slot_.stop_token(); }
 int64_t CallContext::deadline_mono_nanos() const {
@@ -71,7 +72,8 @@ void CallContext::OnHardTimeout(std::function<void()> hook) {
   guard_->InstallHardHook();
 }
 
-// ---- CallGuard -------------------------------------------------------------------------------------
+// ---- CallGuard
+// -------------------------------------------------------------------------------------
 
 namespace internal {
 
@@ -81,8 +83,8 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
   auto acquired =
       calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata);
   // A granted slot carries the time it was granted at; only a refused call reads the clock here.
-  start_mono_ = acquired.ok() ? acquired->start_mono_nanos()
-                              : calls.manager().clock().MonotonicNanos();
+  start_mono_ =
+      acquired.ok() ? acquired->start_mono_nanos() : calls.manager().clock().MonotonicNanos();
   Tracer& tracer = calls.tracer();
   if (tracer.enabled()) {
     const SpanContext* parent =
@@ -109,8 +111,9 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
       span_.AddEvent("acquired_slot",
                      {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
                       {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
-      slot_.SetTimeoutWarningHook(
-          [this] { span_.AddEvent("timeout", {{"phase", std::string("warning")}}); });
+      slot_.SetTimeoutWarningHook([this] {
+        span_.AddEvent("timeout", {{"phase", std::string("warning")}});
+      });
       InstallHardHook();
     }
   } else {
@@ -161,8 +164,7 @@ void CallGuard::InstallHardHook() {
 }
 
 double CallGuard::ElapsedMs() const {
-  return static_cast<double>(calls_.manager().clock().MonotonicNanos() - start_mono_) /
-         kNanosPerMs;
+  return static_cast<double>(calls_.manager().clock().MonotonicNanos() - start_mono_) / kNanosPerMs;
 }
 
 void CallGuard::Succeeded() {
@@ -205,7 +207,8 @@ void CallGuard::Finish(bool success, std::string_view error_type, std::string_vi
 
 }  // namespace internal
 
-// ---- BatchCall -------------------------------------------------------------------------------------
+// ---- BatchCall
+// -------------------------------------------------------------------------------------
 
 BatchCall::BatchCall(WorkerCalls& calls, std::string_view task_id, std::string_view lane,
                      CallOptions options)
@@ -263,12 +266,12 @@ void BatchCall::Release(bool success, std::string_view error_type) {
   guard_->Settle(success, error_type);
 }
 
-BatchCall WorkerCalls::Batch(std::string_view task_id, std::string_view lane,
-                             CallOptions options) {
+BatchCall WorkerCalls::Batch(std::string_view task_id, std::string_view lane, CallOptions options) {
   return BatchCall(*this, task_id, lane, std::move(options));
 }
 
-// ---- RequestScope ----------------------------------------------------------------------------------
+// ---- RequestScope
+// ----------------------------------------------------------------------------------
 
 RequestScope::RequestScope(WorkerCalls& calls, std::string_view task_id,
                            const ScopeOptions& options, const RequestScope* parent)
@@ -318,7 +321,8 @@ void RequestScope::Failed() {
   span_.SetStatus(StatusCode::kError, CurrentExceptionType() + ": " + CurrentExceptionMessage());
 }
 
-// ---- defaults --------------------------------------------------------------------------------------
+// ---- defaults
+// --------------------------------------------------------------------------------------
 
 namespace {
 std::mutex g_default_mu;

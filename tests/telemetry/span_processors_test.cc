@@ -287,7 +287,7 @@ TEST(BatchSpanProcessorTest, FullQueueDropsNewSpansWithoutBlocking) {
   EXPECT_FALSE(b.processor->ForceFlush(milliseconds(1)));
 
   b.exporter->Release();
-  EXPECT_TRUE(b.processor->ForceFlush());
+  EXPECT_TRUE(b.processor->ForceFlush(milliseconds::max()));  // no overflow: waits, then true
   s = b.processor->stats();
   EXPECT_EQ(s.exported, 12u);
   EXPECT_EQ(s.dropped_queue_full, 12u);

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <latch>
 #include <memory>
 #include <set>
 #include <string>
@@ -644,12 +645,14 @@ TEST(SpanTest, DefaultClockIsTheSystemClock) {
 }
 
 TEST(SpanTest, ConcurrentAddEventLosesNothing) {
-  constexpr int kThreads = 4, kPerThread = 2000;
+  constexpr int kThreads = 4, kPerThread = 5000;
   TracerFixture f(1.0, SpanLimits{.max_events = kThreads * kPerThread});
   Span span = f.tracer->StartSpan("busy");
+  std::latch start(kThreads);  // all four write at once
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&span, t] {
+    threads.emplace_back([&span, &start, t] {
+      start.arrive_and_wait();
       for (int i = 0; i < kPerThread; ++i) {
         span.AddEvent("e", {{"thread", int64_t{t}}, {"i", int64_t{i}}});
         if (i % 100 == 0) span.SetAttribute("t" + std::to_string(t), int64_t{i});

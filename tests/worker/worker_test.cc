@@ -129,8 +129,8 @@ TEST_F(WorkerTest, ErrorsPropagateUnchangedAndReleaseAsFailureWithTheirType) {
   auto span = Spans().at(0);
   EXPECT_EQ(span.status, StatusCode::kError);
   EXPECT_EQ(span.status_message, "tool exploded");
-  EXPECT_THAT(EventNames(span), ElementsAre("acquired_slot", "execution_started", "exception",
-                                            "call_completed"));
+  EXPECT_THAT(EventNames(span),
+              ElementsAre("acquired_slot", "execution_started", "exception", "call_completed"));
   EXPECT_EQ(StrAttr(span.events[2].attributes, "exception.type"),
             "laneguard::(anonymous namespace)::CustomError");
   // Non-std exceptions too.
@@ -141,20 +141,19 @@ TEST_F(WorkerTest, ErrorsPropagateUnchangedAndReleaseAsFailureWithTheirType) {
 
 TEST_F(WorkerTest, CustomTimeoutsWarnThenEscalateAndThrowWhenFnReturnsLate) {
   bool user_hook_ran = false;
-  EXPECT_THROW(calls_->Call(
-                   "slow",
-                   [&](CallContext& ctx) {
-                     ctx.OnHardTimeout([&] { user_hook_ran = true; });
-                     std::stop_token stop = ctx.stop_token();
-                     clock_.AdvanceMs(100);
-                     manager_->Tick();  // the timer thread's work, driven by hand
-                     EXPECT_TRUE(stop.stop_requested());
-                     clock_.AdvanceMs(50);
-                     manager_->Tick();
-                     EXPECT_EQ(manager_->GetConcurrencyStatus().global.overrunning, 1);
-                     return 1;  // returns after its hard deadline
-                   },
-                   {.lane = "critic", .timeout_ms = 100}),
+  EXPECT_THROW(calls_->Call("slow",
+                            [&](CallContext& ctx) {
+                              ctx.OnHardTimeout([&] { user_hook_ran = true; });
+                              std::stop_token stop = ctx.stop_token();
+                              clock_.AdvanceMs(100);
+                              manager_->Tick();  // the timer thread's work, driven by hand
+                              EXPECT_TRUE(stop.stop_requested());
+                              clock_.AdvanceMs(50);
+                              manager_->Tick();
+                              EXPECT_EQ(manager_->GetConcurrencyStatus().global.overrunning, 1);
+                              return 1;  // returns after its hard deadline
+                            },
+                            {.lane = "critic", .timeout_ms = 100}),
                WorkerCallTimeout);
   EXPECT_TRUE(user_hook_ran);
   EXPECT_EQ(Active(), 0) << "released even though fn overran";
@@ -172,14 +171,13 @@ TEST_F(WorkerTest, CustomTimeoutsWarnThenEscalateAndThrowWhenFnReturnsLate) {
 }
 
 TEST_F(WorkerTest, ReturningAfterTheWarningButBeforeTheHardDeadlineSucceeds) {
-  int r = calls_->Call(
-      "t",
-      [&] {
-        clock_.AdvanceMs(120);
-        manager_->Tick();
-        return 5;
-      },
-      {.timeout_ms = 100});  // hard deadline at 150 ms
+  int r = calls_->Call("t",
+                       [&] {
+                         clock_.AdvanceMs(120);
+                         manager_->Tick();
+                         return 5;
+                       },
+                       {.timeout_ms = 100});  // hard deadline at 150 ms
   EXPECT_EQ(r, 5);
   auto m = manager_->GetMetrics().at(0);
   EXPECT_TRUE(m.success);
@@ -188,8 +186,9 @@ TEST_F(WorkerTest, ReturningAfterTheWarningButBeforeTheHardDeadlineSucceeds) {
 }
 
 TEST_F(WorkerTest, MetadataIsTrackedOnTheSpan) {
-  calls_->Call("t", [] {},
-               {.lane = "critic", .metadata = {{"toolName", "forecast_stitch"}, {"inputSize", "1024"}}});
+  calls_->Call(
+      "t", [] {},
+      {.lane = "critic", .metadata = {{"toolName", "forecast_stitch"}, {"inputSize", "1024"}}});
   auto span = Spans().at(0);
   EXPECT_EQ(StrAttr(span.attributes, "toolName"), "forecast_stitch");
   EXPECT_EQ(StrAttr(span.attributes, "inputSize"), "1024");
@@ -222,14 +221,13 @@ TEST_F(WorkerTest, GracefulDegradationRunsUnguardedAndSaysSo) {
     std::FILE* f = std::tmpfile();
     auto logger = std::make_shared<JsonLogger>(JsonLogger::Options{}, f);
     WorkerCalls calls(*manager_, *tracer_, logger);
-    int r = calls.Call(
-        "t",
-        [](CallContext& ctx) {
-          EXPECT_FALSE(ctx.guarded());
-          EXPECT_EQ(ctx.call_id(), "");
-          return 9;
-        },
-        {.lane = "forecast_model", .throw_on_resource_limit_exceeded = false});
+    int r = calls.Call("t",
+                       [](CallContext& ctx) {
+                         EXPECT_FALSE(ctx.guarded());
+                         EXPECT_EQ(ctx.call_id(), "");
+                         return 9;
+                       },
+                       {.lane = "forecast_model", .throw_on_resource_limit_exceeded = false});
     EXPECT_EQ(r, 9);
     EXPECT_EQ(calls.unguarded_calls(), 1u);
     std::rewind(f);
@@ -263,11 +261,11 @@ TEST_F(WorkerTest, BatchOperationsShareOneSlotAndReportItems) {
   ASSERT_EQ(m.size(), 1u);
   EXPECT_TRUE(m[0].success);
   auto span = Spans().at(0);
-  EXPECT_THAT(EventNames(span),
-              ElementsAre("acquired_slot", "execution_started", "batch_started",
-                          "batch_item_processed", "batch_item_processed", "batch_item_processed",
-                          "batch_item_failed", "batch_completed", "execution_succeeded",
-                          "call_completed"));
+  EXPECT_THAT(
+      EventNames(span),
+      ElementsAre("acquired_slot", "execution_started", "batch_started", "batch_item_processed",
+                  "batch_item_processed", "batch_item_processed", "batch_item_failed",
+                  "batch_completed", "execution_succeeded", "call_completed"));
   const auto& completed = span.events[7].attributes;
   EXPECT_EQ(std::get<int64_t>(*Attr(completed, "items")), 4);
   EXPECT_EQ(std::get<int64_t>(*Attr(completed, "errors")), 1);
@@ -318,16 +316,15 @@ TEST_F(WorkerTest, RequestScopesShareOneDeadlineAndParentTheirCalls) {
 
 TEST_F(WorkerTest, CallAfterTheScopeDeadlineThrowsWithoutRunning) {
   bool ran = false;
-  EXPECT_THROW(calls_->WithRequestScope(
-                   "t",
-                   [&](RequestScope& scope) {
-                     clock_.AdvanceMs(2000);
-                     return scope.Call([&] {
-                       ran = true;
-                       return 0;
-                     });
-                   },
-                   {.timeout_ms = 1000}),
+  EXPECT_THROW(calls_->WithRequestScope("t",
+                                        [&](RequestScope& scope) {
+                                          clock_.AdvanceMs(2000);
+                                          return scope.Call([&] {
+                                            ran = true;
+                                            return 0;
+                                          });
+                                        },
+                                        {.timeout_ms = 1000}),
                WorkerCallTimeout);
   EXPECT_FALSE(ran);
   auto spans = Spans();
@@ -336,21 +333,21 @@ TEST_F(WorkerTest, CallAfterTheScopeDeadlineThrowsWithoutRunning) {
 }
 
 TEST_F(WorkerTest, NestedRequestScopesGetTheSmallerOfParentRemainingAndTheirOwn) {
-  calls_->WithRequestScope(
-      "task-1",
-      [&](RequestScope& outer) {
-        clock_.AdvanceMs(300);  // 700 ms left
-        outer.Nested([&](RequestScope& inner) { EXPECT_EQ(inner.remaining_ms(), 500); },
-                     {.timeout_ms = 500});
-        outer.Nested(
-            [&](RequestScope& inner) {
-              EXPECT_EQ(inner.remaining_ms(), 700);
-              inner.Call([] {});
-            },
-            {.timeout_ms = 5000});
-        return 0;
-      },
-      {.timeout_ms = 1000});
+  calls_->WithRequestScope("task-1",
+                           [&](RequestScope& outer) {
+                             clock_.AdvanceMs(300);  // 700 ms left
+                             outer.Nested(
+                                 [&](RequestScope& inner) { EXPECT_EQ(inner.remaining_ms(), 500); },
+                                 {.timeout_ms = 500});
+                             outer.Nested(
+                                 [&](RequestScope& inner) {
+                                   EXPECT_EQ(inner.remaining_ms(), 700);
+                                   inner.Call([] {});
+                                 },
+                                 {.timeout_ms = 5000});
+                             return 0;
+                           },
+                           {.timeout_ms = 1000});
   auto spans = Spans();
   // inner-1, call, inner-2, outer
   ASSERT_EQ(spans.size(), 4u);
@@ -370,9 +367,9 @@ TEST_F(WorkerTest, LaneCategorizationNamesSpansAndCountsPerLane) {
   for (const auto& [lane, s] : stats.lanes) EXPECT_EQ(s.total_calls, 1) << lane;
   std::vector<std::string> names;
   for (const auto& s : Spans()) names.push_back(s.name);
-  EXPECT_THAT(names, ElementsAre("worker_call:tool_call", "worker_call:file_read",
-                                 "worker_call:file_write", "worker_call:critic",
-                                 "worker_call:forecast_model"));
+  EXPECT_THAT(
+      names, ElementsAre("worker_call:tool_call", "worker_call:file_read", "worker_call:file_write",
+                         "worker_call:critic", "worker_call:forecast_model"));
 }
 
 TEST_F(WorkerTest, RapidSequentialCallsLeakNothing) {
@@ -392,10 +389,11 @@ TEST_F(WorkerTest, MixedLanesFromManyThreadsRespectLimitsAndLeakNothing) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < 300; ++i) {
         try {
-          calls_->Call("t", [&] {
-            if (i % 7 == 0) throw CustomError("x");
-            std::this_thread::yield();
-          },
+          calls_->Call("t",
+                       [&] {
+                         if (i % 7 == 0) throw CustomError("x");
+                         std::this_thread::yield();
+                       },
                        {.lane = lanes[(t + i) % lanes.size()]});
         } catch (const ResourceLimitExceeded&) {
           ++refused;
