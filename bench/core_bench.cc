@@ -4,43 +4,16 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
-#include <cstdlib>
-#include <new>
 #include <random>
 #include <semaphore>
 
 #include "laneguard/manager.h"
 #include "laneguard/timer_queue.h"
 
-namespace {
-std::atomic<uint64_t> g_allocations{0};
-}  // namespace
-
-// Counting every allocation of the process lets a benchmark state "0 allocations per call" as a
-// measured fact rather than a claim.
-void* operator new(std::size_t n) {
-  g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
-  throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#include "alloc_counter.h"
 
 namespace laneguard {
 namespace {
-
-class AllocCounter {
- public:
-  explicit AllocCounter(benchmark::State& state) : state_(state), start_(g_allocations.load()) {}
-  ~AllocCounter() {
-    state_.counters["allocs_per_op"] = benchmark::Counter(
-        static_cast<double>(g_allocations.load() - start_), benchmark::Counter::kAvgIterations);
-  }
-
- private:
-  benchmark::State& state_;
-  uint64_t start_;
-};
 
 // (a) The floor: a lane counter and a global counter taken and given back, nothing else.
 std::atomic<int> g_lane{0}, g_global{0};

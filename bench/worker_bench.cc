@@ -1,8 +1,9 @@
 // with_worker_call around an empty function: spans off, sampled out, sampled in to a batch
 // processor whose exporter discards; beside the bare try_acquire+release it is built on.
-// BENCHMARK_MAIN and the allocation counter are in core_bench.cc.
+// BENCHMARK_MAIN is in core_bench.cc.
 #include <benchmark/benchmark.h>
 
+#include "alloc_counter.h"
 #include "laneguard/worker.h"
 
 namespace laneguard {
@@ -34,18 +35,21 @@ struct Runtime {
 
 void BM_Baseline_TryAcquireRelease(benchmark::State& state) {
   Runtime rt(false, 0, false);
+  AllocCounter allocs(state);
   for (auto _ : state) rt.manager->TryAcquire("task-1234", "tool_call")->Release(true);
 }
 BENCHMARK(BM_Baseline_TryAcquireRelease);
 
 void BM_WithWorkerCall_SpansOff(benchmark::State& state) {
   Runtime rt(false, 1.0, false);
+  AllocCounter allocs(state);
   for (auto _ : state) rt.calls->Call("task-1234", [] {});
 }
 BENCHMARK(BM_WithWorkerCall_SpansOff);
 
 void BM_WithWorkerCall_SampledOut(benchmark::State& state) {
   Runtime rt(true, 0.0, true);
+  AllocCounter allocs(state);
   for (auto _ : state) rt.calls->Call("task-1234", [] {});
 }
 BENCHMARK(BM_WithWorkerCall_SampledOut);
@@ -54,10 +58,20 @@ BENCHMARK(BM_WithWorkerCall_SampledOut);
 // on a recording span handed to the batch processor.
 void BM_WithWorkerCall_SampledInBatch(benchmark::State& state) {
   Runtime rt(true, 1.0, true);
+  AllocCounter allocs(state);
   for (auto _ : state) rt.calls->Call("task-1234", [] {});
   rt.tracer->ForceFlush();
 }
 BENCHMARK(BM_WithWorkerCall_SampledInBatch);
+
+// The same span built and handed over synchronously: what the span itself costs the caller,
+// without the batch processor's queue and the export thread competing for the other core.
+void BM_WithWorkerCall_SampledInSimple(benchmark::State& state) {
+  Runtime rt(true, 1.0, false);
+  AllocCounter allocs(state);
+  for (auto _ : state) rt.calls->Call("task-1234", [] {});
+}
+BENCHMARK(BM_WithWorkerCall_SampledInSimple);
 
 }  // namespace
 }  // namespace laneguard

@@ -1,5 +1,7 @@
 #include "laneguard/trace.h"
 
+#include <algorithm>
+
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -313,6 +315,10 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   if (parent != nullptr) data.parent_span_id = parent->span_id;
   data.kind = kind;
   data.start_unix_nanos = options_.clock->UnixNanos();
+  // A worker call's span carries a handful of attributes and about six events: one allocation
+  // each instead of a growth series.
+  data.attributes.reserve(std::min<size_t>(8, options_.limits.max_attributes));
+  data.events.reserve(std::min<size_t>(8, options_.limits.max_events));
   for (Attribute& a : attributes)
     SetAttributeLimited(data, options_.limits.max_attributes, a.key, std::move(a.value));
   span.state_ = std::move(state);
