@@ -7,10 +7,9 @@
 #include <random>
 #include <semaphore>
 
+#include "alloc_counter.h"
 #include "laneguard/manager.h"
 #include "laneguard/timer_queue.h"
-
-#include "alloc_counter.h"
 
 namespace laneguard {
 namespace {
@@ -54,9 +53,7 @@ std::unique_ptr<ResourceBudgetManager> MakeManager() {
 
 // (c) Our try_acquire + release, uncontended: a real clock, a timer armed and cancelled, a record
 // written into the metrics ring, the memory guard checked.
-void BM_TryAcquireRelease(benchmark::State& state) {
-  // Shared by the threads of the 2-thread run; a function static is initialized exactly once.
-  static ResourceBudgetManager* const manager = MakeManager().release();
+void AcquireReleaseLoop(benchmark::State& state, ResourceBudgetManager* manager) {
   // Warm the call slab and the ring so the loop measures the steady state.
   for (int i = 0; i < 16; ++i) manager->TryAcquire("task-1234", "tool_call")->Release(true);
   AllocCounter allocs(state);
@@ -65,6 +62,12 @@ void BM_TryAcquireRelease(benchmark::State& state) {
     if (!slot.ok()) state.SkipWithError("unexpected rejection");
     slot->Release(true);
   }
+}
+
+void BM_TryAcquireRelease(benchmark::State& state) {
+  // Shared by the threads of the 2-thread run; a function static is initialized exactly once.
+  static ResourceBudgetManager* const manager = MakeManager().release();
+  AcquireReleaseLoop(state, manager);
 }
 BENCHMARK(BM_TryAcquireRelease);
 BENCHMARK(BM_TryAcquireRelease)->Threads(2)->UseRealTime();
@@ -88,13 +91,7 @@ void BM_TryAcquireRelease_ManualClock(benchmark::State& state) {
     o.clock = &clock;
     return ResourceBudgetManager::Create(Config{}, std::move(o)).value().release();
   }();
-  for (int i = 0; i < 16; ++i) manager->TryAcquire("task-1234", "tool_call")->Release(true);
-  AllocCounter allocs(state);
-  for (auto _ : state) {
-    auto slot = manager->TryAcquire("task-1234", "tool_call");
-    if (!slot.ok()) state.SkipWithError("unexpected rejection");
-    slot->Release(true);
-  }
+  AcquireReleaseLoop(state, manager);
 }
 BENCHMARK(BM_TryAcquireRelease_ManualClock);
 BENCHMARK(BM_TryAcquireRelease_ManualClock)->Threads(2)->UseRealTime();

@@ -8,9 +8,13 @@
 //   DoWork(slot->stop_token());
 //   slot->Release(/*success=*/true);
 //
-// Admission checks the lane limit and the global limit in one step under one lock, so no two racing
-// callers can both take the last place. The memory guard reads RSS and heap sampled by a background
-// thread (every memorySampleIntervalMs), so admission makes no syscall.
+// Admission reserves a place in the lane and then in the global count, each with a compare-and-swap
+// that only succeeds below its limit (the lane place is handed back if the global count is full).
+// Neither count ever exceeds its limit, so no two racing callers can both take the last place, and
+// no lock is taken. A caller racing with one that reserved a lane place and then handed it back may
+// be refused for lane_limit in those few nanoseconds, as if the place had been briefly held. The
+// memory guard reads RSS and heap sampled every memorySampleIntervalMs by the background thread (by
+// Tick() without one; not after Shutdown()), so admission makes no syscall.
 //
 // Timeouts: at the call's timeout the manager requests a stop on the slot's stop_token and reports
 // kTimeoutWarning; at timeout x timeoutEscalationFactor it reports kTimeoutEscalation and runs the
@@ -22,6 +26,11 @@
 // other, but may race with any manager method. Destroying the manager while slots are outstanding
 // is safe: the slots stay valid and releasable, and the internal state is freed with the last one.
 // The clock passed in ManagerOptions must outlive the manager and its slots.
+//
+// Hooks and observers run on the timer thread (inside Tick()), one after another. They must not
+// call Tick(), Shutdown() or destroy the manager, and should be quick: a slow hook delays every
+// other timer. They may release slots (Release() then does not wait for hooks of its own thread,
+// and a hook of a call released that way does not run).
 #ifndef LANEGUARD_MANAGER_H_
 #define LANEGUARD_MANAGER_H_
 
@@ -152,7 +161,8 @@ class ResourceBudgetManager {
   // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
   // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a
   // short task id (<= 15 bytes) and no metadata the granted path makes no syscall and, once warm,
-  // no heap allocation.
+  // no heap allocation. The only exception it can throw is std::bad_alloc, and then no count is
+  // taken.
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
                                      std::optional<int64_t> timeout_ms = std::nullopt,
                                      Metadata metadata = {});

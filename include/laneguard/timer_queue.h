@@ -6,8 +6,8 @@
 // PopExpired() (the manager's background thread does, every timerTickMs; tests call it with a fake
 // clock), so the queue itself is deterministic.
 //
-// Thread safety: not thread-safe; the owner serializes access (the manager holds its admission
-// lock).
+// Thread safety: not thread-safe; the owner serializes access (the manager keeps one queue per
+// shard, under the shard's lock).
 #ifndef LANEGUARD_TIMER_QUEUE_H_
 #define LANEGUARD_TIMER_QUEUE_H_
 

@@ -236,8 +236,10 @@ struct TracerOptions {
   double sample_rate = 1.0;  // for root spans; children follow their parent
   Resource resource;
   SpanLimits limits;
-  std::shared_ptr<SpanProcessor> processor;  // none: spans are sampled but go nowhere
-  const Clock* clock = nullptr;              // SystemClock when null
+  // None: spans are sampled but go nowhere. The tracer shuts it down when the tracer is destroyed
+  // or shut down, so share one processor between tracers only if they end together.
+  std::shared_ptr<SpanProcessor> processor;
+  const Clock* clock = nullptr;  // SystemClock when null
 };
 
 class Tracer;

@@ -115,7 +115,7 @@ class CallGuard {
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
             std::string_view span_prefix = "worker_call:");
-  ~CallGuard();  // releases as abandoned if neither Succeeded nor Failed ran
+  ~CallGuard();  // releases as abandoned if neither Succeeded, Failed nor Settle released it
   CallGuard(const CallGuard&) = delete;
   CallGuard& operator=(const CallGuard&) = delete;
 
@@ -137,14 +137,15 @@ class CallGuard {
   WorkerCalls& calls_;
   std::string task_id_;
   std::string lane_;
-  Slot slot_;
   Span span_;
   CallContext context_{this};
   int64_t start_mono_ = 0;
-  bool finished_ = false;
   bool hard_hook_installed_ = false;
   std::mutex hook_mu_;
   std::function<void()> user_hard_hook_;  // guarded by hook_mu_
+  // Last, so it is destroyed (released) first: Release() waits for a running timeout hook, and
+  // the hooks use the members above.
+  Slot slot_;
 };
 
 }  // namespace internal
@@ -153,8 +154,10 @@ class BatchCall;
 class RequestScope;
 
 struct ScopeOptions {
-  std::string lane = "tool_call";     // default lane of the calls inside
-  std::optional<int64_t> timeout_ms;  // the shared budget; defaultTimeoutMs when unset
+  std::string lane = "tool_call";  // default lane of the calls inside
+  // The shared budget; defaultTimeoutMs when unset. Outside (0, kMaxTimeoutMs] the scope throws
+  // std::invalid_argument naming the value.
+  std::optional<int64_t> timeout_ms;
   bool throw_on_resource_limit_exceeded = true;
   std::optional<SpanContext> parent;
 };

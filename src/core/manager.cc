@@ -62,7 +62,7 @@ using ObserverList = std::vector<std::shared_ptr<Observer>>;
 struct LaneState {
   std::string name;
   int limit = 0;
-  // Written under the admission lock, read without it for the lock-free early rejection.
+  // Reserved by compare-and-swap in TryAcquire, handed back by Release.
   std::atomic<int> active{0};
   // One counter per reason, so a rejection costs a single atomic add; totals are summed on read.
   std::atomic<int64_t> rejections[kRejectReasonCount] = {};
@@ -81,7 +81,9 @@ struct CallEntry {
   uint32_t generation = 0;
   bool in_use = false;
   uint8_t phase = kRunning;
-  bool hook_running = false;
+  // Hooks collected by Tick() and not yet finished. Release() waits for them to reach 0 (unless it
+  // runs on the timer thread itself), so a hook may use what the call owns.
+  int hooks_pending = 0;
   uint32_t lane = 0;
   uint64_t call_id = 0;
   int64_t start_mono = 0;
@@ -291,8 +293,9 @@ struct ManagerState {
          !max_concurrent.compare_exchange_weak(seen, global_now, std::memory_order_relaxed);) {
     }
 
+    // Everything that can throw (allocation) comes before the entry is taken, and a throw hands
+    // both counts back: no path leaks a slot, not even out-of-memory.
     Metadata metadata_for_observers;
-    if (HasObservers()) metadata_for_observers = metadata;
     const int64_t now = clock->MonotonicNanos();
     const int64_t timeout_ns = timeout * kNanosPerMs;
     const auto hard_ns =
@@ -300,17 +303,19 @@ struct ManagerState {
     const size_t shard_index = ShardHint() % shard_count;
     Shard& shard = shards[shard_index];
     uint32_t entry = 0, generation = 0;
-    {
+    try {
+      if (HasObservers()) metadata_for_observers = metadata;
       std::lock_guard<SpinLock> guard(shard.lock);
       if (shard.free_calls.empty()) {
-        entry = static_cast<uint32_t>(shard.calls.size());
         shard.calls.push_back(std::make_unique<CallEntry>());
-      } else {
-        entry = shard.free_calls.back();
-        shard.free_calls.pop_back();
+        shard.free_calls.push_back(static_cast<uint32_t>(shard.calls.size() - 1));
       }
+      entry = shard.free_calls.back();
       CallEntry& c = *shard.calls[entry];
       generation = c.generation;
+      c.task_id.assign(task_id);
+      c.timer = shard.timers.Arm(now + timeout_ns, Tag(entry, generation));
+      shard.free_calls.pop_back();  // from here on nothing throws
       c.in_use = true;
       c.phase = kRunning;
       c.lane = static_cast<uint32_t>(lane_index);
@@ -321,9 +326,11 @@ struct ManagerState {
       c.rss_start = rss;
       c.heap_start = heap_used_mb.load(std::memory_order_relaxed);
       c.concurrent_at_start = global_now;
-      c.task_id.assign(task_id);
       if (!metadata.empty()) c.metadata = std::move(metadata);
-      c.timer = shard.timers.Arm(now + timeout_ns, Tag(entry, generation));
+    } catch (...) {
+      lane.active.fetch_sub(1, std::memory_order_release);
+      global_word.fetch_sub(1, std::memory_order_acq_rel);
+      throw;
     }
     Slot slot(this, static_cast<uint32_t>(shard_index << kEntryBits) | entry, generation, call_id,
               now, now + timeout_ns, now + hard_ns);
@@ -381,7 +388,7 @@ struct ManagerState {
         return nullptr;
       }
       CallEntry& c = *shard.calls[entry];
-      if (!c.hook_running || c.hook_thread == std::this_thread::get_id()) return &c;
+      if (c.hooks_pending == 0 || c.hook_thread == std::this_thread::get_id()) return &c;
       shard.lock.unlock();
       std::this_thread::yield();
       shard.lock.lock();
@@ -414,8 +421,10 @@ struct ManagerState {
     r.call_id = c->call_id;
     r.lane = lane_index;
     r.success = success;
-    r.timeout_reached = c->phase >= kWarned;
-    r.escalated = c->phase == kEscalated;
+    // By the clock as well as by the timer: a call that returns past a deadline before the next
+    // tick (or with no timer thread) still reached it.
+    r.timeout_reached = c->phase >= kWarned || now >= c->start_mono + c->timeout_ms * kNanosPerMs;
+    r.escalated = c->phase == kEscalated || now >= c->hard_deadline;
     r.concurrent_at_start = c->concurrent_at_start;
     // A snapshot of the count that still includes this call (it drops below, after the record).
     r.concurrent_at_end = GlobalActive();
@@ -455,6 +464,7 @@ struct ManagerState {
     Metadata metadata;
     if (!c->metadata.empty()) std::swap(metadata, c->metadata);
     c->in_use = false;
+    c->hooks_pending = 0;  // a hook still queued in this tick sees the new generation and skips
     ++c->generation;
     shard->free_calls.push_back(slot.index_ & kEntryMask);
 
@@ -557,7 +567,7 @@ struct ManagerState {
           f.hook = c.hook;
         }
         if (f.hook) {
-          c.hook_running = true;
+          ++c.hooks_pending;
           c.hook_thread = std::this_thread::get_id();
         }
         fired->push_back(std::move(f));
@@ -568,7 +578,7 @@ struct ManagerState {
   void Tick() {
     std::lock_guard<std::mutex> tick_guard(tick_mu);
     const int64_t now = clock->MonotonicNanos();
-    if (now >= next_sample_mono) SampleMemory(now);
+    if (now >= next_sample_mono.load(std::memory_order_relaxed)) SampleMemory(now);
 
     std::vector<Fired> fired;
     for (size_t s = 0; s < shard_count; ++s) {
@@ -605,6 +615,12 @@ struct ManagerState {
         Notify(e);
       }
       if (f.hook) {
+        // An observer or an earlier hook on this thread may have released the call meanwhile
+        // (Release does not wait for its own thread): its hook must not run then.
+        {
+          std::lock_guard<SpinLock> guard(f.shard->lock);
+          if (f.shard->calls[f.entry]->generation != f.generation) continue;
+        }
         try {
           f.hook();
         } catch (...) {
@@ -612,7 +628,7 @@ struct ManagerState {
         }
         std::lock_guard<SpinLock> guard(f.shard->lock);
         CallEntry& c = *f.shard->calls[f.entry];
-        if (c.generation == f.generation) c.hook_running = false;
+        if (c.generation == f.generation) --c.hooks_pending;
       }
     }
   }
@@ -626,7 +642,8 @@ struct ManagerState {
     heap_warning_pending.store(s.heap_used_mb > config.heap_warning_mb, std::memory_order_relaxed);
     std::lock_guard<std::mutex> guard(memory_mu);
     snapshot = s;
-    next_sample_mono = now + config.memory_sample_interval_ms * kNanosPerMs;
+    next_sample_mono.store(now + config.memory_sample_interval_ms * kNanosPerMs,
+                           std::memory_order_relaxed);
     return s;
   }
 
@@ -789,18 +806,19 @@ struct ManagerState {
   // never takes a lock or a reference count.
   void SetObservers(ObserverList list) {
     std::lock_guard<std::mutex> guard(observers_mu);
+    PublishObserversLocked(std::move(list));
+  }
+  void PublishObserversLocked(ObserverList list) {
     observer_lists.push_back(std::make_unique<ObserverList>(std::move(list)));
     observers.store(observer_lists.back().get(), std::memory_order_release);
   }
 
   void AddObserver(std::shared_ptr<Observer> observer) {
+    std::lock_guard<std::mutex> guard(observers_mu);  // copy and publish as one step
     ObserverList list;
-    {
-      std::lock_guard<std::mutex> guard(observers_mu);
-      if (const ObserverList* current = observers.load(std::memory_order_acquire)) list = *current;
-    }
+    if (const ObserverList* current = observers.load(std::memory_order_acquire)) list = *current;
     list.push_back(std::move(observer));
-    SetObservers(std::move(list));
+    PublishObserversLocked(std::move(list));
   }
 
   // ---- lifecycle ------------------------------------------------------------------------------
@@ -866,8 +884,8 @@ struct ManagerState {
   std::atomic<bool> heap_warning_pending{false};
 
   mutable std::mutex memory_mu;
-  MemorySnapshot snapshot;       // guarded by memory_mu
-  int64_t next_sample_mono = 0;  // guarded by memory_mu (written) and tick_mu (read)
+  MemorySnapshot snapshot;  // guarded by memory_mu
+  std::atomic<int64_t> next_sample_mono{0};
 
   std::mutex tick_mu;
   std::vector<TimerQueue::Expired> expired;  // guarded by tick_mu

@@ -1,7 +1,6 @@
 #include "laneguard/trace.h"
 
 #include <algorithm>
-
 #include <chrono>
 #include <cmath>
 #include <cstring>

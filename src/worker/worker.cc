@@ -142,8 +142,8 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
 
 CallGuard::~CallGuard() {
   // Released before any member goes: a timeout hook running on the timer thread uses span_, and
-  // Release() waits for it.
-  if (!finished_) slot_.Release(false, "abandoned");
+  // Release() waits for it. A no-op when Finish already released.
+  slot_.Release(false, "abandoned");
 }
 
 void CallGuard::InstallHardHook() {
@@ -189,11 +189,10 @@ void CallGuard::Failed() {
 }
 
 void CallGuard::Settle(bool success, std::string_view error_type) {
-  if (!finished_) Finish(success, error_type, error_type);
+  if (slot_.valid() || span_.recording()) Finish(success, error_type, error_type);
 }
 
 void CallGuard::Finish(bool success, std::string_view error_type, std::string_view message) {
-  finished_ = true;
   if (span_.recording()) {
     const double elapsed = ElapsedMs();
     if (success) span_.AddEvent("execution_succeeded");
@@ -281,6 +280,10 @@ RequestScope::RequestScope(WorkerCalls& calls, std::string_view task_id,
       throw_on_refusal_(options.throw_on_resource_limit_exceeded) {
   const int64_t timeout_ms =
       options.timeout_ms.value_or(calls.manager().config().default_timeout_ms);
+  if (timeout_ms <= 0 || timeout_ms > kMaxTimeoutMs)
+    throw std::invalid_argument(
+        "ScopeOptions.timeout_ms must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
+        std::to_string(timeout_ms));
   deadline_ = calls.manager().clock().MonotonicNanos() + timeout_ms * kNanosPerMs;
   Tracer& tracer = calls.tracer();
   if (tracer.enabled()) {

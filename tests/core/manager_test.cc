@@ -635,6 +635,93 @@ TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
   timer_thread.join();
 }
 
+TEST_F(ManagerTest, ReleaseWaitsForTheHardHookWhenBothPhasesFireInOneTick) {
+  Config c;
+  c.timeout_escalation_factor = 1.0;
+  auto m = Make(c);
+  Slot s = m->TryAcquire("t", "critic", 10).value();
+  std::atomic<bool> hard_started{false}, release_started{false}, hard_done{false};
+  s.SetTimeoutWarningHook([] {});
+  s.SetHardTimeoutHook([&] {
+    hard_started = true;
+    while (!release_started) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    hard_done = true;
+  });
+  clock_.AdvanceMs(10);
+  std::thread timer_thread([&] { m->Tick(); });
+  while (!hard_started) std::this_thread::yield();
+  release_started = true;
+  s.Release(false, "timeout");
+  EXPECT_TRUE(hard_done.load()) << "Release returned while the hard hook was still running";
+  timer_thread.join();
+}
+
+// An observer on the timer thread releases another call whose hook is queued in the same tick:
+// that hook must not run, and the reused entry must not keep the call's pending-hook mark.
+TEST_F(ManagerTest, ObserverReleasingACallWithAQueuedHookSkipsItAndLeavesTheEntryClean) {
+  auto m = Make();
+  Slot a = m->TryAcquire("a", "critic", 10).value();
+  Slot b = m->TryAcquire("b", "critic", 10).value();
+  bool b_hook_ran = false;
+  b.SetTimeoutWarningHook([&] { b_hook_ran = true; });
+  struct ReleaseB : Observer {
+    Slot* b;
+    uint64_t a_id;
+    void OnEvent(const CallEvent& e) override {
+      if (e.kind == EventKind::kTimeoutWarning && e.call_id == a_id) b->Release(false, "early");
+    }
+  };
+  auto observer = std::make_shared<ReleaseB>();
+  observer->b = &b;
+  observer->a_id = a.call_id();
+  m->AddObserver(observer);
+  clock_.AdvanceMs(10);
+  m->Tick();
+  EXPECT_FALSE(b.valid());
+  EXPECT_FALSE(b_hook_ran);
+  // The entry b used is reused; a hang here would mean a stale pending-hook mark.
+  for (int i = 0; i < 4; ++i) {
+    Slot again = m->TryAcquire("again", "critic").value();
+    (void)again.stop_token();
+    again.SetHardTimeoutHook([] {});
+    EXPECT_TRUE(again.Release(true));
+  }
+  EXPECT_TRUE(a.Release(true));
+}
+
+TEST_F(ManagerTest, DeadlinesPassedBeforeAnyTickStillCountAsReached) {
+  auto m = Make();  // no background thread: nothing fires unless Tick() runs
+  Slot s = m->TryAcquire("t", "critic", 100).value();
+  clock_.AdvanceMs(200);
+  s.Release(true);
+  auto rec = m->GetMetrics().at(0);
+  EXPECT_TRUE(rec.timeout_reached);
+  EXPECT_TRUE(rec.escalated);
+  EXPECT_EQ(m->GetStatistics().timeout_count, 1);
+}
+
+TEST_F(ManagerTest, ConcurrentAddObserverLosesNone) {
+  auto m = Make();
+  struct Counter : Observer {
+    std::atomic<int>* n;
+    void OnEvent(const CallEvent&) override { ++*n; }
+  };
+  std::atomic<int> events{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) {
+        auto o = std::make_shared<Counter>();
+        o->n = &events;
+        m->AddObserver(o);
+      }
+    });
+  for (auto& t : threads) t.join();
+  (void)m->TryAcquire("t", "no_such_lane");  // one event, seen by every observer
+  EXPECT_EQ(events.load(), 200);
+}
+
 // ---- metrics and statistics ---------------------------------------------------------------------
 
 TEST_F(ManagerTest, MetricsRingKeepsTheMostRecentCallsOldestFirst) {
