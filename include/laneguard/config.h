@@ -29,6 +29,8 @@ namespace laneguard {
 // hard deadline at most 100x the timeout.
 inline constexpr int64_t kMaxTimeoutMs = 30LL * 24 * 3600 * 1000;
 inline constexpr double kMaxEscalationFactor = 100;
+// Upper bound of globalConcurrencyLimit and of every lane limit.
+inline constexpr int kMaxConcurrencyLimit = 1'000'000;
 
 struct Config {
   // Admission is rejected with memory_limit while the sampled RSS is above this.

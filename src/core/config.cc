@@ -51,8 +51,10 @@ Result<Config, ConfigError> ValidateConfig(Config c) {
     return Error("maxRssMb", Text(c.max_rss_mb), "must be a number of megabytes > 0");
   if (!(c.heap_warning_mb > 0))
     return Error("heapWarningMb", Text(c.heap_warning_mb), "must be a number of megabytes > 0");
-  if (c.global_concurrency_limit < 1)
-    return Error("globalConcurrencyLimit", Text(c.global_concurrency_limit), "must be >= 1");
+  // The upper bound keeps every shard's call table within the 24 bits a Slot has for it.
+  if (c.global_concurrency_limit < 1 || c.global_concurrency_limit > kMaxConcurrencyLimit)
+    return Error("globalConcurrencyLimit", Text(c.global_concurrency_limit),
+                 "must be within [1, " + std::to_string(kMaxConcurrencyLimit) + "]");
   if (c.lane_concurrency_limits.empty())
     return Error("laneConcurrencyLimits", "{}", "must configure at least one lane");
   for (const auto& [lane, limit] : c.lane_concurrency_limits) {
@@ -134,7 +136,9 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
     } else if (key == "globalConcurrencyLimit") {
       auto n = integer(key, v);
       if (!n) return n.error();
-      if (*n < 1 || *n > 1'000'000) return Error(key, v.dump(), "must be within [1, 1000000]");
+      if (*n < 1 || *n > kMaxConcurrencyLimit)
+        return Error(key, v.dump(),
+                     "must be within [1, " + std::to_string(kMaxConcurrencyLimit) + "]");
       c.global_concurrency_limit = static_cast<int>(*n);
     } else if (key == "enableMemoryGuards" || key == "enableSpanEmission") {
       auto b = boolean(key, v);
@@ -147,7 +151,7 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
         std::string lane_key = key + "." + lane;
         auto n = integer(lane_key, limit);
         if (!n) return n.error();
-        if (*n < 1 || *n > 1'000'000)
+        if (*n < 1 || *n > kMaxConcurrencyLimit)
           return Error(lane_key, limit.dump(), "lane limit must be >= 1");
         c.lane_concurrency_limits[lane] = static_cast<int>(*n);
         explicit_lanes.insert(lane);

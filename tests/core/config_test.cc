@@ -469,3 +469,20 @@ TEST(Config, ProductionExampleLoads) {
 
 }  // namespace
 }  // namespace laneguard
+
+namespace laneguard {
+namespace {
+
+TEST(Config, ValidateConfigBoundsTheGlobalLimit) {
+  Config c;
+  c.global_concurrency_limit = kMaxConcurrencyLimit + 1;
+  auto r = ValidateConfig(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().key, "globalConcurrencyLimit");
+  EXPECT_EQ(r.error().value, std::to_string(kMaxConcurrencyLimit + 1));
+  c.global_concurrency_limit = kMaxConcurrencyLimit;
+  EXPECT_TRUE(ValidateConfig(c).ok());
+}
+
+}  // namespace
+}  // namespace laneguard
