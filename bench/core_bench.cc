@@ -51,8 +51,8 @@ std::unique_ptr<ResourceBudgetManager> MakeManager() {
   return ResourceBudgetManager::Create(c).value();
 }
 
-// (c) Our try_acquire + release, uncontended: a real clock, a timer armed and cancelled, a record
-// written into the metrics ring, the memory guard checked.
+// (c) Our try_acquire + release, uncontended: the default clock (FastClock), a timer armed and
+// cancelled, a record written into the metrics ring, the memory guard checked.
 void AcquireReleaseLoop(benchmark::State& state, ResourceBudgetManager* manager) {
   // Warm the call slab and the ring so the loop measures the steady state.
   for (int i = 0; i < 16; ++i) manager->TryAcquire("task-1234", "tool_call")->Release(true);
@@ -73,15 +73,22 @@ BENCHMARK(BM_TryAcquireRelease);
 BENCHMARK(BM_TryAcquireRelease)->Threads(2)->UseRealTime();
 
 // The part of (c) that is the clock: a call's duration needs a monotonic reading at acquire and at
-// release, and on this VM each costs about as much as four atomic RMWs.
-void BM_Floor_TwoClockReads(benchmark::State& state) {
-  const Clock& clock = SystemClock::Get();
+// release. steady_clock (vDSO) and FastClock (TSC, the manager's default where safe).
+void TwoClockReads(benchmark::State& state, const Clock& clock) {
   for (auto _ : state) {
     benchmark::DoNotOptimize(clock.MonotonicNanos());
     benchmark::DoNotOptimize(clock.MonotonicNanos());
   }
 }
-BENCHMARK(BM_Floor_TwoClockReads);
+void BM_Floor_TwoClockReads_Steady(benchmark::State& state) {
+  TwoClockReads(state, SystemClock::Get());
+}
+BENCHMARK(BM_Floor_TwoClockReads_Steady);
+void BM_Floor_TwoClockReads_Fast(benchmark::State& state) {
+  TwoClockReads(state, FastClock::Get());
+  state.counters["uses_tsc"] = FastClock::Get().uses_tsc();
+}
+BENCHMARK(BM_Floor_TwoClockReads_Fast);
 
 // (c) without the clock: a ManualClock reads an atomic instead of the vDSO.
 void BM_TryAcquireRelease_ManualClock(benchmark::State& state) {

@@ -138,7 +138,7 @@ class Slot {
 };
 
 struct ManagerOptions {
-  // Defaults to SystemClock::Get(). Must outlive the manager and its slots.
+  // Defaults to FastClock::Get(). Must outlive the manager and its slots.
   const Clock* clock = nullptr;
   // Defaults to NewProcMemoryProbe().
   std::unique_ptr<MemoryProbe> memory_probe;

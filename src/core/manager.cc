@@ -171,7 +171,7 @@ size_t ShardHint() {
 struct ManagerState {
   ManagerState(Config cfg, ManagerOptions options)
       : config(std::move(cfg)),
-        clock(options.clock ? options.clock : &SystemClock::Get()),
+        clock(options.clock ? options.clock : &FastClock::Get()),
         probe(options.memory_probe ? std::move(options.memory_probe) : NewProcMemoryProbe()),
         unix_offset(clock->UnixNanos() - clock->MonotonicNanos()),
         lane_count(config.lane_concurrency_limits.size()),
