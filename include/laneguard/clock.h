@@ -34,7 +34,9 @@ class SystemClock final : public Clock {
 // against steady_clock (about 5 ms, on first use), it reads in about 10 ns where a VM's vDSO
 // clock_gettime takes 25-30 ns, and a worker call reads the clock twice. Its rate matches
 // steady_clock's to the calibration's precision (about 1e-5), which moves a 300 s deadline by a few
-// milliseconds at most. Elsewhere it is steady_clock. The manager's default clock.
+// milliseconds at most. Elsewhere it is steady_clock. The manager's default clock. The choice is
+// made once per process: if the kernel later abandons the TSC (a VM migrated to another host), the
+// process keeps the calibrated rate until it restarts.
 class FastClock final : public Clock {
  public:
   static const FastClock& Get();
