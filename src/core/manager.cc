@@ -68,11 +68,23 @@ struct LaneState {
   std::atomic<int64_t> rejections[kRejectReasonCount] = {};
 };
 
-// Per-lane totals kept by each shard (summed on read).
+// Per-lane totals kept by each shard. The only totals there are: the manager's are their sum.
 struct LaneTotals {
   int overrunning = 0;
-  int64_t total = 0, success = 0, failure = 0, timeouts = 0;
-  double duration_sum_ms = 0;
+  int64_t total = 0, success = 0, failure = 0, timeouts = 0, escalations = 0;
+  double duration_sum_ms = 0, rss_delta_sum_mb = 0;
+
+  LaneTotals& operator+=(const LaneTotals& o) {
+    overrunning += o.overrunning;
+    total += o.total;
+    success += o.success;
+    failure += o.failure;
+    timeouts += o.timeouts;
+    escalations += o.escalations;
+    duration_sum_ms += o.duration_sum_ms;
+    rss_delta_sum_mb += o.rss_delta_sum_mb;
+    return *this;
+  }
 };
 
 // One active (or free) call. Entries are reused through a free list, so a warm manager allocates
@@ -126,10 +138,6 @@ struct alignas(64) Shard {
   TimerQueue timers;
   std::vector<RingRecord> ring;  // each shard keeps up to metricsCapacity most recent records
   size_t ring_next = 0;
-  int overrunning = 0;
-  int64_t total_calls = 0, success_count = 0, failure_count = 0, timeout_count = 0,
-          escalation_count = 0;
-  double duration_sum_ms = 0, rss_delta_sum_mb = 0;
   std::vector<LaneTotals> lanes;
 };
 
@@ -337,16 +345,8 @@ struct ManagerState {
     slot.global_active_at_start_ = global_now;
     slot.lane_active_at_start_ = lane_now;
     if (HasObservers()) {
-      CallEvent e;
-      e.kind = EventKind::kAcquired;
-      e.time_unix_nanos = now + unix_offset;
-      e.call_id = call_id;
-      e.task_id = task_id;
-      e.lane = lane.name;
-      e.global_active = global_now;
-      e.lane_active = lane_now;
-      e.global_limit = config.global_concurrency_limit;
-      e.lane_limit = lane.limit;
+      CallEvent e =
+          EventFor(EventKind::kAcquired, now, call_id, task_id, lane, global_now, lane_now);
       e.timeout_ms = timeout;
       e.metadata = &metadata_for_observers;
       Notify(e);
@@ -357,14 +357,8 @@ struct ManagerState {
       std::string message = "heap " + std::to_string(mem.heap_used_mb) +
                             " MB exceeds heapWarningMb " + std::to_string(config.heap_warning_mb) +
                             "; call admitted";
-      CallEvent e;
-      e.kind = EventKind::kHeapWarning;
-      e.time_unix_nanos = now + unix_offset;
-      e.call_id = call_id;
-      e.task_id = task_id;
-      e.lane = lane.name;
-      e.global_active = global_now;
-      e.lane_active = lane_now;
+      CallEvent e =
+          EventFor(EventKind::kHeapWarning, now, call_id, task_id, lane, global_now, lane_now);
       e.message = message;
       e.memory = &mem;
       Notify(e);
@@ -405,10 +399,7 @@ struct ManagerState {
     LaneState& lane = lanes[lane_index];
     LaneTotals& totals = shard->lanes[lane_index];
     shard->timers.Cancel(c->timer);
-    if (c->phase == kEscalated) {
-      --totals.overrunning;
-      --shard->overrunning;
-    }
+    if (c->phase == kEscalated) --totals.overrunning;
 
     const auto capacity = static_cast<size_t>(config.metrics_capacity);
     if (shard->ring.size() < capacity) {
@@ -443,16 +434,12 @@ struct ManagerState {
       r.error_type.assign(error_type);
     }
 
-    ++shard->total_calls;
-    (success ? shard->success_count : shard->failure_count) += 1;
-    shard->timeout_count += r.timeout_reached;
-    shard->escalation_count += r.escalated;
-    shard->duration_sum_ms += r.duration_ms;
-    shard->rss_delta_sum_mb += r.rss_end - r.rss_start;
     ++totals.total;
     (success ? totals.success : totals.failure) += 1;
     totals.timeouts += r.timeout_reached;
+    totals.escalations += r.escalated;
     totals.duration_sum_ms += r.duration_ms;
+    totals.rss_delta_sum_mb += r.rss_end - r.rss_start;
 
     // Destroyed after unlocking: freeing memory or a stop state is not admission work. Most calls
     // have none of these, so they are only touched when present.
@@ -476,16 +463,8 @@ struct ManagerState {
     // Observers hear of the release before the counts drop: once they have, this thread may no
     // longer touch the state (a destroyed manager's last release frees it).
     if (record) {
-      CallEvent e;
-      e.kind = EventKind::kReleased;
-      e.time_unix_nanos = now + unix_offset;
-      e.call_id = call_id;
-      e.task_id = record->task_id;
-      e.lane = lane.name;
-      e.global_active = GlobalActive() - 1;
-      e.lane_active = lane.active.load(std::memory_order_relaxed) - 1;
-      e.global_limit = config.global_concurrency_limit;
-      e.lane_limit = lane.limit;
+      CallEvent e = EventFor(EventKind::kReleased, now, call_id, record->task_id, lane,
+                             GlobalActive() - 1, lane.active.load(std::memory_order_relaxed) - 1);
       e.timeout_ms = record->timeout_ms;
       e.metadata = &metadata;
       e.record = &*record;
@@ -563,7 +542,6 @@ struct ManagerState {
           c.phase = kEscalated;
           f.kind = EventKind::kTimeoutEscalation;
           ++shard.lanes[c.lane].overrunning;
-          ++shard.overrunning;
           f.hook = c.hook;
         }
         if (f.hook) {
@@ -600,16 +578,9 @@ struct ManagerState {
                                 : "worker call exceeded its hard deadline of ") +
             std::to_string(phase_ms) + " ms" +
             (warning ? "; stop requested" : "; escalating (slot held until the call returns)");
-        CallEvent e;
-        e.kind = f.kind;
-        e.time_unix_nanos = now + unix_offset;
-        e.call_id = f.call_id;
-        e.task_id = f.task_id;
-        e.lane = lanes[f.lane].name;
-        e.global_active = GlobalActive();
-        e.lane_active = lanes[f.lane].active.load(std::memory_order_relaxed);
-        e.global_limit = config.global_concurrency_limit;
-        e.lane_limit = lanes[f.lane].limit;
+        const LaneState& lane = lanes[f.lane];
+        CallEvent e = EventFor(f.kind, now, f.call_id, f.task_id, lane, GlobalActive(),
+                               lane.active.load(std::memory_order_relaxed));
         e.timeout_ms = f.timeout_ms;
         e.message = message;
         Notify(e);
@@ -699,36 +670,31 @@ struct ManagerState {
     return out;
   }
 
+  // Per-lane totals summed over the shards.
+  std::vector<LaneTotals> SumLaneTotals() {
+    std::vector<LaneTotals> sums(lane_count);
+    for (size_t i = 0; i < shard_count; ++i) {
+      std::lock_guard<SpinLock> guard(shards[i].lock);
+      for (size_t l = 0; l < lane_count; ++l) sums[l] += shards[i].lanes[l];
+    }
+    return sums;
+  }
+
   Statistics GetStatistics() {
     Statistics s;
-    double duration_sum = 0, rss_delta_sum = 0;
-    std::vector<LaneTotals> lane_totals(lane_count);
-    for (size_t i = 0; i < shard_count; ++i) {
-      Shard& shard = shards[i];
-      std::lock_guard<SpinLock> guard(shard.lock);
-      s.total_calls += shard.total_calls;
-      s.success_count += shard.success_count;
-      s.failure_count += shard.failure_count;
-      s.timeout_count += shard.timeout_count;
-      s.escalation_count += shard.escalation_count;
-      s.overrunning_calls += shard.overrunning;
-      duration_sum += shard.duration_sum_ms;
-      rss_delta_sum += shard.rss_delta_sum_mb;
-      for (size_t l = 0; l < lane_count; ++l) {
-        const LaneTotals& from = shard.lanes[l];
-        LaneTotals& to = lane_totals[l];
-        to.overrunning += from.overrunning;
-        to.total += from.total;
-        to.success += from.success;
-        to.failure += from.failure;
-        to.timeouts += from.timeouts;
-        to.duration_sum_ms += from.duration_sum_ms;
-      }
-    }
+    const std::vector<LaneTotals> lane_totals = SumLaneTotals();
+    LaneTotals all;
+    for (const LaneTotals& t : lane_totals) all += t;
+    s.total_calls = all.total;
+    s.success_count = all.success;
+    s.failure_count = all.failure;
+    s.timeout_count = all.timeouts;
+    s.escalation_count = all.escalations;
+    s.overrunning_calls = all.overrunning;
     s.max_concurrent_calls = max_concurrent.load(std::memory_order_relaxed);
-    if (s.total_calls > 0) {
-      s.average_duration_ms = duration_sum / static_cast<double>(s.total_calls);
-      s.average_rss_delta_mb = rss_delta_sum / static_cast<double>(s.total_calls);
+    if (all.total > 0) {
+      s.average_duration_ms = all.duration_sum_ms / static_cast<double>(all.total);
+      s.average_rss_delta_mb = all.rss_delta_sum_mb / static_cast<double>(all.total);
     }
 
     std::vector<double> durations;
@@ -772,21 +738,34 @@ struct ManagerState {
 
   ConcurrencyStatus GetConcurrencyStatus() {
     ConcurrencyStatus s;
-    std::vector<int> overrunning(lane_count, 0);
-    for (size_t i = 0; i < shard_count; ++i) {
-      std::lock_guard<SpinLock> guard(shards[i].lock);
-      s.global.overrunning += shards[i].overrunning;
-      for (size_t l = 0; l < lane_count; ++l) overrunning[l] += shards[i].lanes[l].overrunning;
-    }
+    const std::vector<LaneTotals> lane_totals = SumLaneTotals();
     s.global.active = GlobalActive();
     s.global.limit = config.global_concurrency_limit;
-    for (size_t l = 0; l < lane_count; ++l)
+    for (size_t l = 0; l < lane_count; ++l) {
+      s.global.overrunning += lane_totals[l].overrunning;
       s.lanes[lanes[l].name] = {lanes[l].active.load(std::memory_order_relaxed), lanes[l].limit,
-                                overrunning[l]};
+                                lane_totals[l].overrunning};
+    }
     return s;
   }
 
   // ---- observers ------------------------------------------------------------------------------
+
+  // The fields every event about one call carries. `mono_now` is on the manager's clock.
+  CallEvent EventFor(EventKind kind, int64_t mono_now, uint64_t call_id, std::string_view task_id,
+                     const LaneState& lane, int global_active, int lane_active) const {
+    CallEvent e;
+    e.kind = kind;
+    e.time_unix_nanos = mono_now + unix_offset;
+    e.call_id = call_id;
+    e.task_id = task_id;
+    e.lane = lane.name;
+    e.global_active = global_active;
+    e.lane_active = lane_active;
+    e.global_limit = config.global_concurrency_limit;
+    e.lane_limit = lane.limit;
+    return e;
+  }
 
   bool HasObservers() const { return observers.load(std::memory_order_acquire) != nullptr; }
 
