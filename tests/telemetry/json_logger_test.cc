@@ -15,63 +15,15 @@
 #include "laneguard/clock.h"
 #include "laneguard/metrics.h"
 #include "laneguard/observer.h"
+#include "support/tmp_stream.h"
 
 namespace laneguard {
 namespace {
 
 using nlohmann::json;
+using testing_support::TmpStream;
 
 constexpr int64_t kStart = 1761166800000000000;  // 2025-10-22T21:00:00.000Z
-
-// A tmpfile() the logger writes to, read back as lines.
-class TmpStream {
- public:
-  TmpStream() : f_(std::tmpfile()) {}
-  ~TmpStream() {
-    if (f_) std::fclose(f_);
-  }
-  std::FILE* get() const { return f_; }
-
-  std::string ReadAll() const {
-    std::fflush(f_);
-    std::rewind(f_);
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, f_)) > 0) text.append(buf, n);
-    std::fseek(f_, 0, SEEK_END);
-    return text;
-  }
-
-  std::vector<std::string> Lines() const {
-    std::vector<std::string> lines;
-    std::string text = ReadAll();
-    size_t start = 0;
-    while (start < text.size()) {
-      size_t end = text.find('\n', start);
-      EXPECT_NE(end, std::string::npos) << "last line not terminated";
-      if (end == std::string::npos) end = text.size();
-      lines.push_back(text.substr(start, end - start));
-      start = end + 1;
-    }
-    return lines;
-  }
-
-  // Every line parsed; a line that is not JSON fails the test.
-  std::vector<json> Json() const {
-    std::vector<json> out;
-    for (const std::string& line : Lines()) {
-      json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-      EXPECT_FALSE(j.is_discarded()) << "not JSON: " << line;
-      EXPECT_TRUE(j.is_object()) << line;
-      out.push_back(std::move(j));
-    }
-    return out;
-  }
-
- private:
-  std::FILE* f_;
-};
 
 TEST(JsonLogger, WritesOneTypedJsonObjectPerLine) {
   ManualClock clock(kStart);

@@ -18,6 +18,7 @@
 
 #include "laneguard/clock.h"
 #include "laneguard/trace.h"
+#include "support/tmp_stream.h"
 
 namespace laneguard {
 namespace {
@@ -430,30 +431,7 @@ TEST(BatchSpanProcessorTest, TracerPassesItsResourceAndFlushesOnDestruction) {
 
 // ---- JSON lines exporter ------------------------------------------------------------------------
 
-class TmpStream {
- public:
-  TmpStream() : f_(std::tmpfile()) {}
-  ~TmpStream() {
-    if (f_) std::fclose(f_);
-  }
-  std::FILE* get() const { return f_; }
-  std::vector<std::string> Lines() const {
-    std::rewind(f_);
-    std::string text;
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof buf, f_)) > 0) text.append(buf, n);
-    std::vector<std::string> lines;
-    size_t start = 0;
-    for (size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1)
-      lines.push_back(text.substr(start, nl - start));
-    EXPECT_EQ(start, text.size()) << "the output ends with a newline";
-    return lines;
-  }
-
- private:
-  std::FILE* f_;
-};
+using testing_support::TmpStream;
 
 std::vector<std::string> ReadLines(const std::string& path) {
   std::vector<std::string> lines;

@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <thread>
 
+#include "support/tmp_stream.h"
+
 namespace laneguard {
 namespace {
 
@@ -216,10 +218,9 @@ TEST_F(WorkerTest, ResourceLimitRejectionThrowsATypedErrorNamingTheReason) {
 
 TEST_F(WorkerTest, GracefulDegradationRunsUnguardedAndSaysSo) {
   Slot held = manager_->TryAcquire("holder", "forecast_model").value();
-  std::string log_text;
+  testing_support::TmpStream log_file;
   {
-    std::FILE* f = std::tmpfile();
-    auto logger = std::make_shared<JsonLogger>(JsonLogger::Options{}, f);
+    auto logger = std::make_shared<JsonLogger>(JsonLogger::Options{}, log_file.get());
     WorkerCalls calls(*manager_, *tracer_, logger);
     int r = calls.Call("t",
                        [](CallContext& ctx) {
@@ -230,11 +231,8 @@ TEST_F(WorkerTest, GracefulDegradationRunsUnguardedAndSaysSo) {
                        {.lane = "forecast_model", .throw_on_resource_limit_exceeded = false});
     EXPECT_EQ(r, 9);
     EXPECT_EQ(calls.unguarded_calls(), 1u);
-    std::rewind(f);
-    char buf[4096] = {};
-    log_text.assign(buf, std::fread(buf, 1, sizeof buf - 1, f));
-    std::fclose(f);
   }
+  const std::string log_text = log_file.ReadAll();
   EXPECT_THAT(log_text, HasSubstr("unguarded"));
   EXPECT_THAT(log_text, HasSubstr("lane_limit"));
   auto span = Spans().at(0);
