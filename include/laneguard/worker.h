@@ -264,6 +264,8 @@ class RequestScope {
   friend class WorkerCalls;
   RequestScope(WorkerCalls& calls, std::string_view task_id, const ScopeOptions& options,
                const RequestScope* parent);
+  // min(own, time left); past the deadline, throws WorkerCallTimeout with the scope's figures.
+  int64_t Budget(std::optional<int64_t> own, std::string_view lane) const;
   CallOptions Prepare(CallOptions options) const;
   ScopeOptions PrepareNested(ScopeOptions options) const;
   void Failed();  // the scope's fn threw: error status on the scope's span
@@ -272,6 +274,7 @@ class RequestScope {
   std::string task_id_;
   std::string lane_;
   bool throw_on_refusal_;
+  int64_t timeout_ms_ = 0;
   int64_t deadline_ = 0;
   Span span_;
 };

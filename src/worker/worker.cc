@@ -284,6 +284,7 @@ RequestScope::RequestScope(WorkerCalls& calls, std::string_view task_id,
     throw std::invalid_argument(
         "ScopeOptions.timeout_ms must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
         std::to_string(timeout_ms));
+  timeout_ms_ = timeout_ms;
   deadline_ = calls.manager().clock().MonotonicNanos() + timeout_ms * kNanosPerMs;
   Tracer& tracer = calls.tracer();
   if (tracer.enabled()) {
@@ -305,18 +306,25 @@ int64_t RequestScope::remaining_ms() const {
   return left > 0 ? left / kNanosPerMs : 0;
 }
 
-CallOptions RequestScope::Prepare(CallOptions options) const {
+int64_t RequestScope::Budget(std::optional<int64_t> own, std::string_view lane) const {
   const int64_t left = remaining_ms();
-  if (left <= 0) throw WorkerCallTimeout(task_id_, options.lane, 0, 0);
-  options.timeout_ms = std::min(options.timeout_ms.value_or(left), left);
+  if (left <= 0) {
+    const int64_t now = calls_.manager().clock().MonotonicNanos();
+    const double elapsed_ms =
+        static_cast<double>(now - (deadline_ - timeout_ms_ * kNanosPerMs)) / kNanosPerMs;
+    throw WorkerCallTimeout(task_id_, lane, timeout_ms_, elapsed_ms);
+  }
+  return std::min(own.value_or(left), left);
+}
+
+CallOptions RequestScope::Prepare(CallOptions options) const {
+  options.timeout_ms = Budget(options.timeout_ms, options.lane);
   if (span_.context().valid()) options.parent = span_.context();
   return options;
 }
 
 ScopeOptions RequestScope::PrepareNested(ScopeOptions options) const {
-  const int64_t left = remaining_ms();
-  if (left <= 0) throw WorkerCallTimeout(task_id_, options.lane, 0, 0);
-  options.timeout_ms = std::min(options.timeout_ms.value_or(left), left);
+  options.timeout_ms = Budget(options.timeout_ms, options.lane);
   return options;
 }
 

@@ -330,6 +330,21 @@ TEST_F(WorkerTest, CallAfterTheScopeDeadlineThrowsWithoutRunning) {
   EXPECT_EQ(spans[0].status, StatusCode::kError) << "the scope's span records the failure";
 }
 
+TEST_F(WorkerTest, ScopeDeadlineErrorCarriesTheScopesBudgetAndElapsedTime) {
+  try {
+    calls_->WithRequestScope("t",
+                             [&](RequestScope& scope) {
+                               clock_.AdvanceMs(2000);
+                               return scope.Nested([](RequestScope&) { return 0; });
+                             },
+                             {.timeout_ms = 1000});
+    FAIL() << "expected WorkerCallTimeout";
+  } catch (const WorkerCallTimeout& e) {
+    EXPECT_EQ(e.timeout_ms(), 1000);
+    EXPECT_DOUBLE_EQ(e.duration_ms(), 2000);
+  }
+}
+
 TEST_F(WorkerTest, NestedRequestScopesGetTheSmallerOfParentRemainingAndTheirOwn) {
   calls_->WithRequestScope("task-1",
                            [&](RequestScope& outer) {
