@@ -115,6 +115,8 @@ class CallGuard {
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
             std::string_view span_prefix = "worker_call:");
+  // Adopts a slot the caller acquired (options.lane must be its lane); never throws for a refusal.
+  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options, Slot slot);
   ~CallGuard();  // releases as abandoned if neither Succeeded, Failed nor Settle released it
   CallGuard(const CallGuard&) = delete;
   CallGuard& operator=(const CallGuard&) = delete;
@@ -130,6 +132,8 @@ class CallGuard {
 
  private:
   friend class laneguard::CallContext;
+  void Start(Result<Slot, Rejection> acquired, const CallOptions& options,
+             std::string_view span_prefix);
   void Finish(bool success, std::string_view error_type, std::string_view message);
   void InstallHardHook();
   double ElapsedMs() const;

@@ -80,8 +80,19 @@ namespace internal {
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      std::string_view span_prefix)
     : calls_(calls), task_id_(task_id), lane_(options.lane) {
-  auto acquired =
-      calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata);
+  Start(calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata),
+        options, span_prefix);
+}
+
+CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
+                     Slot slot)
+    : calls_(calls), task_id_(task_id), lane_(options.lane) {
+  Start(std::move(slot), options, "worker_call:");
+}
+
+void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& options,
+                      std::string_view span_prefix) {
+  WorkerCalls& calls = calls_;
   // A granted slot carries the time it was granted at; only a refused call reads the clock here.
   start_mono_ =
       acquired.ok() ? acquired->start_mono_nanos() : calls.manager().clock().MonotonicNanos();

@@ -1,0 +1,401 @@
+// The process runner against real child processes: exit codes, argv without a shell, environment
+// and cwd, the two-phase stop (driven by a ManualClock, so the kill time is exact), whole-tree
+// kills, memory limits, cancellation, and no leftovers.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <thread>
+
+#include "laneguard/process.h"
+
+namespace laneguard {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+// A command that grows its shell's memory to ~200 MB without any tool beyond coreutils and sh:
+// command substitution keeps the whole output in the shell.
+constexpr char kMemoryHog[] = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
+
+bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// Waits (bounded) for `path` to appear: the child has reached the point the test needs.
+bool WaitForFile(const std::string& path) {
+  for (int i = 0; i < 1000 && !Exists(path); ++i) std::this_thread::sleep_for(10ms);
+  return Exists(path);
+}
+
+// Gone, or a zombie waiting for a parent that is not us: either way it runs no more.
+bool ProcessDead(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return true;
+  std::string line;
+  std::getline(stat, line);
+  const auto paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
+}
+
+bool EventuallyDead(pid_t pid) {
+  for (int i = 0; i < 500 && !ProcessDead(pid); ++i) std::this_thread::sleep_for(10ms);
+  return ProcessDead(pid);
+}
+
+// Our own child processes (any state, zombies included).
+int CountOurChildren() {
+  int count = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.empty() || !std::isdigit(static_cast<unsigned char>(name[0]))) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string line;
+    if (!std::getline(stat, line)) continue;
+    const auto paren = line.rfind(')');
+    if (paren == std::string::npos) continue;
+    char state = 0;
+    long ppid = 0;
+    if (std::sscanf(line.c_str() + paren + 1, " %c %ld", &state, &ppid) == 2 && ppid == getpid())
+      ++count;
+  }
+  return count;
+}
+
+pid_t ReadPid(const std::string& path) {
+  std::ifstream in(path);
+  long pid = 0;
+  in >> pid;
+  return static_cast<pid_t>(pid);
+}
+
+class ProcessRunnerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("laneguard-proc-test-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    Build({});
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  void Build(ProcessRunnerOptions options, bool manual_clock = false) {
+    runner_.reset();
+    calls_.reset();
+    tracer_.reset();
+    manager_.reset();
+    Config config;
+    config.enable_memory_guards = false;  // the test binary's own RSS is not under test
+    config.lane_concurrency_limits["critic"] = 1;
+    ManagerOptions mo;
+    if (manual_clock) mo.clock = &clock_;
+    mo.start_background_thread = !manual_clock;
+    manager_ = ResourceBudgetManager::Create(config, std::move(mo)).value();
+    exporter_ = new InMemorySpanExporter;
+    TracerOptions to;
+    to.processor = NewSimpleSpanProcessor(std::unique_ptr<SpanExporter>(exporter_));
+    tracer_ = std::make_unique<Tracer>(std::move(to));
+    calls_ = std::make_unique<WorkerCalls>(*manager_, *tracer_);
+    runner_ = std::make_unique<ProcessRunner>(*calls_, options);
+  }
+
+  ProcessResult Run(ProcessSpec spec, CallOptions options = {}) {
+    auto result = runner_->Run("task", spec, options);
+    EXPECT_TRUE(result.ok()) << (result.ok() ? "" : result.error().message());
+    return result.ok() ? *result : ProcessResult{};
+  }
+  static ProcessSpec Shell(std::string command) {
+    ProcessSpec spec;
+    spec.argv = {std::move(command)};
+    spec.use_shell = true;
+    return spec;
+  }
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  const WorkerCallMetrics LastRecord() const { return manager_->GetMetrics().back(); }
+  bool HasCgroupKill() const { return runner_->isolation().kill != KillMechanism::kProcessGroup; }
+
+  std::filesystem::path dir_;
+  ManualClock clock_;
+  std::unique_ptr<ResourceBudgetManager> manager_;
+  InMemorySpanExporter* exporter_ = nullptr;
+  std::unique_ptr<Tracer> tracer_;
+  std::unique_ptr<WorkerCalls> calls_;
+  std::unique_ptr<ProcessRunner> runner_;
+};
+
+TEST_F(ProcessRunnerTest, ExitCodeZeroIsSuccess) {
+  ProcessResult r = Run({.argv = {"true"}});
+  EXPECT_EQ(r.outcome, ProcessOutcome::kExited);
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(r.success());
+  EXPECT_EQ(r.ShellStatus(), 0);
+  EXPECT_TRUE(LastRecord().success);
+  EXPECT_EQ(manager_->GetConcurrencyStatus().global.active, 0);
+}
+
+TEST_F(ProcessRunnerTest, NonZeroExitIsAFailureWithItsCode) {
+  ProcessResult r = Run(Shell("exit 3"));
+  EXPECT_EQ(r.outcome, ProcessOutcome::kExited);
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_FALSE(r.success());
+  EXPECT_EQ(r.ShellStatus(), 3);
+  EXPECT_EQ(r.ErrorType(), "exit_code");
+  EXPECT_FALSE(LastRecord().success);
+  EXPECT_EQ(LastRecord().error_type, "exit_code");
+  EXPECT_THAT(r.Reason(), HasSubstr("exited with code 3"));
+}
+
+TEST_F(ProcessRunnerTest, ArgvReachesTheProgramWithoutShellInterpretation) {
+  ProcessSpec spec{.argv = {"printf", "%s|", "a b", "$HOME", "*", "; rm -rf /", "`id`"}};
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.stdout_data, "a b|$HOME|*|; rm -rf /|`id`|");
+}
+
+TEST_F(ProcessRunnerTest, ShellRunsOneCommandString) {
+  ProcessSpec spec = Shell("echo $((2 + 3)); echo err >&2");
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.stdout_data, "5\n");
+  EXPECT_EQ(r.stderr_data, "err\n");
+  ProcessSpec two{.argv = {"echo", "x"}, .use_shell = true};
+  EXPECT_EQ(Run(two).outcome, ProcessOutcome::kSpawnFailed);
+}
+
+TEST_F(ProcessRunnerTest, EnvironmentAndWorkingDirectory) {
+  ProcessSpec spec = Shell("echo \"$LG_GREETING\"; echo \"${LG_UNSET-unset}\"; pwd");
+  spec.env = {{"LG_GREETING", "hello world"}};
+  spec.cwd = dir_.string();
+  spec.capture_output = true;
+  setenv("LG_UNSET", "inherited", 1);
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.stdout_data,
+            "hello world\ninherited\n" + std::filesystem::canonical(dir_).string() + "\n");
+  spec.clear_env = true;
+  r = Run(spec);
+  EXPECT_EQ(r.stdout_data,
+            "hello world\nunset\n" + std::filesystem::canonical(dir_).string() + "\n");
+  unsetenv("LG_UNSET");
+}
+
+TEST_F(ProcessRunnerTest, OutputCaptureIsCappedAndCounted) {
+  ProcessSpec spec = Shell("head -c 100 /dev/zero");
+  spec.capture_output = true;
+  spec.max_capture_bytes = 10;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.stdout_data.size(), 10u);
+  EXPECT_EQ(r.dropped_output_bytes, 90u);
+}
+
+TEST_F(ProcessRunnerTest, SpawnFailuresNameTheCommandOrDirectoryAndReleaseTheSlot) {
+  ProcessResult r = Run({.argv = {"laneguard-no-such-program"}});
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_EQ(r.ShellStatus(), 127);
+  EXPECT_THAT(r.error, HasSubstr("laneguard-no-such-program"));
+  EXPECT_EQ(LastRecord().error_type, "spawn_failed");
+
+  ProcessSpec spec{.argv = {"true"}};
+  spec.cwd = "/laneguard/no/such/dir";
+  r = Run(spec);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("/laneguard/no/such/dir"));
+
+  EXPECT_EQ(Run({}).outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_EQ(manager_->GetConcurrencyStatus().global.active, 0);
+}
+
+TEST_F(ProcessRunnerTest, RefusedRunStartsNothing) {
+  auto held = manager_->TryAcquire("holder", "critic");
+  ASSERT_TRUE(held.ok());
+  const std::string marker = Path("ran");
+  auto r = runner_->Run("task", Shell("touch " + marker), {.lane = "critic"});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().reason, RejectReason::kLaneLimit);
+  EXPECT_FALSE(Exists(marker));
+}
+
+// The two phases with a ManualClock: the kill time is exactly timeout x factor.
+TEST_F(ProcessRunnerTest, ChildIgnoringSigtermIsKilledAtTheHardDeadline) {
+  Build({}, /*manual_clock=*/true);
+  const std::string ready = Path("ready");
+  auto run = std::async(std::launch::async, [&] {
+    return Run(Shell("trap '' TERM; touch " + ready + "; sleep 60"), {.timeout_ms = 1000});
+  });
+  ASSERT_TRUE(WaitForFile(ready));
+  clock_.AdvanceMs(1000);  // the timeout: SIGTERM, which the child ignores
+  manager_->Tick();
+  EXPECT_EQ(run.wait_for(200ms), std::future_status::timeout);
+  clock_.AdvanceMs(499);  // just before the hard deadline
+  manager_->Tick();
+  EXPECT_EQ(run.wait_for(200ms), std::future_status::timeout);
+  clock_.AdvanceMs(1);  // 1.5 x timeout: SIGKILL
+  manager_->Tick();
+  ASSERT_EQ(run.wait_for(30s), std::future_status::ready);
+  ProcessResult r = run.get();
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_EQ(r.timeout_phase, TimeoutPhase::kEscalation);
+  EXPECT_EQ(r.term_signal, SIGKILL);
+  EXPECT_DOUBLE_EQ(r.duration_ms, 1500.0);
+  EXPECT_EQ(r.ShellStatus(), 124);
+  EXPECT_EQ(LastRecord().error_type, "timeout");
+  EXPECT_TRUE(LastRecord().escalated);
+}
+
+TEST_F(ProcessRunnerTest, PoliteChildStopsAtTheTimeoutOnSigterm) {
+  Build({}, /*manual_clock=*/true);
+  const std::string ready = Path("ready");
+  auto run = std::async(std::launch::async, [&] {
+    return Run(Shell("touch " + ready + "; sleep 60"), {.timeout_ms = 1000});
+  });
+  ASSERT_TRUE(WaitForFile(ready));
+  clock_.AdvanceMs(1000);
+  manager_->Tick();
+  ASSERT_EQ(run.wait_for(30s), std::future_status::ready);
+  ProcessResult r = run.get();
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_EQ(r.timeout_phase, TimeoutPhase::kWarning);
+  EXPECT_EQ(r.term_signal, SIGTERM);
+  EXPECT_EQ(r.ShellStatus(), 124);
+  EXPECT_THAT(r.Reason(), HasSubstr("SIGTERM"));
+}
+
+TEST_F(ProcessRunnerTest, SetsidGrandchildDiesWithTheCallWhereACgroupIsAvailable) {
+  if (!HasCgroupKill()) GTEST_SKIP() << "no writable cgroup here: " << runner_->isolation().detail;
+  const std::string pidfile = Path("grandchild");
+  ProcessResult r =
+      Run(Shell("setsid sleep 300 & echo $! > " + pidfile + "; wait"), {.timeout_ms = 300});
+  const pid_t grandchild = ReadPid(pidfile);
+  ASSERT_GT(grandchild, 0);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_TRUE(EventuallyDead(grandchild));
+}
+
+TEST_F(ProcessRunnerTest, LeftoversAreKilledWhenTheProgramExits) {
+  for (bool cgroups : {true, false}) {
+    Build({.use_cgroups = cgroups});
+    const std::string pidfile = Path(cgroups ? "bg-cgroup" : "bg-group");
+    ProcessResult r = Run(Shell("sleep 300 & echo $! > " + pidfile));
+    EXPECT_TRUE(r.success());
+    const pid_t background = ReadPid(pidfile);
+    ASSERT_GT(background, 0);
+    EXPECT_TRUE(EventuallyDead(background)) << "cgroups " << cgroups;
+  }
+}
+
+TEST_F(ProcessRunnerTest, NoZombiesOrCgroupsLeftAfterAHundredRuns) {
+  for (int i = 0; i < 100; ++i) {
+    ProcessResult r =
+        Run(i % 10 == 0 ? Shell("sleep 300 & exit 1") : ProcessSpec{.argv = {"true"}});
+    ASSERT_NE(r.outcome, ProcessOutcome::kSpawnFailed) << r.error;
+  }
+  EXPECT_EQ(CountOurChildren(), 0);
+  const IsolationSupport& iso = runner_->isolation();
+  for (const std::string& parent : {iso.v2_parent, iso.v1_parent}) {
+    if (parent.empty()) continue;
+    for (const auto& entry : std::filesystem::directory_iterator(parent))
+      EXPECT_THAT(entry.path().filename().string(),
+                  ::testing::Not(HasSubstr("laneguard-" + std::to_string(getpid()) + "-")));
+  }
+}
+
+TEST_F(ProcessRunnerTest, MemoryLimitInACgroupIsAnOomKill) {
+  if (runner_->isolation().memory == MemoryMechanism::kRssSampling)
+    GTEST_SKIP() << "no memory cgroup here: " << runner_->isolation().detail;
+  ProcessSpec spec = Shell(kMemoryHog);
+  spec.max_rss_mb = 32;
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kMemoryKilled) << r.Reason();
+  EXPECT_TRUE(r.oom_killed);
+  EXPECT_NE(r.memory_mechanism, MemoryMechanism::kRssSampling);
+  EXPECT_EQ(r.ShellStatus(), 137);
+  EXPECT_EQ(r.stdout_data, "");
+  EXPECT_EQ(LastRecord().error_type, "memory_limit");
+}
+
+TEST_F(ProcessRunnerTest, MemoryLimitWithoutCgroupsIsEnforcedBySampling) {
+  Build({.use_cgroups = false});
+  ProcessSpec spec = Shell(kMemoryHog);
+  spec.max_rss_mb = 32;
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kMemoryKilled) << r.Reason();
+  EXPECT_FALSE(r.oom_killed);
+  EXPECT_EQ(r.memory_mechanism, MemoryMechanism::kRssSampling);
+  EXPECT_GT(r.peak_rss_bytes, 32 << 20);
+  EXPECT_EQ(r.ShellStatus(), 137);
+  EXPECT_THAT(r.Reason(), HasSubstr("RSS went over"));
+}
+
+TEST_F(ProcessRunnerTest, UnderItsLimitAProgramRunsAndReportsItsPeak) {
+  ProcessSpec spec = Shell("x=$(head -c 8000000 /dev/zero | tr '\\0' a); echo ok");
+  spec.max_rss_mb = 256;
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_TRUE(r.success()) << r.Reason();
+  EXPECT_EQ(r.stdout_data, "ok\n");
+  EXPECT_GT(r.peak_rss_bytes, 8'000'000);
+}
+
+TEST_F(ProcessRunnerTest, CancelStopsTheTreeWithTheSameEscalation) {
+  Build({.cancel_grace = 100ms});
+  for (bool ignores_term : {false, true}) {
+    const std::string ready = Path(ignores_term ? "ready-stubborn" : "ready-polite");
+    std::stop_source stop;
+    auto run = std::async(std::launch::async, [&] {
+      return runner_->Run("task",
+                          Shell(std::string(ignores_term ? "trap '' TERM; " : "") + "touch " +
+                                ready + "; sleep 60"),
+                          {}, stop.get_token());
+    });
+    ASSERT_TRUE(WaitForFile(ready));
+    stop.request_stop();
+    ASSERT_EQ(run.wait_for(30s), std::future_status::ready);
+    auto r = run.get();
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->outcome, ProcessOutcome::kCancelled);
+    EXPECT_EQ(r->ShellStatus(), 130);
+    EXPECT_EQ(r->term_signal, ignores_term ? SIGKILL : SIGTERM);
+  }
+}
+
+TEST_F(ProcessRunnerTest, SpanSaysWhatRanAndHowItWasContained) {
+  ProcessResult r = Run(Shell("exit 2"), {.lane = "critic", .metadata = {{"tool", "lint"}}});
+  auto spans = exporter_->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const SpanData& span = spans[0];
+  EXPECT_EQ(span.name, "worker_call:critic");
+  EXPECT_EQ(span.status, StatusCode::kError);
+  auto attr = [&](std::string_view key) -> std::string {
+    for (const auto& a : span.attributes)
+      if (a.key == key)
+        return std::visit(
+            [](const auto& v) -> std::string {
+              if constexpr (std::is_same_v<std::decay_t<decltype(v)>, std::string>)
+                return v;
+              else
+                return std::to_string(v);
+            },
+            a.value);
+    return "<missing>";
+  };
+  EXPECT_EQ(attr("tool"), "lint");
+  EXPECT_EQ(attr("process.command"), "/bin/sh -c exit 2");
+  EXPECT_EQ(attr("process.exit_code"), "2");
+  EXPECT_EQ(attr("laneguard.outcome"), "exited");
+  EXPECT_EQ(attr("laneguard.kill_mechanism"), std::string(ToString(r.kill_mechanism)));
+  EXPECT_EQ(attr("laneguard.memory_mechanism"), std::string(ToString(r.memory_mechanism)));
+  bool started = false;
+  for (const auto& e : span.events) started = started || e.name == "process_started";
+  EXPECT_TRUE(started);
+}
+
+}  // namespace
+}  // namespace laneguard
