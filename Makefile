@@ -4,10 +4,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
-	nlohmann-json3-dev clang-format
+	nlohmann-json3-dev libcli11-dev clang-format
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all deps configure build test demo bench tsan asan format format-check tidy install clean
+.PHONY: all deps configure build test demo demo-library bench tsan asan format format-check tidy install clean
 
 all: build
 
@@ -30,9 +30,21 @@ build: configure
 test: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The main job: an upgrade run through `laneguard batch`. Two of its jobs are meant to be stopped
+# (one ignores SIGTERM and hangs, one grows past its memory limit), so exit status 1 (some jobs
+# failed) is the expected result; anything else fails the target.
 demo: build
-	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-log.jsonl \
-	  --spans $(BUILD)/demo-spans.jsonl
+	@mkdir -p $(BUILD)/demo-work && rm -f $(BUILD)/demo-spans.jsonl $(BUILD)/demo-log.jsonl
+	@status=0; $(BUILD)/bin/laneguard batch examples/upgrade-jobs.jsonl \
+	  --config examples/config/production.json --spans $(BUILD)/demo-spans.jsonl \
+	  --log $(BUILD)/demo-log.jsonl || status=$$?; \
+	if [ $$status -ne 1 ]; then echo "demo: expected exit status 1, got $$status"; exit 1; fi; \
+	echo; echo "demo: spans in $(BUILD)/demo-spans.jsonl ($$(wc -l < $(BUILD)/demo-spans.jsonl) lines), logs in $(BUILD)/demo-log.jsonl"
+
+# The library-level demo: threads calling the wrappers directly across the five lanes.
+demo-library: build
+	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-library-log.jsonl \
+	  --spans $(BUILD)/demo-library-spans.jsonl
 
 BENCH_FLAGS := --benchmark_out_format=json --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 bench: build

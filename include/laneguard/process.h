@@ -152,6 +152,7 @@ class ProcessRunner {
                             const CallOptions& options = {}, std::stop_token cancel = {});
 
   const IsolationSupport& isolation() const { return isolation_; }
+  WorkerCalls& calls() { return calls_; }
 
  private:
   ProcessResult Execute(internal::CallGuard& guard, std::string_view task_id,

@@ -1,0 +1,357 @@
+// The `laneguard` command: run, batch, config check, config print.
+#include "cli/commands.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <atomic>
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "cli/batch.h"
+#include "cli/job_file.h"
+#include "laneguard/json_logger.h"
+#include "laneguard/process.h"
+#include "laneguard/trace.h"
+#include "laneguard/worker.h"
+
+namespace laneguard::cli {
+namespace {
+
+constexpr int kUsageError = 2;
+constexpr int kSomeJobsFailed = 1;
+constexpr int kCouldNotRun = 125;  // as timeout(1): the wrapper itself failed
+
+// ConfigError messages already name the key and the value.
+std::string Describe(const ConfigError& e) { return e.message; }
+
+// SIGINT and SIGTERM become a cancel request instead of killing us, so the children are stopped
+// through the escalation, spans are flushed and the summary printed. The signals are blocked in
+// every thread (set before any thread starts, inherited) and taken by one thread with
+// sigtimedwait; children get a clean mask back before exec (see ProcessRunner).
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);
+    thread_ = std::thread([this] {
+      const timespec tick{0, 100'000'000};
+      while (!done_.load()) {
+        const int sig = sigtimedwait(&set_, nullptr, &tick);
+        if (sig > 0 && signal_.exchange(sig) == 0) stop_.request_stop();
+      }
+    });
+  }
+  ~SignalWatcher() {
+    done_.store(true);
+    thread_.join();
+    pthread_sigmask(SIG_UNBLOCK, &set_, nullptr);
+  }
+  std::stop_token token() const { return stop_.get_token(); }
+  int signal() const { return signal_.load(); }
+
+ private:
+  sigset_t set_;
+  std::stop_source stop_;
+  std::atomic<int> signal_{0};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+struct CommonFlags {
+  std::string config_file;
+  std::string spans_file;
+  std::string log_file;
+  std::string log_level = "info";
+};
+
+void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
+  cmd->add_option("--config", flags.config_file,
+                  "Config file (the spec's camelCase JSON, merged over the defaults)");
+  cmd->add_option("--spans", flags.spans_file, "Append spans to this file as JSON lines");
+  cmd->add_option("--log", flags.log_file, "Append JSON log lines to this file");
+  cmd->add_option("--log-level", flags.log_level, "debug, info, warning or error (default info)");
+}
+
+// Everything a subprocess worker call needs, built from the flags.
+struct Runtime {
+  Config config;
+  std::unique_ptr<ResourceBudgetManager> manager;
+  std::shared_ptr<BatchSpanProcessor> spans;
+  std::unique_ptr<Tracer> tracer;
+  std::shared_ptr<JsonLogger> logger;
+  std::unique_ptr<WorkerCalls> calls;
+  std::unique_ptr<ProcessRunner> runner;
+
+  ~Runtime() {
+    runner.reset();
+    calls.reset();
+    if (tracer) tracer->Shutdown();  // flushes every span
+  }
+};
+
+Result<Config, std::string> LoadConfig(const std::string& path) {
+  if (path.empty()) return Config{};
+  auto config = LoadConfigFile(path);
+  if (!config.ok()) return "--config " + path + ": " + Describe(config.error());
+  return std::move(config).value();
+}
+
+Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& flags, Config config) {
+  auto rt = std::make_unique<Runtime>();
+  auto level = ParseLogLevel(flags.log_level);
+  if (!level.ok()) return "--log-level: " + Describe(level.error());
+  if (!flags.log_file.empty()) {
+    auto logger = JsonLogger::OpenFile({.min_level = *level}, flags.log_file);
+    if (!logger.ok()) return "--log " + flags.log_file + ": " + logger.error().message;
+    rt->logger = std::move(logger).value();
+  }
+  ManagerOptions options;
+  if (rt->logger) options.observers.push_back(std::make_shared<LoggingObserver>(rt->logger));
+  auto manager = ResourceBudgetManager::Create(config, std::move(options));
+  if (!manager.ok()) return "config: " + Describe(manager.error());
+  rt->manager = std::move(manager).value();
+  rt->config = config;
+  TracerOptions tracing;
+  tracing.enabled = config.enable_span_emission && !flags.spans_file.empty();
+  tracing.sample_rate = config.span_sample_rate;
+  tracing.resource.service_name = "laneguard";
+  if (!flags.spans_file.empty()) {
+    auto exporter = NewJsonLinesFileSpanExporter(flags.spans_file);
+    if (!exporter.ok()) return "--spans " + flags.spans_file + ": " + exporter.error().message;
+    rt->spans = std::make_shared<BatchSpanProcessor>(std::move(exporter).value());
+    tracing.processor = rt->spans;
+  }
+  rt->tracer = std::make_unique<Tracer>(std::move(tracing));
+  rt->calls = std::make_unique<WorkerCalls>(*rt->manager, *rt->tracer, rt->logger);
+  rt->runner = std::make_unique<ProcessRunner>(*rt->calls);
+  return rt;
+}
+
+// ---- run
+// -----------------------------------------------------------------------------------------
+
+struct RunFlags {
+  CommonFlags common;
+  std::string lane = "tool_call";
+  std::string task;
+  std::string timeout;
+  std::optional<double> escalation;
+  std::optional<int64_t> max_rss_mb;
+  std::vector<std::string> command;
+};
+
+int RunCommand(const RunFlags& flags) {
+  auto config = LoadConfig(flags.common.config_file);
+  if (!config.ok()) {
+    std::fprintf(stderr, "laneguard run: %s\n", config.error().c_str());
+    return kUsageError;
+  }
+  if (flags.escalation) {
+    if (!(*flags.escalation >= 1 && *flags.escalation <= kMaxEscalationFactor)) {
+      std::fprintf(stderr, "laneguard run: --escalation: %g must be within [1, %g]\n",
+                   *flags.escalation, kMaxEscalationFactor);
+      return kUsageError;
+    }
+    config->timeout_escalation_factor = *flags.escalation;
+  }
+  std::optional<int64_t> timeout_ms;
+  if (!flags.timeout.empty()) {
+    auto parsed = ParseDurationMs(flags.timeout, "--timeout");
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "laneguard run: %s\n", parsed.error().c_str());
+      return kUsageError;
+    }
+    timeout_ms = *parsed;
+  }
+  if (flags.max_rss_mb && *flags.max_rss_mb <= 0) {
+    std::fprintf(stderr, "laneguard run: --max-rss: %lld must be a positive number of MB\n",
+                 static_cast<long long>(*flags.max_rss_mb));
+    return kUsageError;
+  }
+  if (!config->lane_concurrency_limits.count(flags.lane)) {
+    std::string lanes;
+    for (const auto& [lane, limit] : config->lane_concurrency_limits)
+      lanes += (lanes.empty() ? "" : ", ") + lane;
+    std::fprintf(stderr, "laneguard run: --lane: unknown lane '%s' (configured: %s)\n",
+                 flags.lane.c_str(), lanes.c_str());
+    return kUsageError;
+  }
+  SignalWatcher signals;
+  auto rt = MakeRuntime(flags.common, *config);
+  if (!rt.ok()) {
+    std::fprintf(stderr, "laneguard run: %s\n", rt.error().c_str());
+    return kUsageError;
+  }
+  ProcessSpec spec;
+  spec.argv = flags.command;
+  spec.max_rss_mb = flags.max_rss_mb;
+  const std::string task = flags.task.empty() ? "run-" + flags.command[0] : flags.task;
+  CallOptions call;
+  call.lane = flags.lane;
+  call.timeout_ms = timeout_ms;
+  auto result = (*rt)->runner->Run(task, spec, call, signals.token());
+  if (!result.ok()) {
+    std::fprintf(stderr, "laneguard run: refused: %s\n", result.error().message().c_str());
+    return kCouldNotRun;
+  }
+  int status = result->ShellStatus();
+  if (result->outcome == ProcessOutcome::kCancelled && signals.signal() != 0)
+    status = 128 + signals.signal();
+  if (status != 0)
+    std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", task.c_str(),
+                 result->Reason().c_str(), status);
+  return status;
+}
+
+// ---- batch
+// ---------------------------------------------------------------------------------------
+
+struct BatchFlags {
+  CommonFlags common;
+  std::string jobs_file;
+  std::string summary = "table";
+  bool fail_fast = false;
+  bool quiet = false;
+};
+
+int BatchCommand(const BatchFlags& flags) {
+  auto config = LoadConfig(flags.common.config_file);
+  if (!config.ok()) {
+    std::fprintf(stderr, "laneguard batch: %s\n", config.error().c_str());
+    return kUsageError;
+  }
+  auto jobs = LoadJobFile(flags.jobs_file, *config);
+  if (!jobs.ok()) {
+    for (const JobError& e : jobs.error())
+      std::fprintf(stderr, "laneguard batch: %s: %s\n", flags.jobs_file.c_str(),
+                   e.ToString().c_str());
+    std::fprintf(stderr, "laneguard batch: nothing was run\n");
+    return kUsageError;
+  }
+  SignalWatcher signals;
+  auto rt = MakeRuntime(flags.common, *config);
+  if (!rt.ok()) {
+    std::fprintf(stderr, "laneguard batch: %s\n", rt.error().c_str());
+    return kUsageError;
+  }
+  BatchOptions options;
+  options.fail_fast = flags.fail_fast;
+  options.progress = flags.quiet                  ? BatchOptions::Progress::kNone
+                     : isatty(STDERR_FILENO) != 0 ? BatchOptions::Progress::kBar
+                                                  : BatchOptions::Progress::kLines;
+  if (options.progress == BatchOptions::Progress::kBar)
+    options.progress_interval = std::chrono::milliseconds(200);
+  BatchRunner runner(*(*rt)->runner, options);
+  BatchReport report = runner.Run(*jobs, signals.token());
+  (*rt)->tracer->ForceFlush();
+  if (flags.summary == "json")
+    std::printf("%s\n", SummaryJson(report, *config).c_str());
+  else
+    PrintSummaryTable(report, *config, stdout);
+  if (signals.signal() != 0) return 128 + signals.signal();
+  return report.failed() > 0 ? kSomeJobsFailed : 0;
+}
+
+}  // namespace
+
+int Main(int argc, char** argv) {
+  CLI::App app{
+      "laneguard: run programs as budgeted worker calls (lanes, timeouts that really stop "
+      "runaway work, memory limits, spans)"};
+  app.require_subcommand(1);
+  app.footer(
+      "Examples:\n"
+      "  laneguard run --lane critic --timeout 10m --max-rss 512 -- python3 critic.py in.json\n"
+      "  laneguard batch jobs.jsonl --config prod.json --spans spans.jsonl\n"
+      "  laneguard config check prod.json");
+
+  RunFlags run_flags;
+  CLI::App* run = app.add_subcommand("run", "Run one command under a lane's budget");
+  run->add_option("--lane", run_flags.lane, "Lane (default tool_call)");
+  run->add_option("--task", run_flags.task, "Task id for logs and spans (default run-<cmd>)");
+  run->add_option("--timeout", run_flags.timeout,
+                  "SIGTERM after this (500ms, 30s, 2m; a bare number is seconds; default: the "
+                  "config's defaultTimeoutMs)");
+  run->add_option("--escalation", run_flags.escalation,
+                  "SIGKILL to the whole tree at timeout x this (default: the config's, 1.5)");
+  run->add_option("--max-rss", run_flags.max_rss_mb, "Memory limit of the whole tree, in MB");
+  AddCommonFlags(run, run_flags.common);
+  run->add_option("command", run_flags.command, "The command and its arguments, after --")
+      ->required();
+  run->footer(
+      "Exit status: the command's; 124 when stopped for time; 137 when killed for memory; 128+N "
+      "when killed by signal N; 130/143 when laneguard got SIGINT/SIGTERM; 125 when refused; 127 "
+      "when the command could not start; 2 for bad flags.\n"
+      "Examples:\n"
+      "  laneguard run --timeout 30s -- ./tool --input data.csv\n"
+      "  laneguard run --lane forecast_model --timeout 5m --escalation 2 --max-rss 2048 "
+      "--spans spans.jsonl -- ./forecast");
+
+  BatchFlags batch_flags;
+  CLI::App* batch = app.add_subcommand("batch", "Run a JSON-lines file of jobs under the limits");
+  batch->add_option("jobs", batch_flags.jobs_file, "Job file: one JSON object per line")
+      ->required();
+  batch->add_option("--summary", batch_flags.summary, "table (default) or json")
+      ->check(CLI::IsMember({"table", "json"}));
+  batch->add_flag("--fail-fast", batch_flags.fail_fast,
+                  "Stop everything at the first failure (running jobs are cancelled)");
+  batch->add_flag("--quiet", batch_flags.quiet, "No progress output");
+  AddCommonFlags(batch, batch_flags.common);
+  batch->footer(
+      "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
+      "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
+      "\"cwd\": \"/tmp\"}\n"
+      "The whole file is checked before anything runs. Exit status: 0 when every job succeeded, "
+      "1 when some failed, 2 for a bad file or flags, 130/143 on SIGINT/SIGTERM.\n"
+      "Examples:\n"
+      "  laneguard batch examples/upgrade-jobs.jsonl --spans spans.jsonl\n"
+      "  laneguard batch jobs.jsonl --summary json --fail-fast > summary.json");
+
+  CLI::App* config_cmd = app.add_subcommand("config", "Check or print a config");
+  config_cmd->require_subcommand(1);
+  std::string check_file, print_file;
+  CLI::App* check = config_cmd->add_subcommand("check", "Validate a config file");
+  check->add_option("file", check_file, "Config file")->required();
+  check->footer("Example: laneguard config check examples/config/production.json");
+  CLI::App* print = config_cmd->add_subcommand(
+      "print", "Print the effective config (defaults filled in) as JSON");
+  print->add_option("file", print_file, "Config file (defaults only when omitted)");
+  print->footer("Example: laneguard config print examples/config/staging.json");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kUsageError;
+  }
+  if (run->parsed()) return RunCommand(run_flags);
+  if (batch->parsed()) return BatchCommand(batch_flags);
+  if (check->parsed()) {
+    auto config = LoadConfigFile(check_file);
+    if (!config.ok()) {
+      std::fprintf(stderr, "%s: %s\n", check_file.c_str(), Describe(config.error()).c_str());
+      return 1;
+    }
+    std::printf("%s: ok (%zu lanes, global limit %d)\n", check_file.c_str(),
+                config->lane_concurrency_limits.size(), config->global_concurrency_limit);
+    return 0;
+  }
+  if (print->parsed()) {
+    auto config = LoadConfig(print_file);
+    if (!config.ok()) {
+      std::fprintf(stderr, "laneguard config print: %s\n", config.error().c_str());
+      return 1;
+    }
+    std::printf("%s\n", ConfigToJson(*config).c_str());
+    return 0;
+  }
+  return kUsageError;
+}
+
+}  // namespace laneguard::cli

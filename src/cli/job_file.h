@@ -1,0 +1,56 @@
+// The batch job file (JSON lines) and the command line's duration syntax.
+//
+// Thread safety: free functions with no shared state.
+#ifndef LANEGUARD_SRC_CLI_JOB_FILE_H_
+#define LANEGUARD_SRC_CLI_JOB_FILE_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "laneguard/config.h"
+#include "laneguard/observer.h"
+#include "laneguard/process.h"
+#include "laneguard/result.h"
+
+namespace laneguard::cli {
+
+// "500ms", "30s", "1.5s", "2m", "1h"; a bare number is seconds (as timeout(1)). The result is in
+// milliseconds, > 0 and <= kMaxTimeoutMs. The error names `flag` and the value.
+Result<int64_t, std::string> ParseDurationMs(std::string_view text, std::string_view flag);
+
+// One line of the job file:
+//   {"id": "read-1", "lane": "file_read", "cmd": ["cat", "a.txt"] | "cat a.txt | wc -l",
+//    "timeoutMs": 30000, "maxRssMb": 256, "metadata": {...}, "env": {"K": "V"}, "cwd": "/tmp"}
+// Only cmd is required. id defaults to "line-<n>" and must be unique; lane defaults to
+// "tool_call" and must be configured; a string cmd runs under /bin/sh -c; metadata values may be
+// strings, numbers or booleans (kept as text); env values must be strings.
+struct Job {
+  int line = 0;
+  std::string id;
+  std::string lane;
+  std::optional<int64_t> timeout_ms;
+  Metadata metadata;
+  ProcessSpec spec;
+};
+
+struct JobError {
+  int line = 0;
+  std::string field;  // "" when the line is not a JSON object at all
+  std::string message;
+  std::string ToString() const;  // "line 3: field 'lane': unknown lane 'gpu' (configured: ...)"
+};
+
+// Validates every line before anything runs; blank lines are skipped. Returns every error found
+// (not just the first), so a user fixes the file in one go.
+Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
+                                                          const Config& config);
+// Reads the file at `path`; an unreadable file is one error with line 0.
+Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& path,
+                                                            const Config& config);
+
+}  // namespace laneguard::cli
+
+#endif  // LANEGUARD_SRC_CLI_JOB_FILE_H_
