@@ -212,7 +212,7 @@ BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cance
     // Woken by a finished job; the timeout re-checks a memory-limit refusal and the progress.
     const int seen = finished;
     dispatcher_cv.wait_for(lock, std::chrono::milliseconds(50),
-                           [&] { return finished != seen || stop.stop_requested(); });
+                           [&] { return finished != seen || stop.stop_requested() != stopping; });
   }
   closing = true;
   print_progress(true);

@@ -1,0 +1,270 @@
+// The `laneguard` binary end to end: exit statuses, argv handling, batch limits checked from the
+// spans file, bad job files, and Ctrl-C in the middle of a batch.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+std::string Slurp(const fs::path& path) {
+  std::ifstream in(path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("laneguard-cli-test-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // Starts the binary with stdout and stderr going to files in the test's directory.
+  pid_t Start(const std::vector<std::string>& args) {
+    std::vector<std::string> all = {LANEGUARD_CLI_PATH};
+    all.insert(all.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (std::string& a : all) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 1, (dir_ / "stdout").c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_addopen(&actions, 2, (dir_ / "stderr").c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    pid_t pid = -1;
+    EXPECT_EQ(posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&actions);
+    return pid;
+  }
+  int Wait(pid_t pid) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    out_ = Slurp(dir_ / "stdout");
+    err_ = Slurp(dir_ / "stderr");
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  int Cli(const std::vector<std::string>& args) { return Wait(Start(args)); }
+
+  std::string Write(const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name) << text;
+    return (dir_ / name).string();
+  }
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+  std::string out_, err_;
+};
+
+TEST_F(CliTest, RunExitStatuses) {
+  EXPECT_EQ(Cli({"run", "--", "true"}), 0);
+  EXPECT_EQ(Cli({"run", "--", "sh", "-c", "exit 1"}), 1);
+  EXPECT_THAT(err_, HasSubstr("exited with code 1"));
+  EXPECT_EQ(Cli({"run", "--timeout", "200ms", "--", "sleep", "30"}), 124);
+  EXPECT_THAT(err_, HasSubstr("timed out"));
+  EXPECT_EQ(Cli({"run", "--max-rss", "32", "--", "sh", "-c",
+                 "x=$(head -c 200000000 /dev/zero | tr '\\0' a)"}),
+            137);
+  EXPECT_THAT(err_, HasSubstr("killed for memory"));
+  EXPECT_EQ(Cli({"run", "--", "laneguard-no-such-program"}), 127);
+  EXPECT_THAT(err_, HasSubstr("laneguard-no-such-program"));
+}
+
+TEST_F(CliTest, RunStopsAStubbornChildAtTheEscalation) {
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(Cli({"run", "--timeout", "300ms", "--escalation", "2", "--", "sh", "-c",
+                 "trap '' TERM; sleep 30"}),
+            124);
+  // Not before the hard deadline (2 x 300 ms): the SIGTERM phase did not kill it.
+  EXPECT_GE(std::chrono::steady_clock::now() - start, 600ms);
+  EXPECT_THAT(err_, HasSubstr("SIGKILL"));
+}
+
+TEST_F(CliTest, RunPassesArgvWithoutAShell) {
+  EXPECT_EQ(Cli({"run", "--", "printf", "%s|", "$HOME", "a b", "*"}), 0);
+  EXPECT_EQ(out_, "$HOME|a b|*|");
+}
+
+TEST_F(CliTest, SigintToLaneguardStopsTheChildAndExits130) {
+  const std::string pidfile = Path("child.pid");
+  const pid_t cli = Start({"run", "--", "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 30"});
+  for (int i = 0; i < 500 && !fs::exists(pidfile); ++i) std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(50ms);  // the pid is written; the exec follows
+  kill(cli, SIGINT);
+  EXPECT_EQ(Wait(cli), 130);
+  const pid_t child = std::stoi(Slurp(pidfile));
+  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(child)))
+      << "child " << child << " left running";
+}
+
+TEST_F(CliTest, BadFlagsAreUsageErrorsNamingTheFlag) {
+  EXPECT_EQ(Cli({"run", "--timeout", "soon", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--timeout: 'soon'"));
+  EXPECT_EQ(Cli({"run", "--escalation", "0.5", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--escalation"));
+  EXPECT_EQ(Cli({"run", "--max-rss", "-1", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--max-rss"));
+  EXPECT_EQ(Cli({"run", "--lane", "gpu", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("unknown lane 'gpu'"));
+  EXPECT_EQ(Cli({"run", "--config", Path("missing.json"), "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("missing.json"));
+  EXPECT_EQ(Cli({"run"}), 2);
+  EXPECT_EQ(Cli({"frobnicate"}), 2);
+}
+
+TEST_F(CliTest, HelpOnEverySubcommandHasExamples) {
+  for (const auto& args : std::vector<std::vector<std::string>>{{"--help"},
+                                                                {"run", "--help"},
+                                                                {"batch", "--help"},
+                                                                {"config", "check", "--help"},
+                                                                {"config", "print", "--help"}}) {
+    EXPECT_EQ(Cli(args), 0);
+    EXPECT_THAT(out_, HasSubstr("xample")) << args.back();
+  }
+}
+
+TEST_F(CliTest, ConfigCheckAndPrint) {
+  EXPECT_EQ(Cli({"config", "check", LANEGUARD_SOURCE_DIR "/examples/config/staging.json"}), 0);
+  EXPECT_THAT(out_, HasSubstr("ok"));
+  EXPECT_EQ(Cli({"config", "check", Write("bad.json", R"({"spanSampleRate": 2})")}), 1);
+  EXPECT_THAT(err_, HasSubstr("spanSampleRate"));
+  EXPECT_THAT(err_, HasSubstr("2"));
+  EXPECT_EQ(Cli({"config", "print", Write("partial.json", R"({"globalConcurrencyLimit": 7})")}), 0);
+  auto printed = nlohmann::json::parse(out_);
+  EXPECT_EQ(printed["globalConcurrencyLimit"], 7);
+  EXPECT_EQ(printed["laneConcurrencyLimits"]["forecast_model"], 1);  // default filled in
+  EXPECT_EQ(printed["timeoutEscalationFactor"], 1.5);
+}
+
+// From the spans file: at no moment do more jobs of a lane run than its limit, nor more jobs in
+// all than the global limit.
+TEST_F(CliTest, BatchNeverExceedsLaneOrGlobalLimits) {
+  const std::string config = Write("config.json", R"({"globalConcurrencyLimit": 4,
+      "laneConcurrencyLimits": {"tool_call": 3, "critic": 2, "forecast_model": 1,
+                                "file_read": 4, "file_write": 4}})");
+  std::string jobs;
+  const char* lanes[] = {"tool_call", "critic", "forecast_model"};
+  for (int i = 0; i < 18; ++i)
+    jobs += R"({"id": "j)" + std::to_string(i) + R"(", "lane": ")" + lanes[i % 3] +
+            R"(", "cmd": ["sleep", "0.1"]})" + "\n";
+  const std::string spans = Path("spans.jsonl");
+  EXPECT_EQ(Cli({"batch", Write("jobs.jsonl", jobs), "--config", config, "--spans", spans,
+                 "--summary", "json"}),
+            0)
+      << err_;
+  auto summary = nlohmann::json::parse(out_);
+  EXPECT_EQ(summary["succeeded"], 18);
+  std::vector<std::tuple<int64_t, int, std::string>> edges;
+  std::ifstream in(spans);
+  int count = 0;
+  for (std::string line; std::getline(in, line); ++count) {
+    auto span = nlohmann::json::parse(line);
+    std::string lane;
+    for (const auto& a : span["attributes"])
+      if (a["key"] == "lane") lane = a["value"]["stringValue"];
+    edges.emplace_back(std::stoll(span["startTimeUnixNano"].get<std::string>()), +1, lane);
+    edges.emplace_back(std::stoll(span["endTimeUnixNano"].get<std::string>()), -1, lane);
+  }
+  EXPECT_EQ(count, 18);
+  std::sort(edges.begin(), edges.end());
+  std::map<std::string, int> running, most;
+  int global = 0, most_global = 0;
+  for (const auto& [time, delta, lane] : edges) {
+    most[lane] = std::max(most[lane], running[lane] += delta);
+    most_global = std::max(most_global, global += delta);
+  }
+  EXPECT_LE(most["tool_call"], 3);
+  EXPECT_LE(most["critic"], 2);
+  EXPECT_LE(most["forecast_model"], 1);
+  EXPECT_LE(most_global, 4);
+  EXPECT_GE(most_global, 2);  // the jobs did run concurrently
+}
+
+TEST_F(CliTest, BatchRejectsABadJobFileBeforeRunningAnything) {
+  const std::string marker = Path("ran");
+  const std::string jobs = Write("jobs.jsonl", "{\"cmd\": \"touch " + marker +
+                                                   "\"}\n{\"cmd\": [\"true\"], \"lane\": "
+                                                   "\"gpu\"}\n{\"lane\": \"critic\"}\nnot json\n"
+                                                   "{\"cmd\": \"true\", \"timeoutMs\": -1}\n");
+  EXPECT_EQ(Cli({"batch", jobs}), 2);
+  EXPECT_THAT(err_, HasSubstr("line 2: field 'lane': unknown lane 'gpu'"));
+  EXPECT_THAT(err_, HasSubstr("line 3: field 'cmd': missing"));
+  EXPECT_THAT(err_, HasSubstr("line 4: not valid JSON"));
+  EXPECT_THAT(err_, HasSubstr("line 5: field 'timeoutMs'"));
+  EXPECT_THAT(err_, HasSubstr("nothing was run"));
+  EXPECT_FALSE(fs::exists(marker));
+}
+
+TEST_F(CliTest, BatchReportsFailuresAndExitsNonZero) {
+  const std::string jobs =
+      Write("jobs.jsonl",
+            "{\"id\": \"good\", \"cmd\": \"echo \\\"$GREETING\\\" > out.txt; pwd >> out.txt\", "
+            "\"cwd\": \"" +
+                dir_.string() +
+                "\", \"env\": {\"GREETING\": \"hi there\"}}\n"
+                "{\"id\": \"bad\", \"cmd\": \"echo broken >&2; exit 4\"}\n"
+                "{\"id\": \"slow\", \"cmd\": [\"sleep\", \"30\"], \"timeoutMs\": 200}\n");
+  EXPECT_EQ(Cli({"batch", jobs}), 1);
+  EXPECT_EQ(Slurp(dir_ / "out.txt"), "hi there\n" + fs::canonical(dir_).string() + "\n");
+  EXPECT_THAT(out_, HasSubstr("Failures"));
+  EXPECT_THAT(out_, HasSubstr("stderr: broken"));
+  EXPECT_THAT(out_, HasSubstr("timed out"));
+  EXPECT_THAT(out_, HasSubstr("totalCalls 3"));
+}
+
+TEST_F(CliTest, FailFastSkipsTheRest) {
+  std::string jobs = "{\"id\": \"first\", \"cmd\": \"exit 1\", \"lane\": \"forecast_model\"}\n";
+  for (int i = 0; i < 5; ++i)
+    jobs += "{\"id\": \"later" + std::to_string(i) +
+            "\", \"cmd\": \"true\", \"lane\": \"forecast_model\"}\n";
+  EXPECT_EQ(Cli({"batch", Write("jobs.jsonl", jobs), "--fail-fast", "--summary", "json"}), 1);
+  auto summary = nlohmann::json::parse(out_);
+  EXPECT_EQ(summary["failed"], 1);
+  EXPECT_EQ(summary["skipped"], 5);
+}
+
+TEST_F(CliTest, CtrlCMidBatchLeavesNoChildRunning) {
+  std::string jobs;
+  for (int i = 0; i < 6; ++i)
+    jobs += "{\"id\": \"j" + std::to_string(i) + "\", \"lane\": \"tool_call\", \"cmd\": \"" +
+            (i % 2 ? "trap '' TERM; " : "") + "echo $$ > " + Path("pid" + std::to_string(i)) +
+            "; sleep 30\"}\n";
+  const pid_t cli = Start({"batch", Write("jobs.jsonl", jobs)});
+  for (int i = 0; i < 6; ++i)
+    for (int t = 0; t < 500 && !fs::exists(Path("pid" + std::to_string(i))); ++t)
+      std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(50ms);
+  kill(cli, SIGINT);
+  EXPECT_EQ(Wait(cli), 130);
+  EXPECT_THAT(out_, HasSubstr("(cancelled)"));
+  for (int i = 0; i < 6; ++i) {
+    const std::string text = Slurp(Path("pid" + std::to_string(i)));
+    ASSERT_FALSE(text.empty()) << "job " << i << " never started";
+    const pid_t pid = std::stoi(text);
+    EXPECT_FALSE(fs::exists("/proc/" + std::to_string(pid))) << "job " << i << " left running";
+  }
+}
+
+}  // namespace
