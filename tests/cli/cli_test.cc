@@ -119,6 +119,25 @@ TEST_F(CliTest, SigintToLaneguardStopsTheChildAndExits130) {
       << "child " << child << " left running";
 }
 
+// PR_SET_PDEATHSIG: even SIGKILL to laneguard, which runs no cleanup, takes its child down.
+TEST_F(CliTest, ChildDiesWhenLaneguardIsKilled) {
+  const std::string pidfile = Path("child.pid");
+  const pid_t cli = Start({"run", "--", "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 30"});
+  for (int i = 0; i < 500 && !fs::exists(pidfile); ++i) std::this_thread::sleep_for(10ms);
+  std::this_thread::sleep_for(50ms);
+  const pid_t child = std::stoi(Slurp(pidfile));
+  kill(cli, SIGKILL);
+  EXPECT_EQ(Wait(cli), 128 + SIGKILL);
+  bool dead = false;
+  for (int i = 0; i < 500 && !dead; ++i) {
+    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
+    std::string line;
+    dead = !std::getline(stat, line) || line.substr(line.rfind(')') + 2, 1) == "Z";
+    if (!dead) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(dead) << "child " << child << " outlived laneguard";
+}
+
 TEST_F(CliTest, BadFlagsAreUsageErrorsNamingTheFlag) {
   EXPECT_EQ(Cli({"run", "--timeout", "soon", "--", "true"}), 2);
   EXPECT_THAT(err_, HasSubstr("--timeout: 'soon'"));
