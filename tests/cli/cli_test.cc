@@ -107,16 +107,17 @@ TEST_F(CliTest, RunPassesArgvWithoutAShell) {
   EXPECT_EQ(out_, "$HOME|a b|*|");
 }
 
-TEST_F(CliTest, SigintToLaneguardStopsTheChildAndExits130) {
-  const std::string pidfile = Path("child.pid");
-  const pid_t cli = Start({"run", "--", "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 30"});
-  for (int i = 0; i < 500 && !fs::exists(pidfile); ++i) std::this_thread::sleep_for(10ms);
-  std::this_thread::sleep_for(50ms);  // the pid is written; the exec follows
-  kill(cli, SIGINT);
-  EXPECT_EQ(Wait(cli), 130);
-  const pid_t child = std::stoi(Slurp(pidfile));
-  EXPECT_FALSE(fs::exists("/proc/" + std::to_string(child)))
-      << "child " << child << " left running";
+TEST_F(CliTest, SigintOrSigtermToLaneguardStopsTheChildAndExits130Or143) {
+  for (int sig : {SIGINT, SIGTERM}) {
+    const std::string pidfile = Path("child.pid." + std::to_string(sig));
+    const pid_t cli = Start({"run", "--", "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 30"});
+    for (int i = 0; i < 500 && !fs::exists(pidfile); ++i) std::this_thread::sleep_for(10ms);
+    std::this_thread::sleep_for(50ms);  // the pid is written; the exec follows
+    kill(cli, sig);
+    EXPECT_EQ(Wait(cli), 128 + sig);
+    const pid_t child = std::stoi(Slurp(pidfile));
+    EXPECT_FALSE(fs::exists("/proc/" + std::to_string(child))) << "child " << child << " left";
+  }
 }
 
 // PR_SET_PDEATHSIG: even SIGKILL to laneguard, which runs no cleanup, takes its child down.

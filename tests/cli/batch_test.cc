@@ -1,0 +1,115 @@
+// BatchRunner in-process: dispatch under the limits, progress output, the summary, cancellation.
+#include "cli/batch.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "support/tmp_stream.h"
+
+namespace laneguard::cli {
+namespace {
+
+using ::testing::HasSubstr;
+using testing_support::TmpStream;
+
+class BatchTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    config_.enable_memory_guards = false;
+    config_.global_concurrency_limit = 3;
+    config_.lane_concurrency_limits = {{"tool_call", 2}, {"critic", 1}};
+    manager_ = ResourceBudgetManager::Create(config_).value();
+    tracer_ = std::make_unique<Tracer>(TracerOptions{.enabled = false});
+    calls_ = std::make_unique<WorkerCalls>(*manager_, *tracer_);
+    runner_ = std::make_unique<ProcessRunner>(*calls_);
+  }
+  std::vector<Job> Jobs(const std::string& text) {
+    auto jobs = ParseJobs(text, config_);
+    EXPECT_TRUE(jobs.ok());
+    return jobs.ok() ? *jobs : std::vector<Job>{};
+  }
+
+  Config config_;
+  std::unique_ptr<ResourceBudgetManager> manager_;
+  std::unique_ptr<Tracer> tracer_;
+  std::unique_ptr<WorkerCalls> calls_;
+  std::unique_ptr<ProcessRunner> runner_;
+};
+
+TEST_F(BatchTest, RunsEveryJobAndReportsQueueWaits) {
+  std::string text;
+  for (int i = 0; i < 8; ++i)
+    text += "{\"id\": \"j" + std::to_string(i) + "\", \"lane\": \"" +
+            (i % 2 ? "critic" : "tool_call") + "\", \"cmd\": [\"sleep\", \"0.05\"]}\n";
+  text += "{\"id\": \"bad\", \"cmd\": \"echo oops >&2; exit 2\"}\n";
+  const std::vector<Job> jobs = Jobs(text);
+  TmpStream progress;
+  std::vector<std::string> waited;
+  std::mutex mu;
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kLines;
+  options.progress_stream = progress.get();
+  options.on_queue_wait = [&](const Job& job, double seconds) {
+    std::lock_guard<std::mutex> lock(mu);
+    EXPECT_GE(seconds, 0);
+    waited.push_back(job.id);
+  };
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, {});
+  EXPECT_EQ(report.succeeded(), 8);
+  EXPECT_EQ(report.failed(), 1);
+  EXPECT_EQ(report.skipped(), 0);
+  EXPECT_EQ(waited.size(), 9u);
+  EXPECT_EQ(report.statistics.total_calls, 9);
+  EXPECT_EQ(manager_->GetConcurrencyStatus().global.active, 0);
+  const std::string lines = progress.ReadAll();
+  EXPECT_THAT(lines, HasSubstr("FAILED bad [tool_call]: exited with code 2"));
+  EXPECT_THAT(lines, HasSubstr("progress: 9/9 done, 1 failed"));
+
+  auto summary = nlohmann::json::parse(SummaryJson(report, config_));
+  EXPECT_EQ(summary["lanes"]["critic"]["maxRunning"], 1);
+  EXPECT_LE(summary["lanes"]["tool_call"]["maxRunning"].get<int>(), 2);
+  EXPECT_EQ(summary["results"][8]["reason"],
+            "exited with code 2 after " +
+                std::to_string(static_cast<int64_t>(report.jobs[8].result.duration_ms)) +
+                " ms — stderr: oops");
+  TmpStream table;
+  PrintSummaryTable(report, config_, table.get());
+  EXPECT_THAT(table.ReadAll(), HasSubstr("9 jobs: 8 succeeded, 1 failed, 0 skipped"));
+}
+
+TEST_F(BatchTest, ProgressBarRedrawsOneLine) {
+  const std::vector<Job> jobs = Jobs("{\"cmd\": [\"true\"]}\n{\"cmd\": [\"true\"]}\n");
+  TmpStream progress;
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kBar;
+  options.progress_stream = progress.get();
+  BatchRunner(*runner_, options).Run(jobs, {});
+  const std::string out = progress.ReadAll();
+  EXPECT_THAT(out, HasSubstr("\r\033[K[########################] 2/2 done, 0 failed"));
+  EXPECT_THAT(out, HasSubstr("ETA"));
+}
+
+TEST_F(BatchTest, CancelStopsRunningJobsAndSkipsTheRest) {
+  std::string text;
+  for (int i = 0; i < 5; ++i) text += "{\"lane\": \"critic\", \"cmd\": [\"sleep\", \"30\"]}\n";
+  const std::vector<Job> jobs = Jobs(text);
+  std::stop_source cancel;
+  std::thread canceller([&] {
+    while (manager_->GetConcurrencyStatus().global.active == 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    cancel.request_stop();
+  });
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kNone;
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, cancel.get_token());
+  canceller.join();
+  EXPECT_TRUE(report.cancelled);
+  EXPECT_EQ(report.jobs[0].result.outcome, ProcessOutcome::kCancelled);
+  EXPECT_EQ(report.skipped(), 4);  // critic runs one at a time
+}
+
+}  // namespace
+}  // namespace laneguard::cli
