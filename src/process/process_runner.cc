@@ -348,6 +348,11 @@ Result<ProcessResult, Rejection> ProcessRunner::Run(std::string_view task_id,
 ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
                                          const ProcessSpec& spec, const CallOptions& options,
                                          std::stop_token cancel) {
+  if (!slot.valid()) {
+    ProcessResult refused;
+    refused.error = "RunWithSlot needs a valid slot (this one was released or moved from)";
+    return refused;
+  }
   internal::CallGuard guard(calls_, task_id, options, std::move(slot));
   ProcessResult result = Execute(guard, task_id, spec, std::move(cancel));
   Span& span = guard.span();
@@ -444,7 +449,10 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   }
 
   int exec_errno = 0;
-  if (read(status.read, &exec_errno, sizeof exec_errno) == sizeof exec_errno) {
+  ssize_t got;
+  while ((got = read(status.read, &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+  }
+  if (got == sizeof exec_errno) {
     // exec failed: the child has exited with 127; reap it and report.
     {
       std::lock_guard<std::mutex> lock(tree.mu);
@@ -477,6 +485,13 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     tree.KillAll();
     if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGKILL")}});
   });
+  // The timer fires once: if the hard deadline passed while the program was being started, the
+  // hook above will never run, so act now.
+  if (clock.MonotonicNanos() >= context.hard_deadline_mono_nanos()) {
+    std::lock_guard<std::mutex> lock(tree.mu);
+    tree.phase = TimeoutPhase::kEscalation;
+    tree.KillAll();
+  }
   const int cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   std::stop_callback on_cancel(cancel, [cancel_fd] {
     const uint64_t one = 1;

@@ -211,6 +211,27 @@ TEST_F(ProcessRunnerTest, SpawnFailuresNameTheCommandOrDirectoryAndReleaseTheSlo
   EXPECT_EQ(manager_->GetConcurrencyStatus().global.active, 0);
 }
 
+TEST_F(ProcessRunnerTest, RunWithSlotNeedsAValidSlot) {
+  ProcessResult r = runner_->RunWithSlot(Slot{}, "task", {.argv = {"true"}});
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("valid slot"));
+}
+
+// A slot whose hard deadline passed before the program started (a slow hand-over) must not let the
+// program run unbounded: the timer has already fired and will not fire again.
+TEST_F(ProcessRunnerTest, HardDeadlinePassedBeforeStartKillsAtOnce) {
+  Build({}, /*manual_clock=*/true);
+  auto slot = manager_->TryAcquire("task", "tool_call", 100);
+  ASSERT_TRUE(slot.ok());
+  clock_.AdvanceMs(200);
+  manager_->Tick();  // both phases fire now, before the run
+  ProcessResult r =
+      runner_->RunWithSlot(std::move(slot).value(), "task", {.argv = {"sleep", "60"}});
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_EQ(r.timeout_phase, TimeoutPhase::kEscalation);
+  EXPECT_NE(r.term_signal, 0);  // SIGTERM (the stop already requested) and SIGKILL go together
+}
+
 TEST_F(ProcessRunnerTest, RefusedRunStartsNothing) {
   auto held = manager_->TryAcquire("holder", "critic");
   ASSERT_TRUE(held.ok());
