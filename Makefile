@@ -4,7 +4,8 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
-	nlohmann-json3-dev clang-format
+	nlohmann-json3-dev clang-format prometheus-cpp-dev libcpp-httplib-dev prometheus \
+	python3-prometheus-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all deps configure build test demo bench tsan asan format format-check tidy install clean
