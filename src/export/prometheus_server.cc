@@ -139,6 +139,12 @@ Result<std::unique_ptr<MetricsServer>, ConfigError> MetricsServer::Start(
   while (!raw->server.is_running() && !raw->loop_ended.load()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  if (!raw->server.is_running()) {
+    raw->thread.join();
+    return ConfigError{"port", std::to_string(raw->port),
+                       "metrics server on " + host + ":" + std::to_string(raw->port) +
+                           " stopped as soon as it started"};
+  }
   return std::unique_ptr<MetricsServer>(new MetricsServer(std::move(impl)));
 }
 

@@ -8,6 +8,8 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "export/prometheus_internal.h"
 #include "support/fake_memory_probe.h"
@@ -156,6 +158,39 @@ TEST_F(PrometheusTest, CountersNeverGoBackwardsAfterTheRingForgets) {
   }
   EXPECT_EQ(after.at(R"(laneguard_calls_total{lane="tool_call",outcome="success"})"), 4);
   EXPECT_EQ(after.at(R"(laneguard_calls_total{lane="tool_call",outcome="failure"})"), 2);
+}
+
+TEST_F(PrometheusTest, ScrapesRaceWorkerCallsAndLoseNothing) {
+  constexpr int kThreads = 4;
+  constexpr int kCallsPerThread = 500;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([this] {
+      for (int i = 0; i < kCallsPerThread; ++i) {
+        auto slot = manager_->TryAcquire("task", "tool_call");
+        if (slot.ok()) slot->Release(true);
+        collector_->ObserveQueueWait("tool_call", 0.001);
+      }
+    });
+  }
+  std::map<std::string, double> last;
+  const std::string series = R"(laneguard_calls_total{lane="tool_call",outcome="success"})";
+  for (int i = 0; i < 50; ++i) {
+    const auto now = Samples(collector_->Serialize(i % 2 ? ExpositionFormat::kOpenMetrics1
+                                                         : ExpositionFormat::kText004));
+    // Histograms stay consistent mid-race: the +Inf bucket is the count.
+    EXPECT_EQ(now.at(R"(laneguard_queue_wait_seconds_bucket{lane="tool_call",le="+Inf"})"),
+              now.at(R"(laneguard_queue_wait_seconds_count{lane="tool_call"})"));
+    if (!last.empty()) EXPECT_GE(now.at(series), last.at(series));
+    last = now;
+  }
+  for (auto& t : threads) t.join();
+  const auto final_samples = Samples(collector_->Serialize(ExpositionFormat::kText004));
+  const double rejected =
+      final_samples.at(R"(laneguard_rejections_total{lane="tool_call",reason="lane_limit"})");
+  EXPECT_EQ(final_samples.at(series) + rejected, kThreads * kCallsPerThread);
+  EXPECT_EQ(final_samples.at(R"(laneguard_queue_wait_seconds_count{lane="tool_call"})"),
+            kThreads * kCallsPerThread);
 }
 
 TEST_F(PrometheusTest, OpenMetricsCarriesTheSameSamples) {
