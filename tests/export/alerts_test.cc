@@ -10,8 +10,7 @@
 
 #include "laneguard/metric_emitter.h"
 #include "laneguard/prometheus.h"
-#include "support/fake_memory_probe.h"
-#include "support/tmp_stream.h"
+#include "support/manual_manager.h"
 
 namespace laneguard {
 namespace {
@@ -20,19 +19,13 @@ using ::testing::HasSubstr;
 
 constexpr int64_t kStartUnix = 1'767'225'600'000'000'000;  // ManualClock's default start
 
-class AlertsTest : public ::testing::Test {
+class AlertsTest : public testing_support::ManualManagerTest {
  protected:
   void SetUp() override {
     Config config;
     config.lane_concurrency_limits = {{"tool_call", 10}, {"critic", 5}};
     config.global_concurrency_limit = 10;
-    ManagerOptions options;
-    options.clock = &clock_;
-    options.memory_probe = std::make_unique<testing_support::FakeMemoryProbe>(figures_);
-    options.start_background_thread = false;
-    manager_ = ResourceBudgetManager::Create(config, std::move(options)).value();
-    manager_->SampleMemoryNow();
-    logger_ = std::make_shared<JsonLogger>(JsonLogger::Options{.clock = &clock_}, log_.get());
+    MakeManager(config);
     AlertEvaluatorOptions alert_options;
     alert_options.logger = logger_;
     alert_options.interval = std::chrono::seconds(10);
@@ -48,20 +41,9 @@ class AlertsTest : public ::testing::Test {
   }
 
   void Calls(int n, int64_t ms, bool success) {
-    for (int i = 0; i < n; ++i) {
-      auto slot = manager_->TryAcquire("task", "tool_call");
-      ASSERT_TRUE(slot.ok());
-      clock_.AdvanceMs(ms);
-      slot->Release(success);
-    }
+    ManualManagerTest::Calls("tool_call", n, ms, success);
   }
 
-  ManualClock clock_;
-  std::shared_ptr<testing_support::FakeMemoryProbe::Figures> figures_ =
-      std::make_shared<testing_support::FakeMemoryProbe::Figures>();
-  std::unique_ptr<ResourceBudgetManager> manager_;
-  testing_support::TmpStream log_;
-  std::shared_ptr<JsonLogger> logger_;
   std::unique_ptr<AlertEvaluator> alerts_;
 };
 

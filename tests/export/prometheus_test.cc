@@ -12,8 +12,7 @@
 #include <vector>
 
 #include "export/prometheus_internal.h"
-#include "support/fake_memory_probe.h"
-#include "support/tmp_stream.h"
+#include "support/manual_manager.h"
 
 namespace laneguard {
 namespace {
@@ -34,19 +33,13 @@ std::map<std::string, double> Samples(const std::string& text) {
   return out;
 }
 
-class PrometheusTest : public ::testing::Test {
+class PrometheusTest : public testing_support::ManualManagerTest {
  protected:
   void SetUp() override {
     Config config;
     config.lane_concurrency_limits = {{"tool_call", 4}, {"file_read", 2}, {"forecast_model", 1}};
     config.global_concurrency_limit = 8;
-    ManagerOptions options;
-    options.clock = &clock_;
-    options.memory_probe = std::make_unique<testing_support::FakeMemoryProbe>(figures_);
-    options.start_background_thread = false;
-    manager_ = ResourceBudgetManager::Create(config, std::move(options)).value();
-    manager_->SampleMemoryNow();
-    logger_ = std::make_shared<JsonLogger>(JsonLogger::Options{.clock = &clock_}, log_.get());
+    MakeManager(config);
     PrometheusOptions prom;
     prom.logger = logger_;
     prom.span_counts = [] { return SpanCounts{5, 1, 2, 0}; };
@@ -54,19 +47,8 @@ class PrometheusTest : public ::testing::Test {
   }
 
   // One call in `lane` lasting `ms`.
-  void Call(std::string_view lane, int64_t ms, bool success) {
-    auto slot = manager_->TryAcquire("task", lane);
-    ASSERT_TRUE(slot.ok());
-    clock_.AdvanceMs(ms);
-    slot->Release(success);
-  }
+  void Call(std::string_view lane, int64_t ms, bool success) { Calls(lane, 1, ms, success); }
 
-  ManualClock clock_;
-  std::shared_ptr<testing_support::FakeMemoryProbe::Figures> figures_ =
-      std::make_shared<testing_support::FakeMemoryProbe::Figures>();
-  std::unique_ptr<ResourceBudgetManager> manager_;
-  testing_support::TmpStream log_;
-  std::shared_ptr<JsonLogger> logger_;
   std::shared_ptr<PrometheusCollector> collector_;
 };
 
