@@ -154,14 +154,25 @@ void BM_Baseline_AppendSameBytes(benchmark::State& state) {
 }
 BENCHMARK(BM_Baseline_AppendSameBytes);
 
+class NoopObserver final : public Observer {
+ public:
+  void OnEvent(const CallEvent& event) override { benchmark::DoNotOptimize(event.kind); }
+};
+
 // A worker call (acquire + release) with the collector's observer attached, beside the same call
-// without it (the observer's added cost per call).
-void AcquireRelease(benchmark::State& state, bool with_collector) {
+// with no observer and with an observer that does nothing (the manager builds the released call's
+// record only for observers, so that row isolates what the collector itself adds).
+enum class Observed { kNone, kNoop, kCollector };
+void AcquireRelease(benchmark::State& state, Observed observed) {
   ManagerOptions options;
   options.start_background_thread = false;
   auto manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
   std::shared_ptr<PrometheusCollector> collector;
-  if (with_collector) collector = PrometheusCollector::Create(manager.get()).value();
+  if (observed == Observed::kCollector) {
+    collector = PrometheusCollector::Create(manager.get()).value();
+  } else if (observed == Observed::kNoop) {
+    manager->AddObserver(std::make_shared<NoopObserver>());
+  }
   for (int i = 0; i < 16; ++i) manager->TryAcquire("task-1234", "file_read")->Release(true);
   AllocCounter allocs(state);
   for (auto _ : state) {
@@ -169,9 +180,17 @@ void AcquireRelease(benchmark::State& state, bool with_collector) {
     slot->Release(true);
   }
 }
-void BM_AcquireRelease_WithCollector(benchmark::State& state) { AcquireRelease(state, true); }
-void BM_AcquireRelease_NoCollector(benchmark::State& state) { AcquireRelease(state, false); }
-BENCHMARK(BM_AcquireRelease_NoCollector);
+void BM_AcquireRelease_NoObserver(benchmark::State& state) {
+  AcquireRelease(state, Observed::kNone);
+}
+void BM_AcquireRelease_NoopObserver(benchmark::State& state) {
+  AcquireRelease(state, Observed::kNoop);
+}
+void BM_AcquireRelease_WithCollector(benchmark::State& state) {
+  AcquireRelease(state, Observed::kCollector);
+}
+BENCHMARK(BM_AcquireRelease_NoObserver);
+BENCHMARK(BM_AcquireRelease_NoopObserver);
 BENCHMARK(BM_AcquireRelease_WithCollector);
 
 }  // namespace
