@@ -44,15 +44,16 @@ class WindowObserver final : public Observer {
   std::shared_ptr<WindowCounters> c_;
 };
 
-ConfigError BadOption(const std::string& key, double value, const std::string& rule) {
-  const std::string text = std::to_string(value);
-  return ConfigError{key, text, "option '" + key + "' = " + text + ": " + rule};
-}
-
+// Four significant digits: enough for a log line or an error, never "2.000000".
 std::string Fixed(double v) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.4g", v);
   return buf;
+}
+
+ConfigError BadOption(const std::string& key, double value, const std::string& rule) {
+  const std::string text = Fixed(value);
+  return ConfigError{key, text, "option '" + key + "' = " + text + ": " + rule};
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -340,6 +341,22 @@ TEST(AlertRules, UseTheThresholdsGiven) {
   EXPECT_THAT(yaml, HasSubstr(") > 0.01 and"));
   EXPECT_THAT(yaml, HasSubstr("[10m] offset 10m"));
   EXPECT_THAT(yaml, ::testing::Not(HasSubstr("[5m]")));
+}
+
+TEST_F(PrometheusTest, GeneratedRulesCoverEveryInProcessAlert) {
+  auto alerts = AlertEvaluator::Create(manager_.get()).value();
+  const std::string yaml = GenerateAlertRulesYaml();
+  std::set<std::string> names;
+  for (const Alert& a : alerts->GetAlerts()) names.insert(a.name);
+  for (const std::string& name : names) {
+    EXPECT_THAT(yaml, HasSubstr("- alert: " + name + "\n")) << name;
+  }
+  size_t rules = 0;
+  for (size_t at = yaml.find("- alert: "); at != std::string::npos;
+       at = yaml.find("- alert: ", at + 1)) {
+    ++rules;
+  }
+  EXPECT_EQ(rules, names.size());
 }
 
 }  // namespace
