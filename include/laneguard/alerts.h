@@ -4,20 +4,19 @@
 //   alerts->Start();                          // evaluates every `interval` on its own thread
 //   for (const laneguard::Alert& a : alerts->GetAlerts()) ...   // or Firing()
 //
-// Rules (name, severity, value compared with threshold; "window" is the time since the previous
-// evaluation, so with the background thread it is `interval` long):
-//   LaneguardRssNearLimit          critical  RSS in MB > rss_fraction (0.9) x maxRssMb
-//   LaneguardGlobalConcurrencyHigh critical  global active slots > global_fraction (0.9) x limit
-//   LaneguardTimeoutEscalations    critical  timeout escalations in the window > 0
-//   LaneguardErrorRateHigh         critical  failed / released calls in the window > error_rate
-//                                            (0.05); needs min_calls released calls in the window
-//   LaneguardHeapHigh              warning   heap used in MB > heapWarningMb
-//   LaneguardLaneConcurrencyHigh   warning   one per lane: lane active > lane_fraction (0.8) x
-//   limit LaneguardDurationIncreasing    warning   the mean duration of calls released in the
-//   window >
-//                                            (1 + duration_increase) x the mean of the previous
-//                                            window (duration_increase 0.2); both windows need
-//                                            min_calls calls, else the alert keeps its state
+// Rules, by name and severity: the value compared (> fires) with the threshold. "The window" is
+// the time since the previous evaluation (with the background thread, one `interval`).
+// - LaneguardRssNearLimit, critical: RSS in MB > rss_fraction (0.9) x maxRssMb.
+// - LaneguardGlobalConcurrencyHigh, critical: global active slots > global_fraction (0.9) x limit.
+// - LaneguardTimeoutEscalations, critical: timeout escalations in the window > 0 (counted when
+//   they happen, while the call may still run).
+// - LaneguardErrorRateHigh, critical: failed / released calls in the window > error_rate (0.05).
+//   A window with fewer than min_calls released calls leaves the alert as it was.
+// - LaneguardHeapHigh, warning: heap used in MB > heapWarningMb.
+// - LaneguardLaneConcurrencyHigh, warning, one per lane: lane active > lane_fraction (0.8) x limit.
+// - LaneguardDurationIncreasing, warning: the mean duration of the calls released in the window >
+//   (1 + duration_increase (0.2)) x the mean of the previous window. Unless both windows have
+//   min_calls calls, the alert stays as it was.
 // Memory figures are the manager's latest sample (GetMemorySnapshot()). The generated Prometheus
 // rules (prometheus.h, GenerateAlertRulesYaml) state the same rules over the exported metrics.
 //

@@ -3,32 +3,29 @@
 // HTTP server, an embeddable /metrics server, and a generator for Prometheus alerting rules.
 // Library target laneguard::prometheus (find_package(laneguard COMPONENTS prometheus)).
 //
-//   auto collector = laneguard::PrometheusCollector::Create(manager.get(), {.logger =
-//   log}).value(); auto server = laneguard::MetricsServer::Start(collector, {.port =
-//   9464}).value();
+//   auto collector =
+//       laneguard::PrometheusCollector::Create(manager.get(), {.logger = log}).value();
+//   auto server = laneguard::MetricsServer::Start(collector, {.port = 9464}).value();
 //   // ... or in your own server:
 //   laneguard::MetricsResponse r = collector->Handle(request_accept_header);
 //
-// Families (all prefixed laneguard_; lane labels take only configured lane names, never task ids):
-//   calls_total{lane,outcome}             counter: released calls; outcome is "success" (released
-//   as
-//                                         successful), "timeout" (failed after its timeout passed)
-//                                         or "failure" (any other failure, abandoned slots
-//                                         included)
-//   rejections_total{lane,reason}         counter: refused acquisitions; lane="" for unknown lanes
-//   timeouts_total{lane,phase}            counter: phase "warning" (timeout) or "escalation"
-//                                         (timeout x escalation factor), counted when they happen
-//   call_duration_seconds{lane}           histogram of released calls' durations
-//   queue_wait_seconds{lane}              histogram fed by ObserveQueueWait() (admission itself
-//   never
-//                                         queues; schedulers that queue before it report here)
-//   lane_active_calls{lane}, global_active_calls             gauges: slots held now
-//   lane_concurrency_limit{lane}, global_concurrency_limit   gauges: configured limits
-//   lane_overrunning_calls{lane}          gauge: held slots past their hard deadline
-//   rss_bytes, heap_used_bytes            gauges: the manager's latest memory sample
-//   rss_limit_bytes, heap_warning_threshold_bytes            gauges: maxRssMb, heapWarningMb
-//   spans_exported_total, spans_dropped_total{reason}        counters (only with span_counts)
-//   log_lines_total{level}                counter (only with a logger)
+// Families, all prefixed laneguard_. Lane labels take only configured lane names (never task ids).
+// - calls_total{lane,outcome}: counter of released calls. outcome is "success" (released as
+//   successful), "timeout" (failed after its timeout passed) or "failure" (any other failure,
+//   abandoned slots included).
+// - rejections_total{lane,reason}: counter of refused acquisitions; lane="" for unknown lanes.
+// - timeouts_total{lane,phase}: counter; phase "warning" (the timeout) or "escalation" (timeout x
+//   escalation factor), counted when they happen, not at release.
+// - call_duration_seconds{lane}: histogram of released calls' durations.
+// - queue_wait_seconds{lane}: histogram fed by ObserveQueueWait(). Admission itself never queues;
+//   schedulers that queue calls before asking for a slot report the wait here.
+// - lane_active_calls{lane}, global_active_calls: gauges, slots held now.
+// - lane_concurrency_limit{lane}, global_concurrency_limit: gauges, the configured limits.
+// - lane_overrunning_calls{lane}: gauge, held slots past their hard deadline.
+// - rss_bytes, heap_used_bytes: gauges, the manager's latest memory sample.
+// - rss_limit_bytes, heap_warning_threshold_bytes: gauges, maxRssMb and heapWarningMb.
+// - spans_exported_total, spans_dropped_total{reason}: counters (only with span_counts).
+// - log_lines_total{level}: counter (only with a logger).
 // Counters and histograms are cumulative from the collector's creation: an observer on the manager
 // counts every event (the manager's ring of records forgets old calls). Gauges are read at scrape.
 //
