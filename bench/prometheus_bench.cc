@@ -45,30 +45,24 @@ Fixture MakeFixture() {
   return f;
 }
 
-void BM_Prometheus_Text5Lanes(benchmark::State& state) {
+void Serialize5Lanes(benchmark::State& state, ExpositionFormat format) {
   Fixture f = MakeFixture();
   AllocCounter allocs(state);
   size_t bytes = 0;
   for (auto _ : state) {
-    std::string body = f.collector->Serialize(ExpositionFormat::kText004);
+    std::string body = f.collector->Serialize(format);
     bytes = body.size();
     benchmark::DoNotOptimize(body);
   }
   state.counters["bytes"] = static_cast<double>(bytes);
+}
+void BM_Prometheus_Text5Lanes(benchmark::State& state) {
+  Serialize5Lanes(state, ExpositionFormat::kText004);
+}
+void BM_Prometheus_OpenMetrics5Lanes(benchmark::State& state) {
+  Serialize5Lanes(state, ExpositionFormat::kOpenMetrics1);
 }
 BENCHMARK(BM_Prometheus_Text5Lanes);
-
-void BM_Prometheus_OpenMetrics5Lanes(benchmark::State& state) {
-  Fixture f = MakeFixture();
-  AllocCounter allocs(state);
-  size_t bytes = 0;
-  for (auto _ : state) {
-    std::string body = f.collector->Serialize(ExpositionFormat::kOpenMetrics1);
-    bytes = body.size();
-    benchmark::DoNotOptimize(body);
-  }
-  state.counters["bytes"] = static_cast<double>(bytes);
-}
 BENCHMARK(BM_Prometheus_OpenMetrics5Lanes);
 
 // Collection alone (counters read, gauges read from the manager, MetricFamily values built).
