@@ -6,6 +6,8 @@ CMAKE_FLAGS ?=
 DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
 	nlohmann-json3-dev libcli11-dev clang-format
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Prometheus exposition (laneguard::prometheus) and the tools its interop tests run.
+DEBIAN_PACKAGES += prometheus-cpp-dev libcpp-httplib-dev prometheus python3-prometheus-client
 
 .PHONY: all deps configure build test demo demo-library bench tsan asan format format-check tidy install clean
 

@@ -9,32 +9,15 @@
 #include <random>
 #include <thread>
 
+#include "support/fake_memory_probe.h"
+
 namespace laneguard {
 namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// A probe whose figures the test sets.
-class FakeProbe final : public MemoryProbe {
- public:
-  struct Figures {
-    std::atomic<double> rss{100};
-    std::atomic<double> heap{50};
-  };
-  explicit FakeProbe(std::shared_ptr<Figures> f) : f_(std::move(f)) {}
-  MemorySnapshot Sample() override {
-    MemorySnapshot s;
-    s.rss_mb = f_->rss.load();
-    s.heap_used_mb = f_->heap.load();
-    s.heap_total_mb = s.heap_used_mb * 2;
-    s.peak_rss_mb = s.rss_mb;
-    return s;
-  }
-
- private:
-  std::shared_ptr<Figures> f_;
-};
+using FakeProbe = testing_support::FakeMemoryProbe;
 
 // Records every event as a compact string plus the raw events' key fields.
 class RecordingObserver final : public Observer {
