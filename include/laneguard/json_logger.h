@@ -101,7 +101,7 @@ class JsonLogger {
     LogLevel min_level = LogLevel::kInfo;
     const Clock* clock = nullptr;  // SystemClock when null
     // Also receives every record written; see above. Must outlive the logger's last Log call.
-    std::shared_ptr<LogRecordSink> sink;
+    std::shared_ptr<LogRecordSink> sink = nullptr;
   };
   // Writes to stderr.
   explicit JsonLogger(Options options);

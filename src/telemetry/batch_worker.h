@@ -64,7 +64,9 @@ class BatchWorker {
         shutdown_timeout_(std::max(o.shutdown_timeout, std::chrono::milliseconds(0))) {
     thread_ = std::thread([this] { Run(); });
   }
-  ~BatchWorker() { Shutdown([] {}); }
+  ~BatchWorker() {
+    Shutdown([] {});
+  }
   BatchWorker(const BatchWorker&) = delete;
   BatchWorker& operator=(const BatchWorker&) = delete;
 
@@ -134,9 +136,7 @@ class BatchWorker {
   }
 
  private:
-  bool Urgent() const {
-    return stopping_ || queue_.size() >= max_batch_ || flush_target_ > taken_;
-  }
+  bool Urgent() const { return stopping_ || queue_.size() >= max_batch_ || flush_target_ > taken_; }
 
   void Run() {
     std::unique_lock<std::mutex> lock(mu_);
