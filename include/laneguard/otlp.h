@@ -81,14 +81,14 @@ struct OtlpHttpExporterOptions {
 
 // What one exporter has done, by request and by item. Items: spans or log records.
 struct OtlpExporterStats {
-  uint64_t requests = 0;                // HTTP requests made (retries included)
-  uint64_t retries = 0;                 // requests that were retries
-  uint64_t items_exported = 0;          // accepted by the receiver
-  uint64_t items_rejected = 0;          // in requests refused with a non-retryable status
-  uint64_t items_retries_exhausted = 0; // in batches given up after retryable failures
-  uint64_t items_partial_rejected = 0;  // partialSuccess rejections in accepted requests
-  uint64_t items_cancelled = 0;         // in flight when Shutdown() was called
-  int last_http_status = 0;             // 0: none yet, or a connection failure
+  uint64_t requests = 0;                 // HTTP requests made (retries included)
+  uint64_t retries = 0;                  // requests that were retries
+  uint64_t items_exported = 0;           // accepted by the receiver
+  uint64_t items_rejected = 0;           // in requests refused with a non-retryable status
+  uint64_t items_retries_exhausted = 0;  // in batches given up after retryable failures
+  uint64_t items_partial_rejected = 0;   // partialSuccess rejections in accepted requests
+  uint64_t items_cancelled = 0;          // in flight when Shutdown() was called
+  int last_http_status = 0;              // 0: none yet, or a connection failure
 };
 
 class OtlpHttpClient;  // private (src/export/)

@@ -12,9 +12,7 @@ using internal::OtlpJson;
 
 namespace {
 
-OtlpJson ScopeJson() {
-  return OtlpJson{{"name", kOtlpScopeName}, {"version", LaneguardVersion()}};
-}
+OtlpJson ScopeJson() { return OtlpJson{{"name", kOtlpScopeName}, {"version", LaneguardVersion()}}; }
 
 // Invalid UTF-8 in a name or value must not lose the batch: replace it rather than throw.
 std::string Dump(const OtlpJson& j) {

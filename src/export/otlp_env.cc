@@ -120,21 +120,22 @@ class EnvReader {
 
   void Warn(std::string_view name, std::string_view value, std::string_view why,
             std::string_view fallback) {
-    warnings_.push_back(std::string(name) + "='" + std::string(value) + "' ignored: " +
-                        std::string(why) + "; using " + std::string(fallback));
+    warnings_.push_back(std::string(name) + "='" + std::string(value) +
+                        "' ignored: " + std::string(why) + "; using " + std::string(fallback));
   }
 
-  // A millisecond count at least `min`; else a warning and `current` stays.
-  void Millis(std::string_view name, int64_t min, std::chrono::milliseconds& current) {
+  // A millisecond count at least `min`; else a warning and `current` stays. True if it changed.
+  bool Millis(std::string_view name, int64_t min, std::chrono::milliseconds& current) {
     std::optional<std::string> v = Get(name);
-    if (!v) return;
+    if (!v) return false;
     std::optional<int64_t> n = ParseInt(*v);
     if (!n || *n < min) {
       Warn(name, *v, "must be an integer number of milliseconds >= " + std::to_string(min),
            std::to_string(current.count()) + " ms");
-      return;
+      return false;
     }
     current = std::chrono::milliseconds(*n);
+    return true;
   }
 
   void Size(std::string_view name, size_t& current) {
@@ -305,13 +306,16 @@ OtlpEnvResult ReadOtlpEnvironment(OtlpSettings base, const EnvLookup& lookup) {
   env.Endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", s.traces.endpoint);
   env.Endpoint("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", s.logs.endpoint);
 
-  env.Headers("OTEL_EXPORTER_OTLP_HEADERS", s.traces.headers);
-  env.Headers("OTEL_EXPORTER_OTLP_HEADERS", s.logs.headers);
+  OtlpHeaders general;
+  env.Headers("OTEL_EXPORTER_OTLP_HEADERS", general);
+  MergeHeaders(s.traces.headers, general);
+  MergeHeaders(s.logs.headers, general);
   env.Headers("OTEL_EXPORTER_OTLP_TRACES_HEADERS", s.traces.headers);
   env.Headers("OTEL_EXPORTER_OTLP_LOGS_HEADERS", s.logs.headers);
 
-  env.Millis("OTEL_EXPORTER_OTLP_TIMEOUT", 1, s.traces.timeout);
-  env.Millis("OTEL_EXPORTER_OTLP_TIMEOUT", 1, s.logs.timeout);
+  std::chrono::milliseconds timeout = s.traces.timeout;
+  if (env.Millis("OTEL_EXPORTER_OTLP_TIMEOUT", 1, timeout))
+    s.traces.timeout = s.logs.timeout = timeout;
   env.Millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1, s.traces.timeout);
   env.Millis("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", 1, s.logs.timeout);
 

@@ -116,7 +116,8 @@ OtlpHttpClient::OtlpHttpClient(OtlpHttpExporterOptions options, std::string reje
   GlobalInitCurl();
   if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
   if (!options_.logger)
-    options_.logger = std::make_shared<JsonLogger>(JsonLogger::Options{.min_level = LogLevel::kWarning});
+    options_.logger =
+        std::make_shared<JsonLogger>(JsonLogger::Options{.min_level = LogLevel::kWarning});
   curl_ = curl_easy_init();
   curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
   // Without this, curl asks for 100-continue on large bodies and waits up to a second for it.
@@ -197,8 +198,7 @@ OtlpExporterStats OtlpHttpClient::stats() const {
 
 ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
   using Code = ExportResult::Code;
-  const int64_t deadline =
-      NowNanos() + std::chrono::nanoseconds(options_.export_timeout).count();
+  const int64_t deadline = NowNanos() + std::chrono::nanoseconds(options_.export_timeout).count();
   const int max_attempts = std::max(options_.retry.max_attempts, 1);
   Response r;
   std::string why;
@@ -219,13 +219,16 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
     if (cancelled_.load()) break;
     if (r.status >= 200 && r.status < 300) {
       uint64_t rejected = 0;
-      const nlohmann::json reply = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+      const nlohmann::json reply =
+          nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
       if (reply.is_object() && reply.contains("partialSuccess") &&
           reply["partialSuccess"].is_object()) {
         const nlohmann::json& ps = reply["partialSuccess"];
-        if (ps.contains(rejected_field_)) rejected = std::min(JsonCount(ps[rejected_field_]), items);
-        const std::string message =
-            ps.contains("errorMessage") && ps["errorMessage"].is_string() ? ps["errorMessage"].get<std::string>() : "";
+        if (ps.contains(rejected_field_))
+          rejected = std::min(JsonCount(ps[rejected_field_]), items);
+        const std::string message = ps.contains("errorMessage") && ps["errorMessage"].is_string()
+                                        ? ps["errorMessage"].get<std::string>()
+                                        : "";
         if (rejected > 0 || !message.empty())
           options_.logger->LogWarning("OTLP export partially rejected",
                                       {{"endpoint", options_.endpoint},
@@ -242,12 +245,11 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
     }
     const bool retryable = r.status == 0 || IsRetryableHttpStatus(r.status);
     if (!retryable) {
-      options_.logger->LogWarning("OTLP export rejected",
-                                  {{"endpoint", options_.endpoint},
-                                   {"signal", items_},
-                                   {"status", int64_t{r.status}},
-                                   {"items", static_cast<int64_t>(items)},
-                                   {"response", Excerpt(r.body)}});
+      options_.logger->LogWarning("OTLP export rejected", {{"endpoint", options_.endpoint},
+                                                           {"signal", items_},
+                                                           {"status", int64_t{r.status}},
+                                                           {"items", static_cast<int64_t>(items)},
+                                                           {"response", Excerpt(r.body)}});
       Count(&OtlpExporterStats::items_rejected, items, r.status);
       return {Code::kRejected};
     }
