@@ -91,14 +91,12 @@ int main(int argc, char** argv) {
   laneguard::ManualClock clock;
   std::FILE* devnull = std::fopen("/dev/null", "w");
   {
-    laneguard::JsonLogger logger({.min_level = laneguard::LogLevel::kDebug, .clock = &clock,
-                                  .sink = processor},
-                                 devnull);
-    logger.LogWarning("Worker call timeout warning",
-                      {{"taskId", "task-7"},
-                       {"timeoutMs", int64_t{30000}},
-                       {"traceId", root.trace_id.Hex()},
-                       {"spanId", root.span_id.Hex()}});
+    laneguard::JsonLogger logger(
+        {.min_level = laneguard::LogLevel::kDebug, .clock = &clock, .sink = processor}, devnull);
+    logger.LogWarning("Worker call timeout warning", {{"taskId", "task-7"},
+                                                      {"timeoutMs", int64_t{30000}},
+                                                      {"traceId", root.trace_id.Hex()},
+                                                      {"spanId", root.span_id.Hex()}});
     clock.AdvanceMs(5);
     logger.LogDebug("plain", {{"ok", true}});
   }

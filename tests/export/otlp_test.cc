@@ -1,5 +1,7 @@
 // laneguard::otlp: the OTEL_* environment, the OTLP/JSON encoding, the delivery rules (against a
 // scripted receiver on 127.0.0.1), and the drop accounting of the batch processors.
+#include "laneguard/otlp.h"
+
 #include <gtest/gtest.h>
 #include <httplib.h>
 
@@ -11,7 +13,6 @@
 #include <thread>
 #include <vector>
 
-#include "laneguard/otlp.h"
 #include "support/tmp_stream.h"
 
 namespace laneguard {
@@ -101,10 +102,9 @@ TEST(OtlpEnvTest, BadEndpointsWarnAndKeepTheDefault) {
 }
 
 TEST(OtlpEnvTest, HeadersArePercentDecodedAndSignalHeadersReplaceByName) {
-  OtlpEnvResult r =
-      Read({{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b%2Cc, tenant = t1"},
-            {"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Tenant=t2,x-only-traces=1"},
-            {"OTEL_EXPORTER_OTLP_LOGS_HEADERS", "x-only-logs=2"}});
+  OtlpEnvResult r = Read({{"OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b%2Cc, tenant = t1"},
+                          {"OTEL_EXPORTER_OTLP_TRACES_HEADERS", "Tenant=t2,x-only-traces=1"},
+                          {"OTEL_EXPORTER_OTLP_LOGS_HEADERS", "x-only-logs=2"}});
   EXPECT_TRUE(r.warnings.empty()) << testing::PrintToString(r.warnings);
   EXPECT_EQ(r.settings.traces.headers,
             (OtlpHeaders{{"api-key", "a b,c"}, {"Tenant", "t2"}, {"x-only-traces", "1"}}));
@@ -125,8 +125,8 @@ TEST(OtlpEnvTest, MalformedHeadersWarnAndAddNothing) {
 }
 
 TEST(OtlpEnvTest, TimeoutsGeneralAndPerSignal) {
-  OtlpEnvResult r = Read({{"OTEL_EXPORTER_OTLP_TIMEOUT", "2500"},
-                          {"OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "700"}});
+  OtlpEnvResult r =
+      Read({{"OTEL_EXPORTER_OTLP_TIMEOUT", "2500"}, {"OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", "700"}});
   EXPECT_EQ(r.settings.traces.timeout, milliseconds(2500));
   EXPECT_EQ(r.settings.logs.timeout, milliseconds(700));
   r = Read({{"OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "900"}});
@@ -162,9 +162,9 @@ TEST(OtlpEnvTest, ResourceAttributesAndServiceName) {
 
 TEST(OtlpEnvTest, MalformedResourceAttributesAreDiscardedWhole) {
   Resource base{.service_name = "mine"};
-  OtlpEnvResult r = ReadOtlpEnvironment(
-      OtlpSettingsFromConfig(Config{}, base),
-      Env({{"OTEL_RESOURCE_ATTRIBUTES", "service.name=x,broken,team=y"}}));
+  OtlpEnvResult r =
+      ReadOtlpEnvironment(OtlpSettingsFromConfig(Config{}, base),
+                          Env({{"OTEL_RESOURCE_ATTRIBUTES", "service.name=x,broken,team=y"}}));
   ExpectOneWarning(r, "OTEL_RESOURCE_ATTRIBUTES", "service.name=x,broken,team=y");
   EXPECT_EQ(r.settings.resource.service_name, "mine");
   EXPECT_TRUE(r.settings.resource.extra.empty());
@@ -177,14 +177,13 @@ TEST(OtlpEnvTest, EverySampler) {
     double ratio;
     bool parent_based;
   };
-  for (const Case& c : {Case{"always_on", nullptr, 1.0, false},
-                        Case{"always_off", nullptr, 0.0, false},
-                        Case{"traceidratio", "0.125", 0.125, false},
-                        Case{"traceidratio", nullptr, 1.0, false},
-                        Case{"parentbased_always_on", nullptr, 1.0, true},
-                        Case{"parentbased_always_off", nullptr, 0.0, true},
-                        Case{"parentbased_traceidratio", "0.5", 0.5, true},
-                        Case{"ParentBased_TraceIdRatio", "0", 0.0, true}}) {
+  for (const Case& c :
+       {Case{"always_on", nullptr, 1.0, false}, Case{"always_off", nullptr, 0.0, false},
+        Case{"traceidratio", "0.125", 0.125, false}, Case{"traceidratio", nullptr, 1.0, false},
+        Case{"parentbased_always_on", nullptr, 1.0, true},
+        Case{"parentbased_always_off", nullptr, 0.0, true},
+        Case{"parentbased_traceidratio", "0.5", 0.5, true},
+        Case{"ParentBased_TraceIdRatio", "0", 0.0, true}}) {
     std::map<std::string, std::string> vars{{"OTEL_TRACES_SAMPLER", c.sampler}};
     if (c.arg != nullptr) vars["OTEL_TRACES_SAMPLER_ARG"] = c.arg;
     Config config;
@@ -239,10 +238,10 @@ TEST(OtlpEnvTest, BadBatchProcessorValuesWarnAndKeepDefaults) {
     const char* var;
     const char* value;
   };
-  for (const Case& c : {Case{"OTEL_BSP_SCHEDULE_DELAY", "-1"}, Case{"OTEL_BSP_SCHEDULE_DELAY", "5s"},
-                        Case{"OTEL_BSP_EXPORT_TIMEOUT", "0"}, Case{"OTEL_BSP_MAX_QUEUE_SIZE", "0"},
-                        Case{"OTEL_BSP_MAX_QUEUE_SIZE", "many"},
-                        Case{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-3"}}) {
+  for (const Case& c :
+       {Case{"OTEL_BSP_SCHEDULE_DELAY", "-1"}, Case{"OTEL_BSP_SCHEDULE_DELAY", "5s"},
+        Case{"OTEL_BSP_EXPORT_TIMEOUT", "0"}, Case{"OTEL_BSP_MAX_QUEUE_SIZE", "0"},
+        Case{"OTEL_BSP_MAX_QUEUE_SIZE", "many"}, Case{"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "-3"}}) {
     OtlpEnvResult r = Read({{c.var, c.value}});
     ExpectOneWarning(r, c.var, c.value);
     EXPECT_EQ(r.settings.batch.schedule_delay, milliseconds(5000));
@@ -251,7 +250,8 @@ TEST(OtlpEnvTest, BadBatchProcessorValuesWarnAndKeepDefaults) {
     EXPECT_EQ(r.settings.batch.max_export_batch_size, 512u);
   }
   // Larger than the queue: clamped to it, with a warning.
-  OtlpEnvResult r = Read({{"OTEL_BSP_MAX_QUEUE_SIZE", "64"}, {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"}});
+  OtlpEnvResult r =
+      Read({{"OTEL_BSP_MAX_QUEUE_SIZE", "64"}, {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"}});
   ExpectOneWarning(r, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100");
   EXPECT_EQ(r.settings.batch.max_export_batch_size, 64u);
   // The default batch size against a small queue is clamped silently: nobody asked for 512.
@@ -288,8 +288,8 @@ SpanData SampleSpan() {
   s.kind = SpanKind::kProducer;
   s.start_unix_nanos = 1767225600000000001;
   s.end_unix_nanos = 1767225600000000002;
-  s.attributes = {{"n", int64_t{-9007199254740993}}, {"s", std::string("v")}, {"b", true},
-                  {"d", 1.5}};
+  s.attributes = {
+      {"n", int64_t{-9007199254740993}}, {"s", std::string("v")}, {"b", true}, {"d", 1.5}};
   s.events = {{"ev", 1767225600000000003, {{"k", std::string("x")}}, 1}};
   s.status = StatusCode::kError;
   s.status_message = "boom";
@@ -298,7 +298,9 @@ SpanData SampleSpan() {
 
 TEST(OtlpEncodingTest, TraceRequestStructure) {
   const SpanData span = SampleSpan();
-  Resource resource{.service_name = "svc", .service_version = "2", .deployment_environment = "",
+  Resource resource{.service_name = "svc",
+                    .service_version = "2",
+                    .deployment_environment = "",
                     .extra = {{"k8s.pod", std::string("p")}}};
   const Json j = Json::parse(EncodeOtlpTracesJson({span}, resource));
   ASSERT_EQ(j["resourceSpans"].size(), 1u);
@@ -453,7 +455,8 @@ TEST(OtlpBackoffTest, JitterSpreadsAroundTheBase) {
 
 TEST(OtlpBackoffTest, RetryableStatuses) {
   for (int s : {429, 502, 503, 504}) EXPECT_TRUE(IsRetryableHttpStatus(s)) << s;
-  for (int s : {200, 400, 401, 403, 404, 408, 413, 500, 501}) EXPECT_FALSE(IsRetryableHttpStatus(s)) << s;
+  for (int s : {200, 400, 401, 403, 404, 408, 413, 500, 501})
+    EXPECT_FALSE(IsRetryableHttpStatus(s)) << s;
 }
 
 TEST(OtlpBackoffTest, RetryAfterSecondsAndHttpDate) {
@@ -532,8 +535,8 @@ struct Harness {
   std::mutex mu;
   std::vector<milliseconds> sleeps;
   TmpStream log_stream;
-  std::shared_ptr<JsonLogger> logger =
-      std::make_shared<JsonLogger>(JsonLogger::Options{.min_level = LogLevel::kDebug}, log_stream.get());
+  std::shared_ptr<JsonLogger> logger = std::make_shared<JsonLogger>(
+      JsonLogger::Options{.min_level = LogLevel::kDebug}, log_stream.get());
 
   OtlpHttpExporterOptions Options(const std::string& endpoint) {
     OtlpHttpExporterOptions o;
@@ -576,11 +579,12 @@ void ExpectCountsAddUp(const BatchExportStats& s) {
 }
 
 TEST(OtlpDeliveryTest, ScriptedReceiverProvesTheRetryRules) {
-  ScriptedReceiver receiver({{429, "{}", "2"},
-                             {503},
-                             {200, "{}"},
-                             {400, R"({"code":3,"message":"bad request"})"},
-                             {200, R"({"partialSuccess":{"rejectedSpans":"2","errorMessage":"bad attr"}})"}});
+  ScriptedReceiver receiver(
+      {{429, "{}", "2"},
+       {503},
+       {200, "{}"},
+       {400, R"({"code":3,"message":"bad request"})"},
+       {200, R"({"partialSuccess":{"rejectedSpans":"2","errorMessage":"bad attr"}})"}});
   Harness h;
   auto exporter = OtlpHttpSpanExporter::Create(h.Options(receiver.Url("/v1/traces")));
   ASSERT_TRUE(exporter.ok());
@@ -739,9 +743,9 @@ TEST(OtlpDeliveryTest, QueueFullDropsAreCountedBesideExports) {
   Harness h;
   auto exporter = OtlpHttpSpanExporter::Create(h.Options(receiver.Url("/v1/traces")));
   ASSERT_TRUE(exporter.ok());
-  BatchSpanProcessor processor(std::move(*exporter), {.max_queue_size = 4,
-                                                      .max_export_batch_size = 4,
-                                                      .schedule_delay = std::chrono::hours(1)});
+  BatchSpanProcessor processor(
+      std::move(*exporter),
+      {.max_queue_size = 4, .max_export_batch_size = 4, .schedule_delay = std::chrono::hours(1)});
   for (SpanData& s : Spans(4)) processor.OnEnd(std::move(s));
   ASSERT_TRUE(processor.ForceFlush(milliseconds(20000)));
   processor.Shutdown();
