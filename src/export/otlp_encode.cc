@@ -1,6 +1,5 @@
-// OTLP/JSON request bodies. The span fields come from the JSON-lines exporter's encoder
-// (telemetry/otlp_json.h), so both outputs agree field for field.
-#include <nlohmann/json.hpp>
+// OTLP/JSON request bodies, written with the JSON-lines exporter's encoder (telemetry/otlp_json.h),
+// so both outputs agree field for field.
 #include <string>
 
 #include "laneguard/otlp.h"
@@ -8,37 +7,46 @@
 
 namespace laneguard {
 
-using internal::OtlpJson;
+using internal::OtlpJsonWriter;
 
 namespace {
 
-OtlpJson ScopeJson() { return OtlpJson{{"name", kOtlpScopeName}, {"version", LaneguardVersion()}}; }
-
-// Invalid UTF-8 in a name or value must not lose the batch: replace it rather than throw.
-std::string Dump(const OtlpJson& j) {
-  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+// {"resourceX":[{"resource":...,"scopeX":[{"scope":{...},"<items>":[ -- the part before the items.
+void OpenRequest(OtlpJsonWriter& w, std::string_view resource_key, std::string_view scope_key,
+                 std::string_view items_key, const Resource& resource) {
+  w.Raw("{");
+  w.Key(resource_key);
+  w.Raw("[{\"resource\":");
+  w.Resource(resource);
+  w.Raw(",");
+  w.Key(scope_key);
+  w.Raw("[{\"scope\":{\"name\":");
+  w.String(kOtlpScopeName);
+  w.Raw(",\"version\":");
+  w.String(LaneguardVersion());
+  w.Raw("},");
+  w.Key(items_key);
+  w.Raw("[");
 }
+
+constexpr std::string_view kCloseRequest = "]}]}]}";
 
 }  // namespace
 
 std::string_view LaneguardVersion() { return LANEGUARD_VERSION; }
 
 std::string EncodeOtlpTracesJson(const std::vector<SpanData>& batch, const Resource& resource) {
-  OtlpJson spans = OtlpJson::array();
-  for (const SpanData& span : batch) {
-    OtlpJson s = OtlpJson::object();
-    internal::AppendSpanJson(span, s);
-    spans.push_back(std::move(s));
+  std::string out;
+  out.reserve(256 + batch.size() * 1024);
+  OtlpJsonWriter w(out);
+  OpenRequest(w, "resourceSpans", "scopeSpans", "spans", resource);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    w.Raw(i == 0 ? "{" : ",{");
+    w.SpanFields(batch[i]);
+    w.Raw("}");
   }
-  OtlpJson scope_spans = OtlpJson::object();
-  scope_spans["scope"] = ScopeJson();
-  scope_spans["spans"] = std::move(spans);
-  OtlpJson resource_spans = OtlpJson::object();
-  resource_spans["resource"] = internal::ResourceJson(resource);
-  resource_spans["scopeSpans"] = OtlpJson::array({std::move(scope_spans)});
-  OtlpJson request = OtlpJson::object();
-  request["resourceSpans"] = OtlpJson::array({std::move(resource_spans)});
-  return Dump(request);
+  w.Raw(kCloseRequest);
+  return out;
 }
 
 int OtlpSeverityNumber(LogLevel level) {
@@ -70,29 +78,38 @@ std::string_view OtlpSeverityText(LogLevel level) {
 }
 
 std::string EncodeOtlpLogsJson(const std::vector<LogRecord>& batch, const Resource& resource) {
-  OtlpJson records = OtlpJson::array();
-  for (const LogRecord& r : batch) {
-    OtlpJson j = OtlpJson::object();
-    j["timeUnixNano"] = std::to_string(r.time_unix_nanos);
-    j["observedTimeUnixNano"] = std::to_string(r.time_unix_nanos);
-    j["severityNumber"] = OtlpSeverityNumber(r.level);
-    j["severityText"] = OtlpSeverityText(r.level);
-    j["body"] = OtlpJson{{"stringValue", r.message}};
-    j["attributes"] = internal::AttributesJson(r.attributes);
+  std::string out;
+  out.reserve(256 + batch.size() * 512);
+  OtlpJsonWriter w(out);
+  OpenRequest(w, "resourceLogs", "scopeLogs", "logRecords", resource);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const LogRecord& r = batch[i];
+    w.Raw(i == 0 ? "{" : ",{");
+    w.Key("timeUnixNano");
+    w.IntString(r.time_unix_nanos);
+    w.Raw(",\"observedTimeUnixNano\":");
+    w.IntString(r.time_unix_nanos);
+    w.Raw(",\"severityNumber\":");
+    w.Int(OtlpSeverityNumber(r.level));
+    w.Raw(",\"severityText\":");
+    w.String(OtlpSeverityText(r.level));
+    w.Raw(",\"body\":{\"stringValue\":");
+    w.String(r.message);
+    w.Raw("},\"attributes\":");
+    w.Attributes(r.attributes);
     // Proto3 JSON leaves out empty bytes fields; an all-zero id means "not known".
-    if (r.trace_id.valid()) j["traceId"] = r.trace_id.Hex();
-    if (r.span_id.valid()) j["spanId"] = r.span_id.Hex();
-    records.push_back(std::move(j));
+    if (r.trace_id.valid()) {
+      w.Raw(",\"traceId\":");
+      w.String(r.trace_id.Hex());
+    }
+    if (r.span_id.valid()) {
+      w.Raw(",\"spanId\":");
+      w.String(r.span_id.Hex());
+    }
+    w.Raw("}");
   }
-  OtlpJson scope_logs = OtlpJson::object();
-  scope_logs["scope"] = ScopeJson();
-  scope_logs["logRecords"] = std::move(records);
-  OtlpJson resource_logs = OtlpJson::object();
-  resource_logs["resource"] = internal::ResourceJson(resource);
-  resource_logs["scopeLogs"] = OtlpJson::array({std::move(scope_logs)});
-  OtlpJson request = OtlpJson::object();
-  request["resourceLogs"] = OtlpJson::array({std::move(resource_logs)});
-  return Dump(request);
+  w.Raw(kCloseRequest);
+  return out;
 }
 
 }  // namespace laneguard

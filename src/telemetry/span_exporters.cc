@@ -30,8 +30,6 @@ void InMemorySpanExporter::Clear() {
 
 namespace {
 
-using internal::OtlpJson;
-
 class JsonLinesSpanExporter final : public SpanExporter {
  public:
   JsonLinesSpanExporter(std::FILE* stream, bool owns_stream)
@@ -42,14 +40,16 @@ class JsonLinesSpanExporter final : public SpanExporter {
 
   bool Export(const std::vector<SpanData>& batch, const Resource& resource) override {
     try {
-      const OtlpJson resource_json = internal::ResourceJson(resource);
+      std::string resource_json;
+      internal::OtlpJsonWriter(resource_json).Resource(resource);
       std::string text;
+      internal::OtlpJsonWriter w(text);
       for (const SpanData& span : batch) {
-        OtlpJson line;
-        line["resource"] = resource_json;
-        internal::AppendSpanJson(span, line);
-        // Invalid UTF-8 in a name or value must not lose the span: replace it rather than throw.
-        text += line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+        w.Raw("{\"resource\":");
+        w.Raw(resource_json);
+        w.Raw(",");
+        w.SpanFields(span);
+        w.Raw("}");
         text += '\n';
       }
       std::lock_guard<std::mutex> lock(mu_);

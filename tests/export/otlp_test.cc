@@ -354,6 +354,21 @@ TEST(OtlpEncodingTest, ChildSpanCarriesItsParentAndIdsAreLowerCaseHex) {
   }
 }
 
+TEST(OtlpEncodingTest, StringsAreEscapedAndInvalidUtf8Replaced) {
+  SpanData s = SampleSpan();
+  s.name = "q\"b\\n\n\t\x01 \xc3\xa9 \xf0\x9f\x99\x82 bad:\xff\xc3 \xed\xa0\x80 \xc0\xaf";
+  s.attributes = {{"whole", 2.0}, {"tiny", 1e-300}, {"neg", -0.5}};
+  const Json j = Json::parse(EncodeOtlpTracesJson({s}, Resource{}));
+  const Json& out = j["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+  const std::string fffd = "\xef\xbf\xbd";
+  EXPECT_EQ(out["name"], "q\"b\\n\n\t\x01 \xc3\xa9 \xf0\x9f\x99\x82 bad:" + fffd + fffd + " " +
+                             fffd + fffd + fffd + " " + fffd + fffd);
+  ASSERT_TRUE(out["attributes"][0]["value"]["doubleValue"].is_number_float());
+  EXPECT_EQ(out["attributes"][0]["value"]["doubleValue"], 2.0);
+  EXPECT_EQ(out["attributes"][1]["value"]["doubleValue"], 1e-300);
+  EXPECT_EQ(out["attributes"][2]["value"]["doubleValue"], -0.5);
+}
+
 TEST(OtlpEncodingTest, LogRequestStructure) {
   LogRecord known{.time_unix_nanos = 1767225600000000009,
                   .level = LogLevel::kError,
