@@ -208,6 +208,7 @@ struct OtlpEnvResult {
 //   OTEL_BSP_EXPORT_TIMEOUT           milliseconds (> 0) for one export, retries included.
 //   OTEL_BSP_MAX_QUEUE_SIZE           >= 1.
 //   OTEL_BSP_MAX_EXPORT_BATCH_SIZE    >= 1 and <= the queue size (a larger value is clamped).
+//   OTEL_EXPORTER_OTLP[_{TRACES,LOGS}]_PROTOCOL  anything but http/json warns: only JSON is sent.
 OtlpEnvResult ReadOtlpEnvironment(OtlpSettings base, const EnvLookup& env);
 
 }  // namespace laneguard

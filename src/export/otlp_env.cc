@@ -292,6 +292,12 @@ OtlpEnvResult ReadOtlpEnvironment(OtlpSettings base, const EnvLookup& lookup) {
   }
   ReadResource(env, s.resource);
   ReadSampler(env, s);
+  for (std::string_view name : {"OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL"}) {
+    std::optional<std::string> v = env.Get(name);
+    if (v && Trim(*v) != "http/json")
+      env.Warn(name, *v, "only http/json is implemented", "http/json");
+  }
 
   if (std::optional<std::string> v = env.Get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
     const std::string url(Trim(*v));

@@ -268,8 +268,18 @@ TEST(OtlpEnvTest, SdkDisabled) {
   OtlpEnvResult r = Read({{"OTEL_SDK_DISABLED", "yes"}});
   ExpectOneWarning(r, "OTEL_SDK_DISABLED", "yes");
   EXPECT_TRUE(r.settings.enabled);
-  EXPECT_FALSE(r.settings.TracerOptionsWith(nullptr).enabled == false);
+  EXPECT_TRUE(r.settings.TracerOptionsWith(nullptr).enabled);
   EXPECT_FALSE(Read({{"OTEL_SDK_DISABLED", "true"}}).settings.TracerOptionsWith(nullptr).enabled);
+}
+
+TEST(OtlpEnvTest, ProtocolOtherThanJsonWarns) {
+  EXPECT_TRUE(Read({{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"}}).warnings.empty());
+  ExpectOneWarning(Read({{"OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"}}),
+                   "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+  ExpectOneWarning(Read({{"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"}}),
+                   "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc");
+  ExpectOneWarning(Read({{"OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc"}}),
+                   "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc");
 }
 
 TEST(OtlpEnvTest, ProcessEnvironmentReadsGetenv) {
