@@ -103,7 +103,9 @@ class OtlpHttpSpanExporter final : public SpanExporter {
   bool Export(const std::vector<SpanData>& batch, const Resource& resource) override;
   ExportResult ExportWithResult(const std::vector<SpanData>& batch,
                                 const Resource& resource) override;
-  void Shutdown() override;  // cancels a retry wait or a request in flight; later exports fail
+  // Cancels a retry wait at once and a request in flight within about a second (libcurl checks
+  // its progress callback that often when no data moves); later exports fail as cancelled.
+  void Shutdown() override;
   OtlpExporterStats stats() const;
 
  private:
