@@ -67,6 +67,8 @@ std::string Excerpt(const std::string& body) {
   return body.size() <= 200 ? body : body.substr(0, 200) + "...";
 }
 
+constexpr double kYearMs = 365.0 * 24 * 3600 * 1000;
+
 }  // namespace
 
 bool IsRetryableHttpStatus(int status) {
@@ -83,7 +85,8 @@ std::chrono::milliseconds OtlpBackoff(const OtlpRetryPolicy& p, int retry, doubl
   const double jitter = std::clamp(p.jitter, 0.0, 1.0);
   const double r = std::clamp(random01, 0.0, 1.0);
   const double ms = base * (1.0 - jitter + 2.0 * jitter * r);
-  return std::chrono::milliseconds(static_cast<int64_t>(std::max(ms, 0.0)));
+  // A year bounds the cast (a double past int64 would be undefined) and is forever here anyway.
+  return std::chrono::milliseconds(static_cast<int64_t>(std::clamp(ms, 0.0, kYearMs)));
 }
 
 std::optional<std::chrono::milliseconds> ParseRetryAfter(std::string_view value,
@@ -198,7 +201,12 @@ OtlpExporterStats OtlpHttpClient::stats() const {
 
 ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
   using Code = ExportResult::Code;
-  const int64_t deadline = NowNanos() + std::chrono::nanoseconds(options_.export_timeout).count();
+  // Clamped so that the nanosecond sums below cannot overflow.
+  const auto year = std::chrono::milliseconds(static_cast<int64_t>(kYearMs));
+  const int64_t deadline =
+      NowNanos() + std::chrono::nanoseconds(
+                       std::clamp(options_.export_timeout, std::chrono::milliseconds(0), year))
+                       .count();
   const int max_attempts = std::max(options_.retry.max_attempts, 1);
   Response r;
   std::string why;

@@ -458,6 +458,10 @@ TEST(OtlpBackoffTest, GrowsByTheMultiplierUpToTheCap) {
   EXPECT_EQ(OtlpBackoff(p, 4, 0.3), milliseconds(800));
   EXPECT_EQ(OtlpBackoff(p, 5, 0.3), milliseconds(1000));
   EXPECT_EQ(OtlpBackoff(p, 1000, 0.3), milliseconds(1000));
+  // Absurd settings stay within a year rather than overflow.
+  p.max_backoff = milliseconds::max();
+  p.multiplier = 1e300;
+  EXPECT_EQ(OtlpBackoff(p, 3, 0.3), milliseconds(int64_t{365} * 24 * 3600 * 1000));
 }
 
 TEST(OtlpBackoffTest, JitterSpreadsAroundTheBase) {
