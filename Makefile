@@ -4,7 +4,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
-	nlohmann-json3-dev libcli11-dev clang-format
+	nlohmann-json3-dev libcli11-dev clang-format libcurl4-openssl-dev nodejs
+# Packages whose command may come from another package (NodeSource's nodejs ships npm): installed
+# only when the command is missing, so an existing node/npm is never replaced.
+DEBIAN_COMMANDS := npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prometheus exposition (laneguard::prometheus) and the tools its interop tests run.
 DEBIAN_PACKAGES += prometheus-cpp-dev libcpp-httplib-dev prometheus python3-prometheus-client
@@ -18,6 +21,7 @@ deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
+	for c in $(DEBIAN_COMMANDS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

@@ -34,7 +34,14 @@ Fixture MakeFixture() {
   f.manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
   f.manager->SampleMemoryNow();
   PrometheusOptions prom;
-  prom.span_counts = [] { return SpanCounts{1000, 1, 2, 3}; };
+  prom.span_counts = [] {
+    SpanCounts c;
+    c.exported = 1000;
+    c.dropped_queue_full = 1;
+    c.dropped_export_failed = 2;
+    c.dropped_after_shutdown = 3;
+    return c;
+  };
   f.collector = PrometheusCollector::Create(f.manager.get(), prom).value();
   for (const auto& [lane, limit] : f.manager->config().lane_concurrency_limits) {
     for (int i = 0; i < 100; ++i) {

@@ -10,9 +10,14 @@
 // The fixed keys ts, level and msg cannot be forged by context: a context field with one of those
 // names is written as "ctx.<name>".
 //
-// Thread safety: JsonLogger and LoggingObserver are thread-safe; lines from concurrent callers
-// never interleave. Logging never throws into the caller: write errors are counted
-// (write_errors()).
+// Log records can also go to a LogRecordSink (Options::sink), for example a BatchLogRecordProcessor
+// feeding an OTLP exporter (see otlp.h). Without a sink the line path is unchanged; with one, each
+// line also becomes a LogRecord: its context fields become attributes, except string fields
+// "traceId" (32 hex digits) and "spanId" (16 hex digits), which become the record's ids.
+//
+// Thread safety: JsonLogger, LoggingObserver and BatchLogRecordProcessor are thread-safe; lines
+// from concurrent callers never interleave. Logging never throws into the caller: write errors are
+// counted (write_errors()). A sink is called on the logging thread and must not block.
 #ifndef LANEGUARD_JSON_LOGGER_H_
 #define LANEGUARD_JSON_LOGGER_H_
 
@@ -25,10 +30,12 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "laneguard/clock.h"
 #include "laneguard/observer.h"
 #include "laneguard/result.h"
+#include "laneguard/trace.h"
 
 namespace laneguard {
 
@@ -44,11 +51,57 @@ struct LogField {
 };
 using LogFields = std::initializer_list<LogField>;
 
+// One log line as a value, for sinks and exporters.
+struct LogRecord {
+  int64_t time_unix_nanos = 0;
+  LogLevel level = LogLevel::kInfo;
+  std::string message;
+  Attributes attributes;  // the context fields
+  TraceId trace_id;       // all zero when unknown
+  SpanId span_id;         // all zero when unknown
+};
+
+// Receives every record the logger writes (after the level filter). OnEmit runs on the logging
+// thread: it must be quick and must not log to the same logger.
+class LogRecordSink {
+ public:
+  virtual ~LogRecordSink() = default;
+  virtual void OnEmit(LogRecord&& record) = 0;
+};
+
+// Sends batches of log records somewhere; the log counterpart of SpanExporter, with the same rules
+// (one Export at a time; Shutdown may be called during an Export to cancel it).
+class LogRecordExporter {
+ public:
+  virtual ~LogRecordExporter() = default;
+  virtual ExportResult Export(const std::vector<LogRecord>& batch, const Resource& resource) = 0;
+  virtual void Shutdown() {}
+};
+
+// The log counterpart of BatchSpanProcessor: a bounded queue that drops (and counts) rather than
+// blocks the logging thread, exported in batches on its own thread; same options and counters.
+class BatchLogRecordProcessor final : public LogRecordSink {
+ public:
+  BatchLogRecordProcessor(std::unique_ptr<LogRecordExporter> exporter, Resource resource,
+                          BatchProcessorOptions options = {});
+  ~BatchLogRecordProcessor() override;  // Shutdown()
+  void OnEmit(LogRecord&& record) override;
+  bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void Shutdown();  // idempotent; bounded by options.shutdown_timeout
+  BatchExportStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 class JsonLogger {
  public:
   struct Options {
     LogLevel min_level = LogLevel::kInfo;
     const Clock* clock = nullptr;  // SystemClock when null
+    // Also receives every record written; see above. Must outlive the logger's last Log call.
+    std::shared_ptr<LogRecordSink> sink = nullptr;
   };
   // Writes to stderr.
   explicit JsonLogger(Options options);

@@ -51,12 +51,9 @@ namespace laneguard {
 class BatchSpanProcessor;
 
 // Span counts as the metrics report them (a BatchSpanProcessorStats, or an OTLP exporter's).
-struct SpanCounts {
-  uint64_t exported = 0;
-  uint64_t dropped_queue_full = 0;
-  uint64_t dropped_export_failed = 0;
-  uint64_t dropped_after_shutdown = 0;
-};
+// The batch span processor's counts: exported, and dropped by reason (each reason a label value of
+// laneguard_spans_dropped_total).
+using SpanCounts = BatchExportStats;
 using SpanCountsSource = std::function<SpanCounts()>;
 // Reads `processor->stats()` at each scrape; the processor must outlive the collector.
 SpanCountsSource SpanCountsFrom(const BatchSpanProcessor* processor);

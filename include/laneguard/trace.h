@@ -83,15 +83,20 @@ std::string FormatTraceparent(const SpanContext& context);
 // the decision is a deterministic function of the trace id (the same id always gets the same
 // answer, on every host): the last 8 bytes read big-endian, shifted right by one, compared below
 // rate x 2^63 -- the rule of OpenTelemetry's TraceIdRatioBased sampler.
+//
+// With parent_based false (OpenTelemetry's plain traceidratio, always_on and always_off samplers)
+// the parent is ignored and every span decides by its trace id, as a root span does.
 class Sampler {
  public:
-  explicit Sampler(double rate);  // clamped to [0, 1]
+  explicit Sampler(double rate, bool parent_based = true);  // rate clamped to [0, 1]
   bool ShouldSample(const TraceId& trace_id, const SpanContext* parent) const;
   double rate() const { return rate_; }
+  bool parent_based() const { return parent_based_; }
 
  private:
   double rate_;
   uint64_t bound_;
+  bool parent_based_;
 };
 
 // ---- span data ----------------------------------------------------------------------------------
@@ -147,11 +152,34 @@ struct Resource {
 
 // ---- exporters and processors ------------------------------------------------------------------
 
+// What became of one exported batch, so that a batch processor can count every item that did not
+// get through under its reason. `partially_rejected` applies to kSuccess only: the receiver took
+// the request but refused that many of its items (OTLP's partialSuccess).
+struct ExportResult {
+  enum class Code {
+    kSuccess,
+    kFailed,            // not delivered, no finer reason known (a plain `false` from Export)
+    kRejected,          // the receiver refused the request and retrying cannot help (4xx)
+    kRetriesExhausted,  // retryable failures until the attempts or the export deadline ran out
+    kCancelled,         // the exporter was shut down while the batch was in flight
+  };
+  Code code = Code::kSuccess;
+  uint64_t partially_rejected = 0;
+};
+
 class SpanExporter {
  public:
   virtual ~SpanExporter() = default;
   // Returns false if the batch was not delivered. Called from one thread at a time.
   virtual bool Export(const std::vector<SpanData>& batch, const Resource& resource) = 0;
+  // Export with the reason of a failure. Exporters that know more than delivered/not delivered
+  // override it; the batch processor calls this one.
+  virtual ExportResult ExportWithResult(const std::vector<SpanData>& batch,
+                                        const Resource& resource) {
+    return {Export(batch, resource) ? ExportResult::Code::kSuccess : ExportResult::Code::kFailed};
+  }
+  // May be called while Export runs on another thread (a batch processor whose shutdown timed
+  // out): an exporter that can, abandons the export in flight and fails later ones at once.
   virtual void Shutdown() {}
 };
 
@@ -191,25 +219,38 @@ class SpanProcessor {
 // Exports each span on the calling thread, as it ends. For tests and debugging.
 std::unique_ptr<SpanProcessor> NewSimpleSpanProcessor(std::unique_ptr<SpanExporter> exporter);
 
-// Values below 1 are taken as 1 (1 ms for the delay); a batch is at most max_queue_size spans.
-struct BatchSpanProcessorOptions {
+// Values below 1 are taken as 1 (1 ms for the delay); a batch is at most max_queue_size items.
+// Shutdown() waits at most shutdown_timeout for the queue to drain; then it cancels the export in
+// flight (SpanExporter::Shutdown) and counts what is left as dropped_shutdown_timeout.
+struct BatchProcessorOptions {
   size_t max_queue_size = 2048;
   size_t max_export_batch_size = 512;
   std::chrono::milliseconds schedule_delay{5000};
+  std::chrono::milliseconds shutdown_timeout{30000};
 };
-// Counters of a batch processor. `queued` counts every span handed to OnEnd, including the ones
-// then dropped; each such span is counted exactly once more, in exactly one of the other fields.
-// stats() takes one consistent snapshot, in which at every moment
-//   queued == exported + dropped_queue_full + dropped_export_failed + dropped_after_shutdown
-//             + pending.
-struct BatchSpanProcessorStats {
-  uint64_t queued = 0;                  // spans given to OnEnd
-  uint64_t exported = 0;                // in a batch the exporter accepted
-  uint64_t dropped_queue_full = 0;      // the queue held max_queue_size spans
-  uint64_t dropped_export_failed = 0;   // in a batch the exporter refused (or threw on)
-  uint64_t dropped_after_shutdown = 0;  // OnEnd after Shutdown() began
-  uint64_t pending = 0;                 // in the queue, or in the batch being exported now
+using BatchSpanProcessorOptions = BatchProcessorOptions;
+// Counters of a batch processor (of spans or of log records). `queued` counts every item handed
+// to it, including the ones then dropped; each such item is counted exactly once more, in exactly
+// one of the other fields. stats() takes one consistent snapshot, in which at every moment
+//   queued == exported + dropped() + pending.
+struct BatchExportStats {
+  uint64_t queued = 0;                     // items given to OnEnd / OnEmit
+  uint64_t exported = 0;                   // delivered and accepted by the receiver
+  uint64_t dropped_queue_full = 0;         // the queue held max_queue_size items
+  uint64_t dropped_export_failed = 0;      // the exporter failed (or threw) and gave no reason
+  uint64_t dropped_rejected = 0;           // refused by the receiver, not retryable (4xx)
+  uint64_t dropped_retries_exhausted = 0;  // retryable failures until attempts/deadline ran out
+  uint64_t dropped_partial_success = 0;    // refused one by one in an accepted request
+  uint64_t dropped_after_shutdown = 0;     // handed over after Shutdown() began
+  uint64_t dropped_shutdown_timeout = 0;  // still queued or in flight when shutdown_timeout ran out
+  uint64_t pending = 0;                   // in the queue, or in the batch being exported now
+  uint64_t dropped() const {
+    return dropped_queue_full + dropped_export_failed + dropped_rejected +
+           dropped_retries_exhausted + dropped_partial_success + dropped_after_shutdown +
+           dropped_shutdown_timeout;
+  }
 };
+using BatchSpanProcessorStats = BatchExportStats;
 // Queues spans (bounded; when full it drops the new span and counts it, never blocking the caller)
 // and exports them on its own thread in batches, every schedule_delay or as soon as a batch is
 // full.
@@ -233,7 +274,8 @@ class BatchSpanProcessor final : public SpanProcessor {
 
 struct TracerOptions {
   bool enabled = true;       // false: StartSpan returns an empty Span and does no work at all
-  double sample_rate = 1.0;  // for root spans; children follow their parent
+  double sample_rate = 1.0;  // for root spans; children follow their parent if parent_based
+  bool parent_based = true;  // see Sampler
   Resource resource;
   SpanLimits limits;
   // None: spans are sampled but go nowhere. The tracer shuts it down when the tracer is destroyed

@@ -332,13 +332,19 @@ std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
                            "Spans handed to an exporter that accepted them.", MetricType::Counter);
     AddCounter(exported, {}, static_cast<double>(spans.exported));
     auto dropped = Family("laneguard_spans_dropped_total",
-                          "Spans dropped by reason (queue_full, export_failed, after_shutdown).",
+                          "Spans dropped, by reason: queue_full, export_failed, rejected, "
+                          "retries_exhausted, partial_success, after_shutdown, shutdown_timeout.",
                           MetricType::Counter);
-    AddCounter(dropped, {{"reason", "queue_full"}}, static_cast<double>(spans.dropped_queue_full));
-    AddCounter(dropped, {{"reason", "export_failed"}},
-               static_cast<double>(spans.dropped_export_failed));
-    AddCounter(dropped, {{"reason", "after_shutdown"}},
-               static_cast<double>(spans.dropped_after_shutdown));
+    const std::pair<const char*, uint64_t> reasons[] = {
+        {"queue_full", spans.dropped_queue_full},
+        {"export_failed", spans.dropped_export_failed},
+        {"rejected", spans.dropped_rejected},
+        {"retries_exhausted", spans.dropped_retries_exhausted},
+        {"partial_success", spans.dropped_partial_success},
+        {"after_shutdown", spans.dropped_after_shutdown},
+        {"shutdown_timeout", spans.dropped_shutdown_timeout}};
+    for (const auto& [reason, count] : reasons)
+      AddCounter(dropped, {{"reason", reason}}, static_cast<double>(count));
     out.push_back(std::move(exported));
     out.push_back(std::move(dropped));
   }
@@ -374,15 +380,7 @@ MetricsResponse PrometheusCollector::Handle(std::string_view accept_header) cons
 }
 
 SpanCountsSource SpanCountsFrom(const BatchSpanProcessor* processor) {
-  return [processor] {
-    const BatchSpanProcessorStats s = processor->stats();
-    SpanCounts c;
-    c.exported = s.exported;
-    c.dropped_queue_full = s.dropped_queue_full;
-    c.dropped_export_failed = s.dropped_export_failed;
-    c.dropped_after_shutdown = s.dropped_after_shutdown;
-    return c;
-  };
+  return [processor] { return processor->stats(); };
 }
 
 }  // namespace laneguard

@@ -1,8 +1,10 @@
 #include "laneguard/json_logger.h"
 
+#include <array>
 #include <cerrno>
 #include <nlohmann/json.hpp>
 #include <system_error>
+#include <type_traits>
 
 namespace laneguard {
 
@@ -53,11 +55,63 @@ JsonLogger::~JsonLogger() {
   if (owns_stream_) std::fclose(stream_);
 }
 
+namespace {
+
+// Parses exactly 2 x N lower-case hex digits into `bytes`; false leaves them untouched.
+template <size_t N>
+bool ParseHexId(std::string_view text, std::array<uint8_t, N>& bytes) {
+  if (text.size() != 2 * N) return false;
+  std::array<uint8_t, N> out{};
+  for (size_t i = 0; i < 2 * N; ++i) {
+    const char c = text[i];
+    int v;
+    if (c >= '0' && c <= '9') {
+      v = c - '0';
+    } else if (c >= 'a' && c <= 'f') {
+      v = c - 'a' + 10;
+    } else {
+      return false;
+    }
+    out[i / 2] = static_cast<uint8_t>(out[i / 2] << 4 | v);
+  }
+  bytes = out;
+  return true;
+}
+
+LogRecord MakeRecord(int64_t now, LogLevel level, std::string_view message, LogFields fields) {
+  LogRecord r;
+  r.time_unix_nanos = now;
+  r.level = level;
+  r.message = message;
+  r.attributes.reserve(fields.size());
+  for (const LogField& f : fields) {
+    if (const auto* s = std::get_if<std::string_view>(&f.value)) {
+      if (f.key == "traceId" && ParseHexId(*s, r.trace_id.bytes)) continue;
+      if (f.key == "spanId" && ParseHexId(*s, r.span_id.bytes)) continue;
+    }
+    std::visit(
+        [&](const auto& v) {
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::string_view>) {
+            r.attributes.push_back({std::string(f.key), std::string(v)});
+          } else {
+            r.attributes.push_back({std::string(f.key), v});
+          }
+        },
+        f.value);
+  }
+  return r;
+}
+
+}  // namespace
+
 void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields) {
   if (!Enabled(level)) return;
   try {
+    const int64_t now = options_.clock->UnixNanos();
+    if (options_.sink) options_.sink->OnEmit(MakeRecord(now, level, message, fields));
     nlohmann::ordered_json line;
-    line["ts"] = FormatIso8601(options_.clock->UnixNanos());
+    line["ts"] = FormatIso8601(now);
     line["level"] = ToString(level);
     line["msg"] = message;
     for (const LogField& f : fields) {

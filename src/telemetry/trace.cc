@@ -184,7 +184,7 @@ std::string FormatTraceparent(const SpanContext& context) {
 
 // ---- sampling -----------------------------------------------------------------------------------
 
-Sampler::Sampler(double rate) {
+Sampler::Sampler(double rate, bool parent_based) : parent_based_(parent_based) {
   if (!(rate > 0.0)) rate = 0.0;  // also NaN
   if (rate > 1.0) rate = 1.0;
   rate_ = rate;
@@ -194,7 +194,7 @@ Sampler::Sampler(double rate) {
 }
 
 bool Sampler::ShouldSample(const TraceId& trace_id, const SpanContext* parent) const {
-  if (parent != nullptr && parent->valid()) return parent->sampled;
+  if (parent_based_ && parent != nullptr && parent->valid()) return parent->sampled;
   uint64_t x = 0;
   for (size_t i = 8; i < 16; ++i) x = (x << 8) | trace_id.bytes[i];
   return (x >> 1) < bound_;
@@ -287,7 +287,7 @@ void Span::End() {
 // ---- tracer -------------------------------------------------------------------------------------
 
 Tracer::Tracer(TracerOptions options)
-    : options_(std::move(options)), sampler_(options_.sample_rate) {
+    : options_(std::move(options)), sampler_(options_.sample_rate, options_.parent_based) {
   if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
   if (options_.processor) options_.processor->SetResource(options_.resource);
 }

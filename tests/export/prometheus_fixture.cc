@@ -39,7 +39,15 @@ int main(int argc, char** argv) {
   auto logger = std::make_shared<laneguard::JsonLogger>(laneguard::JsonLogger::Options{}, devnull);
   laneguard::PrometheusOptions prom;
   prom.logger = logger;
-  prom.span_counts = [] { return laneguard::SpanCounts{7, 1, 2, 3}; };
+  prom.span_counts = [] {
+    laneguard::SpanCounts c;
+    c.exported = 7;
+    c.dropped_queue_full = 1;
+    c.dropped_export_failed = 2;
+    c.dropped_after_shutdown = 3;
+    c.dropped_rejected = 4;
+    return c;
+  };
   auto collector = laneguard::PrometheusCollector::Create(&m, prom);
   if (!collector.ok()) return 1;
 

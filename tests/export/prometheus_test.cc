@@ -43,7 +43,14 @@ class PrometheusTest : public testing_support::ManualManagerTest {
     MakeManager(config);
     PrometheusOptions prom;
     prom.logger = logger_;
-    prom.span_counts = [] { return SpanCounts{5, 1, 2, 0}; };
+    prom.span_counts = [] {
+      SpanCounts c;
+      c.exported = 5;
+      c.dropped_queue_full = 1;
+      c.dropped_export_failed = 2;
+      c.dropped_retries_exhausted = 4;
+      return c;
+    };
     collector_ = PrometheusCollector::Create(manager_.get(), prom).value();
   }
 
@@ -109,6 +116,8 @@ TEST_F(PrometheusTest, CountsKnownCallsInEveryFamily) {
   EXPECT_EQ(s.at("laneguard_heap_warning_threshold_bytes"), 400.0 * 1024 * 1024);
   EXPECT_EQ(s.at("laneguard_spans_exported_total"), 5);
   EXPECT_EQ(s.at(R"(laneguard_spans_dropped_total{reason="export_failed"})"), 2);
+  EXPECT_EQ(s.at(R"(laneguard_spans_dropped_total{reason="retries_exhausted"})"), 4);
+  EXPECT_EQ(s.at(R"(laneguard_spans_dropped_total{reason="shutdown_timeout"})"), 0);
   EXPECT_EQ(s.at(R"(laneguard_log_lines_total{level="warning"})"), 2);
   held->Release(true);
 }
