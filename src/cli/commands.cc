@@ -7,14 +7,19 @@
 
 #include <CLI/CLI.hpp>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <thread>
 
 #include "cli/batch.h"
 #include "cli/job_file.h"
 #include "laneguard/json_logger.h"
+#include "laneguard/otlp.h"
 #include "laneguard/process.h"
+#include "laneguard/prometheus.h"
 #include "laneguard/trace.h"
 #include "laneguard/worker.h"
 
@@ -68,6 +73,9 @@ struct CommonFlags {
   std::string spans_file;
   std::string log_file;
   std::string log_level = "info";
+  std::string otlp;
+  std::string metrics_file;
+  std::string metrics_listen;
 };
 
 void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
@@ -76,22 +84,80 @@ void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
   cmd->add_option("--spans", flags.spans_file, "Append spans to this file as JSON lines");
   cmd->add_option("--log", flags.log_file, "Append JSON log lines to this file");
   cmd->add_option("--log-level", flags.log_level, "debug, info, warning or error (default info)");
+  cmd->add_option("--otlp", flags.otlp,
+                  "Send spans and logs to this OTLP/HTTP base URL (e.g. http://127.0.0.1:4318); "
+                  "the OTEL_EXPORTER_OTLP_* variables work as well");
+  cmd->add_option("--metrics-file", flags.metrics_file,
+                  "Write the final Prometheus exposition (text 0.0.4) here when the run ends");
+  cmd->add_option("--metrics-listen", flags.metrics_listen,
+                  "Serve /metrics on HOST:PORT while running (e.g. 127.0.0.1:9464)");
 }
 
-// Everything a subprocess worker call needs, built from the flags.
+// Hands each span to several processors (a spans file and an OTLP exporter, say).
+class FanOutSpanProcessor final : public SpanProcessor {
+ public:
+  explicit FanOutSpanProcessor(std::vector<std::shared_ptr<SpanProcessor>> processors)
+      : processors_(std::move(processors)) {}
+  void OnEnd(SpanData&& span) override {
+    for (size_t i = 0; i + 1 < processors_.size(); ++i) processors_[i]->OnEnd(SpanData(span));
+    processors_.back()->OnEnd(std::move(span));
+  }
+  bool ForceFlush(std::chrono::milliseconds timeout) override {
+    bool ok = true;
+    for (auto& p : processors_) ok = p->ForceFlush(timeout) && ok;
+    return ok;
+  }
+  void Shutdown() override {
+    for (auto& p : processors_) p->Shutdown();
+  }
+  void SetResource(const Resource& resource) override {
+    for (auto& p : processors_) p->SetResource(resource);
+  }
+
+ private:
+  std::vector<std::shared_ptr<SpanProcessor>> processors_;
+};
+
+// Everything a subprocess worker call needs, built from the flags. Finish() takes it down in the
+// order that loses nothing: calls first, then spans flushed, then logs, then the metrics written.
 struct Runtime {
   Config config;
-  std::unique_ptr<ResourceBudgetManager> manager;
-  std::shared_ptr<BatchSpanProcessor> spans;
-  std::unique_ptr<Tracer> tracer;
+  std::FILE* null_log = nullptr;  // the logger's stream when logs go only to the collector
+  std::shared_ptr<BatchLogRecordProcessor> otlp_logs;
   std::shared_ptr<JsonLogger> logger;
+  std::unique_ptr<ResourceBudgetManager> manager;
+  std::shared_ptr<BatchSpanProcessor> file_spans, otlp_spans;
+  std::unique_ptr<Tracer> tracer;
   std::unique_ptr<WorkerCalls> calls;
   std::unique_ptr<ProcessRunner> runner;
+  std::shared_ptr<PrometheusCollector> metrics;
+  std::unique_ptr<MetricsServer> metrics_server;
+  std::string metrics_file;
 
-  ~Runtime() {
+  // Returns false (and says why on stderr) if the metrics file could not be written.
+  bool Finish() {
     runner.reset();
     calls.reset();
     if (tracer) tracer->Shutdown();  // flushes every span
+    if (otlp_logs) otlp_logs->Shutdown();
+    bool ok = true;
+    if (metrics && !metrics_file.empty()) {
+      const std::string text = metrics->Serialize(ExpositionFormat::kText004);
+      std::FILE* f = std::fopen(metrics_file.c_str(), "w");
+      ok = f != nullptr && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+      if (f != nullptr && std::fclose(f) != 0) ok = false;
+      if (!ok)
+        std::fprintf(stderr, "laneguard: --metrics-file %s: %s\n", metrics_file.c_str(),
+                     std::strerror(errno));
+      metrics_file.clear();
+    }
+    if (metrics_server) metrics_server->Stop();
+    return ok;
+  }
+  ~Runtime() {
+    Finish();
+    logger.reset();
+    if (null_log != nullptr) std::fclose(null_log);
   }
 };
 
@@ -104,32 +170,94 @@ Result<Config, std::string> LoadConfig(const std::string& path) {
 
 Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& flags, Config config) {
   auto rt = std::make_unique<Runtime>();
+  rt->config = config;
   auto level = ParseLogLevel(flags.log_level);
   if (!level.ok()) return "--log-level: " + Describe(level.error());
+
+  // OTLP: our config, then the OTEL_* variables, then --otlp (the most specific word wins).
+  Resource resource;
+  resource.service_name = "laneguard";
+  OtlpEnvResult otel =
+      ReadOtlpEnvironment(OtlpSettingsFromConfig(config, resource), ProcessEnvironment());
+  for (const std::string& warning : otel.warnings)
+    std::fprintf(stderr, "laneguard: warning: %s\n", warning.c_str());
+  const bool otel_endpoint_set = std::getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != nullptr ||
+                                 std::getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != nullptr;
+  if (!flags.otlp.empty()) {
+    std::string base = flags.otlp;
+    while (!base.empty() && base.back() == '/') base.pop_back();
+    otel.settings.traces.endpoint = base + "/v1/traces";
+    otel.settings.logs.endpoint = base + "/v1/logs";
+  }
+  const bool use_otlp = otel.settings.enabled && (!flags.otlp.empty() || otel_endpoint_set);
+  if (use_otlp) {
+    auto logs = OtlpHttpLogExporter::Create(otel.settings.logs);
+    if (!logs.ok()) return "--otlp " + flags.otlp + ": " + Describe(logs.error());
+    rt->otlp_logs = std::make_shared<BatchLogRecordProcessor>(
+        std::move(logs).value(), otel.settings.resource, otel.settings.batch);
+  }
+
+  JsonLogger::Options log_options{.min_level = *level};
+  log_options.sink = rt->otlp_logs;
   if (!flags.log_file.empty()) {
-    auto logger = JsonLogger::OpenFile({.min_level = *level}, flags.log_file);
+    auto logger = JsonLogger::OpenFile(log_options, flags.log_file);
     if (!logger.ok()) return "--log " + flags.log_file + ": " + logger.error().message;
     rt->logger = std::move(logger).value();
+  } else if (rt->otlp_logs) {
+    rt->null_log = std::fopen("/dev/null", "we");
+    if (rt->null_log == nullptr) return std::string("/dev/null: ") + std::strerror(errno);
+    rt->logger = std::make_shared<JsonLogger>(log_options, rt->null_log);
   }
+
   ManagerOptions options;
   if (rt->logger) options.observers.push_back(std::make_shared<LoggingObserver>(rt->logger));
   auto manager = ResourceBudgetManager::Create(config, std::move(options));
   if (!manager.ok()) return "config: " + Describe(manager.error());
   rt->manager = std::move(manager).value();
-  rt->config = config;
-  TracerOptions tracing;
-  tracing.enabled = config.enable_span_emission && !flags.spans_file.empty();
-  tracing.sample_rate = config.span_sample_rate;
-  tracing.resource.service_name = "laneguard";
+
+  std::vector<std::shared_ptr<SpanProcessor>> processors;
   if (!flags.spans_file.empty()) {
     auto exporter = NewJsonLinesFileSpanExporter(flags.spans_file);
     if (!exporter.ok()) return "--spans " + flags.spans_file + ": " + exporter.error().message;
-    rt->spans = std::make_shared<BatchSpanProcessor>(std::move(exporter).value());
-    tracing.processor = rt->spans;
+    rt->file_spans = std::make_shared<BatchSpanProcessor>(std::move(exporter).value());
+    processors.push_back(rt->file_spans);
   }
+  if (use_otlp) {
+    auto exporter = OtlpHttpSpanExporter::Create(otel.settings.traces);
+    if (!exporter.ok()) return "--otlp " + flags.otlp + ": " + Describe(exporter.error());
+    rt->otlp_spans =
+        std::make_shared<BatchSpanProcessor>(std::move(exporter).value(), otel.settings.batch);
+    processors.push_back(rt->otlp_spans);
+  }
+  std::shared_ptr<SpanProcessor> processor;
+  if (processors.size() == 1) processor = processors[0];
+  if (processors.size() > 1) processor = std::make_shared<FanOutSpanProcessor>(processors);
+  TracerOptions tracing = otel.settings.TracerOptionsWith(processor);
+  tracing.enabled = tracing.enabled && processor != nullptr;  // nowhere to go: no span work
   rt->tracer = std::make_unique<Tracer>(std::move(tracing));
   rt->calls = std::make_unique<WorkerCalls>(*rt->manager, *rt->tracer, rt->logger);
   rt->runner = std::make_unique<ProcessRunner>(*rt->calls);
+
+  if (!flags.metrics_file.empty() || !flags.metrics_listen.empty()) {
+    PrometheusOptions prom;
+    prom.logger = rt->logger;
+    const BatchSpanProcessor* counted =
+        rt->otlp_spans ? rt->otlp_spans.get() : rt->file_spans.get();
+    if (counted != nullptr) prom.span_counts = SpanCountsFrom(counted);
+    auto collector = PrometheusCollector::Create(rt->manager.get(), std::move(prom));
+    if (!collector.ok()) return "metrics: " + Describe(collector.error());
+    rt->metrics = std::move(collector).value();
+    rt->metrics_file = flags.metrics_file;
+  }
+  if (!flags.metrics_listen.empty()) {
+    auto address = ParseListenAddress(flags.metrics_listen, "--metrics-listen");
+    if (!address.ok()) return Describe(address.error());
+    auto server = MetricsServer::Start(rt->metrics, *address);
+    if (!server.ok()) return Describe(server.error());
+    rt->metrics_server = std::move(server).value();
+    std::fprintf(stderr, "laneguard: serving metrics on http://%s:%d%s\n", address->host.c_str(),
+                 rt->metrics_server->port(), address->path.c_str());
+  }
   return rt;
 }
 
@@ -206,6 +334,7 @@ int RunCommand(const RunFlags& flags) {
   if (status != 0)
     std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", task.c_str(),
                  result->Reason().c_str(), status);
+  if (!(*rt)->Finish() && status == 0) status = kCouldNotRun;
   return status;
 }
 
@@ -247,14 +376,19 @@ int BatchCommand(const BatchFlags& flags) {
                                                   : BatchOptions::Progress::kLines;
   if (options.progress == BatchOptions::Progress::kBar)
     options.progress_interval = std::chrono::milliseconds(200);
+  if (PrometheusCollector* metrics = (*rt)->metrics.get())
+    options.on_queue_wait = [metrics](const Job& job, double seconds) {
+      metrics->ObserveQueueWait(job.lane, seconds);
+    };
   BatchRunner runner(*(*rt)->runner, options);
   BatchReport report = runner.Run(*jobs, signals.token());
-  (*rt)->tracer->ForceFlush();
+  const bool finished = (*rt)->Finish();
   if (flags.summary == "json")
     std::printf("%s\n", SummaryJson(report, *config).c_str());
   else
     PrintSummaryTable(report, *config, stdout);
   if (signals.signal() != 0) return 128 + signals.signal();
+  if (!finished) return kCouldNotRun;
   return report.failed() > 0 ? kSomeJobsFailed : 0;
 }
 
@@ -311,6 +445,7 @@ int Main(int argc, char** argv) {
       "1 when some failed, 2 for a bad file or flags, 130/143 on SIGINT/SIGTERM.\n"
       "Examples:\n"
       "  laneguard batch examples/upgrade-jobs.jsonl --spans spans.jsonl\n"
+      "  laneguard batch jobs.jsonl --otlp http://127.0.0.1:4318 --metrics-listen 127.0.0.1:9464\n"
       "  laneguard batch jobs.jsonl --summary json --fail-fast > summary.json");
 
   CLI::App* config_cmd = app.add_subcommand("config", "Check or print a config");
