@@ -58,8 +58,11 @@ struct ProcessSpec {
   std::vector<std::pair<std::string, std::string>> env;
   bool clear_env = false;
   std::string cwd;  // "" keeps the caller's
-  // Per-call memory limit of the whole tree, in MB (unset: none).
+  // Per-call memory limit of the whole tree, in MB (unset: none); within [1, 2^30].
   std::optional<int64_t> max_rss_mb;
+  // true: stdin is /dev/null. Runs that share a terminal (a batch) should not read from it: the
+  // program runs in its own process group, where reading the terminal stops it (SIGTTIN).
+  bool stdin_null = false;
   // false: stdout and stderr pass through to ours. true: captured into the result (each capped at
   // max_capture_bytes; the rest is read and dropped, counted in the result).
   bool capture_output = false;
@@ -72,7 +75,7 @@ enum class ProcessOutcome {
   kTimedOut,      // stopped for time: SIGTERM at the timeout, SIGKILL at the hard deadline
   kMemoryKilled,  // went over max_rss_mb: OOM-killed in its cgroup, or killed by the sampler
   kCancelled,     // the caller's stop_token asked for it (Ctrl-C, SIGTERM to us)
-  kSpawnFailed,   // could not be started (error says why); nothing ran
+  kSpawnFailed,   // could not be started, or its exit status was lost (error says why)
 };
 std::string_view ToString(ProcessOutcome outcome);  // "exited", "signaled", ...
 
@@ -81,8 +84,11 @@ std::string_view ToString(TimeoutPhase phase);  // "none", "warning", "escalatio
 
 enum class MemoryMechanism { kNone, kCgroupV2, kCgroupV1, kRssSampling };
 std::string_view ToString(MemoryMechanism m);  // "none", "cgroup_v2", "cgroup_v1", "rss_sampling"
-enum class KillMechanism { kProcessGroup, kCgroupV2, kCgroupV1 };
-std::string_view ToString(KillMechanism m);  // "process_group", "cgroup_v2", "cgroup_v1"
+// How the whole tree is killed: the process group (a setsid()ed descendant escapes), v2's
+// cgroup.kill (one atomic step), or SIGKILL to each pid the call's cgroup lists (v1, or v2 before
+// Linux 5.14), repeated until the list is empty.
+enum class KillMechanism { kProcessGroup, kCgroupKill, kCgroupProcs };
+std::string_view ToString(KillMechanism m);  // "process_group", "cgroup_kill", "cgroup_procs"
 
 struct ProcessResult {
   ProcessOutcome outcome = ProcessOutcome::kSpawnFailed;

@@ -15,6 +15,7 @@ namespace laneguard::cli {
 namespace {
 
 using Steady = std::chrono::steady_clock;
+constexpr size_t kStderrTail = 4096;
 
 double MsSince(Steady::time_point start) {
   return std::chrono::duration<double, std::milli>(Steady::now() - start).count();
@@ -34,7 +35,12 @@ std::string LastLine(const std::string& text) {
   size_t begin = text.rfind('\n', end);
   std::string line = text.substr(begin == std::string::npos ? 0 : begin + 1,
                                  end + 1 - (begin == std::string::npos ? 0 : begin + 1));
-  if (line.size() > 160) line = line.substr(0, 157) + "...";
+  if (line.size() > 160) {
+    size_t cut = 157;
+    // Not inside a UTF-8 sequence: back up over continuation bytes (10xxxxxx).
+    while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+    line = line.substr(0, cut) + "...";
+  }
   return line;
 }
 
@@ -92,7 +98,18 @@ BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cance
       work.pop_front();
       lock.unlock();
       const Job& job = jobs[index];
+      if (stop.stop_requested()) {
+        // Granted just before a cancel or a fail-fast stop: hand the place back, run nothing.
+        slot.Release(false, "cancelled");
+        lock.lock();
+        report.jobs[index].started = false;
+        --running;
+        --running_by_lane[job.lane];
+        dispatcher_cv.notify_all();
+        continue;
+      }
       ProcessSpec spec = job.spec;
+      spec.stdin_null = true;  // jobs share our terminal; a job reading it would stop (SIGTTIN)
       spec.capture_output = true;
       spec.max_capture_bytes = 1 << 20;
       CallOptions call;
@@ -104,6 +121,12 @@ BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cance
       ProcessResult result =
           runner_.RunWithSlot(std::move(slot), job.id, spec, call, stop.get_token());
       const double end_ms = MsSince(start);
+      // Only a tail of stderr is reported; the rest would only hold memory for the whole batch.
+      result.stdout_data.clear();
+      result.stdout_data.shrink_to_fit();
+      if (result.stderr_data.size() > kStderrTail)
+        result.stderr_data.erase(0, result.stderr_data.size() - kStderrTail);
+      result.stderr_data.shrink_to_fit();
       lock.lock();
       outcome.result = std::move(result);
       outcome.end_ms = end_ms;
@@ -183,7 +206,10 @@ BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cance
           }
           const RejectReason reason = slot.error().reason;
           if (reason == RejectReason::kLaneLimit) break;
-          if (reason == RejectReason::kGlobalLimit || reason == RejectReason::kMemoryLimit) {
+          // Our own RSS over maxRssMb with nothing running will not come down by waiting.
+          const bool memory_stuck = reason == RejectReason::kMemoryLimit && running == 0;
+          if (reason == RejectReason::kGlobalLimit ||
+              (reason == RejectReason::kMemoryLimit && !memory_stuck)) {
             blocked_globally = true;
             break;
           }
@@ -387,7 +413,8 @@ std::string SummaryJson(const BatchReport& report, const Config& config) {
     results.push_back(std::move(r));
   }
   out["results"] = results;
-  return out.dump(2);
+  // Job output is whatever the job printed: invalid UTF-8 is replaced, never a reason to fail.
+  return out.dump(2, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 }  // namespace laneguard::cli

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -156,6 +157,12 @@ struct Runtime {
   }
   ~Runtime() {
     Finish();
+    // Everything that may still log (the manager's timer thread, through its observer) goes
+    // before the logger's stream is closed.
+    metrics_server.reset();
+    metrics.reset();
+    tracer.reset();
+    manager.reset();
     logger.reset();
     if (null_log != nullptr) std::fclose(null_log);
   }
@@ -395,6 +402,8 @@ int BatchCommand(const BatchFlags& flags) {
 }  // namespace
 
 int Main(int argc, char** argv) {
+  // An inherited "ignore SIGCHLD" would let the kernel reap our children: no exit statuses.
+  std::signal(SIGCHLD, SIG_DFL);
   CLI::App app{
       "laneguard: run programs as budgeted worker calls (lanes, timeouts that really stop "
       "runaway work, memory limits, spans)"};

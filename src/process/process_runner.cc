@@ -74,13 +74,22 @@ std::string_view ToString(KillMechanism m) {
   switch (m) {
     case KillMechanism::kProcessGroup:
       return "process_group";
-    case KillMechanism::kCgroupV2:
-      return "cgroup_v2";
-    case KillMechanism::kCgroupV1:
-      return "cgroup_v1";
+    case KillMechanism::kCgroupKill:
+      return "cgroup_kill";
+    case KillMechanism::kCgroupProcs:
+      return "cgroup_procs";
   }
   return "unknown";
 }
+
+namespace {
+constexpr int64_t kMaxRssMbLimit = int64_t{1} << 30;  // 1 PiB: keeps << 20 far from overflow
+// "SIGKILL"; real-time signals have no abbreviation (sigabbrev_np gives null): "SIG35".
+std::string SignalName(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return "SIG" + (abbrev != nullptr ? std::string(abbrev) : std::to_string(sig));
+}
+}  // namespace
 
 int ProcessResult::ShellStatus() const {
   switch (outcome) {
@@ -124,7 +133,7 @@ std::string ProcessResult::Reason() const {
     case ProcessOutcome::kExited:
       return "exited with code " + std::to_string(exit_code) + " after " + ms;
     case ProcessOutcome::kSignaled:
-      return std::string("killed by signal ") + sigabbrev_np(term_signal) + " after " + ms;
+      return "killed by signal " + SignalName(term_signal) + " after " + ms;
     case ProcessOutcome::kTimedOut:
       return timeout_phase == TimeoutPhase::kEscalation
                  ? "timed out: ignored SIGTERM, killed (SIGKILL) at the hard deadline after " + ms
@@ -240,8 +249,8 @@ struct Tree {
 
 // The child's side of the fork: only async-signal-safe calls until exec.
 [[noreturn]] void ChildExec(const std::vector<char*>& argv, char** envp, const char* cwd,
-                            const char* v2_procs, const char* v1_procs, pid_t parent, int out_fd,
-                            int err_fd, int status_fd) {
+                            const char* v2_procs, const char* v1_procs, pid_t parent, int in_fd,
+                            int out_fd, int err_fd, int status_fd) {
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(127);  // the parent died before the line above
@@ -263,6 +272,7 @@ struct Tree {
   sigemptyset(&all);
   sigprocmask(SIG_SETMASK, &all, nullptr);
   for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP, SIGQUIT}) signal(sig, SIG_DFL);
+  if (in_fd >= 0) dup2(in_fd, STDIN_FILENO);
   if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
   if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
   if (cwd != nullptr && chdir(cwd) != 0) {
@@ -382,6 +392,21 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
                                            std::to_string(spec.argv.size());
     return result;
   }
+  if (spec.max_rss_mb && (*spec.max_rss_mb <= 0 || *spec.max_rss_mb > kMaxRssMbLimit)) {
+    result.error = "max_rss_mb: " + std::to_string(*spec.max_rss_mb) + " must be within [1, " +
+                   std::to_string(kMaxRssMbLimit) + "]";
+    return result;
+  }
+  struct sigaction chld {};
+  sigaction(SIGCHLD, nullptr, &chld);
+  if (chld.sa_handler == SIG_IGN || (chld.sa_flags & SA_NOCLDWAIT) != 0) {
+    // The kernel would reap the child itself: no exit status, and its pid could be reused while
+    // we still signal it.
+    result.error =
+        "SIGCHLD is ignored in this process (SIG_IGN or SA_NOCLDWAIT), so a child's exit status "
+        "cannot be collected; restore its default disposition";
+    return result;
+  }
   std::vector<std::string> args = spec.argv;
   if (spec.use_shell) args = {"/bin/sh", "-c", spec.argv[0]};
   std::vector<char*> argv;
@@ -412,6 +437,11 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     result.error = std::string("pipe: ") + std::strerror(errno);
     return result;
   }
+  Pipe null_in;  // only .read is used: /dev/null for the child's stdin
+  if (spec.stdin_null && (null_in.read = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
+    result.error = std::string("/dev/null: ") + std::strerror(errno);
+    return result;
+  }
   const pid_t parent = getpid();
   const int64_t start = clock.MonotonicNanos();
   const char* cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
@@ -423,12 +453,14 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     return result;
   }
   if (pid == 0)
-    ChildExec(argv, envp.data(), cwd, v2, v1, parent, out.write, err.write, status.write);
+    ChildExec(argv, envp.data(), cwd, v2, v1, parent, null_in.read, out.write, err.write,
+              status.write);
   // Both sides set the group, so a signal sent before the child runs reaches it.
   setpgid(pid, pid);
   out.CloseWrite();
   err.CloseWrite();
   status.CloseWrite();
+  null_in.CloseRead();
   result.pid = pid;
 
   // Shared with the timeout hooks, which may still be running on the timer thread when this
@@ -493,7 +525,10 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     tree.KillAll();
   }
   const int cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  std::stop_callback on_cancel(cancel, [cancel_fd] {
+  // Reset before cancel_fd is closed: a cancel from another thread must not write to a closed (or
+  // reused) descriptor.
+  std::optional<std::stop_callback<std::function<void()>>> on_cancel;
+  on_cancel.emplace(cancel, [cancel_fd] {
     const uint64_t one = 1;
     if (write(cancel_fd, &one, sizeof one) < 0) {
     }
@@ -505,6 +540,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   const int64_t grace = options_.cancel_grace.count() * 1000000;
   int64_t next_sample = start;
   int64_t cancel_kill_at = 0;  // 0: not cancelled
+  bool cancel_killed = false;
   bool sampler_killed = false;
   int64_t sampled_peak = 0;
   bool out_open = out.read >= 0, err_open = err.read >= 0;
@@ -516,7 +552,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     const int64_t now = clock.MonotonicNanos();
     int64_t wake = -1;
     if (sample_memory) wake = next_sample;
-    if (cancel_kill_at > 0 && (wake < 0 || cancel_kill_at < wake)) wake = cancel_kill_at;
+    if (cancel_kill_at > 0 && !cancel_killed && (wake < 0 || cancel_kill_at < wake))
+      wake = cancel_kill_at;
     const int timeout_ms =
         wake < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, (wake - now + 999999) / 1000000));
     const int ready = poll(fds, 4, timeout_ms);
@@ -538,7 +575,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
       }
     }
     const int64_t after = clock.MonotonicNanos();
-    if (cancel_kill_at > 0 && after >= cancel_kill_at) {
+    if (cancel_kill_at > 0 && !cancel_killed && after >= cancel_kill_at) {
+      cancel_killed = true;
       std::lock_guard<std::mutex> lock(tree.mu);
       tree.KillAll();
     }
@@ -579,6 +617,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   const int64_t cgroup_peak = cgroup.PeakBytes();
   cgroup.Remove();
   int wstatus = 0;
+  pid_t reaped = -1;
   rusage usage{};
   TimeoutPhase phase;
   {
@@ -587,16 +626,24 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     tree.reaped = true;
     tree.cgroup = nullptr;
     phase = tree.phase;
-    while (wait4(pid, &wstatus, 0, &usage) < 0 && errno == EINTR) {
+    while ((reaped = wait4(pid, &wstatus, 0, &usage)) < 0 && errno == EINTR) {
     }
   }
   if (tree.pidfd >= 0) close(tree.pidfd);
+  on_cancel.reset();
   close(cancel_fd);
 
   result.duration_ms = static_cast<double>(end - start) / 1e6;
   result.peak_rss_bytes =
       std::max({cgroup_peak, sampled_peak, static_cast<int64_t>(usage.ru_maxrss) * 1024});
   result.timeout_phase = phase;
+  if (reaped < 0) {
+    // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
+    // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
+    result.outcome = ProcessOutcome::kSpawnFailed;
+    result.error = std::string("the exit status was lost (wait4: ") + std::strerror(errno) + ")";
+    return result;
+  }
   if (WIFEXITED(wstatus)) result.exit_code = WEXITSTATUS(wstatus);
   if (WIFSIGNALED(wstatus)) result.term_signal = WTERMSIG(wstatus);
   if (result.oom_killed || sampler_killed) {

@@ -3,7 +3,9 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -80,6 +82,21 @@ TEST_F(BatchTest, RunsEveryJobAndReportsQueueWaits) {
   EXPECT_THAT(table.ReadAll(), HasSubstr("9 jobs: 8 succeeded, 1 failed, 0 skipped"));
 }
 
+// Job output is not ours to trust: a character cut at the tail, or bytes that are not UTF-8,
+// still give a JSON summary.
+TEST_F(BatchTest, JsonSummarySurvivesAnyBytesAJobPrints) {
+  const std::vector<Job> jobs = Jobs(R"({"cmd": "printf '%0156d\\303\\251xyz' 0 >&2; exit 1"})"
+                                     "\n"
+                                     R"({"cmd": "printf 'bad \\377\\376' >&2; exit 1"})");
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kNone;
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, {});
+  ASSERT_EQ(report.failed(), 2);
+  nlohmann::json summary;
+  ASSERT_NO_THROW(summary = nlohmann::json::parse(SummaryJson(report, config_)));
+  EXPECT_THAT(summary["results"][1]["reason"].get<std::string>(), HasSubstr("stderr: bad"));
+}
+
 TEST_F(BatchTest, ProgressBarRedrawsOneLine) {
   const std::vector<Job> jobs = Jobs("{\"cmd\": [\"true\"]}\n{\"cmd\": [\"true\"]}\n");
   TmpStream progress;
@@ -94,11 +111,15 @@ TEST_F(BatchTest, ProgressBarRedrawsOneLine) {
 
 TEST_F(BatchTest, CancelStopsRunningJobsAndSkipsTheRest) {
   std::string text;
-  for (int i = 0; i < 5; ++i) text += "{\"lane\": \"critic\", \"cmd\": [\"sleep\", \"30\"]}\n";
+  const std::string started =
+      ::testing::TempDir() + "laneguard-batch-started-" + std::to_string(getpid());
+  std::remove(started.c_str());
+  for (int i = 0; i < 5; ++i)
+    text += "{\"lane\": \"critic\", \"cmd\": \"touch " + started + "; sleep 30\"}\n";
   const std::vector<Job> jobs = Jobs(text);
   std::stop_source cancel;
-  std::thread canceller([&] {
-    while (manager_->GetConcurrencyStatus().global.active == 0)
+  std::thread canceller([&] {  // once the first job's program is running
+    for (int i = 0; i < 1000 && access(started.c_str(), F_OK) != 0; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     cancel.request_stop();
   });
@@ -109,6 +130,19 @@ TEST_F(BatchTest, CancelStopsRunningJobsAndSkipsTheRest) {
   EXPECT_TRUE(report.cancelled);
   EXPECT_EQ(report.jobs[0].result.outcome, ProcessOutcome::kCancelled);
   EXPECT_EQ(report.skipped(), 4);  // critic runs one at a time
+  std::remove(started.c_str());
+}
+
+// A job granted its place just as the batch is cancelled never starts: it is skipped, not failed.
+TEST_F(BatchTest, CancelBeforeAnyProgramStartsSkipsEverything) {
+  const std::vector<Job> jobs = Jobs("{\"cmd\": [\"sleep\", \"30\"]}\n{\"cmd\": [\"true\"]}\n");
+  std::stop_source cancel;
+  cancel.request_stop();
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kNone;
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, cancel.get_token());
+  EXPECT_EQ(report.skipped(), 2);
+  EXPECT_EQ(report.failed(), 0);
 }
 
 }  // namespace

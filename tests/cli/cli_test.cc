@@ -53,17 +53,45 @@ TEST_F(CliTest, RunPassesArgvWithoutAShell) {
   EXPECT_EQ(out_, "$HOME|a b|*|");
 }
 
-TEST_F(CliTest, SigintOrSigtermToLaneguardStopsTheChildAndExits130Or143) {
+// Dead, or a zombie waiting for a parent that is not us: either way it runs no more.
+bool ProcessDead(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;
+  return line.substr(line.rfind(')') + 2, 1) == "Z";
+}
+bool EventuallyDead(pid_t pid) {
+  for (int i = 0; i < 300 && !ProcessDead(pid); ++i) std::this_thread::sleep_for(10ms);
+  return ProcessDead(pid);
+}
+
+// The check is on a background grandchild: the direct child is always reaped by laneguard.
+TEST_F(CliTest, SigintOrSigtermToLaneguardStopsTheTreeAndExits130Or143) {
   for (int sig : {SIGINT, SIGTERM}) {
-    const std::string pidfile = Path("child.pid." + std::to_string(sig));
-    const pid_t cli = Start({"run", "--", "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 30"});
-    for (int i = 0; i < 500 && !fs::exists(pidfile); ++i) std::this_thread::sleep_for(10ms);
-    std::this_thread::sleep_for(50ms);  // the pid is written; the exec follows
+    const std::string pidfile = Path("grandchild.pid." + std::to_string(sig));
+    const pid_t cli =
+        Start({"run", "--", "sh", "-c", "sleep 30 & echo $! > " + pidfile + "; wait"});
+    for (int i = 0; i < 500 && Slurp(pidfile).empty(); ++i) std::this_thread::sleep_for(10ms);
     kill(cli, sig);
     EXPECT_EQ(Wait(cli), 128 + sig);
-    const pid_t child = std::stoi(Slurp(pidfile));
-    EXPECT_FALSE(fs::exists("/proc/" + std::to_string(child))) << "child " << child << " left";
+    const pid_t grandchild = std::stoi(Slurp(pidfile));
+    EXPECT_TRUE(EventuallyDead(grandchild)) << "grandchild " << grandchild << " left running";
   }
+}
+
+// Ignoring SIGCHLD is inherited across exec; laneguard must still see its children's statuses.
+TEST_F(CliTest, InheritedIgnoredSigchldDoesNotHideExitStatuses) {
+  std::vector<std::string> argv = {
+      "/bin/sh", "-c",
+      std::string("trap '' CHLD; exec ") + LANEGUARD_CLI_PATH + " run -- sh -c 'exit 7'"};
+  std::vector<char*> args;
+  for (std::string& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  pid_t pid = -1;
+  ASSERT_EQ(posix_spawn(&pid, args[0], nullptr, nullptr, args.data(), environ), 0);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  EXPECT_EQ(WEXITSTATUS(status), 7);
 }
 
 // PR_SET_PDEATHSIG: even SIGKILL to laneguard, which runs no cleanup, takes its child down.
@@ -215,13 +243,12 @@ TEST_F(CliTest, CtrlCMidBatchLeavesNoChildRunning) {
   std::string jobs;
   for (int i = 0; i < 6; ++i)
     jobs += "{\"id\": \"j" + std::to_string(i) + "\", \"lane\": \"tool_call\", \"cmd\": \"" +
-            (i % 2 ? "trap '' TERM; " : "") + "echo $$ > " + Path("pid" + std::to_string(i)) +
-            "; sleep 30\"}\n";
+            (i % 2 ? "trap '' TERM; " : "") + "sleep 30 & echo $! > " +
+            Path("pid" + std::to_string(i)) + "; wait\"}\n";
   const pid_t cli = Start({"batch", Write("jobs.jsonl", jobs)});
   for (int i = 0; i < 6; ++i)
-    for (int t = 0; t < 500 && !fs::exists(Path("pid" + std::to_string(i))); ++t)
+    for (int t = 0; t < 500 && Slurp(Path("pid" + std::to_string(i))).empty(); ++t)
       std::this_thread::sleep_for(10ms);
-  std::this_thread::sleep_for(50ms);
   kill(cli, SIGINT);
   EXPECT_EQ(Wait(cli), 130);
   EXPECT_THAT(out_, HasSubstr("(cancelled)"));
@@ -229,7 +256,7 @@ TEST_F(CliTest, CtrlCMidBatchLeavesNoChildRunning) {
     const std::string text = Slurp(Path("pid" + std::to_string(i)));
     ASSERT_FALSE(text.empty()) << "job " << i << " never started";
     const pid_t pid = std::stoi(text);
-    EXPECT_FALSE(fs::exists("/proc/" + std::to_string(pid))) << "job " << i << " left running";
+    EXPECT_TRUE(EventuallyDead(pid)) << "job " << i << "'s background process left running";
   }
 }
 

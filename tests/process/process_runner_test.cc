@@ -232,6 +232,60 @@ TEST_F(ProcessRunnerTest, HardDeadlinePassedBeforeStartKillsAtOnce) {
   EXPECT_NE(r.term_signal, 0);  // SIGTERM (the stop already requested) and SIGKILL go together
 }
 
+TEST_F(ProcessRunnerTest, KilledBySignalNamesItEvenForRealTimeSignals) {
+  ProcessResult r = Run(Shell("kill -USR1 $$"));
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSignaled);
+  EXPECT_EQ(r.term_signal, SIGUSR1);
+  EXPECT_EQ(r.ShellStatus(), 128 + SIGUSR1);
+  EXPECT_THAT(r.Reason(), HasSubstr("SIGUSR1"));
+  const int rt = SIGRTMIN + 2;  // real-time signals have no abbreviation
+  r = Run(Shell("kill -" + std::to_string(rt) + " $$"));
+  EXPECT_EQ(r.term_signal, rt);
+  EXPECT_THAT(r.Reason(), HasSubstr("SIG" + std::to_string(rt)));
+}
+
+TEST_F(ProcessRunnerTest, IgnoredSigchldIsRefusedRatherThanReportedAsSuccess) {
+  struct sigaction old {};
+  struct sigaction ignore {};
+  ignore.sa_handler = SIG_IGN;
+  sigaction(SIGCHLD, &ignore, &old);
+  ProcessResult r = Run(Shell("exit 7"));
+  sigaction(SIGCHLD, &old, nullptr);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("SIGCHLD"));
+  EXPECT_EQ(Run(Shell("exit 7")).exit_code, 7);
+}
+
+TEST_F(ProcessRunnerTest, StdinCanBeDevNull) {
+  ProcessSpec spec{.argv = {"cat"}};
+  spec.stdin_null = true;
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_TRUE(r.success());
+  EXPECT_EQ(r.stdout_data, "");
+}
+
+TEST_F(ProcessRunnerTest, MemoryLimitOutOfRangeIsRefused) {
+  for (int64_t mb : {int64_t{0}, int64_t{-5}, int64_t{1} << 40}) {
+    ProcessSpec spec{.argv = {"true"}};
+    spec.max_rss_mb = mb;
+    ProcessResult r = Run(spec);
+    EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+    EXPECT_THAT(r.error, HasSubstr("max_rss_mb: " + std::to_string(mb)));
+  }
+}
+
+// A laneguard that was SIGKILLed leaves its per-call cgroups behind; the next one removes them.
+TEST_F(ProcessRunnerTest, StaleCgroupsOfDeadProcessesAreRemoved) {
+  const IsolationSupport& iso = runner_->isolation();
+  const std::string parent = !iso.v2_parent.empty() ? iso.v2_parent : iso.v1_parent;
+  if (parent.empty()) GTEST_SKIP() << "no writable cgroup here";
+  const std::string stale = parent + "/laneguard-999999999-1";  // above pid_max: never alive
+  ASSERT_EQ(mkdir(stale.c_str(), 0755), 0);
+  Build({});
+  EXPECT_FALSE(Exists(stale));
+}
+
 TEST_F(ProcessRunnerTest, RefusedRunStartsNothing) {
   auto held = manager_->TryAcquire("holder", "critic");
   ASSERT_TRUE(held.ok());
