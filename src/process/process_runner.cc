@@ -629,6 +629,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     while ((reaped = wait4(pid, &wstatus, 0, &usage)) < 0 && errno == EINTR) {
     }
   }
+  const int wait_errno = errno;
   if (tree.pidfd >= 0) close(tree.pidfd);
   on_cancel.reset();
   close(cancel_fd);
@@ -641,7 +642,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
     // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
     result.outcome = ProcessOutcome::kSpawnFailed;
-    result.error = std::string("the exit status was lost (wait4: ") + std::strerror(errno) + ")";
+    result.error =
+        std::string("the exit status was lost (wait4: ") + std::strerror(wait_errno) + ")";
     return result;
   }
   if (WIFEXITED(wstatus)) result.exit_code = WEXITSTATUS(wstatus);
