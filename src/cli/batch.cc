@@ -179,58 +179,52 @@ BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cance
     std::fflush(options_.progress_stream);
   };
 
+  size_t undispatched = jobs.size();
+  // Hands out places to the lane's queued jobs (caller holds mu). False when the refusal was
+  // global (all lanes full, or our own memory above maxRssMb), so other lanes need not be tried.
+  auto dispatch_lane = [&](std::deque<size_t>& queue) {
+    while (!queue.empty()) {
+      const size_t index = queue.front();
+      const Job& job = jobs[index];
+      JobOutcome& outcome = report.jobs[index];
+      auto slot = manager.TryAcquire(job.id, job.lane, job.timeout_ms, job.metadata);
+      if (!slot.ok()) {
+        const RejectReason reason = slot.error().reason;
+        if (reason == RejectReason::kLaneLimit) return true;
+        // Our own RSS over maxRssMb comes down as jobs finish, but not with nothing running.
+        if (reason == RejectReason::kGlobalLimit ||
+            (reason == RejectReason::kMemoryLimit && running > 0))
+          return false;
+        // Nothing else clears by waiting: the job fails without running.
+        outcome.result.error = slot.error().message();
+        ++finished;
+        ++failed;
+        if (options_.fail_fast) stop.request_stop();
+      } else {
+        outcome.queue_wait_ms = MsSince(start);
+        if (options_.on_queue_wait) options_.on_queue_wait(job, outcome.queue_wait_ms / 1000);
+        work.emplace_back(index, std::move(slot).value());
+        ++running;
+        ++running_by_lane[job.lane];
+        worker_cv.notify_one();
+      }
+      outcome.started = true;
+      queue.pop_front();
+      --undispatched;
+    }
+    return true;
+  };
+
   std::unique_lock<std::mutex> lock(mu);
   Steady::time_point next_progress = Steady::now();
   for (;;) {
     const bool stopping = stop.stop_requested();
-    bool all_dispatched = true;
-    if (!stopping) {
-      for (const std::string& lane : lane_order) {
-        auto& queue = pending[lane];
-        bool blocked_globally = false;
-        while (!queue.empty()) {
-          const size_t index = queue.front();
-          const Job& job = jobs[index];
-          auto slot = manager.TryAcquire(job.id, job.lane, job.timeout_ms, job.metadata);
-          if (slot.ok()) {
-            JobOutcome& outcome = report.jobs[index];
-            outcome.started = true;
-            outcome.queue_wait_ms = MsSince(start);
-            if (options_.on_queue_wait) options_.on_queue_wait(job, outcome.queue_wait_ms / 1000);
-            work.emplace_back(index, std::move(slot).value());
-            ++running;
-            ++running_by_lane[job.lane];
-            queue.pop_front();
-            worker_cv.notify_one();
-            continue;
-          }
-          const RejectReason reason = slot.error().reason;
-          if (reason == RejectReason::kLaneLimit) break;
-          // Our own RSS over maxRssMb with nothing running will not come down by waiting.
-          const bool memory_stuck = reason == RejectReason::kMemoryLimit && running == 0;
-          if (reason == RejectReason::kGlobalLimit ||
-              (reason == RejectReason::kMemoryLimit && !memory_stuck)) {
-            blocked_globally = true;
-            break;
-          }
-          // Nothing else can clear by waiting: the job fails without running.
-          JobOutcome& outcome = report.jobs[index];
-          outcome.started = true;
-          outcome.result.error = slot.error().message();
-          ++finished;
-          ++failed;
-          queue.pop_front();
-          if (options_.fail_fast) stop.request_stop();
-        }
-        if (!queue.empty()) all_dispatched = false;
-        if (blocked_globally) {
-          all_dispatched = false;
-          break;
-        }
-      }
-      for (const auto& [lane, queue] : pending) all_dispatched = all_dispatched && queue.empty();
+    // One pass over the lanes: each hands out places in file order until its limit; a global
+    // refusal ends the pass.
+    for (const std::string& lane : lane_order) {
+      if (stopping || !dispatch_lane(pending[lane])) break;
     }
-    if ((stopping || all_dispatched) && running == 0) break;
+    if ((stopping || undispatched == 0) && running == 0) break;
     if (Steady::now() >= next_progress) {
       print_progress(false);
       next_progress = Steady::now() + options_.progress_interval;

@@ -184,12 +184,14 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   // OTLP: our config, then the OTEL_* variables, then --otlp (the most specific word wins).
   Resource resource;
   resource.service_name = "laneguard";
-  OtlpEnvResult otel =
-      ReadOtlpEnvironment(OtlpSettingsFromConfig(config, resource), ProcessEnvironment());
+  const EnvLookup env = ProcessEnvironment();
+  OtlpEnvResult otel = ReadOtlpEnvironment(OtlpSettingsFromConfig(config, resource), env);
   for (const std::string& warning : otel.warnings)
     std::fprintf(stderr, "laneguard: warning: %s\n", warning.c_str());
-  const bool otel_endpoint_set = std::getenv("OTEL_EXPORTER_OTLP_ENDPOINT") != nullptr ||
-                                 std::getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") != nullptr;
+  // Export is on when the user names a collector; the default endpoint alone does not turn it on.
+  const bool otel_endpoint_set = env("OTEL_EXPORTER_OTLP_ENDPOINT").has_value() ||
+                                 env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").has_value() ||
+                                 env("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").has_value();
   if (!flags.otlp.empty()) {
     std::string base = flags.otlp;
     while (!base.empty() && base.back() == '/') base.pop_back();

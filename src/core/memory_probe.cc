@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <mutex>
 #include <optional>
 #include <string>
 
@@ -35,6 +36,43 @@ std::optional<CgroupLocation> FindMemoryCgroup() {
   return std::nullopt;
 }
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define LANEGUARD_SANITIZER_ALLOCATOR 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define LANEGUARD_SANITIZER_ALLOCATOR 1
+#endif
+#endif
+
+#ifdef LANEGUARD_SANITIZER_ALLOCATOR
+// The sanitizer runtimes export these (compiler-rt's sanitizer/allocator_interface.h); g++ 12 does
+// not ship that header, so they are declared here.
+// NOLINTBEGIN(bugprone-reserved-identifier)
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
+extern "C" size_t __sanitizer_get_heap_size();
+// NOLINTEND(bugprone-reserved-identifier)
+#endif
+
+struct HeapBytes {
+  size_t total = 0;
+  size_t used = 0;
+};
+
+HeapBytes ReadHeap() {
+#ifdef LANEGUARD_SANITIZER_ALLOCATOR
+  // ASan and TSan replace malloc: glibc's arenas are empty, the sanitizer's allocator is the heap.
+  return {__sanitizer_get_heap_size(), __sanitizer_get_current_allocated_bytes()};
+#else
+  // glibc sets up its malloc state lazily, and that first set-up is not thread-safe: when nothing
+  // has called glibc's malloc yet (a replacement allocator is linked in), two threads entering
+  // mallinfo2() at once can read a half-initialised arena. One call under call_once does it first.
+  static std::once_flag glibc_malloc_ready;
+  std::call_once(glibc_malloc_ready, [] { (void)mallinfo2(); });
+  const struct mallinfo2 mi = mallinfo2();
+  return {mi.arena + mi.hblkhd, mi.uordblks + mi.hblkhd};
+#endif
+}
+
 class ProcMemoryProbe final : public MemoryProbe {
  public:
   ProcMemoryProbe() : page_size_(static_cast<double>(sysconf(_SC_PAGESIZE))) {
@@ -61,9 +99,9 @@ class ProcMemoryProbe final : public MemoryProbe {
       }
       std::fclose(f);
     }
-    struct mallinfo2 mi = mallinfo2();
-    s.heap_total_mb = static_cast<double>(mi.arena + mi.hblkhd) / kMb;
-    s.heap_used_mb = static_cast<double>(mi.uordblks + mi.hblkhd) / kMb;
+    const HeapBytes heap = ReadHeap();
+    s.heap_total_mb = static_cast<double>(heap.total) / kMb;
+    s.heap_used_mb = static_cast<double>(heap.used) / kMb;
     if (cgroup_) {
       s.cgroup_version = cgroup_->version;
       const bool v2 = cgroup_->version == "v2";

@@ -539,11 +539,19 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   const int64_t sample_every = options_.memory_sample_interval.count() * 1000000;
   const int64_t grace = options_.cancel_grace.count() * 1000000;
   int64_t next_sample = start;
-  int64_t cancel_kill_at = 0;  // 0: not cancelled
-  bool cancel_killed = false;
+  bool cancelled = false;
+  int64_t cancel_kill_at = 0;  // when the cancelled tree gets SIGKILL; 0: none pending
   bool sampler_killed = false;
   int64_t sampled_peak = 0;
   bool out_open = out.read >= 0, err_open = err.read >= 0;
+  auto read_outputs = [&](short out_events, short err_events) {
+    if (out_open && (out_events & (POLLIN | POLLHUP)))
+      out_open = Drain(out.read, &result.stdout_data, spec.max_capture_bytes,
+                       &result.dropped_output_bytes);
+    if (err_open && (err_events & (POLLIN | POLLHUP)))
+      err_open = Drain(err.read, &result.stderr_data, spec.max_capture_bytes,
+                       &result.dropped_output_bytes);
+  };
   for (;;) {
     pollfd fds[4] = {
         {tree.pidfd, POLLIN, 0}, {cancel_fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
@@ -552,31 +560,26 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     const int64_t now = clock.MonotonicNanos();
     int64_t wake = -1;
     if (sample_memory) wake = next_sample;
-    if (cancel_kill_at > 0 && !cancel_killed && (wake < 0 || cancel_kill_at < wake))
-      wake = cancel_kill_at;
+    if (cancel_kill_at > 0 && (wake < 0 || cancel_kill_at < wake)) wake = cancel_kill_at;
     const int timeout_ms =
         wake < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, (wake - now + 999999) / 1000000));
     const int ready = poll(fds, 4, timeout_ms);
     if (ready < 0 && errno != EINTR) break;
-    if (out_open && (fds[2].revents & (POLLIN | POLLHUP)))
-      out_open = Drain(out.read, &result.stdout_data, spec.max_capture_bytes,
-                       &result.dropped_output_bytes);
-    if (err_open && (fds[3].revents & (POLLIN | POLLHUP)))
-      err_open = Drain(err.read, &result.stderr_data, spec.max_capture_bytes,
-                       &result.dropped_output_bytes);
+    read_outputs(fds[2].revents, fds[3].revents);
     if (fds[1].revents & POLLIN) {
       uint64_t count = 0;
       if (read(cancel_fd, &count, sizeof count) < 0) {
       }
-      if (cancel_kill_at == 0) {
+      if (!cancelled) {
+        cancelled = true;
         cancel_kill_at = clock.MonotonicNanos() + grace;
         std::lock_guard<std::mutex> lock(tree.mu);
         tree.SignalGroup(SIGTERM);
       }
     }
     const int64_t after = clock.MonotonicNanos();
-    if (cancel_kill_at > 0 && !cancel_killed && after >= cancel_kill_at) {
-      cancel_killed = true;
+    if (cancel_kill_at > 0 && after >= cancel_kill_at) {
+      cancel_kill_at = 0;
       std::lock_guard<std::mutex> lock(tree.mu);
       tree.KillAll();
     }
@@ -604,13 +607,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   const int64_t drain_until = clock.MonotonicNanos() + 100 * 1000000LL;
   while ((out_open || err_open) && clock.MonotonicNanos() < drain_until) {
     pollfd fds[2] = {{out_open ? out.read : -1, POLLIN, 0}, {err_open ? err.read : -1, POLLIN, 0}};
-    if (poll(fds, 2, 10) <= 0) continue;
-    if (out_open && (fds[0].revents & (POLLIN | POLLHUP)))
-      out_open = Drain(out.read, &result.stdout_data, spec.max_capture_bytes,
-                       &result.dropped_output_bytes);
-    if (err_open && (fds[1].revents & (POLLIN | POLLHUP)))
-      err_open = Drain(err.read, &result.stderr_data, spec.max_capture_bytes,
-                       &result.dropped_output_bytes);
+    if (poll(fds, 2, 10) > 0) read_outputs(fds[0].revents, fds[1].revents);
   }
   // What the kernel recorded, read before the directories go.
   result.oom_killed = cgroup.OomKills() > 0;
@@ -650,7 +647,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   if (WIFSIGNALED(wstatus)) result.term_signal = WTERMSIG(wstatus);
   if (result.oom_killed || sampler_killed) {
     result.outcome = ProcessOutcome::kMemoryKilled;
-  } else if (cancel_kill_at > 0) {
+  } else if (cancelled) {
     result.outcome = ProcessOutcome::kCancelled;
   } else if (phase != TimeoutPhase::kNone) {
     result.outcome = ProcessOutcome::kTimedOut;

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "support/cli_fixture.h"
+#include "support/processes.h"
 
 namespace {
 
@@ -22,6 +23,7 @@ using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
 using CliTest = laneguard::testing_support::CliFixture;
+using laneguard::testing_support::EventuallyDead;
 using laneguard::testing_support::Slurp;
 
 TEST_F(CliTest, RunExitStatuses) {
@@ -51,18 +53,6 @@ TEST_F(CliTest, RunStopsAStubbornChildAtTheEscalation) {
 TEST_F(CliTest, RunPassesArgvWithoutAShell) {
   EXPECT_EQ(Cli({"run", "--", "printf", "%s|", "$HOME", "a b", "*"}), 0);
   EXPECT_EQ(out_, "$HOME|a b|*|");
-}
-
-// Dead, or a zombie waiting for a parent that is not us: either way it runs no more.
-bool ProcessDead(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!std::getline(stat, line)) return true;
-  return line.substr(line.rfind(')') + 2, 1) == "Z";
-}
-bool EventuallyDead(pid_t pid) {
-  for (int i = 0; i < 300 && !ProcessDead(pid); ++i) std::this_thread::sleep_for(10ms);
-  return ProcessDead(pid);
 }
 
 // The check is on a background grandchild: the direct child is always reaped by laneguard.
@@ -98,19 +88,12 @@ TEST_F(CliTest, InheritedIgnoredSigchldDoesNotHideExitStatuses) {
 TEST_F(CliTest, ChildDiesWhenLaneguardIsKilled) {
   const std::string pidfile = Path("child.pid");
   const pid_t cli = Start({"run", "--", "sh", "-c", "echo $$ > " + pidfile + "; exec sleep 30"});
-  for (int i = 0; i < 500 && !fs::exists(pidfile); ++i) std::this_thread::sleep_for(10ms);
+  for (int i = 0; i < 500 && Slurp(pidfile).empty(); ++i) std::this_thread::sleep_for(10ms);
   std::this_thread::sleep_for(50ms);
   const pid_t child = std::stoi(Slurp(pidfile));
   kill(cli, SIGKILL);
   EXPECT_EQ(Wait(cli), 128 + SIGKILL);
-  bool dead = false;
-  for (int i = 0; i < 500 && !dead; ++i) {
-    std::ifstream stat("/proc/" + std::to_string(child) + "/stat");
-    std::string line;
-    dead = !std::getline(stat, line) || line.substr(line.rfind(')') + 2, 1) == "Z";
-    if (!dead) std::this_thread::sleep_for(10ms);
-  }
-  EXPECT_TRUE(dead) << "child " << child << " outlived laneguard";
+  EXPECT_TRUE(EventuallyDead(child)) << "child " << child << " outlived laneguard";
 }
 
 TEST_F(CliTest, BadFlagsAreUsageErrorsNamingTheFlag) {

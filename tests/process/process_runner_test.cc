@@ -15,11 +15,14 @@
 #include <thread>
 
 #include "laneguard/process.h"
+#include "support/processes.h"
 
 namespace laneguard {
 namespace {
 
 using ::testing::HasSubstr;
+using testing_support::EventuallyDead;
+using testing_support::WaitForFile;
 using namespace std::chrono_literals;
 
 // A command that grows its shell's memory to ~200 MB without any tool beyond coreutils and sh:
@@ -27,27 +30,6 @@ using namespace std::chrono_literals;
 constexpr char kMemoryHog[] = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived";
 
 bool Exists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
-
-// Waits (bounded) for `path` to appear: the child has reached the point the test needs.
-bool WaitForFile(const std::string& path) {
-  for (int i = 0; i < 1000 && !Exists(path); ++i) std::this_thread::sleep_for(10ms);
-  return Exists(path);
-}
-
-// Gone, or a zombie waiting for a parent that is not us: either way it runs no more.
-bool ProcessDead(pid_t pid) {
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
-  if (!stat) return true;
-  std::string line;
-  std::getline(stat, line);
-  const auto paren = line.rfind(')');
-  return paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z';
-}
-
-bool EventuallyDead(pid_t pid) {
-  for (int i = 0; i < 500 && !ProcessDead(pid); ++i) std::this_thread::sleep_for(10ms);
-  return ProcessDead(pid);
-}
 
 // Our own child processes (any state, zombies included).
 int CountOurChildren() {
