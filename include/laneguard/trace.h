@@ -108,6 +108,15 @@ struct Attribute {
 };
 using Attributes = std::vector<Attribute>;
 
+// A borrowed attribute, for Span::AddEvent: the key and a string value are copied into the span,
+// so an event recorded this way costs no allocation once the span's buffers are warm. Only valid
+// for the duration of the call.
+using AttributeValueView = std::variant<bool, int64_t, double, std::string_view>;
+struct AttributeView {
+  std::string_view key;
+  AttributeValueView value;
+};
+
 struct SpanEvent {
   std::string name;
   int64_t time_unix_nanos = 0;
@@ -281,7 +290,10 @@ struct TracerOptions {
   // None: spans are sampled but go nowhere. The tracer shuts it down when the tracer is destroyed
   // or shut down, so share one processor between tracers only if they end together.
   std::shared_ptr<SpanProcessor> processor;
-  const Clock* clock = nullptr;  // SystemClock when null
+  // Spans read UnixNanos() once at their start; events and the end are the start plus the
+  // monotonic time since (as OpenTelemetry's SDKs do), so a wall-clock step cannot make a span
+  // negative or reorder its events. FastClock when null.
+  const Clock* clock = nullptr;
 };
 
 class Tracer;
@@ -305,6 +317,8 @@ class Span {
   // attributes past max_attributes_per_event are dropped and counted on the event.
   void SetAttribute(std::string_view key, AttributeValue value);
   void AddEvent(std::string_view name, Attributes attributes = {});
+  // The same with borrowed attributes; chosen for a braced list: AddEvent("x", {{"k", 1}}).
+  void AddEvent(std::string_view name, std::initializer_list<AttributeView> attributes);
   // OpenTelemetry's rules: kUnset is ignored, kOk is final, the message is kept only with kError.
   void SetStatus(StatusCode code, std::string_view message = {});
   // Ends the span and hands it to the processor; later calls do nothing. recording() stays true

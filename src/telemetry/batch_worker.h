@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -55,9 +54,13 @@ class BatchWorker {
  public:
   // Called on the worker thread, one batch at a time; must not throw.
   using ExportFn = std::function<ExportResult(const std::vector<Item>&)>;
+  // Called on the worker thread with each exported batch, to take its items' buffers for reuse
+  // (spans); it must leave the batch empty and not throw. Without one the items are freed.
+  using RecycleFn = std::function<void(std::vector<Item>&)>;
 
-  BatchWorker(ExportFn export_fn, const BatchProcessorOptions& o)
+  BatchWorker(ExportFn export_fn, const BatchProcessorOptions& o, RecycleFn recycle = nullptr)
       : export_fn_(std::move(export_fn)),
+        recycle_(std::move(recycle)),
         max_queue_(std::max<size_t>(o.max_queue_size, 1)),
         max_batch_(std::clamp<size_t>(o.max_export_batch_size, 1, max_queue_)),
         delay_(std::max(o.schedule_delay, std::chrono::milliseconds(1))),
@@ -165,14 +168,19 @@ class BatchWorker {
     done_cv_.notify_all();
   }
 
-  // Takes at most max_batch items off the queue and exports them without the lock.
+  // Takes at most max_batch items off the queue and exports them without the lock. The queue and
+  // the batch are vectors handed back and forth, so once warm no push or export allocates (a
+  // deque would allocate a block every few items).
   void ExportBatch(std::unique_lock<std::mutex>& lock) {
     const size_t n = std::min(queue_.size(), max_batch_);
-    std::vector<Item> batch;
-    batch.reserve(n);
-    for (size_t i = 0; i < n; ++i) {
-      batch.push_back(std::move(queue_.front()));
-      queue_.pop_front();
+    std::vector<Item> batch = std::move(spare_);
+    spare_ = {};
+    if (n == queue_.size()) {
+      batch.swap(queue_);
+    } else {
+      batch.assign(std::make_move_iterator(queue_.begin()),
+                   std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(n)));
+      queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
     }
     taken_ += n;
     in_flight_ = n;
@@ -183,8 +191,14 @@ class BatchWorker {
     } catch (...) {
       result.code = ExportResult::Code::kFailed;
     }
-    batch.clear();  // free the items before retaking the lock
+    // Freed or recycled before retaking the lock.
+    if (recycle_) {
+      recycle_(batch);
+    } else {
+      batch.clear();
+    }
     lock.lock();
+    if (batch.capacity() > spare_.capacity()) spare_ = std::move(batch);
     in_flight_ = 0;
     done_ += n;
     CountExportResult(result, n, stats_);
@@ -192,6 +206,7 @@ class BatchWorker {
   }
 
   const ExportFn export_fn_;
+  const RecycleFn recycle_;
   const size_t max_queue_;
   const size_t max_batch_;
   const std::chrono::milliseconds delay_;
@@ -200,7 +215,8 @@ class BatchWorker {
   mutable std::mutex mu_;
   std::condition_variable work_cv_;  // wakes the export thread
   std::condition_variable done_cv_;  // wakes ForceFlush and Shutdown callers
-  std::deque<Item> queue_;
+  std::vector<Item> queue_;
+  std::vector<Item> spare_;  // an empty vector with capacity, the next batch's storage
   BatchExportStats stats_;
   size_t in_flight_ = 0;
   uint64_t enqueued_ = 0;      // items ever pushed on the queue

@@ -2,6 +2,7 @@
 
 #include "laneguard/trace.h"
 #include "telemetry/batch_worker.h"
+#include "telemetry/span_pool.h"
 
 namespace laneguard {
 namespace {
@@ -30,11 +31,11 @@ class SimpleSpanProcessor final : public SpanProcessor {
   ~SimpleSpanProcessor() override { Shutdown(); }
 
   void OnEnd(SpanData&& span) override {
-    std::vector<SpanData> batch;
-    batch.push_back(std::move(span));
     std::lock_guard<std::mutex> lock(mu_);
     if (shutdown_ || !exporter_) return;
-    SafeExport(*exporter_, batch, resource_);
+    batch_.push_back(std::move(span));
+    SafeExport(*exporter_, batch_, resource_);
+    internal::RecycleSpanData(batch_);  // empties it; its capacity serves the next span
   }
 
   bool ForceFlush(std::chrono::milliseconds) override { return true; }
@@ -54,6 +55,7 @@ class SimpleSpanProcessor final : public SpanProcessor {
  private:
   std::mutex mu_;  // one export at a time, as SpanExporter requires
   std::unique_ptr<SpanExporter> exporter_;
+  std::vector<SpanData> batch_;  // always empty between calls
   Resource resource_;
   bool shutdown_ = false;
 };
@@ -75,7 +77,8 @@ struct BatchSpanProcessor::Impl {
 
   Impl(std::unique_ptr<SpanExporter> e, const BatchSpanProcessorOptions& o)
       : exporter(std::move(e)),
-        worker([this](const std::vector<SpanData>& b) { return Export(b); }, o) {}
+        worker([this](const std::vector<SpanData>& b) { return Export(b); }, o,
+               [](std::vector<SpanData>& b) { internal::RecycleSpanData(b); }) {}
 
   ExportResult Export(const std::vector<SpanData>& batch) {
     std::shared_ptr<const Resource> r;

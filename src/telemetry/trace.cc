@@ -1,13 +1,18 @@
 #include "laneguard/trace.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
 #include <random>
 #include <thread>
+#include <type_traits>
 #include <utility>
+
+#include "core/spin_lock.h"
+#include "telemetry/span_pool.h"
 
 namespace laneguard {
 namespace {
@@ -102,25 +107,33 @@ Xoshiro256StarStar& Rng() {
 }
 
 void PutBigEndian(uint64_t v, uint8_t* out) {
-  for (int i = 7; i >= 0; --i) {
-    out[i] = static_cast<uint8_t>(v);
-    v >>= 8;
-  }
+  if constexpr (std::endian::native == std::endian::little) v = __builtin_bswap64(v);
+  std::memcpy(out, &v, sizeof v);
 }
 
-// Adds or overwrites `key` within the limit; counts what does not fit.
-void SetAttributeLimited(SpanData& data, size_t limit, std::string_view key, AttributeValue value) {
-  for (Attribute& a : data.attributes) {
-    if (a.key == key) {
-      a.value = std::move(value);
-      return;
+// clear() + append() is a length check and a memcpy when the buffer is big enough, while
+// assign() goes through libstdc++'s general _M_replace (about 100 instructions a call).
+void Overwrite(std::string& to, std::string_view from) {
+  to.clear();
+  to.append(from.data(), from.size());
+}
+
+// A value into an attribute's existing storage: a string keeps its buffer.
+void AssignValue(AttributeValue& to, AttributeValue&& from) { to = std::move(from); }
+void AssignValue(AttributeValue& to, const AttributeValueView& from) {
+  if (const auto* text = std::get_if<std::string_view>(&from)) {
+    if (auto* held = std::get_if<std::string>(&to)) {
+      Overwrite(*held, *text);
+    } else {
+      to.emplace<std::string>(*text);
     }
+  } else {
+    std::visit(
+        [&to](const auto& v) {
+          if constexpr (!std::is_same_v<std::decay_t<decltype(v)>, std::string_view>) to = v;
+        },
+        from);
   }
-  if (data.attributes.size() >= limit) {
-    ++data.dropped_attributes_count;
-    return;
-  }
-  data.attributes.push_back(Attribute{std::string(key), std::move(value)});
 }
 
 }  // namespace
@@ -202,11 +215,69 @@ bool Sampler::ShouldSample(const TraceId& trace_id, const SpanContext* parent) c
 
 // ---- spans --------------------------------------------------------------------------------------
 
+// The data is written in place: a span starts from a recycled SpanData whose vectors may hold
+// stale elements, and only the first attributes_used / events_used of them are this span's. The
+// rest are trimmed at End(). Writing over an element reuses its strings' buffers.
 struct Span::State {
   const Tracer* tracer = nullptr;
-  std::mutex mu;
+  // Span calls from several threads are allowed but rare, and each holds it for a few dozen
+  // nanoseconds: a std::mutex would cost more than the work it guards.
+  internal::SpinLock mu;
   SpanData data;
+  int64_t start_mono = 0;  // the clock's monotonic time at start_unix_nanos
+  size_t attributes_used = 0;
+  size_t events_used = 0;
   bool ended = false;
+
+  int64_t UnixNow() const {
+    return data.start_unix_nanos + (tracer->options_.clock->MonotonicNanos() - start_mono);
+  }
+
+  // Adds or overwrites `key` within the limit; counts what does not fit. Called locked.
+  void SetAttribute(size_t limit, std::string_view key, AttributeValue&& value) {
+    Attributes& attributes = data.attributes;
+    for (size_t i = 0; i < attributes_used; ++i) {
+      if (attributes[i].key == key) {
+        attributes[i].value = std::move(value);
+        return;
+      }
+    }
+    if (attributes_used >= limit) {
+      ++data.dropped_attributes_count;
+      return;
+    }
+    if (attributes_used == attributes.size()) attributes.emplace_back();
+    Attribute& a = attributes[attributes_used++];
+    Overwrite(a.key, key);
+    a.value = std::move(value);
+  }
+
+  // Called locked. `Attr` is Attribute (moved from) or AttributeView (copied).
+  template <typename Attr>
+  void AddEvent(std::string_view name, int64_t time, Attr* attributes, size_t count) {
+    const SpanLimits& limits = tracer->options_.limits;
+    if (events_used >= limits.max_events) {
+      ++data.dropped_events_count;
+      return;
+    }
+    if (events_used == data.events.size()) data.events.emplace_back();
+    SpanEvent& event = data.events[events_used++];
+    Overwrite(event.name, name);
+    event.time_unix_nanos = time;
+    const size_t kept = std::min(count, limits.max_attributes_per_event);
+    event.dropped_attributes_count = static_cast<uint32_t>(count - kept);
+    for (size_t i = 0; i < kept; ++i) {
+      if (i == event.attributes.size()) event.attributes.emplace_back();
+      Attribute& a = event.attributes[i];
+      Overwrite(a.key, attributes[i].key);
+      if constexpr (std::is_same_v<Attr, Attribute>) {
+        AssignValue(a.value, std::move(attributes[i].value));
+      } else {
+        AssignValue(a.value, attributes[i].value);
+      }
+    }
+    event.attributes.resize(kept);
+  }
 };
 
 Span::Span() = default;
@@ -228,39 +299,34 @@ Span::~Span() { End(); }
 void Span::SetAttribute(std::string_view key, AttributeValue value) {
   if (!state_) return;
   const size_t limit = state_->tracer->options_.limits.max_attributes;
-  std::lock_guard<std::mutex> lock(state_->mu);
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended) return;
-  SetAttributeLimited(state_->data, limit, key, std::move(value));
+  state_->SetAttribute(limit, key, std::move(value));
 }
 
 void Span::AddEvent(std::string_view name, Attributes attributes) {
   if (!state_) return;
-  const SpanLimits& limits = state_->tracer->options_.limits;
-  SpanEvent event;
-  event.time_unix_nanos = state_->tracer->options_.clock->UnixNanos();
-  if (attributes.size() > limits.max_attributes_per_event) {
-    event.dropped_attributes_count =
-        static_cast<uint32_t>(attributes.size() - limits.max_attributes_per_event);
-    attributes.resize(limits.max_attributes_per_event);
-  }
-  event.attributes = std::move(attributes);
-  event.name = std::string(name);
-  std::lock_guard<std::mutex> lock(state_->mu);
+  const int64_t time = state_->UnixNow();
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended) return;
-  if (state_->data.events.size() >= limits.max_events) {
-    ++state_->data.dropped_events_count;
-    return;
-  }
-  state_->data.events.push_back(std::move(event));
+  state_->AddEvent(name, time, attributes.data(), attributes.size());
+}
+
+void Span::AddEvent(std::string_view name, std::initializer_list<AttributeView> attributes) {
+  if (!state_) return;
+  const int64_t time = state_->UnixNow();
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
+  if (state_->ended) return;
+  state_->AddEvent(name, time, attributes.begin(), attributes.size());
 }
 
 void Span::SetStatus(StatusCode code, std::string_view message) {
   if (!state_ || code == StatusCode::kUnset) return;
-  std::lock_guard<std::mutex> lock(state_->mu);
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended || state_->data.status == StatusCode::kOk) return;
   state_->data.status = code;
   if (code == StatusCode::kError)
-    state_->data.status_message = std::string(message);
+    Overwrite(state_->data.status_message, message);
   else
     state_->data.status_message.clear();
 }
@@ -268,18 +334,25 @@ void Span::SetStatus(StatusCode code, std::string_view message) {
 void Span::End() {
   if (!state_) return;
   const Tracer* tracer = state_->tracer;
-  const int64_t now = tracer->options_.clock->UnixNanos();
+  const int64_t now = state_->UnixNow();
   SpanData data;
   {
-    std::lock_guard<std::mutex> lock(state_->mu);
+    std::lock_guard<internal::SpinLock> lock(state_->mu);
     if (state_->ended) return;
     state_->ended = true;
-    state_->data.end_unix_nanos = now;
-    data = std::move(state_->data);
+    SpanData& d = state_->data;
+    d.end_unix_nanos = now;
+    d.attributes.resize(state_->attributes_used);  // trim what a recycled span left behind
+    d.events.resize(state_->events_used);
+    data = std::move(d);
   }
   // End runs in destructors and noexcept moves: a throwing processor must not terminate.
   try {
-    if (tracer->options_.processor) tracer->options_.processor->OnEnd(std::move(data));
+    if (tracer->options_.processor) {
+      tracer->options_.processor->OnEnd(std::move(data));
+    } else {
+      internal::RecycleSpanData(std::move(data));
+    }
   } catch (...) {
   }
 }
@@ -288,7 +361,7 @@ void Span::End() {
 
 Tracer::Tracer(TracerOptions options)
     : options_(std::move(options)), sampler_(options_.sample_rate, options_.parent_based) {
-  if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
+  if (options_.clock == nullptr) options_.clock = &FastClock::Get();
   if (options_.processor) options_.processor->SetResource(options_.resource);
 }
 
@@ -307,19 +380,26 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
 
   auto state = std::make_unique<Span::State>();
   state->tracer = this;
+  state->data = internal::TakeSpanData();
   SpanData& data = state->data;
-  data.name = std::string(name);
+  Overwrite(data.name, name);
   data.trace_id = context.trace_id;
   data.span_id = context.span_id;
-  if (parent != nullptr) data.parent_span_id = parent->span_id;
+  data.parent_span_id = parent != nullptr ? parent->span_id : SpanId{};
   data.kind = kind;
   data.start_unix_nanos = options_.clock->UnixNanos();
+  state->start_mono = options_.clock->MonotonicNanos();
+  data.end_unix_nanos = 0;
+  data.status = StatusCode::kUnset;
+  data.status_message.clear();
+  data.dropped_attributes_count = 0;
+  data.dropped_events_count = 0;
   // A worker call's span carries a handful of attributes and about six events: one allocation
-  // each instead of a growth series.
+  // each instead of a growth series (a recycled span has them already).
   data.attributes.reserve(std::min<size_t>(8, options_.limits.max_attributes));
   data.events.reserve(std::min<size_t>(8, options_.limits.max_events));
   for (Attribute& a : attributes)
-    SetAttributeLimited(data, options_.limits.max_attributes, a.key, std::move(a.value));
+    state->SetAttribute(options_.limits.max_attributes, a.key, std::move(a.value));
   span.state_ = std::move(state);
   return span;
 }

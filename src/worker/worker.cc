@@ -122,9 +122,7 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
       span_.AddEvent("acquired_slot",
                      {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
                       {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
-      slot_.SetTimeoutWarningHook([this] {
-        span_.AddEvent("timeout", {{"phase", std::string("warning")}});
-      });
+      slot_.SetTimeoutWarningHook([this] { span_.AddEvent("timeout", {{"phase", "warning"}}); });
       InstallHardHook();
     }
   } else {
@@ -162,7 +160,7 @@ void CallGuard::InstallHardHook() {
   hard_hook_installed_ = true;
   slot_.SetHardTimeoutHook([this] {
     if (span_.recording()) {
-      span_.AddEvent("timeout", {{"phase", std::string("escalation")}});
+      span_.AddEvent("timeout", {{"phase", "escalation"}});
       span_.SetStatus(StatusCode::kError, "worker call passed its hard deadline");
     }
     std::function<void()> user;
@@ -207,8 +205,8 @@ void CallGuard::Finish(bool success, std::string_view error_type, std::string_vi
   if (span_.recording()) {
     const double elapsed = ElapsedMs();
     if (success) span_.AddEvent("execution_succeeded");
-    span_.AddEvent("call_completed", {{"status", std::string(success ? "success" : "failure")},
-                                      {"duration", elapsed}});
+    span_.AddEvent("call_completed",
+                   {{"status", success ? "success" : "failure"}, {"duration", elapsed}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
   }
   slot_.Release(success, error_type);  // after this no timeout hook runs

@@ -635,13 +635,118 @@ TEST(SpanTest, TimesComeFromTheInjectedClock) {
   EXPECT_EQ(spans[0].end_unix_nanos, 1'000'000'000'000'000'031);
 }
 
-TEST(SpanTest, DefaultClockIsTheSystemClock) {
-  Tracer tracer(TracerOptions{});
-  EXPECT_EQ(&tracer.clock(), &SystemClock::Get());
-  Span span = tracer.StartSpan("no processor");  // sampled, goes nowhere
-  EXPECT_TRUE(span.recording());
+TEST(SpanTest, DefaultClockIsFastClockOnTheWallClock) {
+  auto exporter = std::make_unique<InMemorySpanExporter>();
+  InMemorySpanExporter* spans = exporter.get();
+  TracerOptions o;
+  o.processor = NewSimpleSpanProcessor(std::move(exporter));
+  Tracer tracer(std::move(o));
+  EXPECT_EQ(&tracer.clock(), &FastClock::Get());
+  const int64_t before = SystemClock::Get().UnixNanos();
+  tracer.StartSpan("default clock").End();
+  const int64_t after = SystemClock::Get().UnixNanos();
+  const std::vector<SpanData> exported = spans->spans();
+  ASSERT_EQ(exported.size(), 1u);
+  const SpanData& span = exported[0];
+  EXPECT_GE(span.start_unix_nanos, before);
+  EXPECT_LE(span.start_unix_nanos, after);
+  EXPECT_GE(span.end_unix_nanos, span.start_unix_nanos);
+}
+
+// A clock whose wall time can jump (NTP stepping it) while the monotonic time runs on.
+class SteppingClock final : public Clock {
+ public:
+  int64_t MonotonicNanos() const override { return mono.load(); }
+  int64_t UnixNanos() const override { return unix.load(); }
+  std::atomic<int64_t> mono{5'000}, unix{1'767'225'600'000'000'000};
+};
+
+TEST(SpanTest, EventAndEndTimesFollowTheMonotonicClockAcrossAWallClockStep) {
+  SteppingClock clock;
+  auto processor = std::make_shared<RecordingProcessor>();
+  TracerOptions o;
+  o.processor = processor;
+  o.clock = &clock;
+  Tracer tracer(std::move(o));
+  Span span = tracer.StartSpan("s");
+  clock.unix -= 3'600'000'000'000;  // the wall clock steps back an hour
+  clock.mono += 2'000'000;
+  span.AddEvent("e");
+  clock.mono += 1'000'000;
   span.End();
-  EXPECT_TRUE(tracer.ForceFlush());
+  const auto spans = processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].start_unix_nanos, 1'767'225'600'000'000'000);
+  EXPECT_EQ(spans[0].events[0].time_unix_nanos, 1'767'225'600'002'000'000);
+  EXPECT_EQ(spans[0].end_unix_nanos, 1'767'225'600'003'000'000);
+}
+
+// Spans reuse the buffers of exported ones; nothing of an earlier span may show through.
+TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
+  auto exporter = std::make_unique<InMemorySpanExporter>();
+  InMemorySpanExporter* exported = exporter.get();
+  ManualClock clock;
+  TracerOptions o;
+  o.processor = NewSimpleSpanProcessor(std::move(exporter));
+  o.clock = &clock;
+  Tracer tracer(std::move(o));
+  const std::string long_text(100, 'x');
+  // Several big spans first, so every span this thread takes next is a recycled one.
+  for (int i = 0; i < 80; ++i) {
+    const SpanContext parent{NewTraceId(), NewSpanId(), true};
+    Span big = tracer.StartSpan("a-span-name-longer-than-the-small-string-buffer", &parent,
+                                SpanKind::kClient, {{"start-attribute", long_text}});
+    for (int a = 0; a < 6; ++a) big.SetAttribute("attribute-" + std::to_string(a), long_text);
+    for (int e = 0; e < 5; ++e)
+      big.AddEvent("an-event-name-past-sixteen",
+                   {{"k1", long_text}, {"k2", int64_t{e}}, {"k3", 2.5}, {"k4", true}});
+    big.SetStatus(StatusCode::kError, long_text);
+  }
+  exported->Clear();
+
+  Span small = tracer.StartSpan("small");
+  small.SetAttribute("only", int64_t{1});
+  small.AddEvent("one", {{"k2", "text"}});
+  small.AddEvent("two");
+  small.End();
+  const auto spans = exported->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const SpanData& s = spans[0];
+  EXPECT_EQ(s.name, "small");
+  EXPECT_FALSE(s.parent_span_id.valid());
+  EXPECT_EQ(s.kind, SpanKind::kInternal);
+  ASSERT_EQ(s.attributes.size(), 1u);
+  EXPECT_EQ(s.attributes[0].key, "only");
+  EXPECT_EQ(std::get<int64_t>(s.attributes[0].value), 1);
+  ASSERT_EQ(s.events.size(), 2u);
+  EXPECT_EQ(s.events[0].name, "one");
+  ASSERT_EQ(s.events[0].attributes.size(), 1u);
+  EXPECT_EQ(s.events[0].attributes[0].key, "k2");
+  EXPECT_EQ(std::get<std::string>(s.events[0].attributes[0].value), "text");
+  EXPECT_EQ(s.events[1].name, "two");
+  EXPECT_TRUE(s.events[1].attributes.empty());
+  EXPECT_EQ(s.status, StatusCode::kUnset);
+  EXPECT_TRUE(s.status_message.empty());
+  EXPECT_EQ(s.dropped_attributes_count, 0u);
+  EXPECT_EQ(s.dropped_events_count, 0u);
+  EXPECT_EQ(s.events[0].dropped_attributes_count, 0u);
+}
+
+TEST(SpanTest, BorrowedEventAttributesKeepEveryType) {
+  TracerFixture f;
+  Span span = f.tracer->StartSpan("s");
+  const std::string owned = "owned";
+  span.AddEvent("e", {{"b", true}, {"i", 42}, {"d", 0.5}, {"s", owned}, {"lit", "literal"}});
+  span.End();
+  const auto spans = f.processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const Attributes& a = spans[0].events[0].attributes;
+  ASSERT_EQ(a.size(), 5u);
+  EXPECT_EQ(std::get<bool>(a[0].value), true);
+  EXPECT_EQ(std::get<int64_t>(a[1].value), 42);
+  EXPECT_EQ(std::get<double>(a[2].value), 0.5);
+  EXPECT_EQ(std::get<std::string>(a[3].value), "owned");
+  EXPECT_EQ(std::get<std::string>(a[4].value), "literal");
 }
 
 TEST(SpanTest, ConcurrentAddEventLosesNothing) {

@@ -1,0 +1,35 @@
+// Finished spans' buffers, handed back once they have been exported so that new spans reuse them.
+//
+// A recording span otherwise costs about ten allocations (its name, attribute and event vectors,
+// keys and event names past the small-string buffer), and with the batch processor every one of
+// them is freed on the export thread, which contends on glibc's arena locks with the threads that
+// make spans. Reusing SpanData (its strings and vectors keep their capacity) takes the allocator
+// off the worker call's path: in a steady state a sampled-in span allocates nothing.
+//
+// Thread safety: every function is safe from any thread.
+#ifndef LANEGUARD_SRC_TELEMETRY_SPAN_POOL_H_
+#define LANEGUARD_SRC_TELEMETRY_SPAN_POOL_H_
+
+#include <vector>
+
+#include "laneguard/trace.h"
+
+namespace laneguard::internal {
+
+// A SpanData with unspecified contents (a recycled one, or a new empty one). The caller overwrites
+// every field; vectors may hold stale elements to be overwritten in place.
+SpanData TakeSpanData();
+
+// Gives the spans' buffers back and empties `batch`. Spans that grew unusually large are freed
+// instead, so the pool never pins much memory (at most kMaxPooledSpans small spans).
+void RecycleSpanData(std::vector<SpanData>& batch);
+void RecycleSpanData(SpanData&& span);
+
+inline constexpr size_t kMaxPooledSpans = 4096;
+
+// For tests: how many spans the shared pool holds now (not counting per-thread caches).
+size_t PooledSpanCount();
+
+}  // namespace laneguard::internal
+
+#endif  // LANEGUARD_SRC_TELEMETRY_SPAN_POOL_H_

@@ -1,0 +1,80 @@
+#include "telemetry/span_pool.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace laneguard::internal {
+namespace {
+
+SpanData SmallSpan() {
+  SpanData span;
+  span.name = "worker_call:tool_call";
+  span.attributes.push_back({"taskId", std::string("t-1")});
+  span.events.push_back({"acquired_slot", 1, {{"globalConcurrency", int64_t{1}}}, 0});
+  return span;
+}
+
+// Each test runs on a fresh thread, so the calling thread's cache starts empty.
+template <typename Fn>
+void OnNewThread(Fn fn) {
+  std::thread(fn).join();
+}
+
+TEST(SpanPoolTest, RecycledBuffersComeBackWithTheirCapacity) {
+  OnNewThread([] {
+    std::vector<SpanData> batch;
+    for (int i = 0; i < 64; ++i) batch.push_back(SmallSpan());
+    const size_t before = PooledSpanCount();
+    RecycleSpanData(batch);
+    EXPECT_TRUE(batch.empty());
+    EXPECT_EQ(PooledSpanCount(), std::min(before + 64, kMaxPooledSpans));
+    SpanData taken = TakeSpanData();
+    EXPECT_GE(taken.name.capacity(), std::string("worker_call:tool_call").size());
+    EXPECT_GE(taken.events.capacity(), 1u);
+  });
+}
+
+TEST(SpanPoolTest, LargeSpansAreFreedNotPooled) {
+  OnNewThread([] {
+    std::vector<SpanData> batch;
+    SpanData huge = SmallSpan();
+    huge.attributes[0].value = std::string(64 * 1024, 'x');
+    batch.push_back(std::move(huge));
+    SpanData many = SmallSpan();
+    for (int i = 0; i < 100; ++i) many.events.push_back({"e", 0, {}, 0});
+    batch.push_back(std::move(many));
+    const size_t before = PooledSpanCount();
+    RecycleSpanData(batch);
+    EXPECT_TRUE(batch.empty());
+    EXPECT_EQ(PooledSpanCount(), before);
+  });
+}
+
+TEST(SpanPoolTest, ThePoolIsBounded) {
+  OnNewThread([] {
+    for (int round = 0; round < 3; ++round) {
+      std::vector<SpanData> batch(kMaxPooledSpans, SmallSpan());
+      RecycleSpanData(batch);
+      EXPECT_TRUE(batch.empty());
+    }
+    EXPECT_EQ(PooledSpanCount(), kMaxPooledSpans);
+  });
+}
+
+TEST(SpanPoolTest, TakingFromAnEmptyCacheAndPoolGivesAnEmptySpan) {
+  OnNewThread([] {
+    // Drain what other tests left, then one more.
+    for (size_t i = 0; i <= kMaxPooledSpans + 64; ++i) TakeSpanData();
+    EXPECT_EQ(PooledSpanCount(), 0u);
+    SpanData span = TakeSpanData();
+    EXPECT_TRUE(span.name.empty());
+    EXPECT_TRUE(span.attributes.empty());
+    EXPECT_TRUE(span.events.empty());
+  });
+}
+
+}  // namespace
+}  // namespace laneguard::internal
