@@ -328,8 +328,12 @@ class Span {
  private:
   friend class Tracer;
   struct State;
+  // Keeps a few ended states per thread for the next spans instead of freeing them.
+  struct StateDeleter {
+    void operator()(State* state) const noexcept;
+  };
   SpanContext context_;
-  std::unique_ptr<State> state_;
+  std::unique_ptr<State, StateDeleter> state_;
 };
 
 // Spans point at their tracer: a Tracer must outlive every Span it started, so it is neither

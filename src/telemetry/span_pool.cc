@@ -45,15 +45,25 @@ bool Small(const SpanData& span) {
 
 // This thread's spans: taken from the shared pool a chunk at a time, and where spans ended and
 // were exported on the same thread (no processor, the simple one) they come straight back here.
-std::vector<SpanData>& Cache() {
-  thread_local std::vector<SpanData> cache;
-  return cache;
+// Null once the thread's destructors have destroyed it (a span ended by a later thread_local's
+// destructor): such spans go to the shared pool or are freed.
+std::vector<SpanData>* Cache() {
+  thread_local bool gone = false;  // trivially destructible: readable to the thread's end
+  struct Holder {
+    std::vector<SpanData> spans;
+    ~Holder() { gone = true; }
+  };
+  if (gone) return nullptr;
+  thread_local Holder holder;
+  return &holder.spans;
 }
 
 }  // namespace
 
 SpanData TakeSpanData() {
-  std::vector<SpanData>& cache = Cache();
+  std::vector<SpanData>* cache_or_null = Cache();
+  if (cache_or_null == nullptr) return {};
+  std::vector<SpanData>& cache = *cache_or_null;
   if (cache.empty()) {
     SharedPool& pool = Shared();
     std::lock_guard<std::mutex> lock(pool.mu);
@@ -97,10 +107,10 @@ void RecycleSpanData(std::vector<SpanData>& batch) {
 }
 
 void RecycleSpanData(SpanData&& span) {
-  std::vector<SpanData>& cache = Cache();
-  if (cache.size() >= 2 * kTakeChunk || !Small(span)) return;
+  std::vector<SpanData>* cache = Cache();
+  if (cache == nullptr || cache->size() >= 2 * kTakeChunk || !Small(span)) return;
   try {
-    cache.push_back(std::move(span));
+    cache->push_back(std::move(span));
   } catch (...) {  // out of memory: the span is simply freed
   }
 }

@@ -229,6 +229,39 @@ struct Span::State {
   size_t events_used = 0;
   bool ended = false;
 
+  // This thread's ended states, reused by its next spans: a span then costs no allocation at
+  // all. Bounded, and freed when the thread exits; null once that has happened (a span ended by
+  // another thread_local's destructor).
+  static std::vector<State*>* FreeList() {
+    thread_local bool gone = false;  // trivially destructible: readable to the thread's end
+    struct List {
+      std::vector<State*> states;
+      ~List() {
+        gone = true;
+        for (State* state : states) delete state;
+      }
+    };
+    if (gone) return nullptr;
+    thread_local List list;
+    return &list.states;
+  }
+  static constexpr size_t kMaxFreeStates = 16;
+
+  static std::unique_ptr<State, StateDeleter> New(const Tracer* tracer) {
+    std::vector<State*>* free = FreeList();
+    std::unique_ptr<State, StateDeleter> state;
+    if (free == nullptr || free->empty()) {
+      state.reset(new State);
+    } else {
+      state.reset(free->back());
+      free->pop_back();
+    }
+    state->tracer = tracer;
+    state->attributes_used = state->events_used = 0;
+    state->ended = false;
+    return state;
+  }
+
   int64_t UnixNow() const {
     return data.start_unix_nanos + (tracer->options_.clock->MonotonicNanos() - start_mono);
   }
@@ -279,6 +312,18 @@ struct Span::State {
     event.attributes.resize(kept);
   }
 };
+
+void Span::StateDeleter::operator()(State* state) const noexcept {
+  std::vector<State*>* free = State::FreeList();
+  if (free != nullptr && free->size() < State::kMaxFreeStates) {
+    try {
+      free->push_back(state);
+      return;
+    } catch (...) {  // out of memory: freed below
+    }
+  }
+  delete state;
+}
 
 Span::Span() = default;
 
@@ -378,8 +423,7 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   context.sampled = sampler_.ShouldSample(context.trace_id, parent);
   if (!context.sampled) return span;
 
-  auto state = std::make_unique<Span::State>();
-  state->tracer = this;
+  auto state = Span::State::New(this);
   state->data = internal::TakeSpanData();
   SpanData& data = state->data;
   Overwrite(data.name, name);

@@ -732,6 +732,29 @@ TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
   EXPECT_EQ(s.events[0].dropped_attributes_count, 0u);
 }
 
+// Spans and their buffers are kept per thread; a span ended by a thread_local's destructor,
+// after those per-thread lists are gone, still ends cleanly (ASan checks the memory).
+TEST(SpanTest, ASpanEndedAfterItsThreadsCachesAreGoneIsStillExported) {
+  auto exporter = std::make_unique<InMemorySpanExporter>();
+  InMemorySpanExporter* exported = exporter.get();
+  TracerOptions o;
+  o.processor = NewSimpleSpanProcessor(std::move(exporter));
+  Tracer tracer(std::move(o));
+  std::thread([&tracer] {
+    struct Holder {
+      Span span;
+    };
+    thread_local Holder holder;  // constructed before the caches, so destroyed after them
+    tracer.StartSpan("warm-up").End();
+    holder.span = tracer.StartSpan("ended-at-thread-exit");
+    holder.span.AddEvent("e", {{"k", "v"}});
+  }).join();
+  const auto spans = exported->spans();
+  ASSERT_EQ(spans.size(), 2u);
+  EXPECT_EQ(spans[1].name, "ended-at-thread-exit");
+  ASSERT_EQ(spans[1].events.size(), 1u);
+}
+
 TEST(SpanTest, BorrowedEventAttributesKeepEveryType) {
   TracerFixture f;
   Span span = f.tracer->StartSpan("s");
