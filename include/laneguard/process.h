@@ -48,7 +48,9 @@
 namespace laneguard {
 
 struct ProcessSpec {
-  // argv[0] is looked up in PATH (execvp). Must not be empty.
+  // argv[0] is looked up in PATH (as execvp does) unless it contains a '/'. The PATH is the
+  // command's own: env's PATH when set there, glibc's default path when clear_env leaves none.
+  // Must not be empty.
   std::vector<std::string> argv;
   // When true, argv must hold exactly one string, run as `/bin/sh -c <string>`. Off by default:
   // arguments reach the program exactly as given, with no shell interpretation.

@@ -5,6 +5,7 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -248,9 +249,9 @@ struct Tree {
 };
 
 // The child's side of the fork: only async-signal-safe calls until exec.
-[[noreturn]] void ChildExec(const std::vector<char*>& argv, char** envp, const char* cwd,
-                            const char* v2_procs, const char* v1_procs, pid_t parent, int in_fd,
-                            int out_fd, int err_fd, int status_fd) {
+[[noreturn]] void ChildExec(const char* file, const std::vector<char*>& argv, char** envp,
+                            const char* cwd, const char* v2_procs, const char* v1_procs,
+                            pid_t parent, int in_fd, int out_fd, int err_fd, int status_fd) {
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(127);  // the parent died before the line above
@@ -281,11 +282,46 @@ struct Tree {
     }
     _exit(127);
   }
-  execvpe(argv[0], argv.data(), envp);
+  execvpe(file, argv.data(), envp);
   const int err = errno;
   if (write(status_fd, &err, sizeof err) < 0) {
   }
   _exit(127);
+}
+
+// What execvpe should run for argv[0]. glibc's execvpe searches the PATH of the calling process,
+// not the one in envp, so a command whose environment sets PATH (or clears it) would be found where
+// laneguard's PATH says: the search is done here instead, with the child's PATH (glibc's default
+// path when a cleared environment has none) and relative to the child's working directory. Not
+// found: an empty name, which makes exec fail with ENOENT rather than fall back to our PATH.
+std::string ProgramToExec(const std::string& name, const ProcessSpec& spec) {
+  if (name.find('/') != std::string::npos) return name;
+  const std::string* path = nullptr;
+  for (const auto& [key, value] : spec.env)
+    if (key == "PATH") path = &value;  // the last one wins, as in the built environment
+  if (path == nullptr && !spec.clear_env) return name;  // our PATH is the child's: execvpe's own
+  std::string search;
+  if (path != nullptr) {
+    search = *path;
+  } else {
+    search.resize(confstr(_CS_PATH, nullptr, 0));
+    confstr(_CS_PATH, search.data(), search.size());
+    search.resize(std::strlen(search.c_str()));
+  }
+  size_t begin = 0;
+  for (;;) {
+    const size_t end = std::min(search.find(':', begin), search.size());
+    const std::string dir = search.substr(begin, end - begin);
+    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    const std::string seen_from_here =
+        candidate[0] == '/' || spec.cwd.empty() ? candidate : spec.cwd + "/" + candidate;
+    struct stat st {};
+    if (stat(seen_from_here.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+        access(seen_from_here.c_str(), X_OK) == 0)
+      return candidate;
+    if (end == search.size()) return {};
+    begin = end + 1;
+  }
 }
 
 std::vector<std::string> BuildEnvironment(const ProcessSpec& spec) {
@@ -409,6 +445,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   }
   std::vector<std::string> args = spec.argv;
   if (spec.use_shell) args = {"/bin/sh", "-c", spec.argv[0]};
+  const std::string program = ProgramToExec(args[0], spec);
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -453,8 +490,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     return result;
   }
   if (pid == 0)
-    ChildExec(argv, envp.data(), cwd, v2, v1, parent, null_in.read, out.write, err.write,
-              status.write);
+    ChildExec(program.c_str(), argv, envp.data(), cwd, v2, v1, parent, null_in.read, out.write,
+              err.write, status.write);
   // Both sides set the group, so a signal sent before the child runs reaches it.
   setpgid(pid, pid);
   out.CloseWrite();
@@ -495,7 +532,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     if (tree.pidfd >= 0) close(tree.pidfd);
     result.error = (cwd != nullptr && exec_errno == ENOENT && access(cwd, F_OK) != 0)
                        ? "cwd '" + spec.cwd + "': " + std::strerror(exec_errno)
-                       : "'" + args[0] + "': " + std::strerror(exec_errno);
+                       : "'" + args[0] + "': " + std::strerror(exec_errno) +
+                             (program.empty() ? " (searched the PATH of its environment)" : "");
     return result;
   }
   if (span.recording()) span.AddEvent("process_started", {{"process.pid", int64_t{pid}}});

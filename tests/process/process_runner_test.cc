@@ -167,6 +167,42 @@ TEST_F(ProcessRunnerTest, EnvironmentAndWorkingDirectory) {
   unsetenv("LG_UNSET");
 }
 
+// glibc's execvpe would search laneguard's own PATH; the command's environment decides instead.
+TEST_F(ProcessRunnerTest, TheProgramIsFoundInThePathOfItsOwnEnvironment) {
+  const std::filesystem::path bin = dir_ / "bin";
+  std::filesystem::create_directories(bin);
+  {
+    std::ofstream script(bin / "lg-path-probe");
+    script << "#!/bin/sh\necho found-in-job-path\n";
+  }
+  std::filesystem::permissions(bin / "lg-path-probe", std::filesystem::perms::owner_all);
+  ProcessSpec spec{.argv = {"lg-path-probe"}};
+  spec.env = {{"PATH", "/laneguard/no/such/dir:" + bin.string() + ":/usr/bin:/bin"}};
+  spec.capture_output = true;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kExited) << r.error;
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.stdout_data, "found-in-job-path\n");
+
+  // An empty PATH element is the working directory, the command's own.
+  spec.env = {{"PATH", ":/usr/bin:/bin"}};
+  spec.cwd = bin.string();
+  EXPECT_EQ(Run(spec).stdout_data, "found-in-job-path\n");
+
+  // `true` is on laneguard's PATH but not on the command's: not found.
+  ProcessSpec missing{.argv = {"true"}};
+  missing.env = {{"PATH", "/laneguard/no/such/dir"}};
+  r = Run(missing);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("'true'"));
+  EXPECT_THAT(r.error, HasSubstr("PATH"));
+
+  // A cleared environment without PATH searches glibc's default path (/bin:/usr/bin).
+  ProcessSpec cleared{.argv = {"true"}};
+  cleared.clear_env = true;
+  EXPECT_EQ(Run(cleared).ShellStatus(), 0);
+}
+
 TEST_F(ProcessRunnerTest, OutputCaptureIsCappedAndCounted) {
   ProcessSpec spec = Shell("head -c 100 /dev/zero");
   spec.capture_output = true;
