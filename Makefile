@@ -11,6 +11,8 @@ DEBIAN_COMMANDS := npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prometheus exposition (laneguard::prometheus) and the tools its interop tests run.
 DEBIAN_PACKAGES += prometheus-cpp-dev libcpp-httplib-dev prometheus python3-prometheus-client
+# script(1), for the test that runs `laneguard run` on a pseudo-terminal.
+DEBIAN_PACKAGES += bsdutils
 
 .PHONY: all deps configure build test demo demo-library bench tsan asan format format-check tidy install clean
 

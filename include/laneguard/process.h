@@ -65,6 +65,13 @@ struct ProcessSpec {
   // true: stdin is /dev/null. Runs that share a terminal (a batch) should not read from it: the
   // program runs in its own process group, where reading the terminal stops it (SIGTTIN).
   bool stdin_null = false;
+  // For a command run from a shell prompt (laneguard run): when stdin is a terminal whose
+  // foreground process group is this process's, the command's process group becomes the
+  // terminal's foreground group while it runs, as a shell does for a job, so the command can read
+  // the terminal (instead of being stopped by SIGTTIN) and Ctrl-C reaches it directly. The
+  // terminal is handed back when the command ends. Ignored otherwise, and with stdin_null.
+  // Ctrl-Z stops the command, not laneguard; its timeout keeps running meanwhile.
+  bool foreground_terminal = false;
   // false: stdout and stderr pass through to ours. true: captured into the result (each capped at
   // max_capture_bytes; the rest is read and dropped, counted in the result).
   bool capture_output = false;

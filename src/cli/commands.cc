@@ -328,6 +328,7 @@ int RunCommand(const RunFlags& flags) {
   ProcessSpec spec;
   spec.argv = flags.command;
   spec.max_rss_mb = flags.max_rss_mb;
+  spec.foreground_terminal = true;  // run from a prompt, the command may read the terminal
   const std::string task = flags.task.empty() ? "run-" + flags.command[0] : flags.task;
   CallOptions call;
   call.lane = flags.lane;

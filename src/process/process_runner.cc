@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -250,11 +251,21 @@ struct Tree {
 
 // The child's side of the fork: only async-signal-safe calls until exec.
 [[noreturn]] void ChildExec(const char* file, const std::vector<char*>& argv, char** envp,
-                            const char* cwd, const char* v2_procs, const char* v1_procs,
-                            pid_t parent, int in_fd, int out_fd, int err_fd, int status_fd) {
+                            bool take_terminal, const char* cwd, const char* v2_procs,
+                            const char* v1_procs, pid_t parent, int in_fd, int out_fd, int err_fd,
+                            int status_fd) {
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (getppid() != parent) _exit(127);  // the parent died before the line above
+  if (take_terminal) {
+    // A background group changing the foreground group gets SIGTTOU unless it blocks it; the
+    // mask is reset below.
+    sigset_t ttou;
+    sigemptyset(&ttou);
+    sigaddset(&ttou, SIGTTOU);
+    sigprocmask(SIG_BLOCK, &ttou, nullptr);
+    tcsetpgrp(STDIN_FILENO, getpid());
+  }
   // Join the call's cgroups before anything else runs, so nothing the program forks escapes.
   char pid_text[24];
   const size_t pid_len = FormatPid(getpid(), pid_text);
@@ -323,6 +334,35 @@ std::string ProgramToExec(const std::string& name, const ProcessSpec& spec) {
     begin = end + 1;
   }
 }
+
+// Makes `group` the terminal's foreground process group from this thread, which may be in a
+// background group by then (SIGTTOU blocked around the call for that reason).
+void SetTerminalGroup(pid_t group) {
+  sigset_t ttou, old;
+  sigemptyset(&ttou);
+  sigaddset(&ttou, SIGTTOU);
+  pthread_sigmask(SIG_BLOCK, &ttou, &old);
+  tcsetpgrp(STDIN_FILENO, group);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+}
+
+// Gives the terminal to the command's group and takes it back for ours when the run ends, on
+// every path. Both sides of the fork set it, as with setpgid, so the command never reads the
+// terminal before it owns it.
+class TerminalLease {
+ public:
+  TerminalLease(bool active, pid_t child) : active_(active) {
+    if (active_) SetTerminalGroup(child);
+  }
+  ~TerminalLease() {
+    if (active_) SetTerminalGroup(getpgrp());
+  }
+  TerminalLease(const TerminalLease&) = delete;
+  TerminalLease& operator=(const TerminalLease&) = delete;
+
+ private:
+  bool active_;
+};
 
 std::vector<std::string> BuildEnvironment(const ProcessSpec& spec) {
   std::vector<std::string> env;
@@ -484,16 +524,19 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   const char* cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
   const char* v2 = cgroup.v2_procs().empty() ? nullptr : cgroup.v2_procs().c_str();
   const char* v1 = cgroup.v1_procs().empty() ? nullptr : cgroup.v1_procs().c_str();
+  const bool take_terminal = spec.foreground_terminal && !spec.stdin_null &&
+                             isatty(STDIN_FILENO) != 0 && tcgetpgrp(STDIN_FILENO) == getpgrp();
   const pid_t pid = fork();
   if (pid < 0) {
     result.error = std::string("fork: ") + std::strerror(errno);
     return result;
   }
   if (pid == 0)
-    ChildExec(program.c_str(), argv, envp.data(), cwd, v2, v1, parent, null_in.read, out.write,
-              err.write, status.write);
+    ChildExec(program.c_str(), argv, envp.data(), take_terminal, cwd, v2, v1, parent, null_in.read,
+              out.write, err.write, status.write);
   // Both sides set the group, so a signal sent before the child runs reaches it.
   setpgid(pid, pid);
+  const TerminalLease terminal(take_terminal, pid);
   out.CloseWrite();
   err.CloseWrite();
   status.CloseWrite();

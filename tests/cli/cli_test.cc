@@ -3,9 +3,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -19,6 +21,7 @@
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 using namespace std::chrono_literals;
 namespace fs = std::filesystem;
 
@@ -38,6 +41,24 @@ TEST_F(CliTest, RunExitStatuses) {
   EXPECT_THAT(err_, HasSubstr("killed for memory"));
   EXPECT_EQ(Cli({"run", "--", "laneguard-no-such-program"}), 127);
   EXPECT_THAT(err_, HasSubstr("laneguard-no-such-program"));
+}
+
+// From a shell prompt the command owns the terminal while it runs: it can read it (not stopped by
+// SIGTTIN, which a background process group gets), and the terminal comes back afterwards, so a
+// second command can read it too. script(1) gives the commands a pseudo-terminal.
+TEST_F(CliTest, RunFromATerminalLetsTheCommandReadItAndHandsItBack) {
+  const std::string cli = LANEGUARD_CLI_PATH;
+  const std::string inner = cli + " run --timeout 5s -- sh -c 'read a; echo first:\\$a'; " + cli +
+                            " run --timeout 5s -- sh -c 'read b; echo second:\\$b'";
+  const std::string out = Path("tty.out");
+  const std::string command = "{ printf 'one\\n'; sleep 1; printf 'two\\n'; } | script -qec \"" +
+                              inner + "\" /dev/null > " + out + " 2>&1";
+  const int status = std::system(command.c_str());
+  const std::string text = Slurp(out);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << text;
+  EXPECT_THAT(text, HasSubstr("first:one"));
+  EXPECT_THAT(text, HasSubstr("second:two"));
+  EXPECT_THAT(text, Not(HasSubstr("timed out")));
 }
 
 TEST_F(CliTest, RunStopsAStubbornChildAtTheEscalation) {
