@@ -167,7 +167,9 @@ struct OtlpSettings {
   bool sampler_parent_based = true;
   OtlpHttpExporterOptions traces;  // endpoint defaults to http://localhost:4318/v1/traces
   OtlpHttpExporterOptions logs;    // endpoint defaults to http://localhost:4318/v1/logs
-  BatchProcessorOptions batch;     // for both spans and logs
+  BatchProcessorOptions batch;     // spans (OpenTelemetry's BSP defaults)
+  // Log records: OpenTelemetry's BLRP defaults, which flush every second rather than every five.
+  BatchProcessorOptions log_batch{.schedule_delay = std::chrono::milliseconds(1000)};
 
   // TracerOptions with this resource, sampling and enabled flag, and the given processor.
   TracerOptions TracerOptionsWith(std::shared_ptr<SpanProcessor> processor) const;
@@ -206,10 +208,11 @@ struct OtlpEnvResult {
 //   OTEL_TRACES_SAMPLER               always_on, always_off, traceidratio, parentbased_always_on,
 //                                     parentbased_always_off, parentbased_traceidratio.
 //   OTEL_TRACES_SAMPLER_ARG           the ratio in [0, 1] for the two traceidratio samplers.
-//   OTEL_BSP_SCHEDULE_DELAY           milliseconds (>= 0) between batches.
+//   OTEL_BSP_SCHEDULE_DELAY           milliseconds (>= 0) between batches of spans.
 //   OTEL_BSP_EXPORT_TIMEOUT           milliseconds (> 0) for one export, retries included.
 //   OTEL_BSP_MAX_QUEUE_SIZE           >= 1.
 //   OTEL_BSP_MAX_EXPORT_BATCH_SIZE    >= 1 and <= the queue size (a larger value is clamped).
+//   OTEL_BLRP_*                       the same four for log records (batch, logs.export_timeout).
 //   OTEL_EXPORTER_OTLP[_{TRACES,LOGS}]_PROTOCOL  anything but http/json warns: only JSON is sent.
 OtlpEnvResult ReadOtlpEnvironment(OtlpSettings base, const EnvLookup& env);
 

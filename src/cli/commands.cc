@@ -203,7 +203,7 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     auto logs = OtlpHttpLogExporter::Create(otel.settings.logs);
     if (!logs.ok()) return "--otlp " + flags.otlp + ": " + Describe(logs.error());
     rt->otlp_logs = std::make_shared<BatchLogRecordProcessor>(
-        std::move(logs).value(), otel.settings.resource, otel.settings.batch);
+        std::move(logs).value(), otel.settings.resource, otel.settings.log_batch);
   }
 
   JsonLogger::Options log_options{.min_level = *level};

@@ -277,6 +277,24 @@ OtlpSettings OtlpSettingsFromConfig(const Config& config, Resource resource) {
   return s;
 }
 
+// OTEL_BSP_* (spans) or OTEL_BLRP_* (log records): the same four variables, the same rules.
+void ReadBatchProcessor(EnvReader& env, const std::string& prefix, BatchProcessorOptions& batch,
+                        std::chrono::milliseconds& export_timeout) {
+  env.Millis(prefix + "SCHEDULE_DELAY", 0, batch.schedule_delay);
+  env.Millis(prefix + "EXPORT_TIMEOUT", 1, export_timeout);
+  env.Size(prefix + "MAX_QUEUE_SIZE", batch.max_queue_size);
+  const size_t batch_before = batch.max_export_batch_size;
+  const std::string batch_size = prefix + "MAX_EXPORT_BATCH_SIZE";
+  env.Size(batch_size, batch.max_export_batch_size);
+  if (batch.max_export_batch_size > batch.max_queue_size) {
+    if (batch.max_export_batch_size != batch_before) {
+      env.Warn(batch_size, std::to_string(batch.max_export_batch_size),
+               "must not exceed the queue size", std::to_string(batch.max_queue_size));
+    }
+    batch.max_export_batch_size = batch.max_queue_size;
+  }
+}
+
 OtlpEnvResult ReadOtlpEnvironment(OtlpSettings base, const EnvLookup& lookup) {
   OtlpEnvResult out{std::move(base), {}};
   OtlpSettings& s = out.settings;
@@ -325,21 +343,8 @@ OtlpEnvResult ReadOtlpEnvironment(OtlpSettings base, const EnvLookup& lookup) {
   env.Millis("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", 1, s.traces.timeout);
   env.Millis("OTEL_EXPORTER_OTLP_LOGS_TIMEOUT", 1, s.logs.timeout);
 
-  env.Millis("OTEL_BSP_SCHEDULE_DELAY", 0, s.batch.schedule_delay);
-  std::chrono::milliseconds export_timeout = s.traces.export_timeout;
-  env.Millis("OTEL_BSP_EXPORT_TIMEOUT", 1, export_timeout);
-  s.traces.export_timeout = export_timeout;
-  s.logs.export_timeout = export_timeout;
-  env.Size("OTEL_BSP_MAX_QUEUE_SIZE", s.batch.max_queue_size);
-  const size_t batch_before = s.batch.max_export_batch_size;
-  env.Size("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", s.batch.max_export_batch_size);
-  if (s.batch.max_export_batch_size > s.batch.max_queue_size) {
-    if (s.batch.max_export_batch_size != batch_before) {
-      env.Warn("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", std::to_string(s.batch.max_export_batch_size),
-               "must not exceed the queue size", std::to_string(s.batch.max_queue_size));
-    }
-    s.batch.max_export_batch_size = s.batch.max_queue_size;
-  }
+  ReadBatchProcessor(env, "OTEL_BSP_", s.batch, s.traces.export_timeout);
+  ReadBatchProcessor(env, "OTEL_BLRP_", s.log_batch, s.logs.export_timeout);
   return out;
 }
 

@@ -54,6 +54,10 @@ TEST(OtlpEnvTest, NothingSetGivesTheOpenTelemetryDefaults) {
   EXPECT_EQ(r.settings.batch.schedule_delay, milliseconds(5000));
   EXPECT_EQ(r.settings.batch.max_queue_size, 2048u);
   EXPECT_EQ(r.settings.batch.max_export_batch_size, 512u);
+  EXPECT_EQ(r.settings.logs.export_timeout, milliseconds(30000));
+  EXPECT_EQ(r.settings.log_batch.schedule_delay, milliseconds(1000));
+  EXPECT_EQ(r.settings.log_batch.max_queue_size, 2048u);
+  EXPECT_EQ(r.settings.log_batch.max_export_batch_size, 512u);
   EXPECT_EQ(r.settings.sample_ratio, 1.0);
   EXPECT_TRUE(r.settings.sampler_parent_based);
   EXPECT_TRUE(r.settings.traces.headers.empty());
@@ -228,9 +232,28 @@ TEST(OtlpEnvTest, BatchProcessorVariables) {
   EXPECT_TRUE(r.warnings.empty());
   EXPECT_EQ(r.settings.batch.schedule_delay, milliseconds(250));
   EXPECT_EQ(r.settings.traces.export_timeout, milliseconds(4000));
-  EXPECT_EQ(r.settings.logs.export_timeout, milliseconds(4000));
   EXPECT_EQ(r.settings.batch.max_queue_size, 100u);
   EXPECT_EQ(r.settings.batch.max_export_batch_size, 10u);
+  // The span variables leave the log records' processor alone, and the other way round.
+  EXPECT_EQ(r.settings.logs.export_timeout, milliseconds(30000));
+  EXPECT_EQ(r.settings.log_batch.schedule_delay, milliseconds(1000));
+  EXPECT_EQ(r.settings.log_batch.max_queue_size, 2048u);
+
+  r = Read({{"OTEL_BLRP_SCHEDULE_DELAY", "50"},
+            {"OTEL_BLRP_EXPORT_TIMEOUT", "2000"},
+            {"OTEL_BLRP_MAX_QUEUE_SIZE", "30"},
+            {"OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "40"}});
+  ExpectOneWarning(r, "OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", "40");
+  EXPECT_EQ(r.settings.log_batch.schedule_delay, milliseconds(50));
+  EXPECT_EQ(r.settings.logs.export_timeout, milliseconds(2000));
+  EXPECT_EQ(r.settings.log_batch.max_queue_size, 30u);
+  EXPECT_EQ(r.settings.log_batch.max_export_batch_size, 30u);
+  EXPECT_EQ(r.settings.batch.schedule_delay, milliseconds(5000));
+  EXPECT_EQ(r.settings.traces.export_timeout, milliseconds(30000));
+
+  r = Read({{"OTEL_BLRP_MAX_QUEUE_SIZE", "none"}});
+  ExpectOneWarning(r, "OTEL_BLRP_MAX_QUEUE_SIZE", "none");
+  EXPECT_EQ(r.settings.log_batch.max_queue_size, 2048u);
 }
 
 TEST(OtlpEnvTest, BadBatchProcessorValuesWarnAndKeepDefaults) {
