@@ -81,21 +81,29 @@ int64_t FastClock::MonotonicNanos() const {
 
 int64_t FastClock::UnixNanos() const { return SystemClock::Get().UnixNanos(); }
 
+// By hand rather than gmtime_r + snprintf: every released call's record carries two of these
+// when anyone observes the manager, and snprintf alone cost about 2,600 instructions each.
+// int64 nanoseconds span the years 1677 to 2262, so the year always has four digits.
 std::string FormatIso8601(int64_t unix_nanos) {
-  int64_t ms = unix_nanos / 1'000'000;
-  if (unix_nanos < 0 && unix_nanos % 1'000'000 != 0) --ms;  // floor for pre-1970 times
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  int millis = static_cast<int>(ms % 1000);
-  if (millis < 0) {
-    millis += 1000;
-    --secs;
-  }
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[96];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
-  return buf;
+  using namespace std::chrono;
+  const sys_time<milliseconds> time =
+      floor<milliseconds>(sys_time<nanoseconds>(nanoseconds(unix_nanos)));
+  const sys_days day = floor<days>(time);
+  const year_month_day date(day);
+  const hh_mm_ss<milliseconds> clock_time(time - day);
+  char text[] = "0000-00-00T00:00:00.000Z";
+  const auto put = [&text](size_t at, unsigned value, int digits) {
+    for (int i = digits - 1; i >= 0; --i, value /= 10)
+      text[at + i] = static_cast<char>('0' + value % 10);
+  };
+  put(0, static_cast<unsigned>(static_cast<int>(date.year())), 4);
+  put(5, static_cast<unsigned>(date.month()), 2);
+  put(8, static_cast<unsigned>(date.day()), 2);
+  put(11, static_cast<unsigned>(clock_time.hours().count()), 2);
+  put(14, static_cast<unsigned>(clock_time.minutes().count()), 2);
+  put(17, static_cast<unsigned>(clock_time.seconds().count()), 2);
+  put(20, static_cast<unsigned>(clock_time.subseconds().count()), 3);
+  return std::string(text, sizeof text - 1);
 }
 
 }  // namespace laneguard

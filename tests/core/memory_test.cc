@@ -3,9 +3,13 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <fstream>
+#include <limits>
+#include <random>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -136,6 +140,35 @@ TEST(Iso8601, KnownValue) {
   EXPECT_EQ(FormatIso8601(1767225600000000000), "2026-01-01T00:00:00.000Z");
   // 2024-02-29T12:34:56.789Z (leap day).
   EXPECT_EQ(FormatIso8601(1709210096789000000), "2024-02-29T12:34:56.789Z");
+}
+
+// Against the C library's calendar over the whole int64 range, pre-1970 included.
+TEST(Iso8601, AgreesWithGmtimeEverywhere) {
+  std::mt19937_64 rng(42);
+  auto reference = [](int64_t nanos) {
+    int64_t ms = nanos / 1'000'000;
+    if (nanos < 0 && nanos % 1'000'000 != 0) --ms;
+    std::time_t secs = static_cast<std::time_t>(ms / 1000);
+    int millis = static_cast<int>(ms % 1000);
+    if (millis < 0) {
+      millis += 1000;
+      --secs;
+    }
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, millis);
+    return std::string(buf);
+  };
+  std::vector<int64_t> values = {std::numeric_limits<int64_t>::min(),
+                                 std::numeric_limits<int64_t>::max(),
+                                 -1,
+                                 0,
+                                 1,
+                                 951'782'400'000'000'000 /* 2000-02-29 */};
+  for (int i = 0; i < 20'000; ++i) values.push_back(static_cast<int64_t>(rng()));
+  for (int64_t v : values) ASSERT_EQ(FormatIso8601(v), reference(v)) << v;
 }
 
 TEST(Iso8601, MillisecondsRoundDown) {
