@@ -81,8 +81,8 @@ int64_t FastClock::MonotonicNanos() const {
 
 int64_t FastClock::UnixNanos() const { return SystemClock::Get().UnixNanos(); }
 
-// By hand rather than gmtime_r + snprintf: every released call's record carries two of these
-// when anyone observes the manager, and snprintf alone cost about 2,600 instructions each.
+// By hand rather than gmtime_r + snprintf: every released call's record carries one when anyone
+// observes the manager, and those two calls cost about 5,300 instructions, most of the call.
 // int64 nanoseconds span the years 1677 to 2262, so the year always has four digits.
 std::string FormatIso8601(int64_t unix_nanos) {
   using namespace std::chrono;
