@@ -1,8 +1,6 @@
 #include "laneguard/clock.h"
 
 #include <chrono>
-#include <cstdio>
-#include <ctime>
 #include <fstream>
 #include <string>
 #include <thread>
