@@ -73,25 +73,28 @@ class BatchWorker {
   BatchWorker(const BatchWorker&) = delete;
   BatchWorker& operator=(const BatchWorker&) = delete;
 
-  void Push(Item&& item) {
+  // False when the item was dropped (and counted); it is then left as it was, for the caller to
+  // free or reuse outside the lock.
+  bool Push(Item&& item) {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.queued;
     if (stopping_) {
       ++stats_.dropped_after_shutdown;
-      return;
+      return false;
     }
     if (queue_.size() >= max_queue_) {
       ++stats_.dropped_queue_full;
-      return;
+      return false;
     }
     try {
-      queue_.push_back(std::move(item));
-    } catch (...) {  // out of memory: the item could not be queued either
+      queue_.push_back(std::move(item));  // strong guarantee: untouched if it throws
+    } catch (...) {                       // out of memory: the item could not be queued either
       ++stats_.dropped_queue_full;
-      return;
+      return false;
     }
     ++enqueued_;
     if (queue_.size() == max_batch_) work_cv_.notify_one();
+    return true;
   }
 
   bool ForceFlush(std::chrono::milliseconds timeout) {

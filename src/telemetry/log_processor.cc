@@ -39,7 +39,9 @@ BatchLogRecordProcessor::BatchLogRecordProcessor(std::unique_ptr<LogRecordExport
 
 BatchLogRecordProcessor::~BatchLogRecordProcessor() { Shutdown(); }
 
-void BatchLogRecordProcessor::OnEmit(LogRecord&& record) { impl_->worker.Push(std::move(record)); }
+void BatchLogRecordProcessor::OnEmit(LogRecord&& record) {
+  (void)impl_->worker.Push(std::move(record));  // a dropped record is counted there
+}
 
 bool BatchLogRecordProcessor::ForceFlush(std::chrono::milliseconds timeout) {
   return impl_->worker.ForceFlush(timeout);

@@ -6,11 +6,13 @@
 namespace laneguard::internal {
 namespace {
 
-// A span past these is not kept: one giant attribute must not stay pinned in the pool.
+// A span past these is not kept: one giant attribute must not stay pinned in the pool. With them
+// the pool holds at most kMaxPooledSpans x 8 KiB (a worker call's span is about 1 KiB).
 constexpr size_t kMaxPooledElements = 32;
-constexpr size_t kMaxPooledStringBytes = 512;
-// Spans a thread takes from the shared pool at once, so the lock is taken once per this many.
-constexpr size_t kTakeChunk = 32;
+constexpr size_t kMaxPooledSpanBytes = 8 * 1024;
+// Spans a thread takes from the shared pool at once (the lock is taken once per this many); a
+// thread keeps at most twice this many.
+constexpr size_t kTakeChunk = 8;
 
 struct SharedPool {
   std::mutex mu;
@@ -22,24 +24,26 @@ SharedPool& Shared() {
   return *pool;
 }
 
-bool Small(const std::string& s) { return s.capacity() <= kMaxPooledStringBytes; }
-
-bool Small(const std::vector<Attribute>& attributes) {
+// Adds the heap bytes `attributes` holds to `bytes`; false once past the budget or the count.
+bool AddBytes(const std::vector<Attribute>& attributes, size_t& bytes) {
   if (attributes.capacity() > kMaxPooledElements) return false;
+  bytes += attributes.capacity() * sizeof(Attribute);
   for (const Attribute& a : attributes) {
-    if (!Small(a.key)) return false;
-    if (const auto* s = std::get_if<std::string>(&a.value); s != nullptr && !Small(*s))
-      return false;
+    bytes += a.key.capacity();
+    if (const auto* s = std::get_if<std::string>(&a.value)) bytes += s->capacity();
   }
-  return true;
+  return bytes <= kMaxPooledSpanBytes;
 }
 
 bool Small(const SpanData& span) {
-  if (!Small(span.name) || !Small(span.status_message) || !Small(span.attributes) ||
-      span.events.capacity() > kMaxPooledElements)
-    return false;
-  for (const SpanEvent& e : span.events)
-    if (!Small(e.name) || !Small(e.attributes)) return false;
+  if (span.events.capacity() > kMaxPooledElements) return false;
+  size_t bytes = span.name.capacity() + span.status_message.capacity() +
+                 span.events.capacity() * sizeof(SpanEvent);
+  if (!AddBytes(span.attributes, bytes)) return false;
+  for (const SpanEvent& e : span.events) {
+    bytes += e.name.capacity();
+    if (!AddBytes(e.attributes, bytes)) return false;
+  }
   return true;
 }
 

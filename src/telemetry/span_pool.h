@@ -20,12 +20,13 @@ namespace laneguard::internal {
 // every field; vectors may hold stale elements to be overwritten in place.
 SpanData TakeSpanData();
 
-// Gives the spans' buffers back and empties `batch`. Spans that grew unusually large are freed
-// instead, so the pool never pins much memory (at most kMaxPooledSpans small spans).
+// Gives the spans' buffers back and empties `batch`. Spans that grew unusually large (over 8 KiB
+// or 32 attributes or events) are freed instead, so the pool never pins much memory: at most
+// kMaxPooledSpans of them shared, and 16 per thread.
 void RecycleSpanData(std::vector<SpanData>& batch);
 void RecycleSpanData(SpanData&& span);
 
-inline constexpr size_t kMaxPooledSpans = 4096;
+inline constexpr size_t kMaxPooledSpans = 2048;  // the batch processor's default queue
 
 // For tests: how many spans the shared pool holds now (not counting per-thread caches).
 size_t PooledSpanCount();

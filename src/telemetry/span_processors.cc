@@ -101,7 +101,11 @@ BatchSpanProcessor::BatchSpanProcessor(std::unique_ptr<SpanExporter> exporter,
 
 BatchSpanProcessor::~BatchSpanProcessor() { Shutdown(); }
 
-void BatchSpanProcessor::OnEnd(SpanData&& span) { impl_->worker.Push(std::move(span)); }
+void BatchSpanProcessor::OnEnd(SpanData&& span) {
+  // A dropped span (queue full) keeps its buffers for this thread's next spans.
+  if (!impl_->worker.Push(std::move(span)))
+    internal::RecycleSpanData(std::move(span));  // NOLINT(bugprone-use-after-move): not moved
+}
 
 bool BatchSpanProcessor::ForceFlush(std::chrono::milliseconds timeout) {
   return impl_->worker.ForceFlush(timeout);

@@ -2,9 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <future>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "telemetry/batch_worker.h"
 
 namespace laneguard::internal {
 namespace {
@@ -74,6 +77,36 @@ TEST(SpanPoolTest, TakingFromAnEmptyCacheAndPoolGivesAnEmptySpan) {
     EXPECT_TRUE(span.attributes.empty());
     EXPECT_TRUE(span.events.empty());
   });
+}
+
+// The batch processor gives a span it drops back to the pool; that relies on Push leaving a
+// dropped item untouched.
+TEST(BatchWorkerTest, ADroppedItemIsLeftToTheCaller) {
+  std::promise<void> exporting, release;
+  std::shared_future<void> released = release.get_future().share();
+  bool first = true;
+  BatchProcessorOptions options;
+  options.max_queue_size = 1;
+  options.max_export_batch_size = 1;
+  BatchWorker<std::string> worker(
+      [&](const std::vector<std::string>&) {
+        if (first) {
+          first = false;
+          exporting.set_value();
+          released.wait();  // keeps the first batch in flight
+        }
+        return ExportResult{};
+      },
+      options);
+  std::string a = "queued then exported", b = "queued", c = "dropped: the queue is full";
+  EXPECT_TRUE(worker.Push(std::move(a)));
+  exporting.get_future().wait();
+  EXPECT_TRUE(worker.Push(std::move(b)));
+  EXPECT_FALSE(worker.Push(std::move(c)));
+  EXPECT_EQ(c, "dropped: the queue is full");
+  release.set_value();
+  EXPECT_TRUE(worker.ForceFlush(std::chrono::seconds(10)));
+  EXPECT_EQ(worker.stats().dropped_queue_full, 1u);
 }
 
 }  // namespace
