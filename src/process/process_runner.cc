@@ -323,7 +323,7 @@ std::string ProgramToExec(const std::string& name, const ProcessSpec& spec) {
   for (;;) {
     const size_t end = std::min(search.find(':', begin), search.size());
     const std::string dir = search.substr(begin, end - begin);
-    const std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+    std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
     const std::string seen_from_here =
         candidate[0] == '/' || spec.cwd.empty() ? candidate : spec.cwd + "/" + candidate;
     struct stat st {};

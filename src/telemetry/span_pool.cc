@@ -9,7 +9,7 @@ namespace {
 // A span past these is not kept: one giant attribute must not stay pinned in the pool. With them
 // the pool holds at most kMaxPooledSpans x 8 KiB (a worker call's span is about 1 KiB).
 constexpr size_t kMaxPooledElements = 32;
-constexpr size_t kMaxPooledSpanBytes = 8 * 1024;
+constexpr size_t kMaxPooledSpanBytes = size_t{8} * 1024;
 // Spans a thread takes from the shared pool at once (the lock is taken once per this many); a
 // thread keeps at most twice this many.
 constexpr size_t kTakeChunk = 8;
