@@ -8,10 +8,12 @@
 //   DoWork(slot->stop_token());
 //   slot->Release(/*success=*/true);
 //
-// Admission reserves a place in the lane and then in the global count, each with a compare-and-swap
-// that only succeeds below its limit (the lane place is handed back if the global count is full).
-// Neither count ever exceeds its limit, so no two racing callers can both take the last place, and
-// no lock is taken. A caller racing with one that reserved a lane place and then handed it back may
+// Admission checks the lane and the global limit and takes both places in one compare-and-swap on a
+// word holding every count (when the lanes' counts fit in 64 bits: the spec's five lanes do up to a
+// global limit of 1,023). Neither count ever exceeds its limit, so no two racing callers can both
+// take the last place, and no lock is taken. Where the counts do not fit, the lane place and then
+// the global one are taken by a compare-and-swap each (the lane place handed back if the global
+// count is full); a caller racing with one that reserved a lane place and handed it back may then
 // be refused for lane_limit in those few nanoseconds, as if the place had been briefly held. The
 // memory guard reads RSS and heap sampled every memorySampleIntervalMs by the background thread (by
 // Tick() without one; not after Shutdown()), so admission makes no syscall.
@@ -113,18 +115,28 @@ class Slot {
   int global_active_at_start() const { return global_active_at_start_; }
   int lane_active_at_start() const { return lane_active_at_start_; }
 
- private:
-  friend struct internal::ManagerState;
-  friend class ResourceBudgetManager;
-  Slot(internal::ManagerState* state, uint32_t index, uint32_t generation, uint64_t call_id,
-       int64_t start, int64_t deadline, int64_t hard_deadline)
+  // Only the manager can make a Key, so only the manager can use the constructor below; it is
+  // public so that TryAcquire's Result can construct the Slot in place instead of moving one in.
+  class Key {
+    friend struct internal::ManagerState;
+    Key() = default;
+  };
+  Slot(Key /*unused*/, internal::ManagerState* state, uint32_t index, uint32_t generation,
+       uint64_t call_id, int64_t start, int64_t deadline, int64_t hard_deadline,
+       int global_active, int lane_active)
       : state_(state),
         index_(index),
         generation_(generation),
         call_id_(call_id),
         start_(start),
         deadline_(deadline),
-        hard_deadline_(hard_deadline) {}
+        hard_deadline_(hard_deadline),
+        global_active_at_start_(global_active),
+        lane_active_at_start_(lane_active) {}
+
+ private:
+  friend struct internal::ManagerState;
+  friend class ResourceBudgetManager;
 
   internal::ManagerState* state_ = nullptr;
   uint32_t index_ = 0;

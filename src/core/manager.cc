@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "admission_word.h"
 #include "laneguard/timer_queue.h"
 #include "spin_lock.h"
 
@@ -62,7 +63,9 @@ using ObserverList = std::vector<std::shared_ptr<Observer>>;
 struct LaneState {
   std::string name;
   int limit = 0;
-  // Reserved by compare-and-swap in TryAcquire, handed back by Release.
+  size_t index = 0;
+  uint64_t delta = 1;  // what a call adds to the admission word (AdmissionLayout::Delta)
+  // The lane's count when the admission word has no room for it (!AdmissionLayout::packed()).
   std::atomic<int> active{0};
   // One counter per reason, so a rejection costs a single atomic add; totals are summed on read.
   std::atomic<int64_t> rejections[kRejectReasonCount] = {};
@@ -136,6 +139,12 @@ struct alignas(64) Shard {
   std::vector<std::unique_ptr<CallEntry>> calls;  // unique_ptr: entries stay put as it grows
   std::vector<uint32_t> free_calls;
   TimerQueue timers;
+  // Calls whose timer is not armed yet, as Tag(entry, generation). Most calls end long before
+  // their timeout, so a call's timer is armed by the next Tick() (or once kMaxUnarmed calls wait)
+  // instead of at admission: a call that ends before that never touches the timer heap. Timers
+  // only fire in Tick(), so a timer armed there before the due ones are collected fires exactly
+  // when one armed at admission would have.
+  std::vector<uint64_t> unarmed;
   std::vector<RingRecord> ring;  // each shard keeps up to metricsCapacity most recent records
   size_t ring_next = 0;
   std::vector<LaneTotals> lanes;
@@ -145,9 +154,8 @@ struct alignas(64) Shard {
 constexpr uint32_t kEntryBits = 24;
 constexpr uint32_t kEntryMask = (1u << kEntryBits) - 1;
 constexpr size_t kMaxShards = 1u << (32 - kEntryBits);
-
-constexpr int64_t kOrphaned = int64_t{1} << 40;
-constexpr int64_t kCountMask = kOrphaned - 1;
+// Reserved up front, so queuing a call's timer never allocates.
+constexpr size_t kMaxUnarmed = 256;
 
 uint64_t Tag(uint32_t entry, uint32_t generation) {
   return (static_cast<uint64_t>(entry) << 32) | generation;
@@ -183,6 +191,7 @@ struct ManagerState {
         probe(options.memory_probe ? std::move(options.memory_probe) : NewProcMemoryProbe()),
         unix_offset(clock->UnixNanos() - clock->MonotonicNanos()),
         lane_count(config.lane_concurrency_limits.size()),
+        layout(lane_count, config.global_concurrency_limit),
         lanes(new LaneState[lane_count]),
         shard_count(ShardCount()),
         shards(new Shard[shard_count]) {
@@ -190,9 +199,14 @@ struct ManagerState {
     for (const auto& [name, limit] : config.lane_concurrency_limits) {
       lanes[i].name = name;
       lanes[i].limit = limit;
+      lanes[i].index = i;
+      lanes[i].delta = layout.Delta(i);
       ++i;
     }
-    for (size_t s = 0; s < shard_count; ++s) shards[s].lanes.resize(lane_count);
+    for (size_t s = 0; s < shard_count; ++s) {
+      shards[s].lanes.resize(lane_count);
+      shards[s].unarmed.reserve(kMaxUnarmed);
+    }
     if (!options.observers.empty()) SetObservers(std::move(options.observers));
     SampleMemory(clock->MonotonicNanos());
   }
@@ -235,7 +249,7 @@ struct ManagerState {
       e.global_active = GlobalActive();
       e.global_limit = config.global_concurrency_limit;
       if (ls != nullptr) {
-        e.lane_active = ls->active.load(std::memory_order_relaxed);
+        e.lane_active = LaneActive(*ls);
         e.lane_limit = ls->limit;
       }
       e.reason = f.reason;
@@ -248,6 +262,44 @@ struct ManagerState {
       Notify(e);
     }
     return result;
+  }
+
+  // Admission where the lane counts do not fit the admission word: reserve a place in the lane,
+  // then in the global count, each with a compare-and-swap that only succeeds below its limit; if
+  // the global count is full the lane place is handed back. A caller racing on the same lane may
+  // be refused for lane_limit in the few nanoseconds that place was reserved, as if it had been
+  // taken and released.
+  std::optional<Refusal> TakeUnpacked(LaneState& lane, int* lane_now, int* global_now) {
+    int in_lane = lane.active.load(std::memory_order_relaxed);
+    do {
+      if (in_lane >= lane.limit) return Refusal{RejectReason::kLaneLimit, in_lane, lane.limit};
+    } while (!lane.active.compare_exchange_weak(in_lane, in_lane + 1, std::memory_order_acquire,
+                                                std::memory_order_relaxed));
+    uint64_t word = admission.load(std::memory_order_relaxed);
+    do {
+      const int global = layout.Global(word);
+      if (global >= config.global_concurrency_limit) {
+        lane.active.fetch_sub(1, std::memory_order_release);
+        return Refusal{RejectReason::kGlobalLimit, global, config.global_concurrency_limit};
+      }
+    } while (!admission.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
+                                              std::memory_order_relaxed));
+    *lane_now = in_lane;
+    *global_now = layout.Global(word);
+    return std::nullopt;
+  }
+
+  // Hands back what admission took for one call in `lane`. Returns true when that was the last
+  // call of a destroyed manager: the caller must then free the state.
+  bool GiveBack(LaneState& lane) {
+    if (!layout.packed()) lane.active.fetch_sub(1, std::memory_order_release);
+    return admission.fetch_sub(lane.delta, std::memory_order_acq_rel) - lane.delta ==
+           AdmissionLayout::kOrphaned;
+  }
+
+  int LaneActive(const LaneState& lane) const {
+    return layout.packed() ? layout.Lane(admission.load(std::memory_order_relaxed), lane.index)
+                           : lane.active.load(std::memory_order_relaxed);
   }
 
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
@@ -270,31 +322,28 @@ struct ManagerState {
       f.max_rss_mb = config.max_rss_mb;
       return Reject(f, task_id, lane_name, &lane);
     }
-    // Admission: reserve a place in the lane, then in the global count, each with a
-    // compare-and-swap that only succeeds below its limit; if the global count is full the lane
-    // place is handed back. Neither count can ever exceed its limit, so no two racing callers can
-    // both take the last place, and no lock is held. A caller that reserved a lane place and then
-    // gave it back held it for those few nanoseconds: a racing caller on the same lane may be
-    // refused for lane_limit in that window, just as if the place had been taken and released.
-    int lane_now = lane.active.load(std::memory_order_relaxed);
-    do {
-      if (lane_now >= lane.limit)
-        return Reject({RejectReason::kLaneLimit, lane_now, lane.limit}, task_id, lane_name, &lane);
-    } while (!lane.active.compare_exchange_weak(lane_now, lane_now + 1, std::memory_order_acquire,
+    // Admission: the lane and the global limit are checked and both counts taken in one step, so
+    // neither count can ever exceed its limit and no two racing callers can both take the last
+    // place (see admission_word.h).
+    int lane_now = 0, global_now = 0;
+    if (layout.packed()) {
+      uint64_t word = admission.load(std::memory_order_relaxed);
+      do {
+        lane_now = layout.Lane(word, lane.index);
+        global_now = layout.Global(word);
+        if (lane_now >= lane.limit)
+          return Reject({RejectReason::kLaneLimit, lane_now, lane.limit}, task_id, lane_name, &lane);
+        if (global_now >= config.global_concurrency_limit)
+          return Reject({RejectReason::kGlobalLimit, global_now, config.global_concurrency_limit},
+                        task_id, lane_name, &lane);
+      } while (!admission.compare_exchange_weak(word, word + lane.delta, std::memory_order_acq_rel,
                                                 std::memory_order_relaxed));
+    } else if (std::optional<Refusal> f = TakeUnpacked(lane, &lane_now, &global_now)) {
+      return Reject(*f, task_id, lane_name, &lane);
+    }
     ++lane_now;
-    int64_t word = global_word.load(std::memory_order_relaxed);
-    do {
-      const auto all_active = static_cast<int>(word & kCountMask);
-      if (all_active >= config.global_concurrency_limit) {
-        lane.active.fetch_sub(1, std::memory_order_release);
-        return Reject({RejectReason::kGlobalLimit, all_active, config.global_concurrency_limit},
-                      task_id, lane_name, &lane);
-      }
-    } while (!global_word.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
-                                                std::memory_order_relaxed));
-    const int global_now = static_cast<int>(word & kCountMask) + 1;
-    // Beside global_word on purpose: that cache line is already this core's after the CAS.
+    ++global_now;
+    // Beside the admission word on purpose: that cache line is already this core's after the CAS.
     const uint64_t call_id = next_call_id.fetch_add(1, std::memory_order_relaxed);
     for (int seen = max_concurrent.load(std::memory_order_relaxed);
          global_now > seen &&
@@ -322,8 +371,10 @@ struct ManagerState {
       CallEntry& c = *shard.calls[entry];
       generation = c.generation;
       c.task_id.assign(task_id);
-      c.timer = shard.timers.Arm(now + timeout_ns, Tag(entry, generation));
+      if (shard.unarmed.size() == kMaxUnarmed) ArmWaitingTimers(shard);
       shard.free_calls.pop_back();  // from here on nothing throws
+      shard.unarmed.push_back(Tag(entry, generation));
+      c.timer = {};
       c.in_use = true;
       c.phase = kRunning;
       c.lane = static_cast<uint32_t>(lane_index);
@@ -336,14 +387,13 @@ struct ManagerState {
       c.concurrent_at_start = global_now;
       if (!metadata.empty()) c.metadata = std::move(metadata);
     } catch (...) {
-      lane.active.fetch_sub(1, std::memory_order_release);
-      global_word.fetch_sub(1, std::memory_order_acq_rel);
+      GiveBack(lane);  // the manager is alive (TryAcquire runs on it): never the last release
       throw;
     }
-    Slot slot(this, static_cast<uint32_t>(shard_index << kEntryBits) | entry, generation, call_id,
-              now, now + timeout_ns, now + hard_ns);
-    slot.global_active_at_start_ = global_now;
-    slot.lane_active_at_start_ = lane_now;
+    Result<Slot, Rejection> result(std::in_place_index<0>, Slot::Key(), this,
+                                   static_cast<uint32_t>(shard_index << kEntryBits) | entry,
+                                   generation, call_id, now, now + timeout_ns, now + hard_ns,
+                                   global_now, lane_now);
     if (HasObservers()) {
       CallEvent e =
           EventFor(EventKind::kAcquired, now, call_id, task_id, lane, global_now, lane_now);
@@ -363,7 +413,7 @@ struct ManagerState {
       e.memory = &mem;
       Notify(e);
     }
-    return slot;
+    return result;
   }
 
   // Locks the slot's shard and returns its entry, or nullptr (unlocked) if the slot was already
@@ -464,7 +514,7 @@ struct ManagerState {
     // longer touch the state (a destroyed manager's last release frees it).
     if (record) {
       CallEvent e = EventFor(EventKind::kReleased, now, call_id, record->task_id, lane,
-                             GlobalActive() - 1, lane.active.load(std::memory_order_relaxed) - 1);
+                             GlobalActive() - 1, LaneActive(lane) - 1);
       e.timeout_ms = record->timeout_ms;
       e.metadata = &metadata;
       e.record = &*record;
@@ -472,8 +522,7 @@ struct ManagerState {
     }
     // The global word is the last thing touched; the orphan bit in it decides who frees a
     // destroyed manager's state.
-    lane.active.fetch_sub(1, std::memory_order_release);
-    if (global_word.fetch_sub(1, std::memory_order_acq_rel) == (kOrphaned | 1)) delete this;
+    if (GiveBack(lane)) delete this;
     return true;
   }
 
@@ -513,8 +562,20 @@ struct ManagerState {
     std::function<void()> hook;
   };
 
+  // Arms the timers of the shard's calls that are still running; called with the shard locked.
+  void ArmWaitingTimers(Shard& shard) {
+    for (const uint64_t tag : shard.unarmed) {
+      CallEntry& c = *shard.calls[static_cast<uint32_t>(tag >> 32)];
+      // Skipped: calls released since, and (after an Arm that threw) those already armed.
+      if (!c.in_use || c.generation != static_cast<uint32_t>(tag) || c.timer.valid()) continue;
+      c.timer = shard.timers.Arm(c.start_mono + c.timeout_ms * kNanosPerMs, tag);
+    }
+    shard.unarmed.clear();
+  }
+
   // Pops the shard's due timers; called with the shard locked.
   void CollectDue(Shard& shard, int64_t now, std::vector<Fired>* fired) {
+    ArmWaitingTimers(shard);
     // An escalation re-armed at or before `now` (escalation factor 1) fires in the same tick.
     while (shard.timers.NextDeadline() <= now) {
       expired.clear();
@@ -579,8 +640,8 @@ struct ManagerState {
             std::to_string(phase_ms) + " ms" +
             (warning ? "; stop requested" : "; escalating (slot held until the call returns)");
         const LaneState& lane = lanes[f.lane];
-        CallEvent e = EventFor(f.kind, now, f.call_id, f.task_id, lane, GlobalActive(),
-                               lane.active.load(std::memory_order_relaxed));
+        CallEvent e =
+            EventFor(f.kind, now, f.call_id, f.task_id, lane, GlobalActive(), LaneActive(lane));
         e.timeout_ms = f.timeout_ms;
         e.message = message;
         Notify(e);
@@ -717,7 +778,7 @@ struct ManagerState {
       ls.failure_count = t.failure;
       ls.timeout_count = t.timeouts;
       ls.average_duration_ms = t.total > 0 ? t.duration_sum_ms / static_cast<double>(t.total) : 0;
-      ls.active = lanes[l].active.load(std::memory_order_relaxed);
+      ls.active = LaneActive(lanes[l]);
       ls.overrunning = t.overrunning;
       ls.limit = lanes[l].limit;
       for (int reason = 0; reason < kRejectReasonCount; ++reason) {
@@ -743,7 +804,7 @@ struct ManagerState {
     s.global.limit = config.global_concurrency_limit;
     for (size_t l = 0; l < lane_count; ++l) {
       s.global.overrunning += lane_totals[l].overrunning;
-      s.lanes[lanes[l].name] = {lanes[l].active.load(std::memory_order_relaxed), lanes[l].limit,
+      s.lanes[lanes[l].name] = {LaneActive(lanes[l]), lanes[l].limit,
                                 lane_totals[l].overrunning};
     }
     return s;
@@ -830,11 +891,12 @@ struct ManagerState {
   // Called by ~ResourceBudgetManager. Returns true if the state can be freed now; otherwise the
   // last outstanding slot frees it.
   bool Orphan() {
-    return (global_word.fetch_or(kOrphaned, std::memory_order_acq_rel) & kCountMask) == 0;
+    return AdmissionLayout::Empty(
+        admission.fetch_or(AdmissionLayout::kOrphaned, std::memory_order_acq_rel));
   }
 
   int GlobalActive() const {
-    return static_cast<int>(global_word.load(std::memory_order_relaxed) & kCountMask);
+    return layout.Global(admission.load(std::memory_order_relaxed));
   }
 
   // ---- data -----------------------------------------------------------------------------------
@@ -844,15 +906,15 @@ struct ManagerState {
   const std::unique_ptr<MemoryProbe> probe;
   const int64_t unix_offset;  // wall time = monotonic + offset: one clock read per event
   const size_t lane_count;
+  const AdmissionLayout layout;
   const std::unique_ptr<LaneState[]> lanes;
   const size_t shard_count;
   const std::unique_ptr<Shard[]> shards;
 
-  // The one lock every admission takes: the only state threads share on the hot path.
-  // The counts every admission touches, on one cache line of their own. global_word holds the
-  // global active count (low bits) and, once the manager object is destroyed, kOrphaned: one
-  // word, so "last slot released after destruction" is decided by one atomic operation.
-  alignas(64) std::atomic<int64_t> global_word{0};
+  // The counts every admission touches, on one cache line of their own: the global and (when
+  // they fit) the lane counts, and once the manager object is destroyed the orphan bit, so "last
+  // slot released after destruction" is decided by the same atomic operation as the release.
+  alignas(64) std::atomic<uint64_t> admission{0};
   std::atomic<uint64_t> next_call_id{1};
   std::atomic<int> max_concurrent{0};
 

@@ -30,10 +30,12 @@ TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
   options.clock = &clock;
   options.start_background_thread = false;
   auto manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
-  // Warm up: the call table, the timer slab and the metrics ring grow to their working size (two
-  // calls at once: the held one and the one in the loop).
+  // Warm up: the call table, the timer heap and the metrics ring grow to their working size (two
+  // calls at once: the held one and the one in the loop; a call's timer is armed by the first
+  // Tick() it lives through).
   Slot held = manager->TryAcquire("holder", "forecast_model").value();
   for (int i = 0; i < 64; ++i) manager->TryAcquire("task-1234", "tool_call")->Release(true);
+  manager->Tick();
 
   const uint64_t before = g_allocations.load();
   for (int i = 0; i < 1000; ++i) {

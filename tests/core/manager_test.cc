@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "core/admission_word.h"
 #include "support/fake_memory_probe.h"
 
 namespace laneguard {
@@ -265,10 +266,43 @@ TEST_F(ManagerTest, CustomLanesWork) {
 
 // The invariant: no observer ever sees more granted slots than a lane's or the global limit, under
 // threads racing for the same places, and every slot comes back.
-TEST(ManagerContention, LaneAndGlobalLimitsHoldUnderManyThreads) {
+// Run with the counts packed in one admission word (3 lanes) and, with 30 idle lanes more (34
+// fields of 3 bits do not fit 63), with the lane counts in atomics of their own.
+class ManagerContention : public ::testing::TestWithParam<int> {};
+
+TEST(AdmissionLayout, PacksTheCountsWhenEveryFieldFits) {
+  const internal::AdmissionLayout five_lanes(5, 1023);  // 6 fields of 10 bits
+  ASSERT_TRUE(five_lanes.packed());
+  // Lane 2 and the global count after two calls in lane 2 and one in lane 0.
+  const uint64_t word = 2 * five_lanes.Delta(2) + five_lanes.Delta(0);
+  EXPECT_EQ(five_lanes.Global(word), 3);
+  EXPECT_EQ(five_lanes.Lane(word, 2), 2);
+  EXPECT_EQ(five_lanes.Lane(word, 0), 1);
+  EXPECT_EQ(five_lanes.Lane(word, 4), 0);
+  // A full field does not spill into its neighbour.
+  EXPECT_EQ(five_lanes.Lane(1023 * five_lanes.Delta(4) - 1023, 3), 0);
+  EXPECT_FALSE(internal::AdmissionLayout(5, 1024).packed());  // 6 x 11 bits > 63
+  EXPECT_FALSE(internal::AdmissionLayout(33, 5).packed());    // 34 x 3 bits > 63
+  const internal::AdmissionLayout unpacked(33, 5);
+  EXPECT_EQ(unpacked.Delta(7), 1u);
+  EXPECT_EQ(unpacked.Global(internal::AdmissionLayout::kOrphaned | 4), 4);
+  EXPECT_TRUE(internal::AdmissionLayout::Empty(internal::AdmissionLayout::kOrphaned));
+  EXPECT_FALSE(internal::AdmissionLayout::Empty(internal::AdmissionLayout::kOrphaned | 1));
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, ManagerContention, ::testing::Values(0, 30),
+                         [](const auto& info) {
+                           return info.param == 0 ? std::string("OneWord")
+                                                  : std::string("LaneCountsApart");
+                         });
+
+TEST_P(ManagerContention, LaneAndGlobalLimitsHoldUnderManyThreads) {
   Config c;
   c.global_concurrency_limit = 5;
   c.lane_concurrency_limits = {{"hot", 3}, {"warm", 3}, {"cold", 2}};
+  for (int i = 0; i < GetParam(); ++i) c.lane_concurrency_limits["idle" + std::to_string(i)] = 1;
+  ASSERT_EQ(internal::AdmissionLayout(c.lane_concurrency_limits.size(), 5).packed(),
+            GetParam() == 0);
   ManagerOptions o;
   o.start_background_thread = false;
   auto m = ResourceBudgetManager::Create(c, std::move(o)).value();

@@ -1,0 +1,58 @@
+// Where the manager keeps its admission counts: the global active count, each lane's active count
+// and the "manager destroyed" bit, packed into one 64-bit word when they fit.
+//
+// Why one word: admission must check the lane limit and the global limit as one atomic step. With
+// one word that step is a single compare-and-swap, and a release a single subtraction: two atomic
+// read-modify-writes per call instead of four, and one contended cache line instead of two. Each
+// count is at most the global limit (a lane limit above it is a config error), so a field of
+// bit_width(globalConcurrencyLimit) bits never overflows into its neighbour. The spec's five lanes
+// fit with a global limit up to 1,023 (6 fields of 10 bits); a configuration that does not fit
+// (many lanes and a high limit) keeps the lane counts in atomics of their own and only the global
+// count here, taking the lane place and then the global one, each with its own compare-and-swap.
+//
+// Thread safety: a value computed once at construction and only read afterwards.
+#ifndef LANEGUARD_SRC_CORE_ADMISSION_WORD_H_
+#define LANEGUARD_SRC_CORE_ADMISSION_WORD_H_
+
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+namespace laneguard::internal {
+
+class AdmissionLayout {
+ public:
+  // Set once the manager object is destroyed; the last release then frees the shared state.
+  static constexpr uint64_t kOrphaned = uint64_t{1} << 63;
+
+  AdmissionLayout(size_t lane_count, int global_limit) {
+    const auto width = static_cast<unsigned>(std::bit_width(static_cast<unsigned>(global_limit)));
+    if (width > 0 && (lane_count + 1) * width <= 63) {
+      width_ = width;
+      global_mask_ = (uint64_t{1} << width) - 1;
+    }
+  }
+
+  // True when the lane counts live in the word too.
+  bool packed() const { return width_ != 0; }
+  // What one call adds to the word for lane `lane`: its lane field's unit (when packed) plus one
+  // in the global field.
+  uint64_t Delta(size_t lane) const { return packed() ? (uint64_t{1} << Shift(lane)) + 1 : 1; }
+  int Global(uint64_t word) const { return static_cast<int>(word & global_mask_); }
+  // Precondition: packed().
+  int Lane(uint64_t word, size_t lane) const {
+    return static_cast<int>((word >> Shift(lane)) & global_mask_);
+  }
+  // True when `word` holds no active call at all (whatever the orphan bit).
+  static bool Empty(uint64_t word) { return (word & ~kOrphaned) == 0; }
+
+ private:
+  unsigned Shift(size_t lane) const { return static_cast<unsigned>(lane + 1) * width_; }
+
+  unsigned width_ = 0;
+  uint64_t global_mask_ = ~kOrphaned;  // unpacked: every bit but the orphan bit counts
+};
+
+}  // namespace laneguard::internal
+
+#endif  // LANEGUARD_SRC_CORE_ADMISSION_WORD_H_
