@@ -370,6 +370,28 @@ TEST_F(ManagerTest, UnknownLaneIsRejected) {
   EXPECT_EQ(m->GetStatistics().rejections_by_reason.at("unknown_lane"), 1);
 }
 
+// FindLane compares a name's length and first and last 8 bytes, and the rest only past 16 bytes:
+// every length around those edges, with one byte changed at every position, must miss.
+TEST_F(ManagerTest, LaneLookupTellsApartNamesDifferingInOneByteAnywhere) {
+  Config c;
+  c.lane_concurrency_limits.clear();
+  for (size_t len = 1; len <= 40; ++len) c.lane_concurrency_limits[std::string(len, 'a')] = 1;
+  auto m = Make(c);
+  for (size_t len = 1; len <= 40; ++len) {
+    const std::string name(len, 'a');
+    for (size_t at = 0; at < len; ++at) {
+      std::string near = name;
+      near[at] = 'b';
+      auto r = m->TryAcquire("t", near);
+      ASSERT_FALSE(r.ok()) << near;
+      EXPECT_EQ(r.error().reason, RejectReason::kUnknownLane) << near;
+    }
+    Slot slot = m->TryAcquire("t", name).value();
+    EXPECT_EQ(m->GetConcurrencyStatus().lanes.at(name).active, 1) << name;
+    EXPECT_EQ(m->GetConcurrencyStatus().global.active, 1) << name;
+  }
+}
+
 TEST_F(ManagerTest, NonPositiveTimeoutIsRejected) {
   auto m = Make();
   for (int64_t t : {int64_t{0}, int64_t{-5}, kMaxTimeoutMs + 1}) {
