@@ -172,7 +172,7 @@ class ResourceBudgetManager {
   // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 or
   // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
   // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a
-  // short task id (<= 15 bytes) and no metadata the granted path makes no syscall and, once warm,
+  // short task id (<= 39 bytes) and no metadata the granted path makes no syscall and, once warm,
   // no heap allocation. The only exception it can throw is std::bad_alloc, and then no count is
   // taken.
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,

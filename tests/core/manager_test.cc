@@ -135,6 +135,26 @@ TEST_F(ManagerTest, AcquireAndReleaseUpdatesCountsAndRecords) {
   EXPECT_EQ(seen[1].global_active, 0);
 }
 
+// Task ids up to 39 bytes are kept in place, longer ones on the heap; entries and ring records are
+// reused, so a short id after a long one (and the reverse) must not show the other's bytes.
+TEST_F(ManagerTest, TaskIdsOfEveryLengthSurviveIntoTheRecordsUnchanged) {
+  auto m = Make();
+  std::vector<std::string> ids;
+  for (size_t len : {0, 1, 38, 39, 40, 100, 3, 64, 39}) {
+    std::string id;
+    for (size_t i = 0; i < len; ++i) id += static_cast<char>('a' + (i * 7 + len) % 26);
+    ids.push_back(id);
+  }
+  for (const std::string& id : ids) m->TryAcquire(id, "tool_call")->Release(true);
+  std::vector<std::string> recorded;
+  for (const auto& record : m->GetMetrics()) recorded.push_back(record.task_id);
+  EXPECT_EQ(recorded, ids);
+  std::vector<std::string> observed;
+  for (const auto& e : observer_->seen())
+    if (e.kind == EventKind::kReleased) observed.push_back(e.record->task_id);
+  EXPECT_EQ(observed, ids);
+}
+
 TEST_F(ManagerTest, DefaultTimeoutComesFromConfig) {
   Config c;
   c.default_timeout_ms = 1234;
