@@ -122,8 +122,8 @@ class Slot {
     Key() = default;
   };
   Slot(Key /*unused*/, internal::ManagerState* state, uint32_t index, uint32_t generation,
-       uint64_t call_id, int64_t start, int64_t deadline, int64_t hard_deadline,
-       int global_active, int lane_active)
+       uint64_t call_id, int64_t start, int64_t deadline, int64_t hard_deadline, int global_active,
+       int lane_active)
       : state_(state),
         index_(index),
         generation_(generation),

@@ -387,7 +387,8 @@ struct ManagerState {
         lane_now = layout.Lane(word, lane.index);
         global_now = layout.Global(word);
         if (lane_now >= lane.limit)
-          return Reject({RejectReason::kLaneLimit, lane_now, lane.limit}, task_id, lane_name, &lane);
+          return Reject({RejectReason::kLaneLimit, lane_now, lane.limit}, task_id, lane_name,
+                        &lane);
         if (global_now >= config.global_concurrency_limit)
           return Reject({RejectReason::kGlobalLimit, global_now, config.global_concurrency_limit},
                         task_id, lane_name, &lane);
@@ -859,8 +860,7 @@ struct ManagerState {
     s.global.limit = config.global_concurrency_limit;
     for (size_t l = 0; l < lane_count; ++l) {
       s.global.overrunning += lane_totals[l].overrunning;
-      s.lanes[lanes[l].name] = {LaneActive(lanes[l]), lanes[l].limit,
-                                lane_totals[l].overrunning};
+      s.lanes[lanes[l].name] = {LaneActive(lanes[l]), lanes[l].limit, lane_totals[l].overrunning};
     }
     return s;
   }
@@ -950,9 +950,7 @@ struct ManagerState {
         admission.fetch_or(AdmissionLayout::kOrphaned, std::memory_order_acq_rel));
   }
 
-  int GlobalActive() const {
-    return layout.Global(admission.load(std::memory_order_relaxed));
-  }
+  int GlobalActive() const { return layout.Global(admission.load(std::memory_order_relaxed)); }
 
   // ---- data -----------------------------------------------------------------------------------
 
