@@ -73,6 +73,13 @@ struct Rejection {
   std::string message() const;
 };
 
+// What Slot::ReleaseUnlessLate found.
+struct ReleaseOutcome {
+  bool released = false;            // false: the slot was not valid (already released, moved from)
+  bool past_hard_deadline = false;  // and so recorded as a failure
+  double duration_ms = 0;           // as recorded
+};
+
 // A granted place in a lane. Move-only. Releasing twice is harmless (the second call returns
 // false); a Slot destroyed without Release() is released as a failure with errorType "abandoned".
 class Slot {
@@ -94,6 +101,11 @@ class Slot {
   // observers get kReleased. Returns false if the slot was not valid (already released, moved
   // from).
   bool Release(bool success, std::string_view error_type = {});
+  // Release for a caller that fails a call returning at or past its hard deadline (the worker-call
+  // wrappers do): such a call is recorded as a failure with `late_error_type` whatever `success`
+  // says. One clock reading decides that and the record, so the caller and the record agree.
+  ReleaseOutcome ReleaseUnlessLate(bool success, std::string_view error_type,
+                                   std::string_view late_error_type);
 
   // Stop requested at the warning deadline (timeout), and by Shutdown() never; the call decides how
   // to stop. Created on first use, so calls that never ask pay nothing for it.

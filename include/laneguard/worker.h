@@ -134,7 +134,11 @@ class CallGuard {
   friend class laneguard::CallContext;
   void Start(Result<Slot, Rejection> acquired, const CallOptions& options,
              std::string_view span_prefix);
+  // Releases the slot, then ends the span.
   void Finish(bool success, std::string_view error_type, std::string_view message);
+  // The span's closing events and status; after the slot is released, so that no timeout hook
+  // adds an event after call_completed.
+  void EndSpan(bool success, std::string_view message, double duration_ms);
   void InstallHardHook();
   double ElapsedMs() const;
 

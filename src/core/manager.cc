@@ -495,12 +495,19 @@ struct ManagerState {
     }
   }
 
-  bool Release(Slot& slot, bool success, std::string_view error_type) {
+  // With `fail_if_late`, Slot::ReleaseUnlessLate; without, Slot::Release.
+  ReleaseOutcome Release(Slot& slot, bool success, std::string_view error_type,
+                         bool fail_if_late = false, std::string_view late_error_type = {}) {
     const int64_t now = clock->MonotonicNanos();
     Shard* shard = nullptr;
     CallEntry* c = LockEntry(slot, &shard);
     slot.state_ = nullptr;
-    if (c == nullptr) return false;
+    if (c == nullptr) return {};
+    ReleaseOutcome outcome{true, fail_if_late && now >= c->hard_deadline, 0};
+    if (outcome.past_hard_deadline) {
+      success = false;
+      error_type = late_error_type;
+    }
     const uint32_t lane_index = c->lane;
     LaneState& lane = lanes[lane_index];
     LaneTotals& totals = shard->lanes[lane_index];
@@ -562,6 +569,7 @@ struct ManagerState {
     shard->free_calls.push_back(slot.index_ & kEntryMask);
 
     const uint64_t call_id = r.call_id;
+    outcome.duration_ms = r.duration_ms;
     std::optional<WorkerCallMetrics> record;
     if (HasObservers()) record = ToPublic(r);
     shard->lock.unlock();
@@ -579,7 +587,7 @@ struct ManagerState {
     // The global word is the last thing touched; the orphan bit in it decides who frees a
     // destroyed manager's state.
     if (GiveBack(lane)) delete this;
-    return true;
+    return outcome;
   }
 
   std::stop_token StopToken(const Slot& slot) {
@@ -1064,7 +1072,13 @@ std::string Slot::call_id_string() const { return "call-" + std::to_string(call_
 
 bool Slot::Release(bool success, std::string_view error_type) {
   if (state_ == nullptr) return false;
-  return state_->Release(*this, success, error_type);
+  return state_->Release(*this, success, error_type).released;
+}
+
+ReleaseOutcome Slot::ReleaseUnlessLate(bool success, std::string_view error_type,
+                                       std::string_view late_error_type) {
+  if (state_ == nullptr) return {};
+  return state_->Release(*this, success, error_type, /*fail_if_late=*/true, late_error_type);
 }
 
 std::stop_token Slot::stop_token() {

@@ -177,16 +177,17 @@ double CallGuard::ElapsedMs() const {
 }
 
 void CallGuard::Succeeded() {
-  // At or past the hard deadline, as the timer fires (deadline <= now).
-  if (slot_.valid() &&
-      calls_.manager().clock().MonotonicNanos() >= slot_.hard_deadline_mono_nanos()) {
-    const double elapsed = ElapsedMs();
+  // The manager's one clock reading decides whether the call came back at or past its hard
+  // deadline (as the timer fires: deadline <= now) and goes into the record, so the exception and
+  // the record always agree.
+  const ReleaseOutcome out = slot_.ReleaseUnlessLate(true, {}, "WorkerCallTimeout");
+  if (out.past_hard_deadline) {
     const int64_t timeout_ms = (slot_.deadline_mono_nanos() - start_mono_) / kNanosPerMs;
-    WorkerCallTimeout timeout(task_id_, lane_, timeout_ms, elapsed);
-    Finish(false, "WorkerCallTimeout", timeout.what());
+    WorkerCallTimeout timeout(task_id_, lane_, timeout_ms, out.duration_ms);
+    EndSpan(false, timeout.what(), out.duration_ms);
     throw timeout;
   }
-  Finish(true, {}, {});
+  EndSpan(true, {}, out.released ? out.duration_ms : (span_.recording() ? ElapsedMs() : 0));
 }
 
 void CallGuard::Failed() {
@@ -202,14 +203,17 @@ void CallGuard::Settle(bool success, std::string_view error_type) {
 }
 
 void CallGuard::Finish(bool success, std::string_view error_type, std::string_view message) {
+  slot_.Release(success, error_type);  // from here on no timeout hook adds to the span
+  EndSpan(success, message, span_.recording() ? ElapsedMs() : 0);
+}
+
+void CallGuard::EndSpan(bool success, std::string_view message, double duration_ms) {
   if (span_.recording()) {
-    const double elapsed = ElapsedMs();
     if (success) span_.AddEvent("execution_succeeded");
     span_.AddEvent("call_completed",
-                   {{"status", success ? "success" : "failure"}, {"duration", elapsed}});
+                   {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
   }
-  slot_.Release(success, error_type);  // after this no timeout hook runs
   span_.End();
 }
 

@@ -177,6 +177,33 @@ TEST_F(ManagerTest, DoubleReleaseIsHarmlessAndCountsOnce) {
   EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
 }
 
+TEST_F(ManagerTest, ReleaseUnlessLateFailsACallAtItsHardDeadlineAndSaysSo) {
+  auto m = Make();
+  // 1000 ms timeout, escalation factor 1.5: hard deadline at 1500 ms.
+  Slot early = m->TryAcquire("early", "file_read", 1000).value();
+  Slot late = m->TryAcquire("late", "file_read", 1000).value();
+  clock_.AdvanceMs(1499);
+  const ReleaseOutcome in_time = early.ReleaseUnlessLate(true, {}, "Late");
+  EXPECT_TRUE(in_time.released);
+  EXPECT_FALSE(in_time.past_hard_deadline);
+  EXPECT_DOUBLE_EQ(in_time.duration_ms, 1499.0);
+  clock_.AdvanceMs(1);  // exactly at the hard deadline, as the timer would fire
+  const ReleaseOutcome past = late.ReleaseUnlessLate(true, {}, "Late");
+  EXPECT_TRUE(past.released);
+  EXPECT_TRUE(past.past_hard_deadline);
+  EXPECT_DOUBLE_EQ(past.duration_ms, 1500.0);
+  EXPECT_FALSE(late.ReleaseUnlessLate(true, {}, "Late").released);
+
+  const auto metrics = m->GetMetrics();
+  ASSERT_EQ(metrics.size(), 2u);
+  EXPECT_TRUE(metrics[0].success);
+  EXPECT_EQ(metrics[0].error_type, "");
+  EXPECT_FALSE(metrics[1].success);
+  EXPECT_EQ(metrics[1].error_type, "Late");
+  EXPECT_TRUE(metrics[1].escalated);
+  EXPECT_EQ(m->GetStatistics().failure_count, 1);
+}
+
 TEST_F(ManagerTest, DestroyedUnreleasedSlotIsRecordedAsAbandonedFailure) {
   auto m = Make();
   {
