@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "core/admission_word.h"
@@ -892,6 +893,69 @@ TEST(DefaultManager, ReturnsOneInstanceAndRefusesAConflictingConfig) {
 }
 
 // The background thread drives timers on the real clock.
+// A call's timer enters the heap on the first tick it lives through (or when 256 calls wait),
+// while other threads acquire and release in the same shards and ticks run on their own thread.
+// Each held call must warn and escalate exactly once; no call warns twice; a call the timer
+// warned is recorded as having reached its timeout.
+TEST_F(ManagerTest, TimersFireOnceEachWhileCallsChurnAndTicksRunConcurrently) {
+  auto m = Make();
+  constexpr int kWorkers = 3;
+  std::atomic<bool> stop{false};
+  std::atomic<int> held_warnings{0};
+  std::thread ticker([&] {
+    while (!stop.load()) {
+      clock_.AdvanceMs(3);
+      m->Tick();
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> workers;
+  std::atomic<int> granted{0};
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] {
+      Slot held = m->TryAcquire("held-" + std::to_string(w), "file_read", 5).value();
+      held.SetTimeoutWarningHook([&] { held_warnings.fetch_add(1); });
+      std::mt19937 rng(w);
+      for (int i = 0; i < 1000; ++i) {
+        auto r = m->TryAcquire("churn", "file_read", 1 + static_cast<int64_t>(rng() % 10));
+        if (!r.ok()) continue;
+        ++granted;
+        for (unsigned y = rng() % 3; y > 0; --y) std::this_thread::yield();
+        r->Release(true);
+      }
+      // Held until its hard deadline has surely passed (the ticker keeps advancing the clock).
+      const int64_t until = held.hard_deadline_mono_nanos();
+      while (clock_.MonotonicNanos() <= until + 10'000'000) std::this_thread::yield();
+      held.Release(false, "done");
+    });
+  }
+  for (auto& t : workers) t.join();
+  stop = true;
+  ticker.join();
+
+  std::map<uint64_t, int> warnings, escalations;
+  std::set<uint64_t> held_ids;
+  int timeouts_recorded = 0;
+  for (const auto& e : observer_->seen()) {
+    if (e.kind == EventKind::kTimeoutWarning) ++warnings[e.call_id];
+    if (e.kind == EventKind::kTimeoutEscalation) ++escalations[e.call_id];
+    if (e.kind == EventKind::kAcquired && e.task_id.rfind("held-", 0) == 0)
+      held_ids.insert(e.call_id);
+    if (e.kind == EventKind::kReleased && e.record->timeout_reached) ++timeouts_recorded;
+  }
+  for (const auto& [id, n] : warnings) EXPECT_EQ(n, 1) << "call " << id;
+  for (const auto& [id, n] : escalations) EXPECT_EQ(n, 1) << "call " << id;
+  ASSERT_EQ(held_ids.size(), static_cast<size_t>(kWorkers));
+  for (uint64_t id : held_ids) {
+    EXPECT_EQ(warnings[id], 1) << "held call " << id;
+    EXPECT_EQ(escalations[id], 1) << "held call " << id;
+  }
+  EXPECT_EQ(held_warnings.load(), kWorkers);
+  EXPECT_GE(timeouts_recorded, static_cast<int>(warnings.size()));
+  EXPECT_EQ(m->GetStatistics().total_calls, granted.load() + kWorkers);
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
+}
+
 TEST(BackgroundThread, FiresTimeoutsWithoutTicks) {
   Config c;
   c.timer_tick_ms = 1;
