@@ -902,7 +902,11 @@ TEST_F(ManagerTest, TimersFireOnceEachWhileCallsChurnAndTicksRunConcurrently) {
   constexpr int kWorkers = 3;
   std::atomic<bool> stop{false};
   std::atomic<int> held_warnings{0};
+  std::atomic<int> hooks_set{0};
   std::thread ticker([&] {
+    // The clock stands still until every held call has its hook: a hook set after its warning
+    // fired would (by design) never run.
+    while (hooks_set.load() < kWorkers) std::this_thread::yield();
     while (!stop.load()) {
       clock_.AdvanceMs(3);
       m->Tick();
@@ -915,6 +919,7 @@ TEST_F(ManagerTest, TimersFireOnceEachWhileCallsChurnAndTicksRunConcurrently) {
     workers.emplace_back([&, w] {
       Slot held = m->TryAcquire("held-" + std::to_string(w), "file_read", 5).value();
       held.SetTimeoutWarningHook([&] { held_warnings.fetch_add(1); });
+      hooks_set.fetch_add(1);
       std::mt19937 rng(w);
       for (int i = 0; i < 1000; ++i) {
         auto r = m->TryAcquire("churn", "file_read", 1 + static_cast<int64_t>(rng() % 10));
