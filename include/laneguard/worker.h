@@ -137,8 +137,9 @@ class CallGuard {
   // Releases the slot, then ends the span.
   void Finish(bool success, std::string_view error_type, std::string_view message);
   // The span's closing events and status; after the slot is released, so that no timeout hook
-  // adds an event after call_completed.
-  void EndSpan(bool success, std::string_view message, double duration_ms);
+  // adds an event after call_completed. `duration_ms`: the release's own figure; without one the
+  // clock is read, and only if the span records.
+  void EndSpan(bool success, std::string_view message, std::optional<double> duration_ms);
   void InstallHardHook();
   double ElapsedMs() const;
 

@@ -112,7 +112,7 @@ struct LaneTotals {
 
 // A call's task id: in place up to kInline bytes (a UUID is 36), on the heap past that. Admission
 // copies one per call, and std::string::assign costs about 75 instructions where this is a
-// length check and a memcpy; moving one into the metrics ring copies a fixed 40 bytes.
+// length check and a memcpy; moving one into the metrics ring copies a fixed 39 bytes.
 class TaskId {
  public:
   static constexpr size_t kInline = 39;

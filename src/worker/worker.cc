@@ -187,7 +187,7 @@ void CallGuard::Succeeded() {
     EndSpan(false, timeout.what(), out.duration_ms);
     throw timeout;
   }
-  EndSpan(true, {}, out.released ? out.duration_ms : (span_.recording() ? ElapsedMs() : 0));
+  EndSpan(true, {}, out.released ? std::optional<double>(out.duration_ms) : std::nullopt);
 }
 
 void CallGuard::Failed() {
@@ -204,14 +204,15 @@ void CallGuard::Settle(bool success, std::string_view error_type) {
 
 void CallGuard::Finish(bool success, std::string_view error_type, std::string_view message) {
   slot_.Release(success, error_type);  // from here on no timeout hook adds to the span
-  EndSpan(success, message, span_.recording() ? ElapsedMs() : 0);
+  EndSpan(success, message, std::nullopt);
 }
 
-void CallGuard::EndSpan(bool success, std::string_view message, double duration_ms) {
+void CallGuard::EndSpan(bool success, std::string_view message, std::optional<double> duration_ms) {
   if (span_.recording()) {
+    if (!duration_ms) duration_ms = ElapsedMs();
     if (success) span_.AddEvent("execution_succeeded");
     span_.AddEvent("call_completed",
-                   {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
+                   {{"status", success ? "success" : "failure"}, {"duration", *duration_ms}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
   }
   span_.End();
