@@ -187,9 +187,16 @@ class ResourceBudgetManager {
   // short task id (<= 39 bytes) and no metadata the granted path makes no syscall and, once warm,
   // no heap allocation. The only exception it can throw is std::bad_alloc, and then no count is
   // taken.
+  //
+  // The overloads differ only in what they cost the caller: the two-argument form builds no
+  // optional and no metadata, and `metadata` is copied only when it is not empty (moved when given
+  // as an rvalue).
+  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane);
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
-                                     std::optional<int64_t> timeout_ms = std::nullopt,
-                                     Metadata metadata = {});
+                                     const std::optional<int64_t>& timeout_ms,
+                                     const Metadata& metadata = {});
+  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
+                                     const std::optional<int64_t>& timeout_ms, Metadata&& metadata);
   // Same as slot.Release(success, error_type).
   bool Release(Slot& slot, bool success, std::string_view error_type = {});
 

@@ -406,6 +406,43 @@ TEST_P(ManagerContention, LaneAndGlobalLimitsHoldUnderManyThreads) {
   for (const auto& [name, lane] : m->GetConcurrencyStatus().lanes) EXPECT_EQ(lane.active, 0);
 }
 
+// Call ids come from per-shard blocks; threads on different CPUs (and threads that move between
+// them) must still never see the same id twice.
+TEST(CallIds, StayUniqueAcrossThreadsAndShards) {
+  ManagerOptions o;
+  o.start_background_thread = false;
+  auto m = ResourceBudgetManager::Create(Config{}, std::move(o)).value();
+  constexpr int kThreads = 4, kRounds = 50, kHeld = 8;
+  std::vector<std::vector<uint64_t>> ids(kThreads);
+  std::vector<std::thread> workers;
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      for (int round = 0; round < kRounds; ++round) {
+        std::vector<Slot> held;
+        for (int i = 0; i < kHeld; ++i) {
+          auto r = m->TryAcquire("task", "tool_call");
+          if (r.ok()) held.push_back(std::move(r).value());
+        }
+        for (Slot& s : held) ids[t].push_back(s.call_id());
+        if (round % 8 == 0) std::this_thread::yield();  // invites a move to the other CPU
+      }
+    });
+  }
+  for (auto& w : workers) w.join();
+  std::set<uint64_t> all;
+  size_t total = 0;
+  for (const auto& v : ids) {
+    total += v.size();
+    all.insert(v.begin(), v.end());
+  }
+  EXPECT_GT(total, 0u);
+  EXPECT_EQ(all.size(), total);
+  EXPECT_GE(*all.begin(), 1u);
+  std::set<std::string> recorded;
+  for (const auto& record : m->GetMetrics()) recorded.insert(record.call_id);
+  EXPECT_EQ(recorded.size(), m->GetMetrics().size());
+}
+
 // ---- rejections for bad requests and shutdown
 // ----------------------------------------------------
 
