@@ -302,12 +302,13 @@ class Tracer;
 // or an empty one (tracing disabled). Move-only; ends itself when destroyed.
 class Span {
  public:
-  Span();  // empty; defined out of line because State is incomplete here
+  Span() = default;  // empty
   Span(Span&&) noexcept;
   Span& operator=(Span&&) noexcept;
   Span(const Span&) = delete;
   Span& operator=(const Span&) = delete;
-  ~Span();
+  // Inline, like End(): an empty or non-recording span (spans off, sampled out) costs a test.
+  ~Span() { End(); }
 
   bool recording() const { return state_ != nullptr; }
   const SpanContext& context() const { return context_; }
@@ -323,10 +324,13 @@ class Span {
   void SetStatus(StatusCode code, std::string_view message = {});
   // Ends the span and hands it to the processor; later calls do nothing. recording() stays true
   // (another thread may still hold the span), but nothing more is recorded.
-  void End();
+  void End() {
+    if (state_) EndRecording();
+  }
 
  private:
   friend class Tracer;
+  void EndRecording();
   struct State;
   // Keeps a few ended states per thread for the next spans instead of freeing them.
   struct StateDeleter {

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 
 #include "admission_word.h"
 #include "laneguard/timer_queue.h"
@@ -167,6 +168,22 @@ struct CallEntry {
   std::function<void()> hook;          // at the hard deadline
   std::function<void()> warning_hook;  // at the timeout
   std::thread::id hook_thread;
+};
+
+const std::optional<int64_t> kDefaultTimeout;
+const Metadata kNoMetadata;
+
+// What a released call may own besides its counts, moved out of its entry to be freed outside the
+// shard lock.
+struct Leftovers {
+  explicit Leftovers(CallEntry& c)
+      : stop(std::exchange(c.stop, std::stop_source(std::nostopstate))),
+        hook(std::exchange(c.hook, nullptr)),
+        warning_hook(std::exchange(c.warning_hook, nullptr)),
+        metadata(std::exchange(c.metadata, {})) {}
+  std::stop_source stop;
+  std::function<void()> hook, warning_hook;
+  Metadata metadata;
 };
 
 // What the ring keeps per call; strings other than the task id are produced on read.
@@ -415,7 +432,6 @@ struct ManagerState {
 
     // Everything that can throw (allocation) comes before the entry is taken, and a throw hands
     // both counts back: no path leaks a slot, not even out-of-memory.
-    Metadata metadata_for_observers;
     const int64_t now = clock->MonotonicNanos();
     const int64_t timeout_ns = timeout * kNanosPerMs;
     const auto hard_ns =
@@ -424,8 +440,14 @@ struct ManagerState {
     Shard& shard = shards[shard_index];
     uint32_t entry = 0, generation = 0;
     uint64_t call_id = 0;
+    const Metadata* call_metadata = nullptr;
     try {
-      if (HasObservers()) metadata_for_observers = metadata;
+      // A copy is made before the lock (allocation is not admission work) and before the point
+      // past which nothing may throw.
+      std::optional<Metadata> copied;
+      if constexpr (std::is_lvalue_reference_v<M>) {
+        if (!metadata.empty()) copied.emplace(metadata);
+      }
       std::lock_guard<SpinLock> guard(shard.lock);
       if (shard.free_calls.empty()) {
         shard.calls.push_back(std::make_unique<CallEntry>());
@@ -454,15 +476,21 @@ struct ManagerState {
       c.rss_start = rss;
       c.heap_start = heap_used_mb.load(std::memory_order_relaxed);
       c.concurrent_at_start = global_now;
-      if (!metadata.empty()) c.metadata = std::forward<M>(metadata);
+      if (copied) {
+        c.metadata = std::move(*copied);
+      } else if constexpr (!std::is_lvalue_reference_v<M>) {
+        if (!metadata.empty()) c.metadata = std::move(metadata);
+      }
+      // Read by NotifyAdmitted after the unlock: nothing else touches it until the slot, not yet
+      // returned, is released.
+      call_metadata = &c.metadata;
     } catch (...) {
       GiveBack(lane);  // the manager is alive (TryAcquire runs on it): never the last release
       throw;
     }
     if (HasObservers() ||
         (config.enable_memory_guards && heap_warning_pending.load(std::memory_order_relaxed))) {
-      NotifyAdmitted(now, call_id, task_id, lane, global_now, lane_now, timeout,
-                     metadata_for_observers);
+      NotifyAdmitted(now, call_id, task_id, lane, global_now, lane_now, timeout, *call_metadata);
     }
     // A prvalue, so it is built in the caller's Result: a named local would be moved there.
     return Result<Slot, Rejection>(std::in_place_index<0>, Slot::Key(), this,
@@ -550,7 +578,7 @@ struct ManagerState {
       shard->ring.emplace_back();
     }
     RingRecord& r = shard->ring[shard->ring_next];
-    shard->ring_next = (shard->ring_next + 1) % capacity;
+    if (++shard->ring_next == capacity) shard->ring_next = 0;  // not %: a 64-bit divide
     r.call_id = c->call_id;
     r.lane = lane_index;
     r.success = success;
@@ -584,14 +612,10 @@ struct ManagerState {
     totals.rss_delta_sum_mb += r.rss_end - r.rss_start;
 
     // Destroyed after unlocking: freeing memory or a stop state is not admission work. Most calls
-    // have none of these, so they are only touched when present.
-    std::stop_source stop(std::nostopstate);
-    if (c->stop.stop_possible()) std::swap(stop, c->stop);
-    std::function<void()> hook, warning_hook;
-    if (c->hook) std::swap(hook, c->hook);
-    if (c->warning_hook) std::swap(warning_hook, c->warning_hook);
-    Metadata metadata;
-    if (!c->metadata.empty()) std::swap(metadata, c->metadata);
+    // have none of these, so the holder is only built when one is present.
+    std::optional<Leftovers> leftovers;
+    if (c->stop.stop_possible() || c->hook || c->warning_hook || !c->metadata.empty())
+      leftovers.emplace(*c);
     c->in_use = false;
     c->hooks_pending = 0;  // a hook still queued in this tick sees the new generation and skips
     ++c->generation;
@@ -601,7 +625,7 @@ struct ManagerState {
     // Observers hear of the release before the counts drop: once they have, this thread may no
     // longer touch the state (a destroyed manager's last release frees it).
     if (HasObservers()) {
-      UnlockAndNotifyReleased(*shard, r, now, lane, metadata);
+      UnlockAndNotifyReleased(*shard, r, now, lane, leftovers ? leftovers->metadata : kNoMetadata);
     } else {
       shard->lock.unlock();
     }
@@ -1147,14 +1171,9 @@ ResourceBudgetManager::~ResourceBudgetManager() {
   if (state_->Orphan()) delete state_;
 }
 
-namespace {
-const std::optional<int64_t> kDefaultTimeout;
-const Metadata kNoMetadata;
-}  // namespace
-
 Result<Slot, Rejection> ResourceBudgetManager::TryAcquire(std::string_view task_id,
                                                           std::string_view lane) {
-  return state_->TryAcquire(task_id, lane, kDefaultTimeout, kNoMetadata);
+  return state_->TryAcquire(task_id, lane, internal::kDefaultTimeout, internal::kNoMetadata);
 }
 Result<Slot, Rejection> ResourceBudgetManager::TryAcquire(std::string_view task_id,
                                                           std::string_view lane,

@@ -325,8 +325,6 @@ void Span::StateDeleter::operator()(State* state) const noexcept {
   delete state;
 }
 
-Span::Span() = default;
-
 Span::Span(Span&& other) noexcept
     : context_(std::exchange(other.context_, SpanContext{})), state_(std::move(other.state_)) {}
 
@@ -338,8 +336,6 @@ Span& Span::operator=(Span&& other) noexcept {
   }
   return *this;
 }
-
-Span::~Span() { End(); }
 
 void Span::SetAttribute(std::string_view key, AttributeValue value) {
   if (!state_) return;
@@ -376,8 +372,7 @@ void Span::SetStatus(StatusCode code, std::string_view message) {
     state_->data.status_message.clear();
 }
 
-void Span::End() {
-  if (!state_) return;
+void Span::EndRecording() {
   const Tracer* tracer = state_->tracer;
   const int64_t now = state_->UnixNow();
   SpanData data;

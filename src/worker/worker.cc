@@ -72,6 +72,11 @@ void CallContext::OnHardTimeout(std::function<void()> hook) {
   guard_->InstallHardHook();
 }
 
+const CallOptions& DefaultCallOptions() {
+  static const CallOptions options;
+  return options;
+}
+
 // ---- CallGuard
 // -------------------------------------------------------------------------------------
 
@@ -108,11 +113,11 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
       std::memcpy(name + span_prefix.size(), lane_.data(), lane_.size());
       span_ = tracer.StartSpan(std::string_view(name, length), parent);
     } else {
-      span_ = tracer.StartSpan(std::string(span_prefix) + lane_, parent);
+      span_ = tracer.StartSpan(std::string(span_prefix) += lane_, parent);
     }
     if (span_.recording()) {
-      span_.SetAttribute("taskId", task_id_);
-      span_.SetAttribute("lane", lane_);
+      span_.SetAttribute("taskId", std::string(task_id_));
+      span_.SetAttribute("lane", std::string(lane_));
       for (const auto& [key, value] : options.metadata) span_.SetAttribute(key, value);
     }
   }
@@ -225,14 +230,13 @@ void CallGuard::EndSpan(bool success, std::string_view message, std::optional<do
 
 BatchCall::BatchCall(WorkerCalls& calls, std::string_view task_id, std::string_view lane,
                      CallOptions options)
-    : calls_(&calls), task_id_(task_id), options_(std::move(options)) {
-  options_.lane = std::string(lane);
+    : calls_(&calls), request_(new Request{std::string(task_id), std::move(options)}) {
+  request_->options.lane = std::string(lane);
 }
 
 BatchCall::BatchCall(BatchCall&& other) noexcept
     : calls_(other.calls_),
-      task_id_(std::move(other.task_id_)),
-      options_(std::move(other.options_)),
+      request_(std::move(other.request_)),
       guard_(std::move(other.guard_)),
       released_(other.released_),
       items_(other.items_),
@@ -246,8 +250,9 @@ BatchCall::~BatchCall() {
 
 void BatchCall::Init() {
   if (guard_ || released_) throw std::logic_error("BatchCall::Init called twice");
-  guard_ = std::make_unique<internal::CallGuard>(*calls_, task_id_, options_);
-  guard_->span().AddEvent("batch_started", {{"taskId", task_id_}, {"lane", options_.lane}});
+  guard_ = std::make_unique<internal::CallGuard>(*calls_, request_->task_id, request_->options);
+  guard_->span().AddEvent("batch_started",
+                          {{"taskId", request_->task_id}, {"lane", request_->options.lane}});
 }
 
 CallContext& BatchCall::context() {

@@ -2,6 +2,7 @@
 // Its own executable: it replaces the global operator new to count allocations, which must not
 // affect the other tests.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -11,10 +12,12 @@
 
 namespace {
 std::atomic<uint64_t> g_allocations{0};
+std::atomic<bool> g_fail_allocations{false};
 }  // namespace
 
 void* operator new(std::size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (g_fail_allocations.load(std::memory_order_relaxed)) throw std::bad_alloc();
   if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
   throw std::bad_alloc();
 }
@@ -52,6 +55,50 @@ TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
   const uint64_t before_long = g_allocations.load();
   manager->TryAcquire("a-task-id-longer-than-the-small-string-buffer", "tool_call")->Release(true);
   EXPECT_GT(g_allocations.load() - before_long, 0u);
+}
+
+// Metadata is copied into the call; when that copy cannot allocate, TryAcquire throws and takes
+// nothing: no count, no entry, no timer left armed for a call that does not exist.
+TEST(FastPath, AMetadataCopyThatCannotAllocateTakesNothing) {
+  ManualClock clock;
+  ManagerOptions options;
+  options.clock = &clock;
+  options.start_background_thread = false;
+  auto manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
+  const Metadata metadata = {{"userId", "a-user-id-too-long-for-the-small-string-buffer"}};
+  // One CPU, so the failing call uses the shard the warm-up filled: the copy of the metadata is
+  // then the only allocation left to fail.
+  cpu_set_t all, one;
+  ASSERT_EQ(sched_getaffinity(0, sizeof all, &all), 0);
+  CPU_ZERO(&one);
+  CPU_SET(sched_getcpu(), &one);
+  ASSERT_EQ(sched_setaffinity(0, sizeof one, &one), 0);
+  manager->TryAcquire("warm-up", "tool_call")->Release(true);
+  g_fail_allocations = true;
+  bool threw = false;
+  try {
+    auto never = manager->TryAcquire("task-1", "tool_call", 1000, metadata);
+  } catch (const std::bad_alloc&) {
+    threw = true;
+  }
+  g_fail_allocations = false;
+  sched_setaffinity(0, sizeof all, &all);
+  EXPECT_TRUE(threw);
+  EXPECT_EQ(manager->GetConcurrencyStatus().global.active, 0);
+  EXPECT_EQ(manager->GetConcurrencyStatus().lanes.at("tool_call").active, 0);
+
+  // Past both deadlines of the failed call nothing fires, and the next call starts clean.
+  manager->Tick();
+  clock.AdvanceMs(2000);
+  manager->Tick();
+  EXPECT_EQ(manager->GetConcurrencyStatus().global.overrunning, 0);
+  auto slot = manager->TryAcquire("task-2", "tool_call", 1000, metadata);
+  ASSERT_TRUE(slot.ok());
+  EXPECT_TRUE(slot->Release(true));
+  const auto records = manager->GetMetrics();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].task_id, "task-2");
+  EXPECT_FALSE(records[1].timeout_reached);
 }
 
 }  // namespace
