@@ -85,11 +85,20 @@ struct ReleaseOutcome {
 class Slot {
  public:
   Slot() = default;
-  Slot(Slot&& other) noexcept;
-  Slot& operator=(Slot&& other) noexcept;  // releases the current slot (abandoned) first
-  Slot(const Slot&) = delete;
-  Slot& operator=(const Slot&) = delete;
-  ~Slot();
+  // Inline (as is the destructor): a wrapper moves its slot once per call.
+  Slot(Slot&& other) noexcept : Slot(other) { other.state_ = nullptr; }
+  // Releases the current slot (abandoned) first.
+  Slot& operator=(Slot&& other) noexcept {
+    if (this != &other) {
+      if (state_ != nullptr) ReleaseAbandoned();
+      *this = static_cast<const Slot&>(other);
+      other.state_ = nullptr;
+    }
+    return *this;
+  }
+  ~Slot() {
+    if (state_ != nullptr) ReleaseAbandoned();
+  }
 
   // False for a default-constructed, moved-from or released slot.
   bool valid() const { return state_ != nullptr; }
@@ -149,6 +158,11 @@ class Slot {
  private:
   friend struct internal::ManagerState;
   friend class ResourceBudgetManager;
+
+  // Member-wise copies for the moves above; private, so a Slot cannot be copied from outside.
+  Slot(const Slot&) = default;
+  Slot& operator=(const Slot&) = default;
+  void ReleaseAbandoned();
 
   internal::ManagerState* state_ = nullptr;
   uint32_t index_ = 0;

@@ -1140,36 +1140,7 @@ std::string Rejection::message() const {
 
 // ---- Slot -------------------------------------------------------------------------------------
 
-Slot::Slot(Slot&& other) noexcept
-    : state_(std::exchange(other.state_, nullptr)),
-      index_(other.index_),
-      generation_(other.generation_),
-      call_id_(other.call_id_),
-      start_(other.start_),
-      deadline_(other.deadline_),
-      hard_deadline_(other.hard_deadline_),
-      global_active_at_start_(other.global_active_at_start_),
-      lane_active_at_start_(other.lane_active_at_start_) {}
-
-Slot& Slot::operator=(Slot&& other) noexcept {
-  if (this != &other) {
-    if (state_ != nullptr) Release(false, "abandoned");
-    state_ = std::exchange(other.state_, nullptr);
-    index_ = other.index_;
-    generation_ = other.generation_;
-    call_id_ = other.call_id_;
-    start_ = other.start_;
-    deadline_ = other.deadline_;
-    hard_deadline_ = other.hard_deadline_;
-    global_active_at_start_ = other.global_active_at_start_;
-    lane_active_at_start_ = other.lane_active_at_start_;
-  }
-  return *this;
-}
-
-Slot::~Slot() {
-  if (state_ != nullptr) Release(false, "abandoned");
-}
+void Slot::ReleaseAbandoned() { Release(false, "abandoned"); }
 
 std::string Slot::call_id_string() const { return "call-" + std::to_string(call_id_); }
 

@@ -9,6 +9,7 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <type_traits>
 
 #include "core/admission_word.h"
 #include "support/fake_memory_probe.h"
@@ -91,6 +92,11 @@ class ManagerTest : public ::testing::Test {
 
 // ---- slot acquisition and release
 // -----------------------------------------------------------------
+
+// A slot is one place in a lane: it moves, it never copies (the member-wise copies are private).
+static_assert(!std::is_copy_constructible_v<Slot> && !std::is_copy_assignable_v<Slot>);
+static_assert(std::is_nothrow_move_constructible_v<Slot> &&
+              std::is_nothrow_move_assignable_v<Slot>);
 
 TEST_F(ManagerTest, AcquireAndReleaseUpdatesCountsAndRecords) {
   auto m = Make();
