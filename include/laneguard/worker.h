@@ -142,9 +142,11 @@ class CallGuard {
   // Releases the slot, then ends the span.
   void Finish(bool success, std::string_view error_type, std::string_view message);
   // The span's closing events and status; after the slot is released, so that no timeout hook
-  // adds an event after call_completed. `duration_ms`: the release's own figure; without one the
-  // clock is read, and only if the span records.
-  void EndSpan(bool success, std::string_view message, std::optional<double> duration_ms);
+  // adds an event after call_completed. The duration is the release's own figure when `release`
+  // says it released; otherwise the clock is read, and only if the span records. (By reference:
+  // an optional<double> by value was written in parts and read back whole, a store-forwarding
+  // stall on every call.)
+  void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release);
   void InstallHardHook();
   double ElapsedMs() const;
 

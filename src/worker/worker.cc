@@ -189,10 +189,10 @@ void CallGuard::Succeeded() {
   if (out.past_hard_deadline) {
     const int64_t timeout_ms = (slot_.deadline_mono_nanos() - start_mono_) / kNanosPerMs;
     WorkerCallTimeout timeout(task_id_, lane_, timeout_ms, out.duration_ms);
-    EndSpan(false, timeout.what(), out.duration_ms);
+    EndSpan(false, timeout.what(), out);
     throw timeout;
   }
-  EndSpan(true, {}, out.released ? std::optional<double>(out.duration_ms) : std::nullopt);
+  EndSpan(true, {}, out);
 }
 
 void CallGuard::Failed() {
@@ -209,15 +209,15 @@ void CallGuard::Settle(bool success, std::string_view error_type) {
 
 void CallGuard::Finish(bool success, std::string_view error_type, std::string_view message) {
   slot_.Release(success, error_type);  // from here on no timeout hook adds to the span
-  EndSpan(success, message, std::nullopt);
+  EndSpan(success, message, ReleaseOutcome{});
 }
 
-void CallGuard::EndSpan(bool success, std::string_view message, std::optional<double> duration_ms) {
+void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOutcome& release) {
   if (span_.recording()) {
-    if (!duration_ms) duration_ms = ElapsedMs();
+    const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
     if (success) span_.AddEvent("execution_succeeded");
     span_.AddEvent("call_completed",
-                   {{"status", success ? "success" : "failure"}, {"duration", *duration_ms}});
+                   {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
   }
   span_.End();
