@@ -12,6 +12,7 @@
 #include <type_traits>
 
 #include "admission_word.h"
+#include "lane_index.h"
 #include "laneguard/timer_queue.h"
 #include "spin_lock.h"
 
@@ -61,39 +62,8 @@ constexpr uint8_t kRunning = 0, kWarned = 1, kEscalated = 2;
 
 using ObserverList = std::vector<std::shared_ptr<Observer>>;
 
-// A lane name as FindLane compares it: its length and its first and last 8 bytes (zero-padded
-// when shorter), which are the whole name up to 16 bytes. Comparing three integers costs a fraction
-// of a memcmp call, and admission looks the lane up on every call.
-struct LaneKey {
-  size_t size = 0;
-  uint64_t head = 0, tail = 0;
-
-  explicit LaneKey(std::string_view name)
-      : size(name.size()), head(Head(name)), tail(size >= 8 ? Load8(name.end() - 8) : 0) {}
-  // Field by field, not as one struct: FindLane keeps the asked-for key in two registers. Built as
-  // a struct, g++ wrote it to the stack as one 16-byte store and read it back as two 8-byte loads,
-  // which the CPU cannot forward from that store (a stall of about 10 ns per lookup).
-  bool Matches(size_t other_size, uint64_t other_head, uint64_t other_tail) const {
-    return size == other_size && head == other_head && tail == other_tail;
-  }
-
-  static uint64_t Load8(const char* p) {
-    uint64_t v = 0;
-    std::memcpy(&v, p, 8);
-    return v;
-  }
-  static uint64_t Head(std::string_view name) {
-    if (name.size() >= 8) return Load8(name.data());
-    uint64_t v = 0;
-    for (size_t i = 0; i < name.size(); ++i)
-      v |= static_cast<uint64_t>(static_cast<unsigned char>(name[i])) << (8 * i);
-    return v;
-  }
-};
-
 struct LaneState {
   std::string name;
-  LaneKey key{std::string_view()};
   int limit = 0;
   size_t index = 0;
   uint64_t delta = 1;  // what a call adds to the admission word (AdmissionLayout::Delta)
@@ -272,6 +242,13 @@ double Percentile(std::vector<double>& sorted, double p) {
   return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
 }
 
+// In the order of the config's map, which is the order of ManagerState::lanes.
+std::vector<std::string> LaneNames(const Config& config) {
+  std::vector<std::string> names;
+  for (const auto& [name, limit] : config.lane_concurrency_limits) names.push_back(name);
+  return names;
+}
+
 size_t ShardCount() {
   return std::clamp<size_t>(std::thread::hardware_concurrency(), 1, kMaxShards);
 }
@@ -298,12 +275,12 @@ struct ManagerState {
         lane_count(config.lane_concurrency_limits.size()),
         layout(lane_count, config.global_concurrency_limit),
         lanes(new LaneState[lane_count]),
+        lane_lookup(LaneNames(config)),
         shard_count(ShardCount()),
         shards(new Shard[shard_count]) {
     size_t i = 0;
     for (const auto& [name, limit] : config.lane_concurrency_limits) {
       lanes[i].name = name;
-      lanes[i].key = LaneKey(name);
       lanes[i].limit = limit;
       lanes[i].index = i;
       lanes[i].delta = layout.Delta(i);
@@ -319,18 +296,7 @@ struct ManagerState {
 
   // ---- admission ----------------------------------------------------------------------------
 
-  int FindLane(std::string_view name) const {
-    // Lanes are few (the spec has five), so a scan beats hashing.
-    const size_t size = name.size();
-    const uint64_t head = LaneKey::Head(name);
-    const uint64_t tail = size >= 8 ? LaneKey::Load8(name.end() - 8) : 0;
-    for (size_t i = 0; i < lane_count; ++i) {
-      if (lanes[i].key.Matches(size, head, tail) &&
-          (size <= 16 || std::memcmp(lanes[i].name.data(), name.data(), size) == 0))
-        return static_cast<int>(i);
-    }
-    return -1;
-  }
+  int FindLane(std::string_view name) const { return lane_lookup.Find(name); }
 
   // What a rejection found; the Rejection (with its lane string) is built once, in place.
   struct Refusal {
@@ -1072,6 +1038,7 @@ struct ManagerState {
   const size_t lane_count;
   const AdmissionLayout layout;
   const std::unique_ptr<LaneState[]> lanes;
+  const LaneIndex lane_lookup;
   const size_t shard_count;
   const std::unique_ptr<Shard[]> shards;
 
