@@ -262,8 +262,9 @@ struct Span::State {
     return state;
   }
 
-  int64_t UnixNow() const {
-    return data.start_unix_nanos + (tracer->options_.clock->MonotonicNanos() - start_mono);
+  int64_t UnixNow() const { return UnixAt(tracer->options_.clock->MonotonicNanos()); }
+  int64_t UnixAt(int64_t mono_nanos) const {
+    return data.start_unix_nanos + (std::max(mono_nanos, start_mono) - start_mono);
   }
 
   // Adds or overwrites `key` within the limit; counts what does not fit. Called locked.
@@ -361,6 +362,17 @@ void Span::AddEvent(std::string_view name, std::initializer_list<AttributeView> 
   state_->AddEvent(name, time, attributes.begin(), attributes.size());
 }
 
+void Span::AddEventAt(int64_t mono_nanos, std::string_view name,
+                      std::initializer_list<AttributeView> attributes) {
+  if (!state_) return;
+  const int64_t time = state_->UnixAt(mono_nanos);
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
+  if (state_->ended) return;
+  state_->AddEvent(name, time, attributes.begin(), attributes.size());
+}
+
+int64_t Span::start_mono_nanos() const { return state_ ? state_->start_mono : 0; }
+
 void Span::SetStatus(StatusCode code, std::string_view message) {
   if (!state_ || code == StatusCode::kUnset) return;
   std::lock_guard<internal::SpinLock> lock(state_->mu);
@@ -372,9 +384,9 @@ void Span::SetStatus(StatusCode code, std::string_view message) {
     state_->data.status_message.clear();
 }
 
-void Span::EndRecording() {
+void Span::EndRecording(int64_t mono_nanos) {
   const Tracer* tracer = state_->tracer;
-  const int64_t now = state_->UnixNow();
+  const int64_t now = mono_nanos == kReadClock ? state_->UnixNow() : state_->UnixAt(mono_nanos);
   SpanData data;
   {
     std::lock_guard<internal::SpinLock> lock(state_->mu);

@@ -124,9 +124,11 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
   if (acquired.ok()) {
     slot_ = std::move(acquired).value();
     if (span_.recording()) {
-      span_.AddEvent("acquired_slot",
-                     {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
-                      {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
+      // Stamped with the span's start: this is the moment the slot was handed over, and one
+      // clock read fewer per event.
+      span_.AddEventAt(span_.start_mono_nanos(), "acquired_slot",
+                       {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
+                        {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
       slot_.SetTimeoutWarningHook([this] { span_.AddEvent("timeout", {{"phase", "warning"}}); });
       InstallHardHook();
     }
@@ -151,7 +153,8 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
                        {"detail", message}});
     }
   }
-  if (span_.recording()) span_.AddEvent("execution_started", {{"taskId", task_id_}});
+  if (span_.recording())
+    span_.AddEventAt(span_.start_mono_nanos(), "execution_started", {{"taskId", task_id_}});
 }
 
 CallGuard::~CallGuard() {
@@ -215,10 +218,13 @@ void CallGuard::Finish(bool success, std::string_view error_type, std::string_vi
 void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOutcome& release) {
   if (span_.recording()) {
     const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
-    if (success) span_.AddEvent("execution_succeeded");
-    span_.AddEvent("call_completed",
-                   {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
+    // One reading for the closing events and the end: they happen at one moment.
+    const int64_t now = calls_.tracer().clock().MonotonicNanos();
+    if (success) span_.AddEventAt(now, "execution_succeeded");
+    span_.AddEventAt(now, "call_completed",
+                     {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
+    span_.EndAt(now);
   }
   span_.End();
 }

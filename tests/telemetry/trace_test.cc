@@ -383,6 +383,41 @@ TEST(SpanTest, RecordsNameKindAttributesEventsAndStatus) {
   EXPECT_EQ(d.dropped_events_count, 0u);
 }
 
+// Events and the end stamped at times the caller read: on the span's timeline, clamped to its
+// start, and the end's time is the one given, not the clock's.
+TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
+  TracerFixture f;
+  f.clock.AdvanceMs(100);
+  Span span = f.tracer->StartSpan("s");
+  ASSERT_EQ(span.start_mono_nanos(), 100'000'000);
+  f.clock.AdvanceMs(50);
+  span.AddEventAt(span.start_mono_nanos() + 2'000'000, "at_two_ms", {{"k", int64_t{1}}});
+  span.AddEventAt(0, "before_the_start");
+  span.EndAt(span.start_mono_nanos() + 3'000'000);
+  span.AddEventAt(span.start_mono_nanos() + 4'000'000, "after_the_end");
+  span.End();
+
+  auto spans = f.processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const SpanData& d = spans[0];
+  const int64_t start = kStart + 100'000'000;
+  EXPECT_EQ(d.start_unix_nanos, start);
+  ASSERT_EQ(d.events.size(), 2u);
+  EXPECT_EQ(d.events[0].name, "at_two_ms");
+  EXPECT_EQ(d.events[0].time_unix_nanos, start + 2'000'000);
+  ASSERT_EQ(d.events[0].attributes.size(), 1u);
+  EXPECT_EQ(d.events[1].name, "before_the_start");
+  EXPECT_EQ(d.events[1].time_unix_nanos, start);
+  EXPECT_EQ(d.end_unix_nanos, start + 3'000'000);
+
+  TracerFixture off(0.0);
+  Span quiet = off.tracer->StartSpan("q");
+  EXPECT_EQ(quiet.start_mono_nanos(), 0);
+  quiet.AddEventAt(5, "e");
+  quiet.EndAt(5);
+  EXPECT_TRUE(off.processor->spans().empty());
+}
+
 TEST(SpanTest, StatusFollowsOpenTelemetryRules) {
   TracerFixture f;
   {
