@@ -27,12 +27,17 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 namespace laneguard {
 namespace {
 
-TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
-  ManualClock clock;
+// No background thread: timers fire only in Tick(), on `clock`.
+std::unique_ptr<ResourceBudgetManager> MakeManager(ManualClock& clock) {
   ManagerOptions options;
   options.clock = &clock;
   options.start_background_thread = false;
-  auto manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
+  return ResourceBudgetManager::Create(Config{}, std::move(options)).value();
+}
+
+TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
+  ManualClock clock;
+  auto manager = MakeManager(clock);
   // Warm up: the call table, the timer heap and the metrics ring grow to their working size (two
   // calls at once: the held one and the one in the loop; a call's timer is armed by the first
   // Tick() it lives through).
@@ -61,10 +66,7 @@ TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
 // nothing: no count, no entry, no timer left armed for a call that does not exist.
 TEST(FastPath, AMetadataCopyThatCannotAllocateTakesNothing) {
   ManualClock clock;
-  ManagerOptions options;
-  options.clock = &clock;
-  options.start_background_thread = false;
-  auto manager = ResourceBudgetManager::Create(Config{}, std::move(options)).value();
+  auto manager = MakeManager(clock);
   const Metadata metadata = {{"userId", "a-user-id-too-long-for-the-small-string-buffer"}};
   // One CPU, so the failing call uses the shard the warm-up filled: the copy of the metadata is
   // then the only allocation left to fail.
