@@ -51,16 +51,12 @@ class LaneIndex {
   int Find(std::string_view name) const {
     // Three scalars, not a Key: g++ packed a Key's two words into one vector register, stored it
     // and read it back as two words, which the CPU cannot forward (a stall on every admission).
+    if (!perfect_) return Scan(name);
     const uint64_t size = name.size();
     const uint64_t head = Head(name);
     const uint64_t tail = size >= 8 ? Load8(name.end() - 8) : 0;
-    if (perfect_) {
-      const uint16_t i = table_[Slot(size, head, tail)];
-      return i != kEmpty && Equal(i, size, head, tail, name) ? i : -1;
-    }
-    for (size_t i = 0; i < keys_.size(); ++i)
-      if (Equal(i, size, head, tail, name)) return static_cast<int>(i);
-    return -1;
+    const uint16_t i = table_[Slot(size, head, tail)];
+    return i != kEmpty && Equal(i, size, head, tail, name) ? i : -1;
   }
 
   bool perfect() const { return perfect_; }
@@ -87,6 +83,16 @@ class LaneIndex {
   }
   static Key KeyOf(std::string_view name) {
     return {name.size(), Head(name), name.size() >= 8 ? Load8(name.end() - 8) : 0};
+  }
+
+  // Out of line: its loop needs registers the table lookup above does not.
+  [[gnu::noinline]] int Scan(std::string_view name) const {
+    const uint64_t size = name.size();
+    const uint64_t head = Head(name);
+    const uint64_t tail = size >= 8 ? Load8(name.end() - 8) : 0;
+    for (size_t i = 0; i < keys_.size(); ++i)
+      if (Equal(i, size, head, tail, name)) return static_cast<int>(i);
+    return -1;
   }
 
   size_t Slot(uint64_t size, uint64_t head, uint64_t tail) const {

@@ -528,7 +528,8 @@ struct ManagerState {
 
   // Locks the slot's shard and returns its entry, or nullptr (unlocked) if the slot was already
   // released. Waits for a hard-timeout hook running on another thread.
-  CallEntry* LockEntry(const Slot& slot, Shard** shard_out) {
+  // Inline: it is most of a release's way in, and a call cost a tenth of the release.
+  [[gnu::always_inline]] CallEntry* LockEntry(const Slot& slot, Shard** shard_out) {
     const size_t shard_index = slot.index_ >> kEntryBits;
     const uint32_t entry = slot.index_ & kEntryMask;
     if (shard_index >= shard_count) return nullptr;
