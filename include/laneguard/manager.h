@@ -102,6 +102,8 @@ class Slot {
 
   // False for a default-constructed, moved-from or released slot.
   bool valid() const { return state_ != nullptr; }
+  // Unique within the manager, starting at 1. Calls admitted on different CPUs draw ids from
+  // different blocks, so ids do not follow admission order across threads.
   uint64_t call_id() const { return call_id_; }
   // "call-<n>", the spec's callId/contextId.
   std::string call_id_string() const;

@@ -26,7 +26,7 @@ std::string_view ToString(RejectReason reason);
 
 // The spec's WorkerCallMetrics, one per released call.
 struct WorkerCallMetrics {
-  std::string call_id;  // "call-<n>", unique within a manager
+  std::string call_id;  // "call-<n>", unique within a manager (see Slot::call_id)
   std::string task_id;
   std::string lane;
   double duration_ms = 0;
