@@ -51,10 +51,10 @@ class LaneIndex {
   int Find(std::string_view name) const {
     // Three scalars, not a Key: g++ packed a Key's two words into one vector register, stored it
     // and read it back as two words, which the CPU cannot forward (a stall on every admission).
-    if (!perfect_) return Scan(name);
     const uint64_t size = name.size();
     const uint64_t head = Head(name);
-    const uint64_t tail = size >= 8 ? Load8(name.end() - 8) : 0;
+    const uint64_t tail = Tail(name);
+    if (!perfect_) return Scan(size, head, tail, name);
     const uint16_t i = table_[Slot(size, head, tail)];
     return i != kEmpty && Equal(i, size, head, tail, name) ? i : -1;
   }
@@ -81,15 +81,14 @@ class LaneIndex {
       head |= static_cast<uint64_t>(static_cast<unsigned char>(name[i])) << (8 * i);
     return head;
   }
-  static Key KeyOf(std::string_view name) {
-    return {name.size(), Head(name), name.size() >= 8 ? Load8(name.end() - 8) : 0};
+  static uint64_t Tail(std::string_view name) {
+    return name.size() >= 8 ? Load8(name.end() - 8) : 0;
   }
+  static Key KeyOf(std::string_view name) { return {name.size(), Head(name), Tail(name)}; }
 
   // Out of line: its loop needs registers the table lookup above does not.
-  [[gnu::noinline]] int Scan(std::string_view name) const {
-    const uint64_t size = name.size();
-    const uint64_t head = Head(name);
-    const uint64_t tail = size >= 8 ? Load8(name.end() - 8) : 0;
+  [[gnu::noinline]] int Scan(uint64_t size, uint64_t head, uint64_t tail,
+                             std::string_view name) const {
     for (size_t i = 0; i < keys_.size(); ++i)
       if (Equal(i, size, head, tail, name)) return static_cast<int>(i);
     return -1;

@@ -355,11 +355,7 @@ void Span::AddEvent(std::string_view name, Attributes attributes) {
 }
 
 void Span::AddEvent(std::string_view name, std::initializer_list<AttributeView> attributes) {
-  if (!state_) return;
-  const int64_t time = state_->UnixNow();
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  state_->AddEvent(name, time, attributes.begin(), attributes.size());
+  if (state_) AddEventAt(state_->tracer->options_.clock->MonotonicNanos(), name, attributes);
 }
 
 void Span::AddEventAt(int64_t mono_nanos, std::string_view name,

@@ -224,9 +224,8 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
     span_.AddEventAt(now, "call_completed",
                      {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
-    span_.EndAt(now);
+    span_.EndAt(now);  // a span that does not record has nothing to end
   }
-  span_.End();
 }
 
 }  // namespace internal
