@@ -103,10 +103,14 @@ void BM_TryAcquireRelease_ManualClock(benchmark::State& state) {
 BENCHMARK(BM_TryAcquireRelease_ManualClock);
 BENCHMARK(BM_TryAcquireRelease_ManualClock)->Threads(2)->UseRealTime();
 
-// (d) The rejection path: the lane is full.
+// (d) The rejection path: the lane is full. With 2 threads, both are refused on the same lane,
+// as every caller is under overload.
 void BM_Reject(benchmark::State& state) {
-  auto manager = MakeManager();
-  auto held = manager->TryAcquire("holder", "forecast_model");  // limit 1
+  struct Full {  // shared by the threads of the 2-thread run, never destroyed
+    std::unique_ptr<ResourceBudgetManager> manager = MakeManager();
+    Slot held = manager->TryAcquire("holder", "forecast_model").value();  // limit 1
+  };
+  static ResourceBudgetManager* const manager = (new Full)->manager.get();
   AllocCounter allocs(state);
   for (auto _ : state) {
     auto r = manager->TryAcquire("task-1234", "forecast_model");
@@ -114,6 +118,7 @@ void BM_Reject(benchmark::State& state) {
   }
 }
 BENCHMARK(BM_Reject);
+BENCHMARK(BM_Reject)->Threads(2)->UseRealTime();
 
 // (e) Timer arm + cancel with 10,000 other timers armed.
 void BM_TimerArmCancel_10kArmed(benchmark::State& state) {

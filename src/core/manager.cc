@@ -15,6 +15,7 @@
 #include "lane_index.h"
 #include "laneguard/timer_queue.h"
 #include "spin_lock.h"
+#include "thread_counters.h"
 
 namespace laneguard {
 
@@ -69,8 +70,6 @@ struct LaneState {
   uint64_t delta = 1;  // what a call adds to the admission word (AdmissionLayout::Delta)
   // The lane's count when the admission word has no room for it (!AdmissionLayout::packed()).
   std::atomic<int> active{0};
-  // One counter per reason, so a rejection costs a single atomic add; totals are summed on read.
-  std::atomic<int64_t> rejections[kRejectReasonCount] = {};
 };
 
 // Per-lane totals kept by each shard. The only totals there are: the manager's are their sum.
@@ -308,34 +307,45 @@ struct ManagerState {
 
   Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,
                                  std::string_view lane_name, LaneState* ls) {
-    (ls != nullptr ? ls->rejections : laneless_rejections)[static_cast<int>(f.reason)].fetch_add(
-        1, std::memory_order_relaxed);
-    Result<Slot, Rejection> result(std::in_place_index<1>,
-                                   Rejection{f.reason, std::string(lane_name), f.active, f.limit,
-                                             f.rss_mb, f.max_rss_mb, f.timeout_ms});
-    if (HasObservers()) {
-      const std::string message = result.error().message();
-      CallEvent e;
-      e.kind = EventKind::kRejected;
-      e.time_unix_nanos = clock->UnixNanos();
-      e.task_id = task_id;
-      e.lane = lane_name;
-      e.global_active = GlobalActive();
-      e.global_limit = config.global_concurrency_limit;
-      if (ls != nullptr) {
-        e.lane_active = LaneActive(*ls);
-        e.lane_limit = ls->limit;
-      }
-      e.reason = f.reason;
-      e.message = message;
-      MemorySnapshot mem;
-      if (f.reason == RejectReason::kMemoryLimit) {
-        mem = LatestSnapshot();
-        e.memory = &mem;
-      }
-      Notify(e);
+    rejections.Increment(RejectionCounter(ls != nullptr ? ls->index : lane_count, f.reason));
+    if (HasObservers()) [[unlikely]]
+      NotifyRejected(f, task_id, lane_name, ls);
+    // Built in place, lane string included (C++20 aggregate initialization from parentheses,
+    // the lane from a conversion whose result initializes the member directly): a Rejection or
+    // a std::string moved into the result would copy the lane's characters a second time.
+    struct LaneCopy {
+      std::string_view name;
+      operator std::string() const { return std::string(name); }  // NOLINT: implicit by design
+    };
+    return Result<Slot, Rejection>(std::in_place_index<1>, f.reason, LaneCopy{lane_name}, f.active,
+                                   f.limit, f.rss_mb, f.max_rss_mb, f.timeout_ms);
+  }
+
+  // Out of line: its event and snapshot would otherwise give every rejection a large frame.
+  [[gnu::noinline]] void NotifyRejected(const Refusal& f, std::string_view task_id,
+                                        std::string_view lane_name, const LaneState* ls) {
+    const std::string message = Rejection{f.reason, std::string(lane_name), f.active,    f.limit,
+                                          f.rss_mb, f.max_rss_mb,           f.timeout_ms}
+                                    .message();
+    CallEvent e;
+    e.kind = EventKind::kRejected;
+    e.time_unix_nanos = clock->UnixNanos();
+    e.task_id = task_id;
+    e.lane = lane_name;
+    e.global_active = GlobalActive();
+    e.global_limit = config.global_concurrency_limit;
+    if (ls != nullptr) {
+      e.lane_active = LaneActive(*ls);
+      e.lane_limit = ls->limit;
     }
-    return result;
+    e.reason = f.reason;
+    e.message = message;
+    MemorySnapshot mem;
+    if (f.reason == RejectReason::kMemoryLimit) {
+      mem = LatestSnapshot();
+      e.memory = &mem;
+    }
+    Notify(e);
   }
 
   // Admission where the lane counts do not fit the admission word: reserve a place in the lane,
@@ -903,6 +913,7 @@ struct ManagerState {
     s.p95_duration_ms = Percentile(durations, 0.95);
     s.p99_duration_ms = Percentile(durations, 0.99);
 
+    const std::vector<int64_t> rejected = rejections.Sums();
     int64_t by_reason[kRejectReasonCount] = {};
     for (size_t l = 0; l < lane_count; ++l) {
       const LaneTotals& t = lane_totals[l];
@@ -916,7 +927,7 @@ struct ManagerState {
       ls.overrunning = t.overrunning;
       ls.limit = lanes[l].limit;
       for (int reason = 0; reason < kRejectReasonCount; ++reason) {
-        const int64_t n = lanes[l].rejections[reason].load(std::memory_order_relaxed);
+        const int64_t n = rejected[RejectionCounter(l, static_cast<RejectReason>(reason))];
         ls.rejections += n;
         by_reason[reason] += n;
       }
@@ -924,7 +935,8 @@ struct ManagerState {
       ls.p95_duration_ms = Percentile(lane_durations[l], 0.95);
     }
     for (int i = 0; i < kRejectReasonCount; ++i) {
-      const int64_t n = by_reason[i] + laneless_rejections[i].load(std::memory_order_relaxed);
+      const int64_t n =
+          by_reason[i] + rejected[RejectionCounter(lane_count, static_cast<RejectReason>(i))];
       s.rejections_by_reason[std::string(ToString(static_cast<RejectReason>(i)))] = n;
       s.total_rejections += n;
     }
@@ -1050,8 +1062,15 @@ struct ManagerState {
   std::atomic<uint64_t> next_call_id{1};  // the start of the next free block of kCallIdBlock ids
   std::atomic<int> max_concurrent{0};
 
-  alignas(64) std::atomic<int64_t> laneless_rejections[kRejectReasonCount] = {};
-  std::atomic<bool> shutting_down{false};
+  // Rejections by lane (lane_count: no lane, as for unknown_lane) and reason, counted per thread:
+  // under overload every caller is refused on the same lane, and a shared counter would be one
+  // cache line bouncing between all their cores.
+  ThreadCounters rejections{(lane_count + 1) * kRejectReasonCount};
+  static size_t RejectionCounter(size_t lane, RejectReason reason) {
+    return lane * kRejectReasonCount + static_cast<size_t>(reason);
+  }
+
+  alignas(64) std::atomic<bool> shutting_down{false};
   std::atomic<double> rss_mb{0};
   std::atomic<double> heap_used_mb{0};
   std::atomic<bool> heap_warning_pending{false};
