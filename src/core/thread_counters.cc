@@ -22,6 +22,8 @@ struct ThreadCounters::Block {
 
   const size_t bytes;
   std::atomic<int64_t>* const counts;
+  // Set (release) by the thread when it exits: its counts are final and may be folded.
+  std::atomic<bool> retired{false};
 };
 
 namespace {
@@ -42,6 +44,7 @@ void ThreadCounters::IncrementSlow(size_t i) {
     ~Holder() {
       gone = true;
       Cache() = {};
+      for (auto& [serial, block] : held) block->retired.store(true, std::memory_order_release);
     }
   };
   std::atomic<int64_t>* counts = nullptr;
@@ -57,12 +60,10 @@ void ThreadCounters::IncrementSlow(size_t i) {
         auto block = std::make_shared<Block>(width_);
         {
           std::lock_guard<std::mutex> lock(mu_);
-          // Fold the blocks of threads that have exited (held by nobody else now). The acquire
-          // fence pairs with the release in the exiting thread's shared_ptr decrement, so its
-          // last counts are the ones read here.
+          // Fold the blocks of threads that have exited. The acquire pairs with the exiting
+          // thread's release, so its last counts are the ones read here.
           std::erase_if(blocks_, [this](const std::shared_ptr<Block>& b) {
-            if (b.use_count() != 1) return false;
-            std::atomic_thread_fence(std::memory_order_acquire);
+            if (!b->retired.load(std::memory_order_acquire)) return false;
             for (size_t k = 0; k < width_; ++k)
               folded_[k] += b->counts[k].load(std::memory_order_relaxed);
             return true;
