@@ -4,8 +4,10 @@
 // which are the whole name up to 16 bytes; longer names also get a memcmp. The table is a
 // collision-free hash of those three numbers, found at construction by trying multipliers, so a
 // lookup is one hash, one table read and one compare, where a scan over the spec's five lanes
-// took five compares and a mispredicted exit. With more than 64 lanes, or if no multiplier
-// separates the names (unlikely, not impossible), the index scans.
+// took five compares and a mispredicted exit. Each table entry holds the lane's key itself, not
+// its number: every admission waits for this lookup, and a second dependent load (number, then
+// key) was a third of its latency. With more than 32 lanes (a 1,024-entry, 32 KiB table), or if
+// no multiplier separates the names (unlikely, not impossible), the index scans.
 //
 // Thread safety: built once, then only read; Find() is safe from any thread.
 #ifndef LANEGUARD_SRC_CORE_LANE_INDEX_H_
@@ -28,23 +30,23 @@ class LaneIndex {
     keys_.reserve(names.size());
     for (const std::string& name : names) keys_.push_back(KeyOf(name));
     // n^2 slots for n names: a random multiplier is then collision-free with probability about
-    // e^-0.5, so a few dozen tries all but always find one. Up to 64 names (a 4,096-entry, 8 KiB
-    // table); more lanes than that are scanned.
+    // e^-0.5, so a few dozen tries all but always find one.
     const size_t n = names.size();
     const int bits = std::bit_width(std::max<size_t>(8, n * n) - 1);
     shift_ = 64 - bits;
     uint64_t multiplier = 0x9e3779b97f4a7c15ULL;  // 2^64 / golden ratio, then a simple LCG
     for (int attempt = 0; attempt < 64 && !perfect_ && n <= kMaxHashed; ++attempt) {
       multiplier_ = multiplier | 1;
-      table_.assign(size_t{1} << bits, kEmpty);
+      table_.assign(size_t{1} << bits, Entry{});
       perfect_ = true;
       for (size_t i = 0; i < keys_.size() && perfect_; ++i) {
-        uint16_t& slot = table_[Slot(keys_[i].size, keys_[i].head, keys_[i].tail)];
-        if (slot != kEmpty) perfect_ = false;
-        slot = static_cast<uint16_t>(i);
+        Entry& slot = table_[Slot(keys_[i].size, keys_[i].head, keys_[i].tail)];
+        if (slot.index >= 0) perfect_ = false;
+        slot = {keys_[i], static_cast<int>(i)};
       }
       multiplier = multiplier * 6364136223846793005ULL + 1442695040888963407ULL;
     }
+    if (!perfect_) table_.clear();
   }
 
   // The lane's number (its position in `names`), or -1.
@@ -55,18 +57,25 @@ class LaneIndex {
     const uint64_t head = Head(name);
     const uint64_t tail = Tail(name);
     if (!perfect_) return Scan(size, head, tail, name);
-    const uint16_t i = table_[Slot(size, head, tail)];
-    return i != kEmpty && Equal(i, size, head, tail, name) ? i : -1;
+    const Entry& e = table_[Slot(size, head, tail)];
+    // An empty entry's size matches no name.
+    return e.key.size == size && e.key.head == head && e.key.tail == tail &&
+                   (size <= 16 || std::memcmp(names_[e.index].data(), name.data(), size) == 0)
+               ? e.index
+               : -1;
   }
 
   bool perfect() const { return perfect_; }
 
  private:
-  static constexpr uint16_t kEmpty = 0xffff;
-  static constexpr size_t kMaxHashed = 64;
+  static constexpr size_t kMaxHashed = 32;
 
   struct Key {
     uint64_t size, head, tail;
+  };
+  struct Entry {
+    Key key{~uint64_t{0}, 0, 0};  // no string_view is that long
+    int index = -1;
   };
 
   static uint64_t Load8(const char* p) {
@@ -105,7 +114,7 @@ class LaneIndex {
 
   std::vector<std::string> names_;
   std::vector<Key> keys_;
-  std::vector<uint16_t> table_;
+  std::vector<Entry> table_;
   uint64_t multiplier_ = 1;
   int shift_ = 61;
   bool perfect_ = false;
