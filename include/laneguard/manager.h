@@ -201,8 +201,9 @@ class ResourceBudgetManager {
   // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
   // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a
   // short task id (<= 39 bytes) and no metadata the granted path makes no syscall and, once warm,
-  // no heap allocation. The only exception it can throw is std::bad_alloc, and then no count is
-  // taken.
+  // no heap allocation. Nor does a rejection naming a lane of up to 15 bytes, once this manager
+  // has refused the calling thread before (the first time registers the thread's rejection
+  // counters). The only exception it can throw is std::bad_alloc, and then no count is taken.
   //
   // The overloads differ only in what they cost the caller: the two-argument form builds no
   // optional and no metadata, and `metadata` is copied only when it is not empty (moved when given

@@ -40,9 +40,10 @@ TEST(FastPath, WarmAcquireReleaseAndRejectionAllocateNothing) {
   auto manager = MakeManager(clock);
   // Warm up: the call table, the timer heap and the metrics ring grow to their working size (two
   // calls at once: the held one and the one in the loop; a call's timer is armed by the first
-  // Tick() it lives through).
+  // Tick() it lives through), and this thread's first rejection gives it its rejection counters.
   Slot held = manager->TryAcquire("holder", "forecast_model").value();
   for (int i = 0; i < 64; ++i) manager->TryAcquire("task-1234", "tool_call")->Release(true);
+  ASSERT_FALSE(manager->TryAcquire("task-1234", "forecast_model").ok());
   manager->Tick();
 
   const uint64_t before = g_allocations.load();
