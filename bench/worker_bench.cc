@@ -73,5 +73,33 @@ void BM_WithWorkerCall_SampledInSimple(benchmark::State& state) {
 }
 BENCHMARK(BM_WithWorkerCall_SampledInSimple);
 
+// CallAsync, spans off, 64 calls started and then waited for per iteration (time per call is the
+// time shown / 64; items_per_second counts calls): a new thread per call (std::async) against
+// tasks on a 2-thread ThreadPool.
+constexpr int kAsyncBatch = 64;
+
+void BM_CallAsync_ThreadPerCall(benchmark::State& state) {
+  Runtime rt(false, 0, false);
+  std::vector<std::future<void>> futures(kAsyncBatch);
+  for (auto _ : state) {
+    for (auto& f : futures) f = rt.calls->CallAsync("task-1234", [] {});
+    for (auto& f : futures) f.get();
+  }
+  state.SetItemsProcessed(state.iterations() * kAsyncBatch);
+}
+BENCHMARK(BM_CallAsync_ThreadPerCall)->UseRealTime();
+
+void BM_CallAsync_ThreadPool(benchmark::State& state) {
+  Runtime rt(false, 0, false);
+  ThreadPool pool(2);
+  std::vector<std::future<void>> futures(kAsyncBatch);
+  for (auto _ : state) {
+    for (auto& f : futures) f = rt.calls->CallAsync(pool, "task-1234", [] {});
+    for (auto& f : futures) f.get();
+  }
+  state.SetItemsProcessed(state.iterations() * kAsyncBatch);
+}
+BENCHMARK(BM_CallAsync_ThreadPool)->UseRealTime();
+
 }  // namespace
 }  // namespace laneguard

@@ -19,7 +19,8 @@
 //   (timeout x escalation factor), the call is released as a failure ("WorkerCallTimeout") and
 //   WorkerCallTimeout is thrown instead of returning the result; the record says timeoutReached.
 //
-// `fn` takes either nothing or a CallContext&.
+// `fn` takes either nothing or a CallContext&. CallAsync runs the same call on another thread: a
+// new one per call, or a task of an Executor such as ThreadPool (executor.h).
 //
 // Thread safety: WorkerCalls is thread-safe; calls may run concurrently from any threads. The
 // manager, tracer and logger given to it must outlive it. A BatchCall or RequestScope belongs to
@@ -40,6 +41,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "laneguard/executor.h"
 #include "laneguard/json_logger.h"
 #include "laneguard/manager.h"
 #include "laneguard/trace.h"
@@ -197,6 +199,12 @@ class WorkerCalls {
   // Runs Call on a new thread (std::async); the future carries the result or the exception.
   template <typename Fn>
   auto CallAsync(std::string task_id, Fn fn, CallOptions options = {});
+  // Runs Call as a task of `executor` (which must outlive the call): no thread is started per
+  // call. The slot is asked for when the task runs, so time waiting in the executor's queue is
+  // not charged to the call's budget; the future carries the result or the exception (a refusal
+  // too: ResourceLimitExceeded). Throws what executor.Submit throws, and then nothing runs.
+  template <typename Fn>
+  auto CallAsync(Executor& executor, std::string task_id, Fn fn, CallOptions options = {});
 
   // The spec's createBatchWorkerCallWrapper.
   BatchCall Batch(std::string_view task_id, std::string_view lane, CallOptions options = {});
@@ -376,6 +384,19 @@ auto WorkerCalls::CallAsync(std::string task_id, Fn fn, CallOptions options) {
                                          options = std::move(options)]() mutable {
     return Call(task_id, fn, options);
   });
+}
+
+template <typename Fn>
+auto WorkerCalls::CallAsync(Executor& executor, std::string task_id, Fn fn, CallOptions options) {
+  using R = internal::CallResult<Fn>;
+  // A packaged_task is move-only and std::function copies: the task lives on the heap and the
+  // submitted function shares it.
+  auto task = std::make_shared<std::packaged_task<R()>>(
+      [this, task_id = std::move(task_id), fn = std::move(fn),
+       options = std::move(options)]() mutable { return Call(task_id, fn, options); });
+  std::future<R> result = task->get_future();
+  executor.Submit([task] { (*task)(); });
+  return result;
 }
 
 template <typename Fn>

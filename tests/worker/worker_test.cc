@@ -117,6 +117,55 @@ TEST_F(WorkerTest, AsyncOperationsRunOnAnotherThreadAndCarryResults) {
   EXPECT_EQ(manager_->GetStatistics().total_calls, 3);
 }
 
+// The same on an executor: results, the call's own exceptions and refusals travel in the future,
+// and the calls run on the pool's threads.
+TEST_F(WorkerTest, AsyncOperationsOnAnExecutorCarryResultsExceptionsAndRefusals) {
+  ThreadPool pool(2);
+  const std::thread::id caller = std::this_thread::get_id();
+  auto a = calls_->CallAsync(pool, "task-a", [&] { return std::this_thread::get_id() != caller; });
+  auto b = calls_->CallAsync(pool, "task-b", [](CallContext& ctx) { return ctx.call_id(); },
+                             {.lane = "file_read"});
+  auto failing = calls_->CallAsync(pool, "task-c", []() -> int { throw CustomError("boom"); });
+  EXPECT_TRUE(a.get());
+  EXPECT_THAT(b.get(), StartsWith("call-"));
+  EXPECT_THROW(failing.get(), CustomError);
+
+  auto held = manager_->TryAcquire("holder", "forecast_model");  // the lane's limit is 1
+  ASSERT_TRUE(held.ok());
+  auto refused = calls_->CallAsync(pool, "task-d", [] { return 1; }, {.lane = "forecast_model"});
+  try {
+    refused.get();
+    FAIL() << "expected ResourceLimitExceeded";
+  } catch (const ResourceLimitExceeded& e) {
+    EXPECT_EQ(e.rejection().reason, RejectReason::kLaneLimit);
+  }
+  held->Release(true);
+  pool.Shutdown();
+  EXPECT_EQ(Active(), 0);
+  EXPECT_EQ(manager_->GetStatistics().total_calls, 4);  // a, b, c and the holder
+  EXPECT_EQ(pool.completed(), 4u);
+}
+
+// An executor that refuses or drops the task: the caller hears of it, and no slot is left taken.
+TEST_F(WorkerTest, AnExecutorThatRefusesOrDropsACallLeavesNoSlotTaken) {
+  struct Refusing : Executor {
+    void Submit(std::function<void()>) override { throw std::runtime_error("queue full"); }
+  } refusing;
+  EXPECT_THROW(calls_->CallAsync(refusing, "task-a", [] { return 1; }), std::runtime_error);
+  struct Dropping : Executor {
+    void Submit(std::function<void()> task) override { task = nullptr; }
+  } dropping;
+  auto dropped = calls_->CallAsync(dropping, "task-b", [] { return 1; });
+  try {
+    dropped.get();
+    FAIL() << "expected std::future_error";
+  } catch (const std::future_error& e) {
+    EXPECT_EQ(e.code(), std::future_errc::broken_promise);
+  }
+  EXPECT_EQ(Active(), 0);
+  EXPECT_EQ(manager_->GetStatistics().total_calls, 0);
+}
+
 TEST_F(WorkerTest, ErrorsPropagateUnchangedAndReleaseAsFailureWithTheirType) {
   try {
     calls_->Call("task-err", []() -> int { throw CustomError("tool exploded"); });
