@@ -61,6 +61,18 @@ struct ManagerState;
 // Why TryAcquire said no. The message is built on demand, so a rejection costs no formatting
 // unless someone reads it.
 struct Rejection {
+  Rejection() = default;
+  // The lane is copied straight into place: a rejection is built inside its Result, once.
+  Rejection(RejectReason reason_in, std::string_view lane_in, int active_in = 0, int limit_in = 0,
+            double rss_mb_in = 0, double max_rss_mb_in = 0, int64_t timeout_ms_in = 0)
+      : reason(reason_in),
+        lane(lane_in),
+        active(active_in),
+        limit(limit_in),
+        rss_mb(rss_mb_in),
+        max_rss_mb(max_rss_mb_in),
+        timeout_ms(timeout_ms_in) {}
+
   RejectReason reason = RejectReason::kLaneLimit;
   std::string lane;                   // as asked for
   int active = 0;                     // lane_limit/global_limit: the count seen
@@ -86,7 +98,10 @@ class Slot {
  public:
   Slot() = default;
   // Inline (as is the destructor): a wrapper moves its slot once per call.
-  Slot(Slot&& other) noexcept : Slot(other) { other.state_ = nullptr; }
+  // The private copy is the move's first half (a plain copy of pointers and numbers).
+  Slot(Slot&& other) noexcept : Slot(other) {  // NOLINT(performance-move-constructor-init)
+    other.state_ = nullptr;
+  }
   // Releases the current slot (abandoned) first.
   Slot& operator=(Slot&& other) noexcept {
     if (this != &other) {

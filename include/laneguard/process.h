@@ -160,18 +160,18 @@ class ProcessRunner {
   // the slot. `cancel` stops the program (SIGTERM, SIGKILL after cancel_grace).
   Result<ProcessResult, Rejection> Run(std::string_view task_id, const ProcessSpec& spec,
                                        const CallOptions& options = {},
-                                       std::stop_token cancel = {});
+                                       const std::stop_token& cancel = {});
   // The same under a slot the caller already holds (a scheduler that waits for places), which
   // the run settles.
   ProcessResult RunWithSlot(Slot slot, std::string_view task_id, const ProcessSpec& spec,
-                            const CallOptions& options = {}, std::stop_token cancel = {});
+                            const CallOptions& options = {}, const std::stop_token& cancel = {});
 
   const IsolationSupport& isolation() const { return isolation_; }
   WorkerCalls& calls() { return calls_; }
 
  private:
   ProcessResult Execute(internal::CallGuard& guard, std::string_view task_id,
-                        const ProcessSpec& spec, std::stop_token cancel);
+                        const ProcessSpec& spec, const std::stop_token& cancel);
 
   WorkerCalls& calls_;
   ProcessRunnerOptions options_;

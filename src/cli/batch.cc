@@ -60,7 +60,7 @@ int BatchReport::succeeded() const { return static_cast<int>(jobs.size()) - fail
 BatchRunner::BatchRunner(ProcessRunner& runner, BatchOptions options)
     : runner_(runner), options_(std::move(options)) {}
 
-BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cancel) {
+BatchReport BatchRunner::Run(const std::vector<Job>& jobs, const std::stop_token& cancel) {
   ResourceBudgetManager& manager = runner_.calls().manager();
   BatchReport report;
   report.jobs.resize(jobs.size());
@@ -165,7 +165,8 @@ BatchReport BatchRunner::Run(const std::vector<Job>& jobs, std::stop_token cance
     char head[160];
     if (options_.progress == BatchOptions::Progress::kBar) {
       constexpr int kWidth = 24;
-      const int filled = total ? static_cast<int>(kWidth * finished / total) : kWidth;
+      const int filled =
+          total ? static_cast<int>(size_t{kWidth} * static_cast<size_t>(finished) / total) : kWidth;
       std::string bar(filled, '#');
       bar.resize(kWidth, '.');
       std::snprintf(head, sizeof head, "\r\033[K[%s] %d/%zu done, %d failed", bar.c_str(), finished,

@@ -53,7 +53,7 @@ class BatchRunner {
   BatchRunner(ProcessRunner& runner, BatchOptions options);
   // Output of each job is captured (up to 1 MB per stream) so concurrent jobs do not interleave;
   // a failed job's last stderr line appears in the summary.
-  BatchReport Run(const std::vector<Job>& jobs, std::stop_token cancel);
+  BatchReport Run(const std::vector<Job>& jobs, const std::stop_token& cancel);
 
  private:
   ProcessRunner& runner_;

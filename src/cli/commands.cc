@@ -11,8 +11,8 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <memory>
+#include <system_error>
 #include <thread>
 
 #include "cli/batch.h"
@@ -149,7 +149,7 @@ struct Runtime {
       if (f != nullptr && std::fclose(f) != 0) ok = false;
       if (!ok)
         std::fprintf(stderr, "laneguard: --metrics-file %s: %s\n", metrics_file.c_str(),
-                     std::strerror(errno));
+                     std::generic_category().message(errno).c_str());
       metrics_file.clear();
     }
     if (metrics_server) metrics_server->Stop();
@@ -175,7 +175,8 @@ Result<Config, std::string> LoadConfig(const std::string& path) {
   return std::move(config).value();
 }
 
-Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& flags, Config config) {
+Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& flags,
+                                                          const Config& config) {
   auto rt = std::make_unique<Runtime>();
   rt->config = config;
   auto level = ParseLogLevel(flags.log_level);
@@ -214,7 +215,8 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     rt->logger = std::move(logger).value();
   } else if (rt->otlp_logs) {
     rt->null_log = std::fopen("/dev/null", "we");
-    if (rt->null_log == nullptr) return std::string("/dev/null: ") + std::strerror(errno);
+    if (rt->null_log == nullptr)
+      return std::string("/dev/null: ") + std::generic_category().message(errno);
     rt->logger = std::make_shared<JsonLogger>(log_options, rt->null_log);
   }
 

@@ -3,11 +3,11 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <system_error>
 
 namespace laneguard::cli {
 namespace {
@@ -203,7 +203,7 @@ Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& p
   std::ifstream in(path);
   if (!in)
     return std::vector<JobError>{
-        {0, "", "cannot read " + Quote(path) + ": " + std::strerror(errno)}};
+        {0, "", "cannot read " + Quote(path) + ": " + std::generic_category().message(errno)}};
   std::ostringstream text;
   text << in.rdbuf();
   return ParseJobs(text.str(), config);

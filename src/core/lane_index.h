@@ -32,7 +32,7 @@ class LaneIndex {
     // n^2 slots for n names: a random multiplier is then collision-free with probability about
     // e^-0.5, so a few dozen tries all but always find one.
     const size_t n = names.size();
-    const int bits = std::bit_width(std::max<size_t>(8, n * n) - 1);
+    const int bits = static_cast<int>(std::bit_width(std::max<size_t>(8, n * n) - 1));
     shift_ = 64 - bits;
     uint64_t multiplier = 0x9e3779b97f4a7c15ULL;  // 2^64 / golden ratio, then a simple LCG
     for (int attempt = 0; attempt < 64 && !perfect_ && n <= kMaxHashed; ++attempt) {

@@ -313,14 +313,9 @@ struct ManagerState {
     rejections.Increment(RejectionCounter(ls != nullptr ? ls->index : lane_count, f.reason));
     if (HasObservers()) [[unlikely]]
       NotifyRejected(f, task_id, lane_name, ls);
-    // Built in place, lane string included (C++20 aggregate initialization from parentheses,
-    // the lane from a conversion whose result initializes the member directly): a Rejection or
-    // a std::string moved into the result would copy the lane's characters a second time.
-    struct LaneCopy {
-      std::string_view name;
-      operator std::string() const { return std::string(name); }  // NOLINT: implicit by design
-    };
-    return Result<Slot, Rejection>(std::in_place_index<1>, f.reason, LaneCopy{lane_name},
+    // Built in place, lane string included: a Rejection or a std::string moved into the result
+    // would copy the lane's characters a second time.
+    return Result<Slot, Rejection>(std::in_place_index<1>, f.reason, lane_name,
                                    static_cast<int>(f.active), static_cast<int>(f.limit), f.rss_mb,
                                    f.max_rss_mb, f.timeout_ms);
   }
@@ -328,13 +323,10 @@ struct ManagerState {
   // Out of line: its event and snapshot would otherwise give every rejection a large frame.
   [[gnu::noinline]] void NotifyRejected(const Refusal& f, std::string_view task_id,
                                         std::string_view lane_name, const LaneState* ls) {
-    Rejection rejection{f.reason, std::string(lane_name)};
-    rejection.active = static_cast<int>(f.active);
-    rejection.limit = static_cast<int>(f.limit);
-    rejection.rss_mb = f.rss_mb;
-    rejection.max_rss_mb = f.max_rss_mb;
-    rejection.timeout_ms = f.timeout_ms;
-    const std::string message = rejection.message();
+    const std::string message =
+        Rejection(f.reason, lane_name, static_cast<int>(f.active), static_cast<int>(f.limit),
+                  f.rss_mb, f.max_rss_mb, f.timeout_ms)
+            .message();
     CallEvent e;
     e.kind = EventKind::kRejected;
     e.time_unix_nanos = clock->UnixNanos();
@@ -494,7 +486,7 @@ struct ManagerState {
       if (copied) {
         c.metadata = std::move(*copied);
       } else if constexpr (!std::is_lvalue_reference_v<M>) {
-        if (!metadata.empty()) c.metadata = std::move(metadata);
+        if (!metadata.empty()) c.metadata = std::forward<M>(metadata);
       }
       // Read by NotifyAdmitted after the unlock: nothing else touches it until the slot, not yet
       // returned, is released.

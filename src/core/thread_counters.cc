@@ -16,7 +16,7 @@ struct ThreadCounters::Block {
             static_cast<std::atomic<int64_t>*>(::operator new (bytes, std::align_val_t{kLine}))) {
     std::uninitialized_value_construct_n(counts, width);  // all zero
   }
-  ~Block() { ::operator delete (counts, bytes, std::align_val_t{kLine}); }
+  ~Block() { ::operator delete (counts, std::align_val_t{kLine}); }
   Block(const Block&) = delete;
   Block& operator=(const Block&) = delete;
 

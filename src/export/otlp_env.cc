@@ -193,7 +193,7 @@ void ReadResource(EnvReader& env, Resource& r) {
         } else if (key == "deployment.environment") {
           r.deployment_environment = value;
         } else {
-          std::erase_if(r.extra, [&](const Attribute& a) { return a.key == key; });
+          std::erase_if(r.extra, [&key = key](const Attribute& a) { return a.key == key; });
           r.extra.push_back({key, value});
         }
       }
@@ -250,7 +250,9 @@ void ReadSampler(EnvReader& env, OtlpSettings& s) {
 
 EnvLookup ProcessEnvironment() {
   return [](std::string_view name) -> std::optional<std::string> {
-    const char* v = std::getenv(std::string(name).c_str());
+    // Unsafe only against a concurrent setenv, which no part of laneguard calls; the caller reads
+    // the environment once, at configuration.
+    const char* v = std::getenv(std::string(name).c_str());  // NOLINT(concurrency-mt-unsafe)
     if (v == nullptr) return std::nullopt;
     return std::string(v);
   };

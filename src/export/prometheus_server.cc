@@ -112,7 +112,7 @@ Result<std::unique_ptr<MetricsServer>, ConfigError> MetricsServer::Start(
   raw->server.Get(pattern, [raw](const httplib::Request& request, httplib::Response& response) {
     MetricsResponse r = raw->collector->Handle(request.get_header_value("Accept"));
     response.status = r.status;
-    response.set_content(std::move(r.body), r.content_type.c_str());
+    response.set_content(r.body, r.content_type.c_str());
   });
   // httplib's default also sets SO_REUSEPORT, which would let a second server bind a port already
   // in use and silently share it; SO_REUSEADDR alone only allows a quick restart.

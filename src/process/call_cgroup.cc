@@ -48,7 +48,8 @@ void RemoveStaleCgroups(const std::string& parent) {
   if (parent.empty()) return;
   DIR* d = opendir(parent.c_str());
   if (d == nullptr) return;
-  while (dirent* entry = readdir(d)) {
+  // readdir is unsafe only on a DIR shared between threads; this one is local.
+  while (dirent* entry = readdir(d)) {  // NOLINT(concurrency-mt-unsafe)
     long pid = 0;
     if (std::sscanf(entry->d_name, "laneguard-%ld-", &pid) != 1 &&
         std::sscanf(entry->d_name, "laneguard-probe-%ld", &pid) != 1)

@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "laneguard/process.h"
@@ -179,7 +180,8 @@ int64_t GroupRssBytes(pid_t pgid) {
   int64_t total = 0;
   DIR* proc = opendir("/proc");
   if (proc == nullptr) return 0;
-  while (dirent* entry = readdir(proc)) {
+  // readdir is unsafe only on a DIR shared between threads; this one is local.
+  while (dirent* entry = readdir(proc)) {  // NOLINT(concurrency-mt-unsafe)
     if (entry->d_name[0] < '0' || entry->d_name[0] > '9') continue;
     char path[300];
     std::snprintf(path, sizeof path, "/proc/%s/stat", entry->d_name);
@@ -263,7 +265,7 @@ struct Tree {
     sigset_t ttou;
     sigemptyset(&ttou);
     sigaddset(&ttou, SIGTTOU);
-    sigprocmask(SIG_BLOCK, &ttou, nullptr);
+    sigprocmask(SIG_BLOCK, &ttou, nullptr);  // NOLINT(concurrency-mt-unsafe): forked, one thread
     tcsetpgrp(STDIN_FILENO, getpid());
   }
   // Join the call's cgroups before anything else runs, so nothing the program forks escapes.
@@ -282,7 +284,7 @@ struct Tree {
   // clean.
   sigset_t all;
   sigemptyset(&all);
-  sigprocmask(SIG_SETMASK, &all, nullptr);
+  sigprocmask(SIG_SETMASK, &all, nullptr);  // NOLINT(concurrency-mt-unsafe): forked, one thread
   for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP, SIGQUIT}) signal(sig, SIG_DFL);
   if (in_fd >= 0) dup2(in_fd, STDIN_FILENO);
   if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
@@ -423,24 +425,24 @@ ProcessRunner::ProcessRunner(WorkerCalls& calls, ProcessRunnerOptions options)
 Result<ProcessResult, Rejection> ProcessRunner::Run(std::string_view task_id,
                                                     const ProcessSpec& spec,
                                                     const CallOptions& options,
-                                                    std::stop_token cancel) {
+                                                    const std::stop_token& cancel) {
   auto slot =
       calls_.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata);
   // A refusal reaches the manager's observers (log line, counters) like any other.
   if (!slot.ok()) return slot.error();
-  return RunWithSlot(std::move(slot).value(), task_id, spec, options, std::move(cancel));
+  return RunWithSlot(std::move(slot).value(), task_id, spec, options, cancel);
 }
 
 ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
                                          const ProcessSpec& spec, const CallOptions& options,
-                                         std::stop_token cancel) {
+                                         const std::stop_token& cancel) {
   if (!slot.valid()) {
     ProcessResult refused;
     refused.error = "RunWithSlot needs a valid slot (this one was released or moved from)";
     return refused;
   }
   internal::CallGuard guard(calls_, task_id, options, std::move(slot));
-  ProcessResult result = Execute(guard, task_id, spec, std::move(cancel));
+  ProcessResult result = Execute(guard, task_id, spec, cancel);
   Span& span = guard.span();
   if (span.recording()) {
     span.SetAttribute("laneguard.outcome", std::string(ToString(result.outcome)));
@@ -455,7 +457,7 @@ ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
 }
 
 ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_view task_id,
-                                     const ProcessSpec& spec, std::stop_token cancel) {
+                                     const ProcessSpec& spec, const std::stop_token& cancel) {
   ProcessResult result;
   CallContext& context = guard.context();
   result.call_id = context.call_id();
@@ -487,10 +489,12 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   if (spec.use_shell) args = {"/bin/sh", "-c", spec.argv[0]};
   const std::string program = ProgramToExec(args[0], spec);
   std::vector<char*> argv;
+  argv.reserve(args.size() + 1);
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
   std::vector<std::string> env_strings = BuildEnvironment(spec);
   std::vector<char*> envp;
+  envp.reserve(env_strings.size() + 1);
   for (std::string& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
 
@@ -511,12 +515,12 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
 
   Pipe out, err, status;
   if (!status.Open() || (spec.capture_output && (!out.Open() || !err.Open()))) {
-    result.error = std::string("pipe: ") + std::strerror(errno);
+    result.error = std::string("pipe: ") + std::generic_category().message(errno);
     return result;
   }
   Pipe null_in;  // only .read is used: /dev/null for the child's stdin
   if (spec.stdin_null && (null_in.read = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
-    result.error = std::string("/dev/null: ") + std::strerror(errno);
+    result.error = std::string("/dev/null: ") + std::generic_category().message(errno);
     return result;
   }
   const pid_t parent = getpid();
@@ -528,7 +532,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
                              isatty(STDIN_FILENO) != 0 && tcgetpgrp(STDIN_FILENO) == getpgrp();
   const pid_t pid = fork();
   if (pid < 0) {
-    result.error = std::string("fork: ") + std::strerror(errno);
+    result.error = std::string("fork: ") + std::generic_category().message(errno);
     return result;
   }
   if (pid == 0)
@@ -552,7 +556,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   tree.cgroup = &cgroup;
   if (tree.pidfd < 0) {
     // Without a pidfd (Linux < 5.3) there is no race-free way to wait with timers: refuse.
-    result.error = std::string("pidfd_open: ") + std::strerror(errno);
+    result.error = std::string("pidfd_open: ") + std::generic_category().message(errno);
     kill(-pid, SIGKILL);
     kill(pid, SIGKILL);
     int ignored = 0;
@@ -574,8 +578,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     waitpid(pid, &ignored, 0);
     if (tree.pidfd >= 0) close(tree.pidfd);
     result.error = (cwd != nullptr && exec_errno == ENOENT && access(cwd, F_OK) != 0)
-                       ? "cwd '" + spec.cwd + "': " + std::strerror(exec_errno)
-                       : "'" + args[0] + "': " + std::strerror(exec_errno) +
+                       ? "cwd '" + spec.cwd + "': " + std::generic_category().message(exec_errno)
+                       : "'" + args[0] + "': " + std::generic_category().message(exec_errno) +
                              (program.empty() ? " (searched the PATH of its environment)" : "");
     return result;
   }
@@ -720,8 +724,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
     // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
     result.outcome = ProcessOutcome::kSpawnFailed;
-    result.error =
-        std::string("the exit status was lost (wait4: ") + std::strerror(wait_errno) + ")";
+    result.error = std::string("the exit status was lost (wait4: ") +
+                   std::generic_category().message(wait_errno) + ")";
     return result;
   }
   if (WIFEXITED(wstatus)) result.exit_code = WEXITSTATUS(wstatus);

@@ -175,7 +175,8 @@ struct AlertEvaluator::Impl {
 
     Alert& duration = Find("LaneguardDurationIncreasing");
     std::optional<double> mean_ms;
-    if (enough_calls) mean_ms = static_cast<double>(window_nanos) / 1e6 / window_calls;
+    if (enough_calls)
+      mean_ms = static_cast<double>(window_nanos) / 1e6 / static_cast<double>(window_calls);
     if (mean_ms && previous_mean_ms) {
       const double threshold = (1 + t.duration_increase) * *previous_mean_ms;
       Update(duration, *mean_ms > threshold, *mean_ms, threshold,

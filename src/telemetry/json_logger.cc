@@ -33,9 +33,10 @@ Result<LogLevel, ConfigError> ParseLogLevel(std::string_view text) {
       "config key 'logLevel' = " + value + ": must be one of debug, info, warning, error"};
 }
 
-JsonLogger::JsonLogger(Options options) : JsonLogger(options, stderr) {}
+JsonLogger::JsonLogger(Options options) : JsonLogger(std::move(options), stderr) {}
 
-JsonLogger::JsonLogger(Options options, std::FILE* stream) : options_(options), stream_(stream) {
+JsonLogger::JsonLogger(Options options, std::FILE* stream)
+    : options_(std::move(options)), stream_(stream) {
   if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
 }
 
@@ -46,7 +47,7 @@ Result<std::unique_ptr<JsonLogger>, ConfigError> JsonLogger::OpenFile(Options op
     return ConfigError{"logFile", nlohmann::json(path).dump(),
                        "cannot open log file '" + path +
                            "': " + std::error_code(errno, std::generic_category()).message()};
-  auto logger = std::make_unique<JsonLogger>(options, f);
+  auto logger = std::make_unique<JsonLogger>(std::move(options), f);
   logger->owns_stream_ = true;
   return logger;
 }
