@@ -199,10 +199,11 @@ class WorkerCalls {
   // Runs Call on a new thread (std::async); the future carries the result or the exception.
   template <typename Fn>
   auto CallAsync(std::string task_id, Fn fn, CallOptions options = {});
-  // Runs Call as a task of `executor` (which must outlive the call): no thread is started per
-  // call. The slot is asked for when the task runs, so time waiting in the executor's queue is
-  // not charged to the call's budget; the future carries the result or the exception (a refusal
-  // too: ResourceLimitExceeded). Throws what executor.Submit throws, and then nothing runs.
+  // Runs Call as a task of `executor` (which, like this object, must outlive the call): no thread
+  // is started per call. The slot is asked for when the task runs, so time waiting in the
+  // executor's queue is not charged to the call's budget; the future carries the result or the
+  // exception (a refusal too: ResourceLimitExceeded). Throws what executor.Submit throws, and
+  // then nothing runs.
   template <typename Fn>
   auto CallAsync(Executor& executor, std::string task_id, Fn fn, CallOptions options = {});
 
