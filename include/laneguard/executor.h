@@ -45,7 +45,8 @@ class Executor {
 // called from one of the pool's own tasks.
 class ThreadPool final : public Executor {
  public:
-  // Throws std::invalid_argument when `threads` is 0.
+  // Throws std::invalid_argument when `threads` is 0, and std::system_error when a thread cannot
+  // be started (the threads already started are joined first).
   explicit ThreadPool(size_t threads);
   // Shutdown().
   ~ThreadPool() override;

@@ -58,11 +58,8 @@ class LaneIndex {
     const uint64_t tail = Tail(name);
     if (!perfect_) return Scan(size, head, tail, name);
     const Entry& e = table_[Slot(size, head, tail)];
-    // An empty entry's size matches no name.
-    return e.key.size == size && e.key.head == head && e.key.tail == tail &&
-                   (size <= 16 || std::memcmp(names_[e.index].data(), name.data(), size) == 0)
-               ? e.index
-               : -1;
+    // An empty entry's size matches no name, so its index is never used.
+    return Matches(e.key, e.index, size, head, tail, name) ? e.index : -1;
   }
 
   bool perfect() const { return perfect_; }
@@ -99,16 +96,17 @@ class LaneIndex {
   [[gnu::noinline]] int Scan(uint64_t size, uint64_t head, uint64_t tail,
                              std::string_view name) const {
     for (size_t i = 0; i < keys_.size(); ++i)
-      if (Equal(i, size, head, tail, name)) return static_cast<int>(i);
+      if (Matches(keys_[i], i, size, head, tail, name)) return static_cast<int>(i);
     return -1;
   }
 
   size_t Slot(uint64_t size, uint64_t head, uint64_t tail) const {
     return static_cast<size_t>(((head ^ std::rotl(tail, 29) ^ size) * multiplier_) >> shift_);
   }
-  bool Equal(size_t i, uint64_t size, uint64_t head, uint64_t tail, std::string_view name) const {
-    const Key& mine = keys_[i];
-    return mine.size == size && mine.head == head && mine.tail == tail &&
+  // `key` is lane `i`'s; names past 16 bytes are also compared in full.
+  bool Matches(const Key& key, size_t i, uint64_t size, uint64_t head, uint64_t tail,
+               std::string_view name) const {
+    return key.size == size && key.head == head && key.tail == tail &&
            (size <= 16 || std::memcmp(names_[i].data(), name.data(), size) == 0);
   }
 

@@ -11,16 +11,16 @@ struct ThreadCounters::Block {
   static constexpr size_t kLine = 64;
 
   explicit Block(size_t width)
-      : bytes((width * sizeof(std::atomic<int64_t>) + kLine - 1) / kLine * kLine),
-        counts(
-            static_cast<std::atomic<int64_t>*>(::operator new (bytes, std::align_val_t{kLine}))) {
+      : counts(static_cast<std::atomic<int64_t>*>(::operator new (
+            RoundedToLines(width * sizeof(std::atomic<int64_t>)), std::align_val_t{kLine}))) {
     std::uninitialized_value_construct_n(counts, width);  // all zero
   }
   ~Block() { ::operator delete (counts, std::align_val_t{kLine}); }
   Block(const Block&) = delete;
   Block& operator=(const Block&) = delete;
 
-  const size_t bytes;
+  static size_t RoundedToLines(size_t bytes) { return (bytes + kLine - 1) / kLine * kLine; }
+
   std::atomic<int64_t>* const counts;
   // Set (release) by the thread when it exits: its counts are final and may be folded.
   std::atomic<bool> retired{false};

@@ -48,7 +48,6 @@ class ThreadCounters {
 
   // Every counter, each summed over every thread that ever added to it.
   std::vector<int64_t> Sums() const;
-  size_t width() const { return width_; }
 
   // For tests: blocks held for threads (live ones, and exited ones not yet folded).
   size_t BlockCount() const;

@@ -14,7 +14,12 @@ thread_local const ThreadPool* running_in = nullptr;
 ThreadPool::ThreadPool(size_t threads) {
   if (threads == 0) throw std::invalid_argument("ThreadPool: threads must be at least 1, got 0");
   threads_.reserve(threads);
-  for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+  try {
+    for (size_t i = 0; i < threads; ++i) threads_.emplace_back([this] { Work(); });
+  } catch (...) {
+    Shutdown();  // joins the threads already started: a joinable std::thread must not be destroyed
+    throw;
+  }
 }
 
 ThreadPool::~ThreadPool() { Shutdown(); }
