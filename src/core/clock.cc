@@ -1,9 +1,13 @@
 #include "laneguard/clock.h"
 
 #include <chrono>
+#include <cstdint>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <thread>
+
+#include "core/tsc_calibration.h"
 
 namespace laneguard {
 
@@ -42,23 +46,49 @@ bool KernelUsesTsc() {
 
 }  // namespace
 
+namespace internal {
+
+TscCalibration CalibrateTsc(const std::function<uint64_t()>& read_tsc,
+                            const std::function<int64_t()>& read_mono,
+                            const std::function<void()>& wait, int64_t window_nanos) {
+  struct Pair {
+    uint64_t tsc = 0;
+    int64_t mono = 0;
+  };
+  const auto read_pair = [&] {
+    Pair best;
+    int64_t best_width = INT64_MAX;
+    for (int i = 0; i < 5; ++i) {
+      const int64_t before = read_mono();
+      const uint64_t tsc = read_tsc();
+      const int64_t after = read_mono();
+      if (after - before < best_width) {
+        best_width = after - before;
+        best = {tsc, before + (after - before) / 2};
+      }
+    }
+    return best;
+  };
+  const Pair start = read_pair();
+  while (read_mono() - start.mono < window_nanos) wait();
+  const Pair end = read_pair();
+  if (end.tsc <= start.tsc) return {};
+  const double ns_per_tick =
+      static_cast<double>(end.mono - start.mono) / static_cast<double>(end.tsc - start.tsc);
+  return {end.tsc, end.mono, static_cast<uint64_t>(ns_per_tick * 4294967296.0)};
+}
+
+}  // namespace internal
+
 FastClock::FastClock() {
   if (!kHaveTsc || !KernelUsesTsc()) return;
   const SystemClock& steady = SystemClock::Get();
-  const uint64_t tsc_start = ReadTsc();
-  const int64_t mono_start = steady.MonotonicNanos();
-  int64_t mono_end = mono_start;
-  while (mono_end - mono_start < 5'000'000) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    mono_end = steady.MonotonicNanos();
-  }
-  const uint64_t tsc_end = ReadTsc();
-  if (tsc_end <= tsc_start) return;
-  const double ns_per_tick =
-      static_cast<double>(mono_end - mono_start) / static_cast<double>(tsc_end - tsc_start);
-  tsc0_ = tsc_end;
-  mono0_ = mono_end;
-  mult_ = static_cast<uint64_t>(ns_per_tick * 4294967296.0);
+  const internal::TscCalibration c = internal::CalibrateTsc(
+      ReadTsc, [&steady] { return steady.MonotonicNanos(); },
+      [] { std::this_thread::sleep_for(std::chrono::milliseconds(1)); }, 5'000'000);
+  tsc0_ = c.tsc0;
+  mono0_ = c.mono0;
+  mult_ = c.mult;
 }
 
 const FastClock& FastClock::Get() {
