@@ -52,8 +52,9 @@ inline void CountExportResult(const ExportResult& r, uint64_t n, BatchExportStat
 template <typename Item>
 class BatchWorker {
  public:
-  // Called on the worker thread, one batch at a time; must not throw.
-  using ExportFn = std::function<ExportResult(const std::vector<Item>&)>;
+  // Called on the worker thread, one batch at a time; must not throw. It may change the items
+  // (spans have their compact events expanded there).
+  using ExportFn = std::function<ExportResult(std::vector<Item>&)>;
   // Called on the worker thread with each exported batch, to take its items' buffers for reuse
   // (spans); it must leave the batch empty and not throw. Without one the items are freed.
   using RecycleFn = std::function<void(std::vector<Item>&)>;

@@ -36,9 +36,12 @@ bool AddBytes(const std::vector<Attribute>& attributes, size_t& bytes) {
 }
 
 bool Small(const SpanData& span) {
-  if (span.events.capacity() > kMaxPooledElements) return false;
+  if (span.events.capacity() > kMaxPooledElements ||
+      span.compact_events.capacity() > kMaxPooledElements)
+    return false;
   size_t bytes = span.name.capacity() + span.status_message.capacity() +
-                 span.events.capacity() * sizeof(SpanEvent);
+                 span.events.capacity() * sizeof(SpanEvent) +
+                 span.compact_events.capacity() * sizeof(CompactEvent);
   if (!AddBytes(span.attributes, bytes)) return false;
   for (const SpanEvent& e : span.events) {
     bytes += e.name.capacity();
@@ -64,9 +67,9 @@ std::vector<SpanData>* Cache() {
 
 }  // namespace
 
-SpanData TakeSpanData() {
+void TakeSpanData(SpanData& into) {
   std::vector<SpanData>* cache_or_null = Cache();
-  if (cache_or_null == nullptr) return {};
+  if (cache_or_null == nullptr) return;
   std::vector<SpanData>& cache = *cache_or_null;
   if (cache.empty()) {
     SharedPool& pool = Shared();
@@ -77,10 +80,9 @@ SpanData TakeSpanData() {
       pool.spans.pop_back();
     }
   }
-  if (cache.empty()) return {};
-  SpanData span = std::move(cache.back());
+  if (cache.empty()) return;
+  into = std::move(cache.back());
   cache.pop_back();
-  return span;
 }
 
 void RecycleSpanData(std::vector<SpanData>& batch) {

@@ -16,9 +16,10 @@
 
 namespace laneguard::internal {
 
-// A SpanData with unspecified contents (a recycled one, or a new empty one). The caller overwrites
-// every field; vectors may hold stale elements to be overwritten in place.
-SpanData TakeSpanData();
+// Moves a recycled span's buffers into `into` (whose own are freed); if there is none, `into` is
+// left as it is. Either way its contents are unspecified: the caller overwrites every field, and
+// vectors may hold stale elements to be overwritten in place.
+void TakeSpanData(SpanData& into);
 
 // Gives the spans' buffers back and empties `batch`. Spans that grew unusually large (over 8 KiB
 // or 32 attributes or events) are freed instead, so the pool never pins much memory: at most

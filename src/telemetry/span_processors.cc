@@ -77,10 +77,11 @@ struct BatchSpanProcessor::Impl {
 
   Impl(std::unique_ptr<SpanExporter> e, const BatchSpanProcessorOptions& o)
       : exporter(std::move(e)),
-        worker([this](const std::vector<SpanData>& b) { return Export(b); }, o,
+        worker([this](std::vector<SpanData>& b) { return Export(b); }, o,
                [](std::vector<SpanData>& b) { internal::RecycleSpanData(b); }) {}
 
-  ExportResult Export(const std::vector<SpanData>& batch) {
+  ExportResult Export(std::vector<SpanData>& batch) {
+    for (SpanData& span : batch) ExpandCompactEvents(span);
     std::shared_ptr<const Resource> r;
     {
       std::lock_guard<std::mutex> lock(resource_mu);

@@ -120,6 +120,17 @@ void Overwrite(std::string& to, std::string_view from) {
 
 // A value into an attribute's existing storage: a string keeps its buffer.
 void AssignValue(AttributeValue& to, AttributeValue&& from) { to = std::move(from); }
+template <typename T>
+void AssignScalar(AttributeValue& to, T value) {
+  if (T* held = std::get_if<T>(&to)) {
+    *held = value;
+  } else {
+    to = value;
+  }
+}
+
+// By index rather than std::visit: this runs for every event attribute, and the visit's dispatch
+// and converting assignment were about 40 instructions of it.
 void AssignValue(AttributeValue& to, const AttributeValueView& from) {
   if (const auto* text = std::get_if<std::string_view>(&from)) {
     if (auto* held = std::get_if<std::string>(&to)) {
@@ -127,12 +138,12 @@ void AssignValue(AttributeValue& to, const AttributeValueView& from) {
     } else {
       to.emplace<std::string>(*text);
     }
+  } else if (const auto* i = std::get_if<int64_t>(&from)) {
+    AssignScalar(to, *i);
+  } else if (const auto* d = std::get_if<double>(&from)) {
+    AssignScalar(to, *d);
   } else {
-    std::visit(
-        [&to](const auto& v) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(v)>, std::string_view>) to = v;
-        },
-        from);
+    AssignScalar(to, *std::get_if<bool>(&from));
   }
 }
 
@@ -213,6 +224,38 @@ bool Sampler::ShouldSample(const TraceId& trace_id, const SpanContext* parent) c
   return (x >> 1) < bound_;
 }
 
+// ---- span data ----------------------------------------------------------------------------------
+
+void ExpandCompactEvents(SpanData& span) {
+  std::vector<CompactEvent>& compact = span.compact_events;
+  if (compact.empty()) return;
+  std::vector<SpanEvent>& events = span.events;
+  // Merged from the back, in place: an ordinary event goes after every compact one recorded
+  // before it (position <= its index), and compact events keep their order.
+  size_t ordinary = events.size();
+  size_t left = compact.size();
+  size_t out = ordinary + left;
+  events.resize(out);
+  while (left > 0) {
+    CompactEvent& from = compact[left - 1];
+    SpanEvent& to = events[--out];
+    if (ordinary > from.position) {
+      to = std::move(events[--ordinary]);
+      continue;
+    }
+    Overwrite(to.name, from.name);
+    to.time_unix_nanos = from.time_unix_nanos;
+    to.dropped_attributes_count = 0;
+    to.attributes.resize(from.attribute_count);
+    for (size_t i = 0; i < from.attribute_count; ++i) {
+      Overwrite(to.attributes[i].key, from.keys[i]);
+      to.attributes[i].value = std::move(from.values[i]);
+    }
+    --left;
+  }
+  compact.clear();
+}
+
 // ---- spans --------------------------------------------------------------------------------------
 
 // The data is written in place: a span starts from a recycled SpanData whose vectors may hold
@@ -224,9 +267,13 @@ struct Span::State {
   // nanoseconds: a std::mutex would cost more than the work it guards.
   internal::SpinLock mu;
   SpanData data;
-  int64_t start_mono = 0;  // the clock's monotonic time at start_unix_nanos
+  // data.start_unix_nanos, and the clock's monotonic time then. Kept apart from `data` because
+  // they are read without the lock, and `data` is handed to the processor once the span ended.
+  int64_t start_unix = 0;
+  int64_t start_mono = 0;
   size_t attributes_used = 0;
   size_t events_used = 0;
+  size_t compact_used = 0;  // of data.compact_events, as events_used
   bool ended = false;
 
   // This thread's ended states, reused by its next spans: a span then costs no allocation at
@@ -257,14 +304,14 @@ struct Span::State {
       free->pop_back();
     }
     state->tracer = tracer;
-    state->attributes_used = state->events_used = 0;
+    state->attributes_used = state->events_used = state->compact_used = 0;
     state->ended = false;
     return state;
   }
 
   int64_t UnixNow() const { return UnixAt(tracer->options_.clock->MonotonicNanos()); }
   int64_t UnixAt(int64_t mono_nanos) const {
-    return data.start_unix_nanos + (std::max(mono_nanos, start_mono) - start_mono);
+    return start_unix + (std::max(mono_nanos, start_mono) - start_mono);
   }
 
   // Adds or overwrites `key` within the limit; counts what does not fit. Called locked.
@@ -290,7 +337,7 @@ struct Span::State {
   template <typename Attr>
   void AddEvent(std::string_view name, int64_t time, Attr* attributes, size_t count) {
     const SpanLimits& limits = tracer->options_.limits;
-    if (events_used >= limits.max_events) {
+    if (events_used + compact_used >= limits.max_events) {
       ++data.dropped_events_count;
       return;
     }
@@ -311,6 +358,27 @@ struct Span::State {
       }
     }
     event.attributes.resize(kept);
+  }
+
+  // Called locked; at most CompactEvent::kMaxAttributes attributes.
+  void AddCompactEvent(Literal name, int64_t time,
+                       std::initializer_list<LiteralAttribute> attributes) {
+    if (events_used + compact_used >= tracer->options_.limits.max_events) {
+      ++data.dropped_events_count;
+      return;
+    }
+    std::vector<CompactEvent>& compact = data.compact_events;
+    if (compact_used == compact.size()) compact.emplace_back();
+    CompactEvent& event = compact[compact_used++];
+    event.name = name;
+    event.time_unix_nanos = time;
+    event.position = static_cast<uint32_t>(events_used);
+    event.attribute_count = static_cast<uint32_t>(attributes.size());
+    size_t i = 0;
+    for (const LiteralAttribute& a : attributes) {
+      event.keys[i] = a.key;
+      AssignValue(event.values[i++], a.value);
+    }
   }
 };
 
@@ -367,6 +435,20 @@ void Span::AddEventAt(int64_t mono_nanos, std::string_view name,
   state_->AddEvent(name, time, attributes.begin(), attributes.size());
 }
 
+void Span::AddLiteralEventAt(int64_t mono_nanos, Literal name,
+                             std::initializer_list<LiteralAttribute> attributes) {
+  if (!state_) return;
+  const int64_t time = state_->UnixAt(mono_nanos);
+  const size_t per_event = state_->tracer->options_.limits.max_attributes_per_event;
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
+  if (state_->ended) return;
+  if (attributes.size() <= std::min(CompactEvent::kMaxAttributes, per_event)) {
+    state_->AddCompactEvent(name, time, attributes);
+  } else {
+    state_->AddEvent(name, time, attributes.begin(), attributes.size());
+  }
+}
+
 int64_t Span::start_mono_nanos() const { return state_ ? state_->start_mono : 0; }
 
 void Span::SetStatus(StatusCode code, std::string_view message) {
@@ -383,20 +465,22 @@ void Span::SetStatus(StatusCode code, std::string_view message) {
 void Span::EndRecording(int64_t mono_nanos) {
   const Tracer* tracer = state_->tracer;
   const int64_t now = mono_nanos == kReadClock ? state_->UnixNow() : state_->UnixAt(mono_nanos);
-  SpanData data;
   {
     std::lock_guard<internal::SpinLock> lock(state_->mu);
     if (state_->ended) return;
     state_->ended = true;
-    SpanData& d = state_->data;
-    d.end_unix_nanos = now;
-    d.attributes.resize(state_->attributes_used);  // trim what a recycled span left behind
-    d.events.resize(state_->events_used);
-    data = std::move(d);
   }
+  // Ended: every other method now leaves `data` alone, so it is handed on without the lock (and
+  // without a copy of it).
+  SpanData& data = state_->data;
+  data.end_unix_nanos = now;
+  data.attributes.resize(state_->attributes_used);  // trim what a recycled span left behind
+  data.events.resize(state_->events_used);
+  data.compact_events.resize(state_->compact_used);
   // End runs in destructors and noexcept moves: a throwing processor must not terminate.
   try {
     if (tracer->options_.processor) {
+      if (tracer->expand_on_end_) ExpandCompactEvents(data);
       tracer->options_.processor->OnEnd(std::move(data));
     } else {
       internal::RecycleSpanData(std::move(data));
@@ -410,7 +494,10 @@ void Span::EndRecording(int64_t mono_nanos) {
 Tracer::Tracer(TracerOptions options)
     : options_(std::move(options)), sampler_(options_.sample_rate, options_.parent_based) {
   if (options_.clock == nullptr) options_.clock = &FastClock::Get();
-  if (options_.processor) options_.processor->SetResource(options_.resource);
+  if (options_.processor) {
+    options_.processor->SetResource(options_.resource);
+    expand_on_end_ = !options_.processor->ExpandsCompactEvents();
+  }
 }
 
 Tracer::~Tracer() { Shutdown(); }
@@ -427,14 +514,14 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   if (!context.sampled) return span;
 
   auto state = Span::State::New(this);
-  state->data = internal::TakeSpanData();
+  internal::TakeSpanData(state->data);
   SpanData& data = state->data;
   Overwrite(data.name, name);
   data.trace_id = context.trace_id;
   data.span_id = context.span_id;
   data.parent_span_id = parent != nullptr ? parent->span_id : SpanId{};
   data.kind = kind;
-  data.start_unix_nanos = options_.clock->UnixNanos();
+  data.start_unix_nanos = state->start_unix = options_.clock->UnixNanos();
   state->start_mono = options_.clock->MonotonicNanos();
   data.end_unix_nanos = 0;
   data.status = StatusCode::kUnset;

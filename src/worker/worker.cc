@@ -126,9 +126,9 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
     if (span_.recording()) {
       // Stamped with the span's start: this is the moment the slot was handed over, and one
       // clock read fewer per event.
-      span_.AddEventAt(span_.start_mono_nanos(), "acquired_slot",
-                       {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
-                        {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
+      span_.AddLiteralEventAt(span_.start_mono_nanos(), "acquired_slot",
+                              {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
+                               {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
       slot_.SetTimeoutWarningHook([this] { span_.AddEvent("timeout", {{"phase", "warning"}}); });
       InstallHardHook();
     }
@@ -154,7 +154,7 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
     }
   }
   if (span_.recording())
-    span_.AddEventAt(span_.start_mono_nanos(), "execution_started", {{"taskId", task_id_}});
+    span_.AddLiteralEventAt(span_.start_mono_nanos(), "execution_started", {{"taskId", task_id_}});
 }
 
 CallGuard::~CallGuard() {
@@ -220,9 +220,10 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
     const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
     // One reading for the closing events and the end: they happen at one moment.
     const int64_t now = calls_.tracer().clock().MonotonicNanos();
-    if (success) span_.AddEventAt(now, "execution_succeeded");
-    span_.AddEventAt(now, "call_completed",
-                     {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
+    if (success) span_.AddLiteralEventAt(now, "execution_succeeded");
+    span_.AddLiteralEventAt(
+        now, "call_completed",
+        {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
     span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
     span_.EndAt(now);  // a span that does not record has nothing to end
   }

@@ -34,7 +34,8 @@ TEST(SpanPoolTest, RecycledBuffersComeBackWithTheirCapacity) {
     RecycleSpanData(batch);
     EXPECT_TRUE(batch.empty());
     EXPECT_EQ(PooledSpanCount(), std::min(before + 64, kMaxPooledSpans));
-    SpanData taken = TakeSpanData();
+    SpanData taken;
+    TakeSpanData(taken);
     EXPECT_GE(taken.name.capacity(), std::string("worker_call:tool_call").size());
     EXPECT_GE(taken.events.capacity(), 1u);
   });
@@ -70,9 +71,14 @@ TEST(SpanPoolTest, ThePoolIsBounded) {
 TEST(SpanPoolTest, TakingFromAnEmptyCacheAndPoolGivesAnEmptySpan) {
   OnNewThread([] {
     // Drain what other tests left, then one more.
-    for (size_t i = 0; i <= kMaxPooledSpans + 64; ++i) TakeSpanData();
+    SpanData span;
+    for (size_t i = 0; i <= kMaxPooledSpans + 64; ++i) {
+      span = SpanData{};
+      TakeSpanData(span);
+    }
     EXPECT_EQ(PooledSpanCount(), 0u);
-    SpanData span = TakeSpanData();
+    span = SpanData{};
+    TakeSpanData(span);
     EXPECT_TRUE(span.name.empty());
     EXPECT_TRUE(span.attributes.empty());
     EXPECT_TRUE(span.events.empty());

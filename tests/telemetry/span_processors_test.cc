@@ -429,6 +429,35 @@ TEST(BatchSpanProcessorTest, TracerPassesItsResourceAndFlushesOnDestruction) {
   EXPECT_EQ(processor->stats().exported, 11u);
 }
 
+// The tracer hands the batch processor its spans with their literal events still compact; the
+// export thread expands them, so the exporter sees ordinary events in the order recorded.
+TEST(BatchSpanProcessorTest, ExpandsLiteralEventsOnTheExportThread) {
+  auto e = std::make_unique<TestExporter>();
+  TestExporter* exporter = e.get();
+  auto processor = std::make_shared<BatchSpanProcessor>(
+      std::move(e), BatchSpanProcessorOptions{.schedule_delay = kNever});
+  EXPECT_TRUE(processor->ExpandsCompactEvents());
+  TracerOptions o;
+  o.processor = processor;
+  Tracer tracer(std::move(o));
+  {
+    Span span = tracer.StartSpan("s");
+    span.AddLiteralEventAt(span.start_mono_nanos(), "acquired", {{"n", int64_t{4}}});
+    span.AddEvent("custom");
+    span.AddLiteralEventAt(span.start_mono_nanos(), "completed", {{"status", "success"}});
+  }
+  ASSERT_TRUE(tracer.ForceFlush());
+  const auto spans = exporter->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_TRUE(spans[0].compact_events.empty());
+  ASSERT_EQ(spans[0].events.size(), 3u);
+  EXPECT_EQ(spans[0].events[0].name, "acquired");
+  EXPECT_EQ(std::get<int64_t>(spans[0].events[0].attributes.at(0).value), 4);
+  EXPECT_EQ(spans[0].events[1].name, "custom");
+  EXPECT_EQ(spans[0].events[2].name, "completed");
+  EXPECT_EQ(std::get<std::string>(spans[0].events[2].attributes.at(0).value), "success");
+}
+
 // ---- JSON lines exporter ------------------------------------------------------------------------
 
 using testing_support::TmpStream;

@@ -1,5 +1,6 @@
 #include "laneguard/trace.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -418,6 +419,110 @@ TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
   EXPECT_TRUE(off.processor->spans().empty());
 }
 
+std::vector<std::string> Names(const SpanData& span) {
+  std::vector<std::string> names;
+  for (const SpanEvent& e : span.events) names.push_back(e.name);
+  return names;
+}
+
+// Literal events are kept compactly until the span ends; the span the processor gets has them
+// among the ordinary events, in the order everything was recorded, with their times and values.
+TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
+  TracerFixture f;
+  f.clock.AdvanceMs(10);
+  Span span = f.tracer->StartSpan("s");
+  const int64_t t0 = span.start_mono_nanos();
+  span.AddLiteralEventAt(t0 + 1, "first", {{"n", int64_t{1}}, {"text", std::string("one")}});
+  span.AddEvent("second");
+  span.AddLiteralEventAt(t0 + 3, "third");
+  span.AddLiteralEventAt(t0 + 4, "fourth", {{"ok", true}});
+  span.AddEvent("fifth", {{"k", 2.5}});
+  // Past CompactEvent::kMaxAttributes: recorded as an ordinary event, in the same place.
+  span.AddLiteralEventAt(t0 + 6, "sixth",
+                         {{"a", int64_t{1}}, {"b", int64_t{2}}, {"c", int64_t{3}}});
+  span.AddLiteralEventAt(t0 + 7, "seventh", {{"d", 1.5}});
+  span.End();
+  span.AddLiteralEventAt(t0 + 8, "after_the_end");
+
+  auto spans = f.processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const SpanData& d = spans[0];
+  EXPECT_TRUE(d.compact_events.empty());
+  EXPECT_THAT(Names(d), ::testing::ElementsAre("first", "second", "third", "fourth", "fifth",
+                                               "sixth", "seventh"));
+  const int64_t start = kStart + 10'000'000;
+  EXPECT_EQ(d.events[0].time_unix_nanos, start + 1);
+  ASSERT_EQ(d.events[0].attributes.size(), 2u);
+  EXPECT_EQ(d.events[0].attributes[0].key, "n");
+  EXPECT_EQ(std::get<int64_t>(d.events[0].attributes[0].value), 1);
+  EXPECT_EQ(d.events[0].attributes[1].key, "text");
+  EXPECT_EQ(std::get<std::string>(d.events[0].attributes[1].value), "one");
+  EXPECT_TRUE(d.events[2].attributes.empty());
+  EXPECT_EQ(d.events[2].time_unix_nanos, start + 3);
+  ASSERT_EQ(d.events[3].attributes.size(), 1u);
+  EXPECT_TRUE(std::get<bool>(d.events[3].attributes[0].value));
+  EXPECT_EQ(d.events[5].attributes.size(), 3u);
+  EXPECT_EQ(d.events[5].time_unix_nanos, start + 6);
+  ASSERT_EQ(d.events[6].attributes.size(), 1u);
+  EXPECT_EQ(std::get<double>(d.events[6].attributes[0].value), 1.5);
+  EXPECT_EQ(d.dropped_events_count, 0u);
+}
+
+TEST(SpanTest, LiteralAndOrdinaryEventsShareTheEventLimit) {
+  TracerFixture f(1.0, SpanLimits{.max_events = 3});
+  Span span = f.tracer->StartSpan("s");
+  span.AddLiteralEventAt(0, "a");
+  span.AddEvent("b");
+  span.AddLiteralEventAt(0, "c");
+  span.AddLiteralEventAt(0, "dropped");
+  span.AddEvent("dropped too");
+  span.End();
+  auto spans = f.processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_THAT(Names(spans[0]), ::testing::ElementsAre("a", "b", "c"));
+  EXPECT_EQ(spans[0].dropped_events_count, 2u);
+}
+
+// A limit of one attribute per event: a literal event with two is an ordinary one, and drops
+// and counts its second attribute.
+TEST(SpanTest, LiteralEventsKeepThePerEventAttributeLimit) {
+  TracerFixture f(1.0, SpanLimits{.max_attributes_per_event = 1});
+  Span span = f.tracer->StartSpan("s");
+  span.AddLiteralEventAt(0, "e", {{"a", int64_t{1}}, {"b", int64_t{2}}});
+  span.End();
+  auto spans = f.processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  ASSERT_EQ(spans[0].events.size(), 1u);
+  EXPECT_EQ(spans[0].events[0].attributes.size(), 1u);
+  EXPECT_EQ(spans[0].events[0].dropped_attributes_count, 1u);
+}
+
+TEST(ExpandCompactEventsTest, MergesByPositionAndEmptiesTheCompactList) {
+  SpanData d;
+  d.events.resize(2);
+  d.events[0].name = "x";
+  d.events[1].name = "y";
+  d.compact_events.resize(4);
+  d.compact_events[0].name = "before-x";
+  d.compact_events[1].name = "also-before-x";
+  d.compact_events[2].name = "between";
+  d.compact_events[2].position = 1;
+  d.compact_events[3].name = "last";
+  d.compact_events[3].position = 2;
+  d.compact_events[3].attribute_count = 1;
+  d.compact_events[3].keys[0] = "k";
+  d.compact_events[3].values[0] = int64_t{7};
+  ExpandCompactEvents(d);
+  EXPECT_THAT(Names(d),
+              ::testing::ElementsAre("before-x", "also-before-x", "x", "between", "y", "last"));
+  ASSERT_EQ(d.events[5].attributes.size(), 1u);
+  EXPECT_EQ(d.events[5].attributes[0].key, "k");
+  EXPECT_EQ(std::get<int64_t>(d.events[5].attributes[0].value), 7);
+  EXPECT_TRUE(d.compact_events.empty());
+  ExpandCompactEvents(d);  // nothing left to do
+  EXPECT_EQ(d.events.size(), 6u);
+}
+
 TEST(SpanTest, StatusFollowsOpenTelemetryRules) {
   TracerFixture f;
   {
@@ -735,6 +840,8 @@ TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
     for (int e = 0; e < 5; ++e)
       big.AddEvent("an-event-name-past-sixteen",
                    {{"k1", long_text}, {"k2", int64_t{e}}, {"k3", 2.5}, {"k4", true}});
+    for (int e = 0; e < 3; ++e)
+      big.AddLiteralEventAt(clock.MonotonicNanos(), "literal", {{"k", long_text}, {"n", 2.5}});
     big.SetStatus(StatusCode::kError, long_text);
   }
   exported->Clear();
@@ -743,6 +850,7 @@ TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
   small.SetAttribute("only", int64_t{1});
   small.AddEvent("one", {{"k2", "text"}});
   small.AddEvent("two");
+  small.AddLiteralEventAt(clock.MonotonicNanos(), "three", {{"k3", int64_t{3}}});
   small.End();
   const auto spans = exported->spans();
   ASSERT_EQ(spans.size(), 1u);
@@ -753,13 +861,16 @@ TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
   ASSERT_EQ(s.attributes.size(), 1u);
   EXPECT_EQ(s.attributes[0].key, "only");
   EXPECT_EQ(std::get<int64_t>(s.attributes[0].value), 1);
-  ASSERT_EQ(s.events.size(), 2u);
+  ASSERT_EQ(s.events.size(), 3u);
   EXPECT_EQ(s.events[0].name, "one");
   ASSERT_EQ(s.events[0].attributes.size(), 1u);
   EXPECT_EQ(s.events[0].attributes[0].key, "k2");
   EXPECT_EQ(std::get<std::string>(s.events[0].attributes[0].value), "text");
   EXPECT_EQ(s.events[1].name, "two");
   EXPECT_TRUE(s.events[1].attributes.empty());
+  EXPECT_EQ(s.events[2].name, "three");
+  ASSERT_EQ(s.events[2].attributes.size(), 1u);
+  EXPECT_EQ(std::get<int64_t>(s.events[2].attributes[0].value), 3);
   EXPECT_EQ(s.status, StatusCode::kUnset);
   EXPECT_TRUE(s.status_message.empty());
   EXPECT_EQ(s.dropped_attributes_count, 0u);
