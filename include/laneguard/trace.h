@@ -173,8 +173,8 @@ struct SpanData {
   int64_t end_unix_nanos = 0;
   Attributes attributes;
   std::vector<SpanEvent> events;
-  // Events recorded compactly, not yet in `events`: empty whenever an exporter sees the span (the
-  // processors call ExpandCompactEvents first).
+  // Events recorded compactly, not yet in `events`, which ends with one placeholder for each (see
+  // ExpandCompactEvents). Empty whenever an exporter sees the span.
   std::vector<CompactEvent> compact_events;
   StatusCode status = StatusCode::kUnset;
   std::string status_message;
@@ -183,7 +183,9 @@ struct SpanData {
 };
 
 // Moves span.compact_events into span.events, each where it was recorded among the ordinary
-// events. Does nothing when there are none.
+// events. `events` holds the ordinary events followed by one placeholder per compact event, as
+// the tracer leaves a span (their buffers are reused); with fewer elements than compact events it
+// is taken as placeholders only. Does nothing when there are no compact events.
 void ExpandCompactEvents(SpanData& span);
 
 // OpenTelemetry's default span limits.

@@ -230,12 +230,12 @@ void ExpandCompactEvents(SpanData& span) {
   std::vector<CompactEvent>& compact = span.compact_events;
   if (compact.empty()) return;
   std::vector<SpanEvent>& events = span.events;
+  size_t left = compact.size();
+  if (events.size() < left) events.resize(left);  // placeholders missing: the span was made by hand
+  size_t ordinary = events.size() - left;
+  size_t out = events.size();
   // Merged from the back, in place: an ordinary event goes after every compact one recorded
   // before it (position <= its index), and compact events keep their order.
-  size_t ordinary = events.size();
-  size_t left = compact.size();
-  size_t out = ordinary + left;
-  events.resize(out);
   while (left > 0) {
     CompactEvent& from = compact[left - 1];
     SpanEvent& to = events[--out];
@@ -475,7 +475,9 @@ void Span::EndRecording(int64_t mono_nanos) {
   SpanData& data = state_->data;
   data.end_unix_nanos = now;
   data.attributes.resize(state_->attributes_used);  // trim what a recycled span left behind
-  data.events.resize(state_->events_used);
+  // The compact events' places are kept, stale: expanding into them reuses their buffers, where
+  // trimming would free them here and have the export thread allocate them again for every span.
+  data.events.resize(state_->events_used + state_->compact_used);
   data.compact_events.resize(state_->compact_used);
   // End runs in destructors and noexcept moves: a throwing processor must not terminate.
   try {

@@ -499,9 +499,11 @@ TEST(SpanTest, LiteralEventsKeepThePerEventAttributeLimit) {
 
 TEST(ExpandCompactEventsTest, MergesByPositionAndEmptiesTheCompactList) {
   SpanData d;
-  d.events.resize(2);
+  d.events.resize(6);  // two ordinary events and a placeholder for each compact one
   d.events[0].name = "x";
   d.events[1].name = "y";
+  d.events[5].name = "stale";
+  d.events[5].attributes.resize(3);
   d.compact_events.resize(4);
   d.compact_events[0].name = "before-x";
   d.compact_events[1].name = "also-before-x";
@@ -521,6 +523,12 @@ TEST(ExpandCompactEventsTest, MergesByPositionAndEmptiesTheCompactList) {
   EXPECT_TRUE(d.compact_events.empty());
   ExpandCompactEvents(d);  // nothing left to do
   EXPECT_EQ(d.events.size(), 6u);
+
+  SpanData made_by_hand;  // no placeholders
+  made_by_hand.compact_events.resize(1);
+  made_by_hand.compact_events[0].name = "only";
+  ExpandCompactEvents(made_by_hand);
+  EXPECT_THAT(Names(made_by_hand), ::testing::ElementsAre("only"));
 }
 
 TEST(SpanTest, StatusFollowsOpenTelemetryRules) {
