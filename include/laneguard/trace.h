@@ -389,10 +389,11 @@ class Span {
   int64_t start_mono_nanos() const;
 
   // AddEventAt for the events a program records on every call: a literal name and at most
-  // CompactEvent::kMaxAttributes attributes with literal keys are stored as a few words, and the
-  // processor expands them on its own thread (the batch processor) -- about a fifth of what
-  // AddEventAt costs the caller. The event takes its place among AddEvent's events as if added
-  // by AddEventAt; with more attributes it is an ordinary event.
+  // CompactEvent::kMaxAttributes attributes with literal keys are stored as a few words (no string
+  // copied but a string value), and the batch processor expands them on its export thread: the
+  // worker-call wrapper's four events cost its caller about 550 instructions this way, 1,050 with
+  // AddEventAt. The event takes its place among AddEvent's events as if added by AddEventAt; with
+  // more attributes, or a per-event limit below them, it is an ordinary event.
   void AddLiteralEventAt(int64_t mono_nanos, Literal name,
                          std::initializer_list<LiteralAttribute> attributes = {});
 
