@@ -150,45 +150,68 @@ class BatchWorker {
     for (;;) {
       const bool timed_out = !work_cv_.wait_for(lock, delay_, [this] { return Urgent(); });
       // On the timer, everything queued goes; otherwise full batches, and what a flush asked for.
-      while (!queue_.empty() && (timed_out || Urgent())) {
+      // Items already taken off the queue always go.
+      while (BacklogLeft() > 0 || (!queue_.empty() && (timed_out || Urgent()))) {
         if (abandon_) {
           DropQueue();
           break;
         }
         ExportBatch(lock);
       }
-      if (stopping_ && queue_.empty()) break;
+      if (stopping_ && queue_.empty() && BacklogLeft() == 0) break;
     }
     exited_ = true;
     done_cv_.notify_all();
   }
 
+  size_t BacklogLeft() const { return backlog_.size() - backlog_next_; }
+
   void DropQueue() {
     const uint64_t n = queue_.size();
+    const uint64_t left = BacklogLeft();
     queue_.clear();
+    backlog_.clear();
+    backlog_next_ = 0;
+    in_flight_ = 0;
     taken_ += n;
-    done_ += n;
-    stats_.dropped_shutdown_timeout += n;
+    done_ += n + left;
+    stats_.dropped_shutdown_timeout += n + left;
     done_cv_.notify_all();
   }
 
-  // Takes at most max_batch items off the queue and exports them without the lock. The queue and
-  // the batch are vectors handed back and forth, so once warm no push or export allocates (a
-  // deque would allocate a block every few items).
+  // Exports at most max_batch items without the lock. The lock is held only for constant work,
+  // never for moving items, because Push (a worker call's thread) waits on it: a queue that fits
+  // in one batch is swapped out whole; a longer one is taken whole into the backlog, which is cut
+  // into batches here outside the lock. The vectors are handed back and forth, so once warm no
+  // push or export allocates (a deque would allocate a block every few items).
   void ExportBatch(std::unique_lock<std::mutex>& lock) {
-    const size_t n = std::min(queue_.size(), max_batch_);
     std::vector<Item> batch = std::move(spare_);
     spare_ = {};
-    if (n == queue_.size()) {
-      batch.swap(queue_);
-    } else {
-      batch.assign(std::make_move_iterator(queue_.begin()),
-                   std::make_move_iterator(queue_.begin() + static_cast<std::ptrdiff_t>(n)));
-      queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(n));
+    if (BacklogLeft() == 0) {
+      if (queue_.size() <= max_batch_) {
+        batch.swap(queue_);
+        taken_ += batch.size();
+      } else {
+        backlog_.swap(
+            queue_);  // the backlog was emptied (and its items freed) after its last batch
+        backlog_next_ = 0;
+        taken_ += backlog_.size();
+      }
     }
-    taken_ += n;
-    in_flight_ = n;
+    in_flight_ = batch.size() + BacklogLeft();
     lock.unlock();
+    if (batch.empty()) {
+      const auto first = backlog_.begin() + static_cast<std::ptrdiff_t>(backlog_next_);
+      const size_t take = std::min(BacklogLeft(), max_batch_);
+      batch.assign(std::make_move_iterator(first),
+                   std::make_move_iterator(first + static_cast<std::ptrdiff_t>(take)));
+      backlog_next_ += take;
+      if (BacklogLeft() == 0) {
+        backlog_.clear();  // moved-from items
+        backlog_next_ = 0;
+      }
+    }
+    const size_t n = batch.size();
     ExportResult result;
     try {
       result = export_fn_(batch);
@@ -201,9 +224,9 @@ class BatchWorker {
     } else {
       batch.clear();
     }
-    lock.lock();
     if (batch.capacity() > spare_.capacity()) spare_ = std::move(batch);
-    in_flight_ = 0;
+    lock.lock();
+    in_flight_ = BacklogLeft();
     done_ += n;
     CountExportResult(result, n, stats_);
     done_cv_.notify_all();
@@ -220,9 +243,12 @@ class BatchWorker {
   std::condition_variable work_cv_;  // wakes the export thread
   std::condition_variable done_cv_;  // wakes ForceFlush and Shutdown callers
   std::vector<Item> queue_;
-  std::vector<Item> spare_;  // an empty vector with capacity, the next batch's storage
+  // The export thread's own: not guarded by mu_.
+  std::vector<Item> spare_;    // an empty vector with capacity, the next batch's storage
+  std::vector<Item> backlog_;  // taken off the queue, not yet exported from backlog_next_ on
+  size_t backlog_next_ = 0;
   BatchExportStats stats_;
-  size_t in_flight_ = 0;
+  size_t in_flight_ = 0;       // taken off the queue and not yet done
   uint64_t enqueued_ = 0;      // items ever pushed on the queue
   uint64_t taken_ = 0;         // items ever taken off it
   uint64_t done_ = 0;          // items ever exported or dropped after leaving the queue

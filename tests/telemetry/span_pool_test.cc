@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -113,6 +116,90 @@ TEST(BatchWorkerTest, ADroppedItemIsLeftToTheCaller) {
   release.set_value();
   EXPECT_TRUE(worker.ForceFlush(std::chrono::seconds(10)));
   EXPECT_EQ(worker.stats().dropped_queue_full, 1u);
+}
+
+// More than a batch queued while an export is in flight: the queue is taken off whole (Push never
+// waits for items to be moved) and exported in order, in batches of at most max_export_batch_size.
+TEST(BatchWorkerTest, ALongQueueGoesOutInOrderInBatchesOfAtMostTheBatchSize) {
+  std::promise<void> exporting, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::vector<std::string> exported;
+  std::vector<size_t> sizes;
+  BatchProcessorOptions options;
+  options.max_queue_size = 100;
+  options.max_export_batch_size = 3;
+  options.schedule_delay = std::chrono::hours(1);
+  BatchWorker<std::string> worker(
+      [&](const std::vector<std::string>& batch) {
+        if (sizes.empty()) {
+          exporting.set_value();
+          released.wait();
+        }
+        sizes.push_back(batch.size());
+        exported.insert(exported.end(), batch.begin(), batch.end());
+        return ExportResult{};
+      },
+      options);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(worker.Push(std::to_string(i)));  // a full batch
+  exporting.get_future().wait();
+  for (int i = 3; i < 13; ++i) EXPECT_TRUE(worker.Push(std::to_string(i)));
+  EXPECT_EQ(worker.stats().pending, 13u);
+  release.set_value();
+  ASSERT_TRUE(worker.ForceFlush(std::chrono::seconds(60)));
+  std::vector<std::string> expected;
+  for (int i = 0; i < 13; ++i) expected.push_back(std::to_string(i));
+  EXPECT_EQ(exported, expected);
+  EXPECT_EQ(sizes, (std::vector<size_t>{3, 3, 3, 3, 1}));
+  const BatchExportStats stats = worker.stats();
+  EXPECT_EQ(stats.exported, 13u);
+  EXPECT_EQ(stats.pending, 0u);
+}
+
+// Items taken off the queue but not yet exported when shutdown_timeout runs out are dropped and
+// counted like the ones still queued.
+TEST(BatchWorkerTest, ShutdownTimeoutDropsTheRestOfATakenBacklog) {
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  bool first_released = false, cancelled = false;
+  BatchProcessorOptions options;
+  options.max_queue_size = 100;
+  options.max_export_batch_size = 2;
+  options.schedule_delay = std::chrono::hours(1);
+  options.shutdown_timeout = std::chrono::milliseconds(50);
+  BatchWorker<int> worker(
+      [&](const std::vector<int>&) {
+        std::unique_lock<std::mutex> lock(mu);
+        ++calls;
+        cv.notify_all();
+        // The first batch waits for the test; the second (the backlog's first) for the cancel.
+        cv.wait(lock, [&] { return calls == 1 ? first_released : cancelled; });
+        return ExportResult{};
+      },
+      options);
+  EXPECT_TRUE(worker.Push(0));
+  EXPECT_TRUE(worker.Push(1));  // a full batch: exported, and held
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return calls == 1; });
+  }
+  for (int i = 2; i < 10; ++i) EXPECT_TRUE(worker.Push(int{i}));  // 8 queued: taken as a backlog
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    first_released = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return calls == 2; });  // the backlog's first batch is in flight
+  }
+  EXPECT_TRUE(worker.Shutdown([&] {
+    std::lock_guard<std::mutex> lock(mu);
+    cancelled = true;
+    cv.notify_all();
+  }));
+  const BatchExportStats stats = worker.stats();
+  EXPECT_EQ(stats.exported, 4u);
+  EXPECT_EQ(stats.dropped_shutdown_timeout, 6u);
+  EXPECT_EQ(stats.pending, 0u);
+  EXPECT_EQ(stats.queued, stats.exported + stats.dropped() + stats.pending);
 }
 
 }  // namespace
