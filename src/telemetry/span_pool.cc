@@ -14,10 +14,20 @@ constexpr size_t kMaxPooledSpanBytes = size_t{8} * 1024;
 // thread keeps at most twice this many.
 constexpr size_t kTakeChunk = 8;
 
+// Recycled batches are kept whole, so that the export thread hands one over by moving a vector,
+// not span by span under the lock the worker calls' threads take spans under (they slept on it
+// while a 512-span batch was moved in). Takers move a few spans out of the last batch; an
+// emptied batch vector goes back to the export thread as the next batch's storage. Batches of
+// fewer than kTakeChunk spans (the simple processor recycles one at a time) are moved into
+// `loose` span by span instead, so that their vectors stay with their owners.
 struct SharedPool {
   std::mutex mu;
-  std::vector<SpanData> spans;
+  std::vector<SpanData> loose;
+  std::vector<std::vector<SpanData>> batches;  // none empty
+  std::vector<std::vector<SpanData>> empties;  // at most kMaxEmpties, each empty with capacity
+  size_t count = 0;                            // spans in `loose` and `batches`
 };
+constexpr size_t kMaxEmpties = 4;
 
 SharedPool& Shared() {
   static auto* pool = new SharedPool;  // never destroyed: export threads may recycle at exit
@@ -72,12 +82,32 @@ void TakeSpanData(SpanData& into) {
   if (cache_or_null == nullptr) return;
   std::vector<SpanData>& cache = *cache_or_null;
   if (cache.empty()) {
+    cache.reserve(2 * kTakeChunk);  // once per thread; no allocation under the lock
+    std::vector<SpanData> emptied;  // freed outside the lock when there is no room to keep it
     SharedPool& pool = Shared();
     std::lock_guard<std::mutex> lock(pool.mu);
-    const size_t n = std::min(kTakeChunk, pool.spans.size());
-    for (size_t i = 0; i < n; ++i) {
-      cache.push_back(std::move(pool.spans.back()));
-      pool.spans.pop_back();
+    while (cache.size() < kTakeChunk && !pool.loose.empty()) {
+      cache.push_back(std::move(pool.loose.back()));
+      pool.loose.pop_back();
+      --pool.count;
+    }
+    while (cache.size() < kTakeChunk && !pool.batches.empty()) {
+      std::vector<SpanData>& last = pool.batches.back();
+      while (cache.size() < kTakeChunk && !last.empty()) {
+        cache.push_back(std::move(last.back()));
+        last.pop_back();
+        --pool.count;
+      }
+      if (!last.empty()) break;
+      // The newest emptied vector is kept on top (the one most likely still in some cache).
+      if (pool.empties.size() < std::min(kMaxEmpties, pool.empties.capacity())) {
+        pool.empties.push_back(std::move(last));
+      } else if (!pool.empties.empty()) {
+        emptied = std::exchange(pool.empties.back(), std::move(last));
+      } else {
+        emptied = std::move(last);
+      }
+      pool.batches.pop_back();
     }
   }
   if (cache.empty()) return;
@@ -86,7 +116,7 @@ void TakeSpanData(SpanData& into) {
 }
 
 void RecycleSpanData(std::vector<SpanData>& batch) {
-  // Sized outside the lock; the moves under it only swap pointers.
+  // Sized outside the lock.
   size_t keep = 0;
   for (SpanData& span : batch) {
     if (Small(span)) {
@@ -95,21 +125,41 @@ void RecycleSpanData(std::vector<SpanData>& batch) {
     }
   }
   batch.resize(keep);  // frees the large ones here, not under the lock
+  const size_t n = batch.size();
+  if (n == 0) return;
+  SharedPool& pool = Shared();
+  std::vector<SpanData> next;  // an emptied batch vector, for the caller's next batch
+  bool whole = false;
   {
-    SharedPool& pool = Shared();
     std::lock_guard<std::mutex> lock(pool.mu);
-    const size_t room = kMaxPooledSpans - std::min(kMaxPooledSpans, pool.spans.size());
-    size_t n = std::min(room, batch.size());
-    if (pool.spans.capacity() < pool.spans.size() + n) {
-      try {
-        pool.spans.reserve(kMaxPooledSpans);
-      } catch (...) {
-        n = 0;  // out of memory: the spans are simply freed
+    try {
+      if (pool.batches.capacity() == 0) {  // once: later pushes cannot allocate
+        pool.loose.reserve(kMaxPooledSpans);
+        pool.batches.reserve(kMaxPooledSpans / kTakeChunk);  // batches hold kTakeChunk at least
+        pool.empties.reserve(kMaxEmpties);
       }
+      const size_t room = kMaxPooledSpans - pool.count;
+      if (n >= kTakeChunk && n <= room) {
+        pool.batches.push_back(std::move(batch));
+        pool.count += n;
+        whole = true;
+        if (!pool.empties.empty()) {
+          next = std::move(pool.empties.back());
+          pool.empties.pop_back();
+        }
+      } else {  // a few spans, or the pool nearly full
+        const size_t moved = std::min(n, room);
+        for (size_t i = 0; i < moved; ++i) pool.loose.push_back(std::move(batch[i]));
+        pool.count += moved;
+      }
+    } catch (...) {  // out of memory reserving: the spans are simply freed, below
     }
-    for (size_t i = 0; i < n; ++i) pool.spans.push_back(std::move(batch[i]));
   }
-  batch.clear();
+  if (whole) {
+    batch = std::move(next);
+  } else {
+    batch.clear();  // frees what the pool had no room for, outside the lock
+  }
 }
 
 void RecycleSpanData(SpanData&& span) {
@@ -124,7 +174,7 @@ void RecycleSpanData(SpanData&& span) {
 size_t PooledSpanCount() {
   SharedPool& pool = Shared();
   std::lock_guard<std::mutex> lock(pool.mu);
-  return pool.spans.size();
+  return pool.count;
 }
 
 }  // namespace laneguard::internal

@@ -44,6 +44,37 @@ TEST(SpanPoolTest, RecycledBuffersComeBackWithTheirCapacity) {
   });
 }
 
+void DrainPool() {
+  SpanData span;
+  while (PooledSpanCount() > 0) TakeSpanData(span);
+}
+
+// A batch goes into the pool whole (its vector moved, not its spans one by one under the lock);
+// once the takers have emptied it, that vector is what the next recycled batch gets back.
+TEST(SpanPoolTest, ABatchIsHandedOverWholeAndItsEmptiedVectorComesBack) {
+  OnNewThread([] {
+    DrainPool();
+    std::vector<SpanData> first(64, SmallSpan());
+    const SpanData* first_buffer = first.data();
+    RecycleSpanData(first);
+    EXPECT_TRUE(first.empty());
+    EXPECT_EQ(PooledSpanCount(), 64u);
+    DrainPool();
+    std::vector<SpanData> second(64, SmallSpan());
+    RecycleSpanData(second);
+    EXPECT_TRUE(second.empty());
+    EXPECT_EQ(second.data(), first_buffer);
+    EXPECT_GE(second.capacity(), 64u);
+    // A few spans are moved in one by one: their vector stays with its owner.
+    std::vector<SpanData> few(3, SmallSpan());
+    const SpanData* few_buffer = few.data();
+    RecycleSpanData(few);
+    EXPECT_TRUE(few.empty());
+    EXPECT_EQ(few.data(), few_buffer);
+    EXPECT_EQ(PooledSpanCount(), 64u + 3u);
+  });
+}
+
 TEST(SpanPoolTest, LargeSpansAreFreedNotPooled) {
   OnNewThread([] {
     std::vector<SpanData> batch;
