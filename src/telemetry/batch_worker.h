@@ -192,8 +192,8 @@ class BatchWorker {
         batch.swap(queue_);
         taken_ += batch.size();
       } else {
-        backlog_.swap(
-            queue_);  // the backlog was emptied (and its items freed) after its last batch
+        // The backlog is empty here: it was cleared (outside the lock) after its last batch.
+        backlog_.swap(queue_);
         backlog_next_ = 0;
         taken_ += backlog_.size();
       }

@@ -99,7 +99,7 @@ void TakeSpanData(SpanData& into) {
         --pool.count;
       }
       if (!last.empty()) break;
-      // The newest emptied vector is kept on top (the one most likely still in some cache).
+      // Kept on top when there is no room for more: the next recycled batch gets the newest.
       if (pool.empties.size() < std::min(kMaxEmpties, pool.empties.capacity())) {
         pool.empties.push_back(std::move(last));
       } else if (!pool.empties.empty()) {
