@@ -78,8 +78,7 @@ format-check: deps
 	clang-format --dry-run -Werror $(FORMAT_FILES)
 
 # Static analysis (bugprone, concurrency, performance checks; see .clang-tidy) on the library sources.
-# Every finding fails the target (.clang-tidy: bugprone, concurrency, performance); a deliberate
-# exception carries a NOLINT with its reason.
+# Every finding fails the target; a deliberate exception carries a NOLINT with its reason.
 tidy: configure
 	dpkg-query -W clang-tidy >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq clang-tidy
 	find src -name '*.cc' | sort | xargs -P $(JOBS) -n 4 clang-tidy -p $(BUILD) --quiet --warnings-as-errors='*'

@@ -86,6 +86,11 @@ std::string_view ToString(KillMechanism m) {
 }
 
 namespace {
+
+// "<what>: <errno text>", the form every failed system call below is reported in.
+std::string SystemError(std::string_view what, int error) {
+  return std::string(what) + ": " + std::generic_category().message(error);
+}
 constexpr int64_t kMaxRssMbLimit = int64_t{1} << 30;  // 1 PiB: keeps << 20 far from overflow
 // "SIGKILL"; real-time signals have no abbreviation (sigabbrev_np gives null): "SIG35".
 std::string SignalName(int sig) {
@@ -515,12 +520,12 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
 
   Pipe out, err, status;
   if (!status.Open() || (spec.capture_output && (!out.Open() || !err.Open()))) {
-    result.error = std::string("pipe: ") + std::generic_category().message(errno);
+    result.error = SystemError("pipe", errno);
     return result;
   }
   Pipe null_in;  // only .read is used: /dev/null for the child's stdin
   if (spec.stdin_null && (null_in.read = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
-    result.error = std::string("/dev/null: ") + std::generic_category().message(errno);
+    result.error = SystemError("/dev/null", errno);
     return result;
   }
   const pid_t parent = getpid();
@@ -532,7 +537,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
                              isatty(STDIN_FILENO) != 0 && tcgetpgrp(STDIN_FILENO) == getpgrp();
   const pid_t pid = fork();
   if (pid < 0) {
-    result.error = std::string("fork: ") + std::generic_category().message(errno);
+    result.error = SystemError("fork", errno);
     return result;
   }
   if (pid == 0)
@@ -556,7 +561,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   tree.cgroup = &cgroup;
   if (tree.pidfd < 0) {
     // Without a pidfd (Linux < 5.3) there is no race-free way to wait with timers: refuse.
-    result.error = std::string("pidfd_open: ") + std::generic_category().message(errno);
+    result.error = SystemError("pidfd_open", errno);
     kill(-pid, SIGKILL);
     kill(pid, SIGKILL);
     int ignored = 0;
@@ -578,8 +583,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     waitpid(pid, &ignored, 0);
     if (tree.pidfd >= 0) close(tree.pidfd);
     result.error = (cwd != nullptr && exec_errno == ENOENT && access(cwd, F_OK) != 0)
-                       ? "cwd '" + spec.cwd + "': " + std::generic_category().message(exec_errno)
-                       : "'" + args[0] + "': " + std::generic_category().message(exec_errno) +
+                       ? SystemError("cwd '" + spec.cwd + "'", exec_errno)
+                       : SystemError("'" + args[0] + "'", exec_errno) +
                              (program.empty() ? " (searched the PATH of its environment)" : "");
     return result;
   }
@@ -724,8 +729,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
     // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
     result.outcome = ProcessOutcome::kSpawnFailed;
-    result.error = std::string("the exit status was lost (wait4: ") +
-                   std::generic_category().message(wait_errno) + ")";
+    result.error = "the exit status was lost (" + SystemError("wait4", wait_errno) + ")";
     return result;
   }
   if (WIFEXITED(wstatus)) result.exit_code = WEXITSTATUS(wstatus);
