@@ -37,6 +37,10 @@
 
 namespace laneguard {
 
+namespace internal {
+struct SpanRecord;
+}  // namespace internal
+
 // ---- ids and context ----------------------------------------------------------------------------
 
 struct TraceId {
@@ -146,19 +150,6 @@ struct SpanEvent {
   uint32_t dropped_attributes_count = 0;  // past SpanLimits::max_attributes_per_event
 };
 
-// An event recorded by Span::AddLiteralEventAt: its name and keys kept as literals, its values as
-// they are, no string copied but a string value's. A processor turns it into a SpanEvent
-// (ExpandCompactEvents) off the calling thread; exporters never see one.
-struct CompactEvent {
-  static constexpr size_t kMaxAttributes = 2;
-  Literal name;
-  int64_t time_unix_nanos = 0;
-  uint32_t position = 0;  // how many of the span's ordinary events were recorded before it
-  uint32_t attribute_count = 0;
-  std::array<Literal, kMaxAttributes> keys;
-  std::array<AttributeValue, kMaxAttributes> values;
-};
-
 enum class SpanKind { kInternal = 1, kServer = 2, kClient = 3, kProducer = 4, kConsumer = 5 };
 enum class StatusCode { kUnset = 0, kOk = 1, kError = 2 };
 
@@ -173,20 +164,11 @@ struct SpanData {
   int64_t end_unix_nanos = 0;
   Attributes attributes;
   std::vector<SpanEvent> events;
-  // Events recorded compactly, not yet in `events`, which ends with one placeholder for each (see
-  // ExpandCompactEvents). Empty whenever an exporter sees the span.
-  std::vector<CompactEvent> compact_events;
   StatusCode status = StatusCode::kUnset;
   std::string status_message;
   uint32_t dropped_attributes_count = 0;
   uint32_t dropped_events_count = 0;
 };
-
-// Moves span.compact_events into span.events, each where it was recorded among the ordinary
-// events. `events` holds the ordinary events followed by one placeholder per compact event, as
-// the tracer leaves a span (their buffers are reused); with fewer elements than compact events it
-// is taken as placeholders only. Does nothing when there are no compact events.
-void ExpandCompactEvents(SpanData& span);
 
 // OpenTelemetry's default span limits.
 struct SpanLimits {
@@ -267,9 +249,11 @@ class SpanProcessor {
   // Flushes and stops; later spans are dropped (and counted). Idempotent.
   virtual void Shutdown() = 0;
   virtual void SetResource(const Resource& resource) = 0;
-  // True if the processor calls ExpandCompactEvents itself before spans reach an exporter (on its
-  // own thread, off the worker call's path); otherwise the tracer does it before OnEnd.
-  virtual bool ExpandsCompactEvents() const { return false; }
+  // The tracer hands most spans over in the form it recorded them in (see span_record.h): the
+  // default turns the record into SpanData and calls OnEnd. laneguard's batch processor queues
+  // the record as it is and makes the SpanData on its export thread. Not part of the API to
+  // override: internal::SpanRecord may change in any release.
+  virtual void OnEndRecord(const internal::SpanRecord& record);
 };
 
 // Exports each span on the calling thread, as it ends. For tests and debugging.
@@ -319,7 +303,7 @@ class BatchSpanProcessor final : public SpanProcessor {
   bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30)) override;
   void Shutdown() override;
   void SetResource(const Resource& resource) override;
-  bool ExpandsCompactEvents() const override { return true; }  // on the export thread
+  void OnEndRecord(const internal::SpanRecord& record) override;  // queued as it is
   BatchSpanProcessorStats stats() const;
 
  private:
@@ -365,6 +349,8 @@ class Span {
   // dropped and counted (an existing attribute key is overwritten, not counted); an event's
   // attributes past max_attributes_per_event are dropped and counted on the event.
   void SetAttribute(std::string_view key, AttributeValue value);
+  // Several at once, borrowed (copied into the span): SetAttributes({{"taskId", id}, {"n", 3}}).
+  void SetAttributes(std::initializer_list<AttributeView> attributes);
   void AddEvent(std::string_view name, Attributes attributes = {});
   // The same with borrowed attributes; chosen for a braced list: AddEvent("x", {{"k", 1}}).
   void AddEvent(std::string_view name, std::initializer_list<AttributeView> attributes);
@@ -388,12 +374,8 @@ class Span {
   // When the span started, on the tracer's monotonic clock; 0 for a span that does not record.
   int64_t start_mono_nanos() const;
 
-  // AddEventAt for the events a program records on every call: a literal name and at most
-  // CompactEvent::kMaxAttributes attributes with literal keys are stored as a few words (no string
-  // copied but a string value), and the batch processor expands them on its export thread: the
-  // worker-call wrapper's four events cost its caller about 550 instructions this way, 1,050 with
-  // AddEventAt. The event takes its place among AddEvent's events as if added by AddEventAt; with
-  // more attributes, or a per-event limit below them, it is an ordinary event.
+  // AddEventAt for the events a program records on every call: the name and the keys are
+  // literals, so the span keeps their addresses and copies no string but a string value.
   void AddLiteralEventAt(int64_t mono_nanos, Literal name,
                          std::initializer_list<LiteralAttribute> attributes = {});
 
@@ -432,7 +414,6 @@ class Tracer {
   friend class Span;
   TracerOptions options_;
   Sampler sampler_;
-  bool expand_on_end_ = false;  // the processor leaves compact events to the tracer
 };
 
 }  // namespace laneguard

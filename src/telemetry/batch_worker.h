@@ -52,16 +52,11 @@ inline void CountExportResult(const ExportResult& r, uint64_t n, BatchExportStat
 template <typename Item>
 class BatchWorker {
  public:
-  // Called on the worker thread, one batch at a time; must not throw. It may change the items
-  // (spans have their compact events expanded there).
+  // Called on the worker thread, one batch at a time; must not throw. It may change the items.
   using ExportFn = std::function<ExportResult(std::vector<Item>&)>;
-  // Called on the worker thread with each exported batch, to take its items' buffers for reuse
-  // (spans); it must leave the batch empty and not throw. Without one the items are freed.
-  using RecycleFn = std::function<void(std::vector<Item>&)>;
 
-  BatchWorker(ExportFn export_fn, const BatchProcessorOptions& o, RecycleFn recycle = nullptr)
+  BatchWorker(ExportFn export_fn, const BatchProcessorOptions& o)
       : export_fn_(std::move(export_fn)),
-        recycle_(std::move(recycle)),
         max_queue_(std::max<size_t>(o.max_queue_size, 1)),
         max_batch_(std::clamp<size_t>(o.max_export_batch_size, 1, max_queue_)),
         delay_(std::max(o.schedule_delay, std::chrono::milliseconds(1))),
@@ -77,6 +72,13 @@ class BatchWorker {
   // False when the item was dropped (and counted); it is then left as it was, for the caller to
   // free or reuse outside the lock.
   bool Push(Item&& item) {
+    return PushWith([&item](Item& slot) { slot = std::move(item); });
+  }
+
+  // Push for an item that is cheaper to write in place than to move: `fill` (which must not
+  // throw) gets a default-constructed item at the end of the queue. Not called when dropped.
+  template <typename Fill>
+  bool PushWith(const Fill& fill) {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.queued;
     if (stopping_) {
@@ -88,11 +90,12 @@ class BatchWorker {
       return false;
     }
     try {
-      queue_.push_back(std::move(item));  // strong guarantee: untouched if it throws
-    } catch (...) {                       // out of memory: the item could not be queued either
+      queue_.emplace_back();
+    } catch (...) {  // out of memory: the item could not be queued either
       ++stats_.dropped_queue_full;
       return false;
     }
+    fill(queue_.back());
     ++enqueued_;
     if (queue_.size() == max_batch_) work_cv_.notify_one();
     return true;
@@ -186,7 +189,7 @@ class BatchWorker {
   // push or export allocates (a deque would allocate a block every few items).
   void ExportBatch(std::unique_lock<std::mutex>& lock) {
     std::vector<Item> batch = std::move(spare_);
-    spare_ = {};
+    spare_ = std::vector<Item>();
     if (BacklogLeft() == 0) {
       if (queue_.size() <= max_batch_) {
         batch.swap(queue_);
@@ -218,12 +221,7 @@ class BatchWorker {
     } catch (...) {
       result.code = ExportResult::Code::kFailed;
     }
-    // Freed or recycled before retaking the lock.
-    if (recycle_) {
-      recycle_(batch);
-    } else {
-      batch.clear();
-    }
+    batch.clear();  // freed before retaking the lock
     if (batch.capacity() > spare_.capacity()) spare_ = std::move(batch);
     lock.lock();
     in_flight_ = BacklogLeft();
@@ -233,7 +231,6 @@ class BatchWorker {
   }
 
   const ExportFn export_fn_;
-  const RecycleFn recycle_;
   const size_t max_queue_;
   const size_t max_batch_;
   const std::chrono::milliseconds delay_;

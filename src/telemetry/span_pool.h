@@ -1,12 +1,12 @@
-// Finished spans' buffers, handed back once they have been exported so that new spans reuse them.
+// Finished spans' buffers, kept on the thread that made them so that its next spans reuse them.
 //
-// A recording span otherwise costs about ten allocations (its name, attribute and event vectors,
-// keys and event names past the small-string buffer), and with the batch processor every one of
-// them is freed on the export thread, which contends on glibc's arena locks with the threads that
-// make spans. Reusing SpanData (its strings and vectors keep their capacity) takes the allocator
-// off the worker call's path: in a steady state a sampled-in span allocates nothing.
+// The batch processor turns spans into SpanData on its own thread and keeps those buffers there;
+// this cache serves the spans made into SpanData on the calling thread: for the simple processor
+// (or any processor that is handed SpanData), and for a span whose record log filled up. Reusing
+// SpanData (its strings and vectors keep their capacity) means such a span allocates nothing once
+// the thread is warm.
 //
-// Thread safety: every function is safe from any thread.
+// Thread safety: every function is safe from any thread; each thread has its own cache.
 #ifndef LANEGUARD_SRC_TELEMETRY_SPAN_POOL_H_
 #define LANEGUARD_SRC_TELEMETRY_SPAN_POOL_H_
 
@@ -16,20 +16,20 @@
 
 namespace laneguard::internal {
 
-// Moves a recycled span's buffers into `into` (whose own are freed); if there is none, `into` is
+// Moves a cached span's buffers into `into` (whose own are freed); if there is none, `into` is
 // left as it is. Either way its contents are unspecified: the caller overwrites every field, and
 // vectors may hold stale elements to be overwritten in place.
 void TakeSpanData(SpanData& into);
 
-// Gives the spans' buffers back and empties `batch`. Spans that grew unusually large (over 8 KiB
-// or 32 attributes or events) are freed instead, so the pool never pins much memory: at most
-// kMaxPooledSpans of them shared, and 16 per thread.
+// Keeps the spans' buffers in this thread's cache and empties `batch`. Spans that grew unusually
+// large (over 8 KiB or 32 attributes or events) are freed instead, and so are spans past
+// kMaxPooledSpans, so the cache never pins much memory.
 void RecycleSpanData(std::vector<SpanData>& batch);
 void RecycleSpanData(SpanData&& span);
 
-inline constexpr size_t kMaxPooledSpans = 2048;  // the batch processor's default queue
+inline constexpr size_t kMaxPooledSpans = 16;  // per thread
 
-// For tests: how many spans the shared pool holds now (not counting per-thread caches).
+// For tests: how many spans this thread's cache holds now.
 size_t PooledSpanCount();
 
 }  // namespace laneguard::internal

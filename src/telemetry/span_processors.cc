@@ -1,8 +1,10 @@
+#include <memory>
 #include <utility>
 
 #include "laneguard/trace.h"
 #include "telemetry/batch_worker.h"
 #include "telemetry/span_pool.h"
+#include "telemetry/span_record.h"
 
 namespace laneguard {
 namespace {
@@ -68,20 +70,50 @@ std::unique_ptr<SpanProcessor> NewSimpleSpanProcessor(std::unique_ptr<SpanExport
 
 // ---- batch processor ----------------------------------------------------------------------------
 
+namespace {
+
+// What the queue holds: a span as the tracer recorded it, or as SpanData (handed to OnEnd, by the
+// tracer for a span whose log filled up, or by a caller of OnEnd).
+struct QueuedSpan {
+  QueuedSpan() {}  // NOLINT(modernize-use-equals-default): = default would zero the record's log
+  std::unique_ptr<SpanData> data;  // null: `record` holds the span
+  internal::SpanRecord record;
+};
+
+}  // namespace
+
 struct BatchSpanProcessor::Impl {
   std::unique_ptr<SpanExporter> exporter;
   std::mutex resource_mu;
   std::shared_ptr<const Resource> resource = std::make_shared<const Resource>();
   std::once_flag exporter_shutdown_once;
-  internal::BatchWorker<SpanData> worker;
+  // The export thread's own: the batch's spans, rebuilt in place for every batch so that their
+  // buffers are reused, and spans kept aside while a batch is smaller.
+  std::vector<SpanData> spans;
+  std::vector<SpanData> spare_spans;
+  internal::BatchWorker<QueuedSpan> worker;  // last: its thread uses the members above
 
   Impl(std::unique_ptr<SpanExporter> e, const BatchSpanProcessorOptions& o)
-      : exporter(std::move(e)),
-        worker([this](std::vector<SpanData>& b) { return Export(b); }, o,
-               [](std::vector<SpanData>& b) { internal::RecycleSpanData(b); }) {}
+      : exporter(std::move(e)), worker([this](std::vector<QueuedSpan>& b) { return Export(b); }, o) {}
 
-  ExportResult Export(std::vector<SpanData>& batch) {
-    for (SpanData& span : batch) ExpandCompactEvents(span);
+  ExportResult Export(std::vector<QueuedSpan>& batch) {
+    const size_t n = batch.size();
+    while (spans.size() > n) {
+      spare_spans.push_back(std::move(spans.back()));
+      spans.pop_back();
+    }
+    while (spans.size() < n && !spare_spans.empty()) {
+      spans.push_back(std::move(spare_spans.back()));
+      spare_spans.pop_back();
+    }
+    spans.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (batch[i].data) {
+        std::swap(spans[i], *batch[i].data);  // the old buffers go with the queue's item
+      } else {
+        internal::ReplaySpanRecord(batch[i].record, spans[i]);
+      }
+    }
     std::shared_ptr<const Resource> r;
     {
       std::lock_guard<std::mutex> lock(resource_mu);
@@ -89,7 +121,7 @@ struct BatchSpanProcessor::Impl {
     }
     if (!exporter) return {};
     try {
-      return exporter->ExportWithResult(batch, *r);
+      return exporter->ExportWithResult(spans, *r);
     } catch (...) {
       return {ExportResult::Code::kFailed};
     }
@@ -103,9 +135,14 @@ BatchSpanProcessor::BatchSpanProcessor(std::unique_ptr<SpanExporter> exporter,
 BatchSpanProcessor::~BatchSpanProcessor() { Shutdown(); }
 
 void BatchSpanProcessor::OnEnd(SpanData&& span) {
-  // A dropped span (queue full) keeps its buffers for this thread's next spans.
-  if (!impl_->worker.Push(std::move(span)))
-    internal::RecycleSpanData(std::move(span));  // NOLINT(bugprone-use-after-move): not moved
+  auto data = std::make_unique<SpanData>(std::move(span));
+  impl_->worker.PushWith([&data](QueuedSpan& item) { item.data = std::move(data); });
+}
+
+void BatchSpanProcessor::OnEndRecord(const internal::SpanRecord& record) {
+  // The record is copied under the queue's lock: a few hundred bytes, and no second copy.
+  impl_->worker.PushWith(
+      [&record](QueuedSpan& item) { internal::CopySpanRecord(record, item.record); });
 }
 
 bool BatchSpanProcessor::ForceFlush(std::chrono::milliseconds timeout) {

@@ -8,11 +8,11 @@
 #include <functional>
 #include <random>
 #include <thread>
-#include <type_traits>
 #include <utility>
 
 #include "core/spin_lock.h"
 #include "telemetry/span_pool.h"
+#include "telemetry/span_record.h"
 
 namespace laneguard {
 namespace {
@@ -111,42 +111,6 @@ void PutBigEndian(uint64_t v, uint8_t* out) {
   std::memcpy(out, &v, sizeof v);
 }
 
-// clear() + append() is a length check and a memcpy when the buffer is big enough, while
-// assign() goes through libstdc++'s general _M_replace (about 100 instructions a call).
-void Overwrite(std::string& to, std::string_view from) {
-  to.clear();
-  to.append(from.data(), from.size());
-}
-
-// A value into an attribute's existing storage: a string keeps its buffer.
-void AssignValue(AttributeValue& to, AttributeValue&& from) { to = std::move(from); }
-template <typename T>
-void AssignScalar(AttributeValue& to, T value) {
-  if (T* held = std::get_if<T>(&to)) {
-    *held = value;
-  } else {
-    to = value;
-  }
-}
-
-// By index rather than std::visit: this runs for every event attribute, and the visit's dispatch
-// and converting assignment were about 40 instructions of it.
-void AssignValue(AttributeValue& to, const AttributeValueView& from) {
-  if (const auto* text = std::get_if<std::string_view>(&from)) {
-    if (auto* held = std::get_if<std::string>(&to)) {
-      Overwrite(*held, *text);
-    } else {
-      to.emplace<std::string>(*text);
-    }
-  } else if (const auto* i = std::get_if<int64_t>(&from)) {
-    AssignScalar(to, *i);
-  } else if (const auto* d = std::get_if<double>(&from)) {
-    AssignScalar(to, *d);
-  } else {
-    AssignScalar(to, *std::get_if<bool>(&from));
-  }
-}
-
 }  // namespace
 
 // ---- ids and context ----------------------------------------------------------------------------
@@ -224,57 +188,21 @@ bool Sampler::ShouldSample(const TraceId& trace_id, const SpanContext* parent) c
   return (x >> 1) < bound_;
 }
 
-// ---- span data ----------------------------------------------------------------------------------
-
-void ExpandCompactEvents(SpanData& span) {
-  std::vector<CompactEvent>& compact = span.compact_events;
-  if (compact.empty()) return;
-  std::vector<SpanEvent>& events = span.events;
-  size_t left = compact.size();
-  if (events.size() < left) events.resize(left);  // placeholders missing: the span was made by hand
-  size_t ordinary = events.size() - left;
-  size_t out = events.size();
-  // Merged from the back, in place: an ordinary event goes after every compact one recorded
-  // before it (position <= its index), and compact events keep their order.
-  while (left > 0) {
-    CompactEvent& from = compact[left - 1];
-    SpanEvent& to = events[--out];
-    if (ordinary > from.position) {
-      to = std::move(events[--ordinary]);
-      continue;
-    }
-    Overwrite(to.name, from.name);
-    to.time_unix_nanos = from.time_unix_nanos;
-    to.dropped_attributes_count = 0;
-    to.attributes.resize(from.attribute_count);
-    for (size_t i = 0; i < from.attribute_count; ++i) {
-      Overwrite(to.attributes[i].key, from.keys[i]);
-      to.attributes[i].value = std::move(from.values[i]);
-    }
-    --left;
-  }
-  compact.clear();
-}
-
 // ---- spans --------------------------------------------------------------------------------------
 
-// The data is written in place: a span starts from a recycled SpanData whose vectors may hold
-// stale elements, and only the first attributes_used / events_used of them are this span's. The
-// rest are trimmed at End(). Writing over an element reuses its strings' buffers.
+// A span records into `record`'s log (span_record.h). A log that fills up is applied to `spill`, a
+// SpanData, and emptied; the span then ends as that SpanData.
 struct Span::State {
   const Tracer* tracer = nullptr;
   // Span calls from several threads are allowed but rare, and each holds it for a few dozen
   // nanoseconds: a std::mutex would cost more than the work it guards.
   internal::SpinLock mu;
-  SpanData data;
-  // data.start_unix_nanos, and the clock's monotonic time then. Kept apart from `data` because
-  // they are read without the lock, and `data` is handed to the processor once the span ended.
-  int64_t start_unix = 0;
-  int64_t start_mono = 0;
-  size_t attributes_used = 0;
-  size_t events_used = 0;
-  size_t compact_used = 0;  // of data.compact_events, as events_used
+  int64_t start_mono = 0;  // record.start_unix_nanos on the clock's monotonic scale
   bool ended = false;
+  bool spilled = false;  // `spill` holds the log's first operations
+  internal::SpanRecord record;
+  SpanData spill;
+  internal::SpanBuilder builder;  // writes `spill`
 
   // This thread's ended states, reused by its next spans: a span then costs no allocation at
   // all. Bounded, and freed when the thread exits; null once that has happened (a span ended by
@@ -304,81 +232,44 @@ struct Span::State {
       free->pop_back();
     }
     state->tracer = tracer;
-    state->attributes_used = state->events_used = state->compact_used = 0;
     state->ended = false;
+    state->spilled = false;
+    state->record.size = 0;
     return state;
   }
 
   int64_t UnixNow() const { return UnixAt(tracer->options_.clock->MonotonicNanos()); }
   int64_t UnixAt(int64_t mono_nanos) const {
-    return start_unix + (std::max(mono_nanos, start_mono) - start_mono);
+    return record.start_unix_nanos + (std::max(mono_nanos, start_mono) - start_mono);
   }
 
-  // Adds or overwrites `key` within the limit; counts what does not fit. Called locked.
-  void SetAttribute(size_t limit, std::string_view key, AttributeValue&& value) {
-    Attributes& attributes = data.attributes;
-    for (size_t i = 0; i < attributes_used; ++i) {
-      if (attributes[i].key == key) {
-        attributes[i].value = std::move(value);
+  // Appends one operation, which `put(sink)` writes (span_record.h). Called locked, or before the
+  // span is handed out.
+  template <typename Put>
+  void Append(const Put& put) {
+    const size_t size = put(internal::LogSize()).size();
+    if (record.size + size > internal::SpanRecord::kLogCapacity) {
+      Spill();
+      if (size > internal::SpanRecord::kLogCapacity) {  // larger than a whole log
+        std::vector<std::byte> bytes(size);
+        put(internal::LogWriter(bytes.data()));
+        builder.Apply(bytes.data(), bytes.size());
         return;
       }
     }
-    if (attributes_used >= limit) {
-      ++data.dropped_attributes_count;
-      return;
-    }
-    if (attributes_used == attributes.size()) attributes.emplace_back();
-    Attribute& a = attributes[attributes_used++];
-    Overwrite(a.key, key);
-    a.value = std::move(value);
+    put(internal::LogWriter(record.log + record.size));
+    record.size += static_cast<uint32_t>(size);
   }
 
-  // Called locked. `Attr` is Attribute (moved from) or AttributeView (copied).
-  template <typename Attr>
-  void AddEvent(std::string_view name, int64_t time, Attr* attributes, size_t count) {
-    const SpanLimits& limits = tracer->options_.limits;
-    if (events_used + compact_used >= limits.max_events) {
-      ++data.dropped_events_count;
-      return;
+  // Applies the log to `spill` and empties it.
+  void Spill() {
+    if (!spilled) {
+      internal::TakeSpanData(spill);
+      builder.Reset(spill, record);
+      spilled = true;
     }
-    if (events_used == data.events.size()) data.events.emplace_back();
-    SpanEvent& event = data.events[events_used++];
-    Overwrite(event.name, name);
-    event.time_unix_nanos = time;
-    const size_t kept = std::min(count, limits.max_attributes_per_event);
-    event.dropped_attributes_count = static_cast<uint32_t>(count - kept);
-    for (size_t i = 0; i < kept; ++i) {
-      if (i == event.attributes.size()) event.attributes.emplace_back();
-      Attribute& a = event.attributes[i];
-      Overwrite(a.key, attributes[i].key);
-      if constexpr (std::is_same_v<Attr, Attribute>) {
-        AssignValue(a.value, std::move(attributes[i].value));
-      } else {
-        AssignValue(a.value, attributes[i].value);
-      }
-    }
-    event.attributes.resize(kept);
-  }
-
-  // Called locked; at most CompactEvent::kMaxAttributes attributes.
-  void AddCompactEvent(Literal name, int64_t time,
-                       std::initializer_list<LiteralAttribute> attributes) {
-    if (events_used + compact_used >= tracer->options_.limits.max_events) {
-      ++data.dropped_events_count;
-      return;
-    }
-    std::vector<CompactEvent>& compact = data.compact_events;
-    if (compact_used == compact.size()) compact.emplace_back();
-    CompactEvent& event = compact[compact_used++];
-    event.name = name;
-    event.time_unix_nanos = time;
-    event.position = static_cast<uint32_t>(events_used);
-    event.attribute_count = static_cast<uint32_t>(attributes.size());
-    size_t i = 0;
-    for (const LiteralAttribute& a : attributes) {
-      event.keys[i] = a.key;
-      AssignValue(event.values[i++], a.value);
-    }
+    builder.Apply(record.log, record.size);
+    record.size = 0;
   }
 };
 
@@ -408,10 +299,17 @@ Span& Span::operator=(Span&& other) noexcept {
 
 void Span::SetAttribute(std::string_view key, AttributeValue value) {
   if (!state_) return;
-  const size_t limit = state_->tracer->options_.limits.max_attributes;
   std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended) return;
-  state_->SetAttribute(limit, key, std::move(value));
+  state_->Append([&](auto sink) { return internal::PutAttribute(sink, key, value); });
+}
+
+void Span::SetAttributes(std::initializer_list<AttributeView> attributes) {
+  if (!state_) return;
+  std::lock_guard<internal::SpinLock> lock(state_->mu);
+  if (state_->ended) return;
+  for (const AttributeView& a : attributes)
+    state_->Append([&](auto sink) { return internal::PutAttribute(sink, a.key, a.value); });
 }
 
 void Span::AddEvent(std::string_view name, Attributes attributes) {
@@ -419,7 +317,9 @@ void Span::AddEvent(std::string_view name, Attributes attributes) {
   const int64_t time = state_->UnixNow();
   std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended) return;
-  state_->AddEvent(name, time, attributes.data(), attributes.size());
+  state_->Append([&](auto sink) {
+    return internal::PutEvent(sink, time, name, attributes.data(), attributes.size());
+  });
 }
 
 void Span::AddEvent(std::string_view name, std::initializer_list<AttributeView> attributes) {
@@ -432,21 +332,20 @@ void Span::AddEventAt(int64_t mono_nanos, std::string_view name,
   const int64_t time = state_->UnixAt(mono_nanos);
   std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended) return;
-  state_->AddEvent(name, time, attributes.begin(), attributes.size());
+  state_->Append([&](auto sink) {
+    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
+  });
 }
 
 void Span::AddLiteralEventAt(int64_t mono_nanos, Literal name,
                              std::initializer_list<LiteralAttribute> attributes) {
   if (!state_) return;
   const int64_t time = state_->UnixAt(mono_nanos);
-  const size_t per_event = state_->tracer->options_.limits.max_attributes_per_event;
   std::lock_guard<internal::SpinLock> lock(state_->mu);
   if (state_->ended) return;
-  if (attributes.size() <= std::min(CompactEvent::kMaxAttributes, per_event)) {
-    state_->AddCompactEvent(name, time, attributes);
-  } else {
-    state_->AddEvent(name, time, attributes.begin(), attributes.size());
-  }
+  state_->Append([&](auto sink) {
+    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
+  });
 }
 
 int64_t Span::start_mono_nanos() const { return state_ ? state_->start_mono : 0; }
@@ -454,41 +353,44 @@ int64_t Span::start_mono_nanos() const { return state_ ? state_->start_mono : 0;
 void Span::SetStatus(StatusCode code, std::string_view message) {
   if (!state_ || code == StatusCode::kUnset) return;
   std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended || state_->data.status == StatusCode::kOk) return;
-  state_->data.status = code;
-  if (code == StatusCode::kError)
-    Overwrite(state_->data.status_message, message);
-  else
-    state_->data.status_message.clear();
+  if (state_->ended) return;
+  state_->Append([&](auto sink) { return internal::PutStatus(sink, code, message); });
 }
 
 void Span::EndRecording(int64_t mono_nanos) {
-  const Tracer* tracer = state_->tracer;
-  const int64_t now = mono_nanos == kReadClock ? state_->UnixNow() : state_->UnixAt(mono_nanos);
+  State& state = *state_;
+  const int64_t now = mono_nanos == kReadClock ? state.UnixNow() : state.UnixAt(mono_nanos);
   {
-    std::lock_guard<internal::SpinLock> lock(state_->mu);
-    if (state_->ended) return;
-    state_->ended = true;
+    std::lock_guard<internal::SpinLock> lock(state.mu);
+    if (state.ended) return;
+    state.ended = true;
   }
-  // Ended: every other method now leaves `data` alone, so it is handed on without the lock (and
-  // without a copy of it).
-  SpanData& data = state_->data;
-  data.end_unix_nanos = now;
-  data.attributes.resize(state_->attributes_used);  // trim what a recycled span left behind
-  // The compact events' places are kept, stale: expanding into them reuses their buffers, where
-  // trimming would free them here and have the export thread allocate them again for every span.
-  data.events.resize(state_->events_used + state_->compact_used);
-  data.compact_events.resize(state_->compact_used);
+  // Ended: every other method now leaves the state alone, so it is handed on without the lock.
+  state.record.end_unix_nanos = now;
+  SpanProcessor* processor = state.tracer->options_.processor.get();
   // End runs in destructors and noexcept moves: a throwing processor must not terminate.
   try {
-    if (tracer->options_.processor) {
-      if (tracer->expand_on_end_) ExpandCompactEvents(data);
-      tracer->options_.processor->OnEnd(std::move(data));
+    if (!state.spilled) {
+      if (processor != nullptr) processor->OnEndRecord(state.record);
+      return;
+    }
+    state.Spill();
+    state.builder.Finish(state.record);
+    state.spilled = false;
+    if (processor != nullptr) {
+      processor->OnEnd(std::move(state.spill));
     } else {
-      internal::RecycleSpanData(std::move(data));
+      internal::RecycleSpanData(std::move(state.spill));
     }
   } catch (...) {
   }
+}
+
+void SpanProcessor::OnEndRecord(const internal::SpanRecord& record) {
+  SpanData span;
+  internal::TakeSpanData(span);
+  internal::ReplaySpanRecord(record, span);
+  OnEnd(std::move(span));
 }
 
 // ---- tracer -------------------------------------------------------------------------------------
@@ -496,10 +398,7 @@ void Span::EndRecording(int64_t mono_nanos) {
 Tracer::Tracer(TracerOptions options)
     : options_(std::move(options)), sampler_(options_.sample_rate, options_.parent_based) {
   if (options_.clock == nullptr) options_.clock = &FastClock::Get();
-  if (options_.processor) {
-    options_.processor->SetResource(options_.resource);
-    expand_on_end_ = !options_.processor->ExpandsCompactEvents();
-  }
+  if (options_.processor) options_.processor->SetResource(options_.resource);
 }
 
 Tracer::~Tracer() { Shutdown(); }
@@ -516,26 +415,21 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   if (!context.sampled) return span;
 
   auto state = Span::State::New(this);
-  internal::TakeSpanData(state->data);
-  SpanData& data = state->data;
-  Overwrite(data.name, name);
-  data.trace_id = context.trace_id;
-  data.span_id = context.span_id;
-  data.parent_span_id = parent != nullptr ? parent->span_id : SpanId{};
-  data.kind = kind;
-  data.start_unix_nanos = state->start_unix = options_.clock->UnixNanos();
+  internal::SpanRecord& record = state->record;
+  record.trace_id = context.trace_id;
+  record.span_id = context.span_id;
+  record.parent_span_id = parent != nullptr ? parent->span_id : SpanId{};
+  record.kind = kind;
+  const SpanLimits& limits = options_.limits;
+  record.max_attributes = static_cast<uint32_t>(std::min<size_t>(limits.max_attributes, UINT32_MAX));
+  record.max_events = static_cast<uint32_t>(std::min<size_t>(limits.max_events, UINT32_MAX));
+  record.max_attributes_per_event =
+      static_cast<uint32_t>(std::min<size_t>(limits.max_attributes_per_event, UINT32_MAX));
+  record.start_unix_nanos = options_.clock->UnixNanos();
   state->start_mono = options_.clock->MonotonicNanos();
-  data.end_unix_nanos = 0;
-  data.status = StatusCode::kUnset;
-  data.status_message.clear();
-  data.dropped_attributes_count = 0;
-  data.dropped_events_count = 0;
-  // A worker call's span carries a handful of attributes and about six events: one allocation
-  // each instead of a growth series (a recycled span has them already).
-  data.attributes.reserve(std::min<size_t>(8, options_.limits.max_attributes));
-  data.events.reserve(std::min<size_t>(8, options_.limits.max_events));
-  for (Attribute& a : attributes)
-    state->SetAttribute(options_.limits.max_attributes, a.key, std::move(a.value));
+  state->Append([&](auto sink) { return internal::PutName(sink, name); });
+  for (const Attribute& a : attributes)
+    state->Append([&](auto sink) { return internal::PutAttribute(sink, a.key, a.value); });
   span.state_ = std::move(state);
   return span;
 }

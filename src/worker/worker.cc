@@ -116,8 +116,7 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
       span_ = tracer.StartSpan(std::string(span_prefix) += lane_, parent);
     }
     if (span_.recording()) {
-      span_.SetAttribute("taskId", std::string(task_id_));
-      span_.SetAttribute("lane", std::string(lane_));
+      span_.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
       for (const auto& [key, value] : options.metadata) span_.SetAttribute(key, value);
     }
   }

@@ -425,8 +425,9 @@ std::vector<std::string> Names(const SpanData& span) {
   return names;
 }
 
-// Literal events are kept compactly until the span ends; the span the processor gets has them
-// among the ordinary events, in the order everything was recorded, with their times and values.
+// Literal events keep their names and keys as addresses until the span is replayed; the span the
+// processor gets has them among the ordinary events, in the order everything was recorded, with
+// their times and values.
 TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
   TracerFixture f;
   f.clock.AdvanceMs(10);
@@ -437,7 +438,6 @@ TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
   span.AddLiteralEventAt(t0 + 3, "third");
   span.AddLiteralEventAt(t0 + 4, "fourth", {{"ok", true}});
   span.AddEvent("fifth", {{"k", 2.5}});
-  // Past CompactEvent::kMaxAttributes: recorded as an ordinary event, in the same place.
   span.AddLiteralEventAt(t0 + 6, "sixth",
                          {{"a", int64_t{1}}, {"b", int64_t{2}}, {"c", int64_t{3}}});
   span.AddLiteralEventAt(t0 + 7, "seventh", {{"d", 1.5}});
@@ -447,7 +447,6 @@ TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
   auto spans = f.processor->spans();
   ASSERT_EQ(spans.size(), 1u);
   const SpanData& d = spans[0];
-  EXPECT_TRUE(d.compact_events.empty());
   EXPECT_THAT(Names(d), ::testing::ElementsAre("first", "second", "third", "fourth", "fifth",
                                                "sixth", "seventh"));
   const int64_t start = kStart + 10'000'000;
@@ -495,40 +494,6 @@ TEST(SpanTest, LiteralEventsKeepThePerEventAttributeLimit) {
   ASSERT_EQ(spans[0].events.size(), 1u);
   EXPECT_EQ(spans[0].events[0].attributes.size(), 1u);
   EXPECT_EQ(spans[0].events[0].dropped_attributes_count, 1u);
-}
-
-TEST(ExpandCompactEventsTest, MergesByPositionAndEmptiesTheCompactList) {
-  SpanData d;
-  d.events.resize(6);  // two ordinary events and a placeholder for each compact one
-  d.events[0].name = "x";
-  d.events[1].name = "y";
-  d.events[5].name = "stale";
-  d.events[5].attributes.resize(3);
-  d.compact_events.resize(4);
-  d.compact_events[0].name = "before-x";
-  d.compact_events[1].name = "also-before-x";
-  d.compact_events[2].name = "between";
-  d.compact_events[2].position = 1;
-  d.compact_events[3].name = "last";
-  d.compact_events[3].position = 2;
-  d.compact_events[3].attribute_count = 1;
-  d.compact_events[3].keys[0] = "k";
-  d.compact_events[3].values[0] = int64_t{7};
-  ExpandCompactEvents(d);
-  EXPECT_THAT(Names(d),
-              ::testing::ElementsAre("before-x", "also-before-x", "x", "between", "y", "last"));
-  ASSERT_EQ(d.events[5].attributes.size(), 1u);
-  EXPECT_EQ(d.events[5].attributes[0].key, "k");
-  EXPECT_EQ(std::get<int64_t>(d.events[5].attributes[0].value), 7);
-  EXPECT_TRUE(d.compact_events.empty());
-  ExpandCompactEvents(d);  // nothing left to do
-  EXPECT_EQ(d.events.size(), 6u);
-
-  SpanData made_by_hand;  // no placeholders
-  made_by_hand.compact_events.resize(1);
-  made_by_hand.compact_events[0].name = "only";
-  ExpandCompactEvents(made_by_hand);
-  EXPECT_THAT(Names(made_by_hand), ::testing::ElementsAre("only"));
 }
 
 TEST(SpanTest, StatusFollowsOpenTelemetryRules) {
