@@ -874,6 +874,99 @@ TEST(SpanTest, ASpanEndedAfterItsThreadsCachesAreGoneIsStillExported) {
   ASSERT_EQ(spans[1].events.size(), 1u);
 }
 
+// Everything about a span an exporter sees but its ids, as text, to compare spans made by
+// different paths.
+std::string Describe(const SpanData& d) {
+  auto value = [](const AttributeValue& v) {
+    if (const auto* s = std::get_if<std::string>(&v)) return "'" + *s + "'";
+    if (const auto* i = std::get_if<int64_t>(&v)) return std::to_string(*i);
+    if (const auto* x = std::get_if<double>(&v)) return std::to_string(*x);
+    return std::string(std::get<bool>(v) ? "true" : "false");
+  };
+  std::string out = d.name + " kind=" + std::to_string(static_cast<int>(d.kind)) + " start=" +
+                    std::to_string(d.start_unix_nanos) + " end=" + std::to_string(d.end_unix_nanos);
+  for (const Attribute& a : d.attributes) out += " " + a.key + "=" + value(a.value);
+  for (const SpanEvent& e : d.events) {
+    out += " [" + e.name + "@" + std::to_string(e.time_unix_nanos);
+    for (const Attribute& a : e.attributes) out += " " + a.key + "=" + value(a.value);
+    out += " dropped=" + std::to_string(e.dropped_attributes_count) + "]";
+  }
+  return out + " status=" + std::to_string(static_cast<int>(d.status)) + ":" + d.status_message +
+         " dropped=" + std::to_string(d.dropped_attributes_count) + "/" +
+         std::to_string(d.dropped_events_count);
+}
+
+// One sequence of operations with a `pad`-byte attribute first, so that the span's log fills up
+// and goes over to SpanData at a different operation for each pad (from never to at once).
+void RecordScenario(Tracer& tracer, ManualClock& clock, size_t pad) {
+  const SpanContext parent{NewTraceId(), NewSpanId(), true};
+  Span span = tracer.StartSpan("scenario", &parent, SpanKind::kServer,
+                               {{"pad", std::string(pad, 'p')}, {"start", int64_t{1}}});
+  span.SetAttribute("a", int64_t{1});
+  span.SetAttributes({{"b", "two"}, {"c", 3.5}, {"a", true}});  // "a" is overwritten
+  clock.AdvanceMs(1);
+  span.AddLiteralEventAt(clock.MonotonicNanos(), "literal", {{"n", int64_t{1}}, {"s", "text"}});
+  span.AddEvent("three-attributes", {{"k1", int64_t{1}}, {"k2", int64_t{2}}, {"k3", int64_t{3}}});
+  for (int i = 0; i < 5; ++i) {
+    clock.AdvanceMs(1);
+    span.AddEvent("numbered-event-" + std::to_string(i), {{"i", int64_t{i}}, {"text", "value"}});
+  }
+  span.SetAttribute("over-the-limit", "dropped");
+  span.SetAttribute("b", "overwritten at the limit");
+  span.SetStatus(StatusCode::kError, "first error");
+  span.SetStatus(StatusCode::kOk);
+  span.SetStatus(StatusCode::kError, "ignored: ok is final");
+  clock.AdvanceMs(1);
+  span.End();
+}
+
+// Replayed on the calling thread (a processor that takes SpanData), on the batch processor's
+// export thread, and after the log filled up at any point: the same span, with OpenTelemetry's
+// rules applied in the order the operations happened.
+TEST(SpanTest, EveryPathMakesTheSameSpan) {
+  const SpanLimits limits{.max_attributes = 5, .max_events = 5, .max_attributes_per_event = 2};
+  const std::vector<size_t> pads = {0, 40, 150, 250, 330, 400, 430, 439, 440, 1000, 5000};
+  std::vector<std::string> expected;
+  for (const bool batch : {false, true}) {
+    auto exporter = std::make_unique<InMemorySpanExporter>();
+    InMemorySpanExporter* exported = exporter.get();
+    auto recording = std::make_shared<RecordingProcessor>();
+    ManualClock clock;
+    TracerOptions o;
+    o.limits = limits;
+    o.clock = &clock;
+    if (batch) {
+      o.processor = std::make_shared<BatchSpanProcessor>(std::move(exporter));
+    } else {
+      o.processor = recording;
+    }
+    Tracer tracer(std::move(o));
+    for (size_t pad : pads) RecordScenario(tracer, clock, pad);
+    ASSERT_TRUE(tracer.ForceFlush());
+    const std::vector<SpanData> spans = batch ? exported->spans() : recording->spans();
+    ASSERT_EQ(spans.size(), pads.size());
+    for (size_t i = 0; i < pads.size(); ++i) {
+      SpanData span = spans[i];
+      ASSERT_FALSE(span.attributes.empty());
+      EXPECT_EQ(std::get<std::string>(span.attributes[0].value), std::string(pads[i], 'p'));
+      span.attributes[0].value = std::string("pad");
+      // Every span started at the clock's time then: make them comparable.
+      const int64_t start = span.start_unix_nanos;
+      span.start_unix_nanos -= start;
+      span.end_unix_nanos -= start;
+      for (SpanEvent& e : span.events) e.time_unix_nanos -= start;
+      if (expected.empty()) expected.push_back(Describe(span));
+      EXPECT_EQ(Describe(span), expected[0]) << "batch " << batch << ", pad " << pads[i];
+    }
+  }
+  EXPECT_EQ(expected[0],
+            "scenario kind=2 start=0 end=7000000 pad='pad' start=1 a=true b='overwritten at the "
+            "limit' c=3.500000 [literal@1000000 n=1 s='text' dropped=0] [three-attributes@1000000 "
+            "k1=1 k2=2 dropped=1] [numbered-event-0@2000000 i=0 text='value' dropped=0] "
+            "[numbered-event-1@3000000 i=1 text='value' dropped=0] [numbered-event-2@4000000 i=2 "
+            "text='value' dropped=0] status=1: dropped=1/2");
+}
+
 TEST(SpanTest, BorrowedEventAttributesKeepEveryType) {
   TracerFixture f;
   Span span = f.tracer->StartSpan("s");
