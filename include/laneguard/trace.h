@@ -329,6 +329,7 @@ struct TracerOptions {
 };
 
 class Tracer;
+class SpanEditor;
 
 // A span being recorded, or a non-recording one (not sampled: it still has a context to hand on),
 // or an empty one (tracing disabled). Move-only; ends itself when destroyed.
@@ -379,8 +380,12 @@ class Span {
   void AddLiteralEventAt(int64_t mono_nanos, Literal name,
                          std::initializer_list<LiteralAttribute> attributes = {});
 
+  // Several changes under one lock (see SpanEditor): span.Edit().SetAttributes(...).AddEvent...
+  SpanEditor Edit();
+
  private:
   friend class Tracer;
+  friend class SpanEditor;
   static constexpr int64_t kReadClock = INT64_MIN;
   void EndRecording(int64_t mono_nanos);
   struct State;
@@ -390,6 +395,34 @@ class Span {
   };
   SpanContext context_;
   std::unique_ptr<State, StateDeleter> state_;
+};
+
+// Changes to one span under one acquisition of its lock. Each Span method takes the lock; a caller
+// that records several things at one moment (the worker-call wrapper: attributes and two events
+// when a call starts; two events, the status and the end when it ends) takes it once. The methods
+// are Span's, with its rules; on a span that does not record, or has ended, they do nothing.
+// The lock is held until the editor is destroyed: keep it short-lived, and do not call the same
+// span's own methods meanwhile (they would wait for it). EndAt releases the lock and hands the
+// span to the processor; the editor does nothing after it.
+class SpanEditor {
+ public:
+  SpanEditor(const SpanEditor&) = delete;
+  SpanEditor& operator=(const SpanEditor&) = delete;
+  ~SpanEditor();
+
+  SpanEditor& SetAttribute(std::string_view key, const AttributeValue& value);
+  SpanEditor& SetAttributes(std::initializer_list<AttributeView> attributes);
+  SpanEditor& AddEventAt(int64_t mono_nanos, std::string_view name,
+                         std::initializer_list<AttributeView> attributes = {});
+  SpanEditor& AddLiteralEventAt(int64_t mono_nanos, Literal name,
+                                std::initializer_list<LiteralAttribute> attributes = {});
+  SpanEditor& SetStatus(StatusCode code, std::string_view message = {});
+  void EndAt(int64_t mono_nanos);
+
+ private:
+  friend class Span;
+  explicit SpanEditor(Span::State* state);  // null: nothing to edit
+  Span::State* state_;                      // null when not recording or ended
 };
 
 // Spans point at their tracer: a Tracer must outlive every Span it started, so it is neither
@@ -412,6 +445,7 @@ class Tracer {
 
  private:
   friend class Span;
+  friend class SpanEditor;
   TracerOptions options_;
   Sampler sampler_;
 };

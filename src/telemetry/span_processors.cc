@@ -94,7 +94,8 @@ struct BatchSpanProcessor::Impl {
   internal::BatchWorker<QueuedSpan> worker;  // last: its thread uses the members above
 
   Impl(std::unique_ptr<SpanExporter> e, const BatchSpanProcessorOptions& o)
-      : exporter(std::move(e)), worker([this](std::vector<QueuedSpan>& b) { return Export(b); }, o) {}
+      : exporter(std::move(e)),
+        worker([this](std::vector<QueuedSpan>& b) { return Export(b); }, o) {}
 
   ExportResult Export(std::vector<QueuedSpan>& batch) {
     const size_t n = batch.size();

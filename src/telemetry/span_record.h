@@ -70,6 +70,7 @@ inline void CopySpanRecord(const SpanRecord& from, SpanRecord& to) {
 class LogSize {
  public:
   LogSize Put(const void*, size_t n) const { return LogSize(size_ + n); }
+  LogSize PutText(const char*, size_t n) const { return LogSize(size_ + n); }
   size_t size() const { return size_; }
   LogSize() = default;
 
@@ -85,8 +86,33 @@ class LogWriter {
     std::memcpy(at_, bytes, n);
     return LogWriter(at_ + n);
   }
+  // Most texts (names, keys, ids) are short: copied inline as two overlapping words each way,
+  // where a call to memcpy and its dispatch on the size cost more than the copy.
+  LogWriter PutText(const char* text, size_t n) const {
+    if (n >= 8 && n <= 32) {
+      CopyOverlapping<8>(text, n > 16 ? 16 : n);
+      if (n > 16) CopyOverlapping<8>(text + n - 16, 16, n - 16);
+    } else if (n >= 4 && n < 8) {
+      CopyOverlapping<4>(text, n);
+    } else if (n < 4) {
+      for (size_t i = 0; i < n; ++i) at_[i] = static_cast<std::byte>(text[i]);
+    } else {
+      std::memcpy(at_, text, n);
+    }
+    return LogWriter(at_ + n);
+  }
 
  private:
+  // Copies n bytes (W <= n <= 2W) from `from` to at_ + offset as two words of W bytes.
+  template <size_t W>
+  void CopyOverlapping(const char* from, size_t n, size_t offset = 0) const {
+    unsigned char head[W];
+    unsigned char tail[W];
+    std::memcpy(head, from, W);
+    std::memcpy(tail, from + n - W, W);
+    std::memcpy(at_ + offset, head, W);
+    std::memcpy(at_ + offset + n - W, tail, W);
+  }
   std::byte* at_;
 };
 
@@ -101,7 +127,7 @@ Sink PutPod(Sink sink, const T& value) {
 template <typename Sink>
 Sink PutText(Sink sink, std::string_view text) {
   sink = PutPod(sink, static_cast<uint32_t>(text.size() << 1));
-  return sink.Put(text.data(), text.size());
+  return sink.PutText(text.data(), text.size());
 }
 
 template <typename Sink>
@@ -140,8 +166,7 @@ Sink PutAttribute(Sink sink, std::string_view key, const Value& value) {
 
 // `Attr` is Attribute, AttributeView or LiteralAttribute (whose keys are written as literals).
 template <typename Sink, typename Text, typename Attr>
-Sink PutEvent(Sink sink, int64_t time_unix_nanos, Text name, const Attr* attributes,
-              size_t count) {
+Sink PutEvent(Sink sink, int64_t time_unix_nanos, Text name, const Attr* attributes, size_t count) {
   sink = PutPod(sink, LogOp::kEvent);
   sink = PutPod(sink, time_unix_nanos);
   sink = PutText(sink, name);

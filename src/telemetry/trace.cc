@@ -1,6 +1,7 @@
 #include "laneguard/trace.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -120,20 +121,27 @@ std::string TraceId::Hex() const { return ToHex(bytes); }
 bool SpanId::valid() const { return !AllZero(bytes); }
 std::string SpanId::Hex() const { return ToHex(bytes); }
 
+// Zero is checked on the words, not byte by byte on the id.
 TraceId NewTraceId() {
+  Xoshiro256StarStar& rng = Rng();
+  uint64_t high = 0;
+  uint64_t low = 0;
+  while ((high | low) == 0) {
+    high = rng.Next();
+    low = rng.Next();
+  }
   TraceId id;
-  do {
-    PutBigEndian(Rng().Next(), id.bytes.data());
-    PutBigEndian(Rng().Next(), id.bytes.data() + 8);
-  } while (!id.valid());
+  PutBigEndian(high, id.bytes.data());
+  PutBigEndian(low, id.bytes.data() + 8);
   return id;
 }
 
 SpanId NewSpanId() {
+  Xoshiro256StarStar& rng = Rng();
+  uint64_t word = 0;
+  while (word == 0) word = rng.Next();
   SpanId id;
-  do {
-    PutBigEndian(Rng().Next(), id.bytes.data());
-  } while (!id.valid());
+  PutBigEndian(word, id.bytes.data());
   return id;
 }
 
@@ -183,8 +191,9 @@ Sampler::Sampler(double rate, bool parent_based) : parent_based_(parent_based) {
 
 bool Sampler::ShouldSample(const TraceId& trace_id, const SpanContext* parent) const {
   if (parent_based_ && parent != nullptr && parent->valid()) return parent->sampled;
-  uint64_t x = 0;
-  for (size_t i = 8; i < 16; ++i) x = (x << 8) | trace_id.bytes[i];
+  uint64_t x = 0;  // the last 8 bytes, big-endian
+  std::memcpy(&x, trace_id.bytes.data() + 8, sizeof x);
+  if constexpr (std::endian::native == std::endian::little) x = __builtin_bswap64(x);
   return (x >> 1) < bound_;
 }
 
@@ -198,7 +207,9 @@ struct Span::State {
   // nanoseconds: a std::mutex would cost more than the work it guards.
   internal::SpinLock mu;
   int64_t start_mono = 0;  // record.start_unix_nanos on the clock's monotonic scale
-  bool ended = false;
+  // Written under `mu`; read without it too, so that ending an ended span (every span's
+  // destructor does) costs a load.
+  std::atomic<bool> ended{false};
   bool spilled = false;  // `spill` holds the log's first operations
   internal::SpanRecord record;
   SpanData spill;
@@ -232,7 +243,7 @@ struct Span::State {
       free->pop_back();
     }
     state->tracer = tracer;
-    state->ended = false;
+    state->ended.store(false, std::memory_order_relaxed);
     state->spilled = false;
     state->record.size = 0;
     return state;
@@ -298,26 +309,19 @@ Span& Span::operator=(Span&& other) noexcept {
 }
 
 void Span::SetAttribute(std::string_view key, AttributeValue value) {
-  if (!state_) return;
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  state_->Append([&](auto sink) { return internal::PutAttribute(sink, key, value); });
+  if (state_) Edit().SetAttribute(key, value);
 }
 
 void Span::SetAttributes(std::initializer_list<AttributeView> attributes) {
-  if (!state_) return;
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  for (const AttributeView& a : attributes)
-    state_->Append([&](auto sink) { return internal::PutAttribute(sink, a.key, a.value); });
+  if (state_) Edit().SetAttributes(attributes);
 }
 
 void Span::AddEvent(std::string_view name, Attributes attributes) {
   if (!state_) return;
   const int64_t time = state_->UnixNow();
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  state_->Append([&](auto sink) {
+  SpanEditor editor(state_.get());
+  if (editor.state_ == nullptr) return;
+  editor.state_->Append([&](auto sink) {
     return internal::PutEvent(sink, time, name, attributes.data(), attributes.size());
   });
 }
@@ -328,45 +332,91 @@ void Span::AddEvent(std::string_view name, std::initializer_list<AttributeView> 
 
 void Span::AddEventAt(int64_t mono_nanos, std::string_view name,
                       std::initializer_list<AttributeView> attributes) {
-  if (!state_) return;
-  const int64_t time = state_->UnixAt(mono_nanos);
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  state_->Append([&](auto sink) {
-    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
-  });
+  if (state_) Edit().AddEventAt(mono_nanos, name, attributes);
 }
 
 void Span::AddLiteralEventAt(int64_t mono_nanos, Literal name,
                              std::initializer_list<LiteralAttribute> attributes) {
-  if (!state_) return;
-  const int64_t time = state_->UnixAt(mono_nanos);
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  state_->Append([&](auto sink) {
-    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
-  });
+  if (state_) Edit().AddLiteralEventAt(mono_nanos, name, attributes);
 }
 
 int64_t Span::start_mono_nanos() const { return state_ ? state_->start_mono : 0; }
 
 void Span::SetStatus(StatusCode code, std::string_view message) {
-  if (!state_ || code == StatusCode::kUnset) return;
-  std::lock_guard<internal::SpinLock> lock(state_->mu);
-  if (state_->ended) return;
-  state_->Append([&](auto sink) { return internal::PutStatus(sink, code, message); });
+  if (state_) Edit().SetStatus(code, message);
 }
 
-void Span::EndRecording(int64_t mono_nanos) {
-  State& state = *state_;
-  const int64_t now = mono_nanos == kReadClock ? state.UnixNow() : state.UnixAt(mono_nanos);
-  {
-    std::lock_guard<internal::SpinLock> lock(state.mu);
-    if (state.ended) return;
-    state.ended = true;
+// The clock is read only once the span is known not to have ended.
+void Span::EndRecording(int64_t mono_nanos) { Edit().EndAt(mono_nanos); }
+
+SpanEditor Span::Edit() { return SpanEditor(state_.get()); }
+
+// ---- editor -------------------------------------------------------------------------------------
+
+SpanEditor::SpanEditor(Span::State* state) : state_(state) {
+  if (state_ == nullptr) return;
+  if (state_->ended.load(std::memory_order_relaxed)) {  // checked again under the lock
+    state_ = nullptr;
+    return;
   }
+  state_->mu.lock();
+  if (state_->ended.load(std::memory_order_relaxed)) {
+    state_->mu.unlock();
+    state_ = nullptr;
+  }
+}
+
+SpanEditor::~SpanEditor() {
+  if (state_ != nullptr) state_->mu.unlock();
+}
+
+SpanEditor& SpanEditor::SetAttribute(std::string_view key, const AttributeValue& value) {
+  if (state_ != nullptr)
+    state_->Append([&](auto sink) { return internal::PutAttribute(sink, key, value); });
+  return *this;
+}
+
+SpanEditor& SpanEditor::SetAttributes(std::initializer_list<AttributeView> attributes) {
+  if (state_ == nullptr) return *this;
+  for (const AttributeView& a : attributes)
+    state_->Append([&](auto sink) { return internal::PutAttribute(sink, a.key, a.value); });
+  return *this;
+}
+
+SpanEditor& SpanEditor::AddEventAt(int64_t mono_nanos, std::string_view name,
+                                   std::initializer_list<AttributeView> attributes) {
+  if (state_ == nullptr) return *this;
+  const int64_t time = state_->UnixAt(mono_nanos);
+  state_->Append([&](auto sink) {
+    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
+  });
+  return *this;
+}
+
+SpanEditor& SpanEditor::AddLiteralEventAt(int64_t mono_nanos, Literal name,
+                                          std::initializer_list<LiteralAttribute> attributes) {
+  if (state_ == nullptr) return *this;
+  const int64_t time = state_->UnixAt(mono_nanos);
+  state_->Append([&](auto sink) {
+    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
+  });
+  return *this;
+}
+
+SpanEditor& SpanEditor::SetStatus(StatusCode code, std::string_view message) {
+  if (state_ != nullptr && code != StatusCode::kUnset)
+    state_->Append([&](auto sink) { return internal::PutStatus(sink, code, message); });
+  return *this;
+}
+
+void SpanEditor::EndAt(int64_t mono_nanos) {
+  if (state_ == nullptr) return;
+  Span::State& state = *std::exchange(state_, nullptr);
+  state.record.end_unix_nanos =
+      mono_nanos == Span::kReadClock ? state.UnixNow() : state.UnixAt(mono_nanos);
+  state.ended.store(true, std::memory_order_relaxed);
   // Ended: every other method now leaves the state alone, so it is handed on without the lock.
-  state.record.end_unix_nanos = now;
+  state.mu.unlock();
   SpanProcessor* processor = state.tracer->options_.processor.get();
   // End runs in destructors and noexcept moves: a throwing processor must not terminate.
   try {
@@ -421,7 +471,8 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   record.parent_span_id = parent != nullptr ? parent->span_id : SpanId{};
   record.kind = kind;
   const SpanLimits& limits = options_.limits;
-  record.max_attributes = static_cast<uint32_t>(std::min<size_t>(limits.max_attributes, UINT32_MAX));
+  record.max_attributes =
+      static_cast<uint32_t>(std::min<size_t>(limits.max_attributes, UINT32_MAX));
   record.max_events = static_cast<uint32_t>(std::min<size_t>(limits.max_events, UINT32_MAX));
   record.max_attributes_per_event =
       static_cast<uint32_t>(std::min<size_t>(limits.max_attributes_per_event, UINT32_MAX));

@@ -115,45 +115,52 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
     } else {
       span_ = tracer.StartSpan(std::string(span_prefix) += lane_, parent);
     }
-    if (span_.recording()) {
-      span_.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
-      for (const auto& [key, value] : options.metadata) span_.SetAttribute(key, value);
-    }
   }
-  if (acquired.ok()) {
-    slot_ = std::move(acquired).value();
+  const bool granted = acquired.ok();
+  const bool refused_and_throws = !granted && options.throw_on_resource_limit_exceeded;
+  if (granted) slot_ = std::move(acquired).value();
+  if (span_.recording()) {
+    // All under one lock, before any timeout hook can write to the span. The events are stamped
+    // with the span's start: the moment the slot was handed over, and one clock read fewer.
+    const int64_t start = span_.start_mono_nanos();
+    SpanEditor edit = span_.Edit();
+    edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
+    for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
+    if (granted) {
+      edit.AddLiteralEventAt(start, "acquired_slot",
+                             {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
+                              {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
+    } else {
+      const Rejection& rejection = acquired.error();
+      edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection.reason)}});
+      if (refused_and_throws) {
+        edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
+      } else {
+        edit.SetAttributes({{"laneguard.unguarded", true}});
+      }
+    }
+    if (!refused_and_throws)
+      edit.AddLiteralEventAt(start, "execution_started", {{"taskId", task_id_}});
+  }
+  if (granted) {
     if (span_.recording()) {
-      // Stamped with the span's start: this is the moment the slot was handed over, and one
-      // clock read fewer per event.
-      span_.AddLiteralEventAt(span_.start_mono_nanos(), "acquired_slot",
-                              {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
-                               {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
       slot_.SetTimeoutWarningHook([this] { span_.AddEvent("timeout", {{"phase", "warning"}}); });
       InstallHardHook();
     }
-  } else {
-    const Rejection& rejection = acquired.error();
-    if (span_.recording()) {
-      span_.SetAttribute("laneguard.rejection_reason", std::string(ToString(rejection.reason)));
-    }
-    if (options.throw_on_resource_limit_exceeded) {
-      span_.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
-      throw ResourceLimitExceeded(rejection);
-    }
-    // Graceful degradation, never silent: counted, marked on the span, logged.
-    calls.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
-    span_.SetAttribute("laneguard.unguarded", true);
-    if (JsonLogger* log = calls.logger()) {
-      const std::string message = rejection.message();
-      log->LogWarning("Worker call running unguarded after a refusal",
-                      {{"taskId", task_id_},
-                       {"lane", lane_},
-                       {"reason", ToString(rejection.reason)},
-                       {"detail", message}});
-    }
+    return;
   }
-  if (span_.recording())
-    span_.AddLiteralEventAt(span_.start_mono_nanos(), "execution_started", {{"taskId", task_id_}});
+  const Rejection& rejection = acquired.error();
+  if (refused_and_throws) throw ResourceLimitExceeded(rejection);
+  // Graceful degradation, never silent: counted, marked on the span, logged.
+  calls.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
+  if (JsonLogger* log = calls.logger()) {
+    const std::string message = rejection.message();
+    log->LogWarning("Worker call running unguarded after a refusal",
+                    {{"taskId", task_id_},
+                     {"lane", lane_},
+                     {"reason", ToString(rejection.reason)},
+                     {"detail", message}});
+  }
 }
 
 CallGuard::~CallGuard() {
@@ -219,12 +226,12 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
     const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
     // One reading for the closing events and the end: they happen at one moment.
     const int64_t now = calls_.tracer().clock().MonotonicNanos();
-    if (success) span_.AddLiteralEventAt(now, "execution_succeeded");
-    span_.AddLiteralEventAt(
-        now, "call_completed",
-        {{"status", success ? "success" : "failure"}, {"duration", duration_ms}});
-    span_.SetStatus(success ? StatusCode::kOk : StatusCode::kError, message);
-    span_.EndAt(now);  // a span that does not record has nothing to end
+    SpanEditor edit = span_.Edit();
+    if (success) edit.AddLiteralEventAt(now, "execution_succeeded");
+    edit.AddLiteralEventAt(now, "call_completed",
+                           {{"status", success ? "success" : "failure"}, {"duration", duration_ms}})
+        .SetStatus(success ? StatusCode::kOk : StatusCode::kError, message)
+        .EndAt(now);
   }
 }
 

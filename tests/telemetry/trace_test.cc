@@ -883,8 +883,9 @@ std::string Describe(const SpanData& d) {
     if (const auto* x = std::get_if<double>(&v)) return std::to_string(*x);
     return std::string(std::get<bool>(v) ? "true" : "false");
   };
-  std::string out = d.name + " kind=" + std::to_string(static_cast<int>(d.kind)) + " start=" +
-                    std::to_string(d.start_unix_nanos) + " end=" + std::to_string(d.end_unix_nanos);
+  std::string out = d.name + " kind=" + std::to_string(static_cast<int>(d.kind)) +
+                    " start=" + std::to_string(d.start_unix_nanos) +
+                    " end=" + std::to_string(d.end_unix_nanos);
   for (const Attribute& a : d.attributes) out += " " + a.key + "=" + value(a.value);
   for (const SpanEvent& e : d.events) {
     out += " [" + e.name + "@" + std::to_string(e.time_unix_nanos);
