@@ -19,6 +19,12 @@ class Clock {
   virtual int64_t MonotonicNanos() const = 0;
   // Wall-clock time in nanoseconds since the Unix epoch.
   virtual int64_t UnixNanos() const = 0;
+  // Both, at one moment. The default reads each; FastClock reads its counter once.
+  struct Reading {
+    int64_t mono_nanos = 0;
+    int64_t unix_nanos = 0;
+  };
+  virtual Reading Now() const { return {MonotonicNanos(), UnixNanos()}; }
 };
 
 // steady_clock and system_clock. A process-wide instance: SystemClock::Get().
@@ -41,7 +47,11 @@ class FastClock final : public Clock {
  public:
   static const FastClock& Get();
   int64_t MonotonicNanos() const override;
-  int64_t UnixNanos() const override;  // system_clock
+  // With the TSC: MonotonicNanos() plus an offset from system_clock, read again once it is a
+  // second old, so a wall-clock step shows within a second (src/core/wall_clock_anchor.h).
+  // Otherwise system_clock.
+  int64_t UnixNanos() const override;
+  Reading Now() const override;
   bool uses_tsc() const { return mult_ != 0; }
 
  private:

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/tsc_calibration.h"
+#include "core/wall_clock_anchor.h"
 
 namespace laneguard {
 
@@ -107,7 +108,21 @@ int64_t FastClock::MonotonicNanos() const {
   return mono0_ + static_cast<int64_t>((static_cast<Wide>(ticks) * mult_) >> 32);
 }
 
-int64_t FastClock::UnixNanos() const { return SystemClock::Get().UnixNanos(); }
+namespace {
+internal::WallClockAnchor& Anchor() {
+  static internal::WallClockAnchor anchor;
+  return anchor;
+}
+}  // namespace
+
+int64_t FastClock::UnixNanos() const { return Now().unix_nanos; }
+
+Clock::Reading FastClock::Now() const {
+  const SystemClock& system = SystemClock::Get();
+  if (mult_ == 0) return {system.MonotonicNanos(), system.UnixNanos()};
+  const int64_t mono = MonotonicNanos();
+  return {mono, Anchor().UnixAt(mono, [&system] { return system.UnixNanos(); })};
+}
 
 // By hand rather than gmtime_r + snprintf: every released call's record carries one when anyone
 // observes the manager, and those two calls cost about 5,300 instructions, most of the call.

@@ -476,8 +476,9 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   record.max_events = static_cast<uint32_t>(std::min<size_t>(limits.max_events, UINT32_MAX));
   record.max_attributes_per_event =
       static_cast<uint32_t>(std::min<size_t>(limits.max_attributes_per_event, UINT32_MAX));
-  record.start_unix_nanos = options_.clock->UnixNanos();
-  state->start_mono = options_.clock->MonotonicNanos();
+  const Clock::Reading now = options_.clock->Now();
+  record.start_unix_nanos = now.unix_nanos;
+  state->start_mono = now.mono_nanos;
   state->Append([&](auto sink) { return internal::PutName(sink, name); });
   for (const Attribute& a : attributes)
     state->Append([&](auto sink) { return internal::PutAttribute(sink, a.key, a.value); });

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/tsc_calibration.h"
+#include "core/wall_clock_anchor.h"
 
 namespace laneguard {
 namespace {
@@ -111,6 +112,45 @@ double Offset(const Clock& fast, const Clock& steady) {
 // Not a speed assertion: both clocks measure the same interval, and must agree on its length to
 // 0.05% (the calibration is good to about 1e-5; the TscCalibration tests above check it against
 // the delays that once made it 0.2% slow) and on the time itself.
+TEST(WallClockAnchor, ReadsTheWallClockOnceASecondOfMonotonicTime) {
+  internal::WallClockAnchor anchor;
+  int reads = 0;
+  const int64_t wall0 = 1'700'000'000'000'000'000;
+  int64_t wall = wall0;
+  const auto read_wall = [&] {
+    ++reads;
+    return wall;
+  };
+  EXPECT_EQ(anchor.UnixAt(5'000, read_wall), wall0);  // the first reading anchors
+  EXPECT_EQ(reads, 1);
+  // Within a second: monotonic time plus the offset, and a wall-clock step is not seen yet.
+  wall = wall0 + 3'600'000'000'000;
+  EXPECT_EQ(anchor.UnixAt(5'000 + 999'999'999, read_wall), wall0 + 999'999'999);
+  EXPECT_EQ(reads, 1);
+  // A second on: read again, and the step shows.
+  EXPECT_EQ(anchor.UnixAt(5'000 + 1'000'000'000, read_wall), wall);
+  EXPECT_EQ(reads, 2);
+  EXPECT_EQ(anchor.UnixAt(5'000 + 1'000'000'010, read_wall), wall + 10);
+  EXPECT_EQ(reads, 2);
+}
+
+// Wall-clock readings through the TSC stay within the offset's age of system_clock's.
+TEST(FastClock, UnixNanosAgreesWithTheSystemClock) {
+  const FastClock& fast = FastClock::Get();
+  const SystemClock& system = SystemClock::Get();
+  for (int i = 0; i < 1000; ++i) {
+    const int64_t before = system.UnixNanos();
+    const Clock::Reading now = fast.Now();
+    const int64_t after = system.UnixNanos();
+    // 1e-4 of a second of rate error at most, and the anchor's own read.
+    EXPECT_GE(now.unix_nanos, before - 200'000);
+    EXPECT_LE(now.unix_nanos, after + 200'000);
+    EXPECT_LE(
+        std::abs((now.unix_nanos - now.mono_nanos) - (fast.UnixNanos() - fast.MonotonicNanos())),
+        200'000);
+  }
+}
+
 TEST(FastClock, AgreesWithSteadyClock) {
   const Clock& fast = FastClock::Get();
   const Clock& steady = SystemClock::Get();
