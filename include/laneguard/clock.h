@@ -25,6 +25,11 @@ class Clock {
     int64_t unix_nanos = 0;
   };
   virtual Reading Now() const { return {MonotonicNanos(), UnixNanos()}; }
+  // The wall-clock time at a recent monotonic time (read from this clock). The default reads both
+  // clocks; FastClock and ManualClock know their offset.
+  virtual int64_t UnixAt(int64_t mono_nanos) const {
+    return UnixNanos() - MonotonicNanos() + mono_nanos;
+  }
 };
 
 // steady_clock and system_clock. A process-wide instance: SystemClock::Get().
@@ -52,6 +57,7 @@ class FastClock final : public Clock {
   // Otherwise system_clock.
   int64_t UnixNanos() const override;
   Reading Now() const override;
+  int64_t UnixAt(int64_t mono_nanos) const override;
   bool uses_tsc() const { return mult_ != 0; }
 
  private:
@@ -68,6 +74,7 @@ class ManualClock final : public Clock {
       : unix_offset_(unix_start_nanos) {}
   int64_t MonotonicNanos() const override { return now_.load(std::memory_order_acquire); }
   int64_t UnixNanos() const override { return unix_offset_ + MonotonicNanos(); }
+  int64_t UnixAt(int64_t mono_nanos) const override { return unix_offset_ + mono_nanos; }
   void AdvanceNanos(int64_t d) { now_.fetch_add(d, std::memory_order_acq_rel); }
   void AdvanceMs(int64_t ms) { AdvanceNanos(ms * 1'000'000); }
 

@@ -90,6 +90,7 @@ struct ReleaseOutcome {
   bool released = false;            // false: the slot was not valid (already released, moved from)
   bool past_hard_deadline = false;  // and so recorded as a failure
   double duration_ms = 0;           // as recorded
+  int64_t released_mono_nanos = 0;  // the manager's clock when it was released
 };
 
 // A granted place in a lane. Move-only. Releasing twice is harmless (the second call returns

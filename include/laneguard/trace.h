@@ -437,6 +437,11 @@ class Tracer {
   // `parent` may be null or invalid: a new trace starts. The span is recording only if sampled.
   Span StartSpan(std::string_view name, const SpanContext* parent = nullptr,
                  SpanKind kind = SpanKind::kInternal, Attributes attributes = {});
+  // StartSpan at a time the caller already read from the tracer's clock (Clock::MonotonicNanos):
+  // the worker-call wrapper starts a call's span when the manager granted its slot, when the two
+  // share a clock.
+  Span StartSpanAt(int64_t start_mono_nanos, std::string_view name,
+                   const SpanContext* parent = nullptr, SpanKind kind = SpanKind::kInternal);
   bool enabled() const { return options_.enabled; }
   const Resource& resource() const { return options_.resource; }
   const Clock& clock() const { return *options_.clock; }
@@ -446,6 +451,8 @@ class Tracer {
  private:
   friend class Span;
   friend class SpanEditor;
+  Span Start(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
+             SpanKind kind, const Attributes& attributes);
   TracerOptions options_;
   Sampler sampler_;
 };

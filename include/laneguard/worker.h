@@ -149,6 +149,8 @@ class CallGuard {
   // an optional<double> by value was written in parts and read back whole, a store-forwarding
   // stall on every call.)
   void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release);
+  // The manager's and the tracer's clock are one: their readings can be shared.
+  bool SharedClock() const;
   void InstallHardHook();
   double ElapsedMs() const;
 

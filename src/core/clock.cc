@@ -124,6 +124,11 @@ Clock::Reading FastClock::Now() const {
   return {mono, Anchor().UnixAt(mono, [&system] { return system.UnixNanos(); })};
 }
 
+int64_t FastClock::UnixAt(int64_t mono_nanos) const {
+  if (mult_ == 0) return Clock::UnixAt(mono_nanos);
+  return Anchor().UnixAt(mono_nanos, [] { return SystemClock::Get().UnixNanos(); });
+}
+
 // By hand rather than gmtime_r + snprintf: every released call's record carries one when anyone
 // observes the manager, and those two calls cost about 5,300 instructions, most of the call.
 // int64 nanoseconds span the years 1677 to 2262, so the year always has four digits.

@@ -568,7 +568,7 @@ struct ManagerState {
     CallEntry* c = LockEntry(slot, &shard);
     slot.state_ = nullptr;
     if (c == nullptr) return {};
-    ReleaseOutcome outcome{true, fail_if_late && now >= c->hard_deadline, 0};
+    ReleaseOutcome outcome{true, fail_if_late && now >= c->hard_deadline, 0, now};
     if (outcome.past_hard_deadline) {
       success = false;
       error_type = late_error_type;

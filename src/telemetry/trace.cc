@@ -455,6 +455,16 @@ Tracer::~Tracer() { Shutdown(); }
 
 Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKind kind,
                        Attributes attributes) {
+  return Start(Span::kReadClock, name, parent, kind, attributes);
+}
+
+Span Tracer::StartSpanAt(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
+                         SpanKind kind) {
+  return Start(start_mono_nanos, name, parent, kind, {});
+}
+
+Span Tracer::Start(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
+                   SpanKind kind, const Attributes& attributes) {
   Span span;
   if (!options_.enabled) return span;
   if (parent != nullptr && !parent->valid()) parent = nullptr;
@@ -476,9 +486,14 @@ Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKin
   record.max_events = static_cast<uint32_t>(std::min<size_t>(limits.max_events, UINT32_MAX));
   record.max_attributes_per_event =
       static_cast<uint32_t>(std::min<size_t>(limits.max_attributes_per_event, UINT32_MAX));
-  const Clock::Reading now = options_.clock->Now();
-  record.start_unix_nanos = now.unix_nanos;
-  state->start_mono = now.mono_nanos;
+  if (start_mono_nanos == Span::kReadClock) {
+    const Clock::Reading now = options_.clock->Now();
+    record.start_unix_nanos = now.unix_nanos;
+    state->start_mono = now.mono_nanos;
+  } else {
+    record.start_unix_nanos = options_.clock->UnixAt(start_mono_nanos);
+    state->start_mono = start_mono_nanos;
+  }
   state->Append([&](auto sink) { return internal::PutName(sink, name); });
   for (const Attribute& a : attributes)
     state->Append([&](auto sink) { return internal::PutAttribute(sink, a.key, a.value); });

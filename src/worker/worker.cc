@@ -106,15 +106,21 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
     const SpanContext* parent =
         options.parent && options.parent->valid() ? &*options.parent : nullptr;
     // The name is built on the stack: a sampled-out span never needs it as a string.
-    char name[96];
+    char buffer[96];
+    std::string long_name;
+    std::string_view name;
     const size_t length = span_prefix.size() + lane_.size();
-    if (length <= sizeof name) {
-      std::memcpy(name, span_prefix.data(), span_prefix.size());
-      std::memcpy(name + span_prefix.size(), lane_.data(), lane_.size());
-      span_ = tracer.StartSpan(std::string_view(name, length), parent);
+    if (length <= sizeof buffer) {
+      std::memcpy(buffer, span_prefix.data(), span_prefix.size());
+      std::memcpy(buffer + span_prefix.size(), lane_.data(), lane_.size());
+      name = std::string_view(buffer, length);
     } else {
-      span_ = tracer.StartSpan(std::string(span_prefix) += lane_, parent);
+      long_name = std::string(span_prefix) += lane_;
+      name = long_name;
     }
+    // On one clock, the span starts when the slot was granted (or refused): one read fewer.
+    span_ = SharedClock() ? tracer.StartSpanAt(start_mono_, name, parent)
+                          : tracer.StartSpan(name, parent);
   }
   const bool granted = acquired.ok();
   const bool refused_and_throws = !granted && options.throw_on_resource_limit_exceeded;
@@ -186,6 +192,10 @@ void CallGuard::InstallHardHook() {
   });
 }
 
+bool CallGuard::SharedClock() const {
+  return &calls_.tracer().clock() == &calls_.manager().clock();
+}
+
 double CallGuard::ElapsedMs() const {
   return static_cast<double>(calls_.manager().clock().MonotonicNanos() - start_mono_) / kNanosPerMs;
 }
@@ -224,8 +234,11 @@ void CallGuard::Finish(bool success, std::string_view error_type, std::string_vi
 void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOutcome& release) {
   if (span_.recording()) {
     const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
-    // One reading for the closing events and the end: they happen at one moment.
-    const int64_t now = calls_.tracer().clock().MonotonicNanos();
+    // One reading for the closing events and the end: they happen at one moment, the slot's
+    // release when the manager and the tracer share a clock.
+    const int64_t now = release.released && SharedClock()
+                            ? release.released_mono_nanos
+                            : calls_.tracer().clock().MonotonicNanos();
     SpanEditor edit = span_.Edit();
     if (success) edit.AddLiteralEventAt(now, "execution_succeeded");
     edit.AddLiteralEventAt(now, "call_completed",

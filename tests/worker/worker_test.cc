@@ -90,6 +90,77 @@ TEST_F(WorkerTest, BasicWrapperExecutionReturnsTheResultAndRecordsASpan) {
   EXPECT_EQ(spans[0].status, StatusCode::kOk);
 }
 
+// On one clock the span takes the manager's readings: it starts when the slot was granted and
+// ends when it was released, to the nanosecond. On two clocks each reads its own.
+TEST_F(WorkerTest, SpanTimesAreTheSlotsGrantAndReleaseOnASharedClock) {
+  clock_.AdvanceMs(10);
+  calls_->Call("t", [&] { clock_.AdvanceMs(25); });
+  auto spans = Spans();
+  ASSERT_EQ(spans.size(), 1u);
+  const int64_t granted = clock_.UnixAt(10'000'000);
+  EXPECT_EQ(spans[0].start_unix_nanos, granted);
+  EXPECT_EQ(spans[0].end_unix_nanos, granted + 25'000'000);
+  ASSERT_EQ(spans[0].events.size(), 4u);
+  EXPECT_EQ(spans[0].events[0].time_unix_nanos, granted);               // acquired_slot
+  EXPECT_EQ(spans[0].events[3].time_unix_nanos, granted + 25'000'000);  // call_completed
+  EXPECT_EQ(std::get<double>(*Attr(spans[0].events[3].attributes, "duration")), 25.0);
+
+  ManualClock tracer_clock(clock_.UnixAt(0) + 5'000'000'000);  // 5 s ahead
+  auto exporter = std::make_unique<InMemorySpanExporter>();
+  InMemorySpanExporter* exported = exporter.get();
+  TracerOptions to;
+  to.clock = &tracer_clock;
+  to.processor = NewSimpleSpanProcessor(std::move(exporter));
+  Tracer tracer(std::move(to));
+  WorkerCalls calls(*manager_, tracer);
+  calls.Call("t", [&] {
+    clock_.AdvanceMs(25);
+    tracer_clock.AdvanceMs(7);
+  });
+  spans = exported->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].start_unix_nanos, tracer_clock.UnixAt(0));
+  EXPECT_EQ(spans[0].end_unix_nanos, tracer_clock.UnixAt(7'000'000));
+}
+
+// A recording span adds no clock read to a call when the manager and the tracer share a clock.
+TEST(WorkerClockTest, ARecordingSpanAddsNoClockReadOnASharedClock) {
+  class CountingClock final : public Clock {
+   public:
+    int64_t MonotonicNanos() const override {
+      ++reads;
+      return inner.MonotonicNanos();
+    }
+    int64_t UnixNanos() const override {
+      ++reads;
+      return inner.UnixNanos();
+    }
+    int64_t UnixAt(int64_t mono_nanos) const override { return inner.UnixAt(mono_nanos); }
+    ManualClock inner;
+    mutable std::atomic<int> reads{0};
+  };
+  auto reads_per_call = [](bool spans) {
+    CountingClock clock;
+    ManagerOptions mo;
+    mo.clock = &clock;
+    mo.start_background_thread = false;
+    auto manager = ResourceBudgetManager::Create(Config{}, std::move(mo)).value();
+    TracerOptions to;
+    to.enabled = spans;
+    to.clock = &clock;
+    to.processor = NewSimpleSpanProcessor(std::make_unique<InMemorySpanExporter>());
+    Tracer tracer(std::move(to));
+    WorkerCalls calls(*manager, tracer);
+    calls.Call("warm-up", [] {});
+    const int before = clock.reads.load();
+    calls.Call("t", [] {});
+    return clock.reads.load() - before;
+  };
+  const int without_spans = reads_per_call(false);
+  EXPECT_GT(without_spans, 0);
+  EXPECT_EQ(reads_per_call(true), without_spans);
+}
+
 TEST_F(WorkerTest, ContextExposesStopTokenDeadlineSpanAndCallId) {
   calls_->Call("t", [&](CallContext& ctx) {
     EXPECT_TRUE(ctx.guarded());
