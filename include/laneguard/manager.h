@@ -93,6 +93,16 @@ struct ReleaseOutcome {
   int64_t released_mono_nanos = 0;  // the manager's clock when it was released
 };
 
+// Told of a call's timeouts on the manager's timer thread: `hard` false at the timeout (just
+// after the stop request), true at the hard deadline. Release() waits for a running OnTimeout.
+class TimeoutListener {
+ public:
+  virtual void OnTimeout(bool hard) = 0;
+
+ protected:
+  ~TimeoutListener() = default;
+};
+
 // A granted place in a lane. Move-only. Releasing twice is harmless (the second call returns
 // false); a Slot destroyed without Release() is released as a failure with errorType "abandoned".
 class Slot {
@@ -148,6 +158,10 @@ class Slot {
   void SetHardTimeoutHook(std::function<void()> hook);
   // The same for the timeout (warning phase), run just after the stop request.
   void SetTimeoutWarningHook(std::function<void()> hook);
+  // Both phases to one listener, on the same terms as the hooks (which run after it); null
+  // removes it. A pointer, which costs a store where a hook is a std::function to build, move and
+  // free: the worker-call wrapper installs one on every call whose span records.
+  void SetTimeoutListener(TimeoutListener* listener);
 
   // The global and lane counts right after this slot was granted (the spec's acquired_slot
   // globalConcurrency and laneConcurrency).

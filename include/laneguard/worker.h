@@ -115,7 +115,7 @@ class CallContext {
 namespace internal {
 
 // Everything around fn that does not depend on fn's type, so it is compiled once.
-class CallGuard {
+class CallGuard final : private TimeoutListener {
  public:
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
   // `task_id` and `options` must outlive the guard: it keeps views of the task id and the lane
@@ -151,7 +151,9 @@ class CallGuard {
   void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release);
   // The manager's and the tracer's clock are one: their readings can be shared.
   bool SharedClock() const;
-  void InstallHardHook();
+  // On the manager's timer thread: the span's timeout events, then the user's hard-timeout hook.
+  void OnTimeout(bool hard) override;
+  void ListenForTimeouts();
   double ElapsedMs() const;
 
   WorkerCalls& calls_;
@@ -160,7 +162,7 @@ class CallGuard {
   Span span_;
   CallContext context_{this};
   int64_t start_mono_ = 0;
-  bool hard_hook_installed_ = false;
+  bool listening_ = false;  // the slot's TimeoutListener is this
   std::mutex hook_mu_;
   std::function<void()> user_hard_hook_;  // guarded by hook_mu_
   // Last, so it is destroyed (released) first: Release() waits for a running timeout hook, and

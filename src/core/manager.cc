@@ -145,8 +145,9 @@ struct CallEntry {
   TaskId task_id;
   Metadata metadata;
   std::stop_source stop{std::nostopstate};
-  std::function<void()> hook;          // at the hard deadline
-  std::function<void()> warning_hook;  // at the timeout
+  std::function<void()> hook;           // at the hard deadline
+  std::function<void()> warning_hook;   // at the timeout
+  TimeoutListener* listener = nullptr;  // both, before the hooks
   std::thread::id hook_thread;
 };
 
@@ -625,6 +626,7 @@ struct ManagerState {
     if (c->stop.stop_possible() || c->hook || c->warning_hook || !c->metadata.empty())
       leftovers.TakeFrom(*c);
     c->in_use = false;
+    c->listener = nullptr;
     c->hooks_pending = 0;  // a hook still queued in this tick sees the new generation and skips
     ++c->generation;
     shard->free_calls.push_back(slot.index_ & kEntryMask);
@@ -691,6 +693,14 @@ struct ManagerState {
     shard->lock.unlock();
   }
 
+  void SetListener(const Slot& slot, TimeoutListener* listener) {
+    Shard* shard = nullptr;
+    CallEntry* c = LockEntry(slot, &shard);
+    if (c == nullptr) return;
+    c->listener = listener;
+    shard->lock.unlock();
+  }
+
   // ---- timers and memory ----------------------------------------------------------------------
 
   struct Fired {
@@ -704,6 +714,7 @@ struct ManagerState {
     std::string task_id;
     std::stop_source stop{std::nostopstate};
     std::function<void()> hook;
+    TimeoutListener* listener = nullptr;
   };
 
   // Arms the timers of the shard's calls that are still running; called with the shard locked.
@@ -742,14 +753,16 @@ struct ManagerState {
           c.phase = kWarned;
           f.stop = c.stop;
           f.hook = c.warning_hook;
+          f.listener = c.listener;
           c.timer = shard.timers.Arm(c.hard_deadline, x.tag);
         } else {
           c.phase = kEscalated;
           f.kind = EventKind::kTimeoutEscalation;
           ++shard.lanes[c.lane].overrunning;
           f.hook = c.hook;
+          f.listener = c.listener;
         }
-        if (f.hook) {
+        if (f.hook || f.listener != nullptr) {
           ++c.hooks_pending;
           c.hook_thread = std::this_thread::get_id();
         }
@@ -790,17 +803,21 @@ struct ManagerState {
         e.message = message;
         Notify(e);
       }
-      if (f.hook) {
+      if (f.hook || f.listener != nullptr) {
         // An observer or an earlier hook on this thread may have released the call meanwhile
         // (Release does not wait for its own thread): its hook must not run then.
         {
           std::lock_guard<SpinLock> guard(f.shard->lock);
           if (f.shard->calls[f.entry]->generation != f.generation) continue;
         }
+        // A failing hook must not take down the timer thread; the call stays counted.
         try {
-          f.hook();
+          if (f.listener != nullptr) f.listener->OnTimeout(f.kind == EventKind::kTimeoutEscalation);
         } catch (...) {
-          // A failing hook must not take down the timer thread; the call stays counted.
+        }
+        try {
+          if (f.hook) f.hook();
+        } catch (...) {
         }
         std::lock_guard<SpinLock> guard(f.shard->lock);
         CallEntry& c = *f.shard->calls[f.entry];
@@ -1152,6 +1169,10 @@ void Slot::SetHardTimeoutHook(std::function<void()> hook) {
 
 void Slot::SetTimeoutWarningHook(std::function<void()> hook) {
   if (state_ != nullptr) state_->SetHook(*this, std::move(hook), /*hard=*/false);
+}
+
+void Slot::SetTimeoutListener(TimeoutListener* listener) {
+  if (state_ != nullptr) state_->SetListener(*this, listener);
 }
 
 // ---- ResourceBudgetManager --------------------------------------------------------------------

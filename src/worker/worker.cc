@@ -69,7 +69,7 @@ void CallContext::OnHardTimeout(std::function<void()> hook) {
     std::lock_guard<std::mutex> lock(guard_->hook_mu_);
     guard_->user_hard_hook_ = std::move(hook);
   }
-  guard_->InstallHardHook();
+  guard_->ListenForTimeouts();
 }
 
 const CallOptions& DefaultCallOptions() {
@@ -149,10 +149,7 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
       edit.AddLiteralEventAt(start, "execution_started", {{"taskId", task_id_}});
   }
   if (granted) {
-    if (span_.recording()) {
-      slot_.SetTimeoutWarningHook([this] { span_.AddEvent("timeout", {{"phase", "warning"}}); });
-      InstallHardHook();
-    }
+    if (span_.recording()) ListenForTimeouts();
     return;
   }
   const Rejection& rejection = acquired.error();
@@ -175,21 +172,28 @@ CallGuard::~CallGuard() {
   slot_.Release(false, "abandoned");
 }
 
-void CallGuard::InstallHardHook() {
-  if (!slot_.valid() || hard_hook_installed_) return;
-  hard_hook_installed_ = true;
-  slot_.SetHardTimeoutHook([this] {
-    if (span_.recording()) {
-      span_.AddEvent("timeout", {{"phase", "escalation"}});
-      span_.SetStatus(StatusCode::kError, "worker call passed its hard deadline");
-    }
-    std::function<void()> user;
-    {
-      std::lock_guard<std::mutex> lock(hook_mu_);
-      user = user_hard_hook_;
-    }
-    if (user) user();
-  });
+void CallGuard::ListenForTimeouts() {
+  if (!slot_.valid() || listening_) return;
+  listening_ = true;
+  slot_.SetTimeoutListener(this);
+}
+
+void CallGuard::OnTimeout(bool hard) {
+  if (!hard) {
+    if (span_.recording()) span_.AddEvent("timeout", {{"phase", "warning"}});
+    return;
+  }
+  if (span_.recording()) {
+    span_.Edit()
+        .AddEventAt(calls_.tracer().clock().MonotonicNanos(), "timeout", {{"phase", "escalation"}})
+        .SetStatus(StatusCode::kError, "worker call passed its hard deadline");
+  }
+  std::function<void()> user;
+  {
+    std::lock_guard<std::mutex> lock(hook_mu_);
+    user = user_hard_hook_;
+  }
+  if (user) user();
 }
 
 bool CallGuard::SharedClock() const {

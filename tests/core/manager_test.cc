@@ -770,6 +770,71 @@ TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
   timer_thread.join();
 }
 
+class RecordingListener final : public TimeoutListener {
+ public:
+  void OnTimeout(bool hard) override {
+    std::lock_guard<std::mutex> lock(mu);
+    heard.push_back(hard ? "hard" : "warning");
+    if (on_hard && hard) on_hard();
+  }
+  std::vector<std::string> Heard() {
+    std::lock_guard<std::mutex> lock(mu);
+    return heard;
+  }
+  std::function<void()> on_hard;
+  std::mutex mu;
+  std::vector<std::string> heard;
+};
+
+// The listener hears both phases, each before that phase's hook; a released call's entry does not
+// carry it into the next call.
+TEST_F(ManagerTest, ATimeoutListenerHearsBothPhasesBeforeTheHooks) {
+  auto m = Make();  // escalation factor 1.5
+  RecordingListener listener;
+  Slot s = m->TryAcquire("slow", "tool_call", 1000).value();
+  s.SetTimeoutListener(&listener);
+  s.SetTimeoutWarningHook([&] { listener.heard.push_back("warning hook"); });
+  s.SetHardTimeoutHook([&] { listener.heard.push_back("hard hook"); });
+  clock_.AdvanceMs(1000);
+  m->Tick();
+  EXPECT_THAT(listener.Heard(), ElementsAre("warning", "warning hook"));
+  clock_.AdvanceMs(500);
+  m->Tick();
+  EXPECT_THAT(listener.Heard(), ElementsAre("warning", "warning hook", "hard", "hard hook"));
+  s.Release(false, "timeout");
+
+  Slot reused = m->TryAcquire("reused", "tool_call", 10).value();  // s's entry, from the free list
+  RecordingListener removed;
+  Slot t = m->TryAcquire("removed", "tool_call", 10).value();
+  t.SetTimeoutListener(&removed);
+  t.SetTimeoutListener(nullptr);
+  clock_.AdvanceMs(100);
+  m->Tick();
+  EXPECT_TRUE(removed.Heard().empty());
+  EXPECT_THAT(listener.Heard(), ::testing::SizeIs(4));
+}
+
+TEST_F(ManagerTest, ReleaseWaitsForARunningTimeoutListener) {
+  auto m = Make();
+  Slot s = m->TryAcquire("t", "critic", 10).value();
+  std::atomic<bool> started{false}, release_started{false}, done{false};
+  RecordingListener listener;
+  listener.on_hard = [&] {
+    started = true;
+    while (!release_started) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    done = true;
+  };
+  s.SetTimeoutListener(&listener);
+  clock_.AdvanceMs(15);
+  std::thread timer_thread([&] { m->Tick(); });
+  while (!started) std::this_thread::yield();
+  release_started = true;
+  s.Release(false, "timeout");
+  EXPECT_TRUE(done.load()) << "Release returned while the listener was still running";
+  timer_thread.join();
+}
+
 TEST_F(ManagerTest, ReleaseWaitsForTheHardHookWhenBothPhasesFireInOneTick) {
   Config c;
   c.timeout_escalation_factor = 1.0;
