@@ -79,25 +79,31 @@ class BatchWorker {
   // throw) gets a default-constructed item at the end of the queue. Not called when dropped.
   template <typename Fill>
   bool PushWith(const Fill& fill) {
-    std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.queued;
-    if (stopping_) {
-      ++stats_.dropped_after_shutdown;
-      return false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.queued;
+      if (stopping_) {
+        ++stats_.dropped_after_shutdown;
+        return false;
+      }
+      if (queue_.size() >= max_queue_) {
+        ++stats_.dropped_queue_full;
+        return false;
+      }
+      try {
+        queue_.emplace_back();
+      } catch (...) {  // out of memory: the item could not be queued either
+        ++stats_.dropped_queue_full;
+        return false;
+      }
+      fill(queue_.back());
+      ++enqueued_;
+      if (queue_.size() != max_batch_) return true;
     }
-    if (queue_.size() >= max_queue_) {
-      ++stats_.dropped_queue_full;
-      return false;
-    }
-    try {
-      queue_.emplace_back();
-    } catch (...) {  // out of memory: the item could not be queued either
-      ++stats_.dropped_queue_full;
-      return false;
-    }
-    fill(queue_.back());
-    ++enqueued_;
-    if (queue_.size() == max_batch_) work_cv_.notify_one();
+    // After unlocking: woken under the lock, the export thread would at once sleep again on the
+    // mutex, and this thread's unlock would have to wake it a second time (two futex wakes, each
+    // an IPI on a VM, where one will do).
+    work_cv_.notify_one();
     return true;
   }
 
