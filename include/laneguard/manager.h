@@ -90,7 +90,6 @@ struct ReleaseOutcome {
   bool released = false;            // false: the slot was not valid (already released, moved from)
   bool past_hard_deadline = false;  // and so recorded as a failure
   double duration_ms = 0;           // as recorded
-  int64_t released_mono_nanos = 0;  // the manager's clock when it was released
 };
 
 // Told of a call's timeouts on the manager's timer thread: `hard` false at the timeout (just

@@ -569,7 +569,7 @@ struct ManagerState {
     CallEntry* c = LockEntry(slot, &shard);
     slot.state_ = nullptr;
     if (c == nullptr) return {};
-    ReleaseOutcome outcome{true, fail_if_late && now >= c->hard_deadline, 0, now};
+    ReleaseOutcome outcome{true, fail_if_late && now >= c->hard_deadline, 0};
     if (outcome.past_hard_deadline) {
       success = false;
       error_type = late_error_type;
