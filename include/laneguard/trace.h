@@ -422,7 +422,11 @@ class SpanEditor {
  private:
   friend class Span;
   explicit SpanEditor(Span::State* state);  // null: nothing to edit
-  Span::State* state_;                      // null when not recording or ended
+  // AddEventAt and AddLiteralEventAt: a name is a string_view or a Literal, an attribute an
+  // AttributeView or a LiteralAttribute (the span log keeps literals as addresses).
+  template <typename Name, typename Attr>
+  SpanEditor& AddAnyEventAt(int64_t mono_nanos, Name name, std::initializer_list<Attr> attributes);
+  Span::State* state_;  // null when not recording or ended
 };
 
 // Spans point at their tracer: a Tracer must outlive every Span it started, so it is neither

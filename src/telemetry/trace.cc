@@ -383,8 +383,9 @@ SpanEditor& SpanEditor::SetAttributes(std::initializer_list<AttributeView> attri
   return *this;
 }
 
-SpanEditor& SpanEditor::AddEventAt(int64_t mono_nanos, std::string_view name,
-                                   std::initializer_list<AttributeView> attributes) {
+template <typename Name, typename Attr>
+SpanEditor& SpanEditor::AddAnyEventAt(int64_t mono_nanos, Name name,
+                                      std::initializer_list<Attr> attributes) {
   if (state_ == nullptr) return *this;
   const int64_t time = state_->UnixAt(mono_nanos);
   state_->Append([&](auto sink) {
@@ -393,14 +394,14 @@ SpanEditor& SpanEditor::AddEventAt(int64_t mono_nanos, std::string_view name,
   return *this;
 }
 
+SpanEditor& SpanEditor::AddEventAt(int64_t mono_nanos, std::string_view name,
+                                   std::initializer_list<AttributeView> attributes) {
+  return AddAnyEventAt(mono_nanos, name, attributes);
+}
+
 SpanEditor& SpanEditor::AddLiteralEventAt(int64_t mono_nanos, Literal name,
                                           std::initializer_list<LiteralAttribute> attributes) {
-  if (state_ == nullptr) return *this;
-  const int64_t time = state_->UnixAt(mono_nanos);
-  state_->Append([&](auto sink) {
-    return internal::PutEvent(sink, time, name, attributes.begin(), attributes.size());
-  });
-  return *this;
+  return AddAnyEventAt(mono_nanos, name, attributes);
 }
 
 SpanEditor& SpanEditor::SetStatus(StatusCode code, std::string_view message) {

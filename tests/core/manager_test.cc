@@ -750,24 +750,34 @@ TEST_F(ManagerTest, TenThousandArmedTimersFireOnceEachInDeadlineOrder) {
   EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 0);
 }
 
-TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
-  auto m = Make();
-  Slot s = m->TryAcquire("t", "critic", 10).value();
-  std::atomic<bool> hook_started{false}, release_started{false}, hook_done{false};
-  s.SetHardTimeoutHook([&] {
-    hook_started = true;
+// Ticks on another thread until the callback `install` installs runs there, then releases `s`:
+// Release must not return before the callback does.
+void ExpectReleaseWaitsForTheTimerThread(
+    ResourceBudgetManager& m, ManualClock& clock, Slot& s, int64_t advance_ms,
+    const std::function<void(std::function<void()>)>& install) {
+  std::atomic<bool> started{false}, release_started{false}, done{false};
+  install([&] {
+    started = true;
     while (!release_started) std::this_thread::yield();
     // Give a non-waiting Release every chance to finish first.
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    hook_done = true;
+    done = true;
   });
-  clock_.AdvanceMs(15);
-  std::thread timer_thread([&] { m->Tick(); });
-  while (!hook_started) std::this_thread::yield();
+  clock.AdvanceMs(advance_ms);
+  std::thread timer_thread([&] { m.Tick(); });
+  while (!started) std::this_thread::yield();
   release_started = true;
   s.Release(false, "timeout");
-  EXPECT_TRUE(hook_done.load()) << "Release returned while the hook was still running";
+  EXPECT_TRUE(done.load()) << "Release returned while the callback was still running";
   timer_thread.join();
+}
+
+TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
+  auto m = Make();
+  Slot s = m->TryAcquire("t", "critic", 10).value();
+  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 15, [&](std::function<void()> hook) {
+    s.SetHardTimeoutHook(std::move(hook));
+  });
 }
 
 class RecordingListener final : public TimeoutListener {
@@ -817,22 +827,11 @@ TEST_F(ManagerTest, ATimeoutListenerHearsBothPhasesBeforeTheHooks) {
 TEST_F(ManagerTest, ReleaseWaitsForARunningTimeoutListener) {
   auto m = Make();
   Slot s = m->TryAcquire("t", "critic", 10).value();
-  std::atomic<bool> started{false}, release_started{false}, done{false};
   RecordingListener listener;
-  listener.on_hard = [&] {
-    started = true;
-    while (!release_started) std::this_thread::yield();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    done = true;
-  };
-  s.SetTimeoutListener(&listener);
-  clock_.AdvanceMs(15);
-  std::thread timer_thread([&] { m->Tick(); });
-  while (!started) std::this_thread::yield();
-  release_started = true;
-  s.Release(false, "timeout");
-  EXPECT_TRUE(done.load()) << "Release returned while the listener was still running";
-  timer_thread.join();
+  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 15, [&](std::function<void()> on_hard) {
+    listener.on_hard = std::move(on_hard);
+    s.SetTimeoutListener(&listener);
+  });
 }
 
 TEST_F(ManagerTest, ReleaseWaitsForTheHardHookWhenBothPhasesFireInOneTick) {
@@ -840,21 +839,10 @@ TEST_F(ManagerTest, ReleaseWaitsForTheHardHookWhenBothPhasesFireInOneTick) {
   c.timeout_escalation_factor = 1.0;
   auto m = Make(c);
   Slot s = m->TryAcquire("t", "critic", 10).value();
-  std::atomic<bool> hard_started{false}, release_started{false}, hard_done{false};
   s.SetTimeoutWarningHook([] {});
-  s.SetHardTimeoutHook([&] {
-    hard_started = true;
-    while (!release_started) std::this_thread::yield();
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    hard_done = true;
+  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 10, [&](std::function<void()> hook) {
+    s.SetHardTimeoutHook(std::move(hook));
   });
-  clock_.AdvanceMs(10);
-  std::thread timer_thread([&] { m->Tick(); });
-  while (!hard_started) std::this_thread::yield();
-  release_started = true;
-  s.Release(false, "timeout");
-  EXPECT_TRUE(hard_done.load()) << "Release returned while the hard hook was still running";
-  timer_thread.join();
 }
 
 // An observer on the timer thread releases another call whose hook is queued in the same tick:
