@@ -349,7 +349,7 @@ class Span {
   // No-ops on a non-recording span and after End(). Past the limits, attributes and events are
   // dropped and counted (an existing attribute key is overwritten, not counted); an event's
   // attributes past max_attributes_per_event are dropped and counted on the event.
-  void SetAttribute(std::string_view key, AttributeValue value);
+  void SetAttribute(std::string_view key, const AttributeValue& value);
   // Several at once, borrowed (copied into the span): SetAttributes({{"taskId", id}, {"n", 3}}).
   void SetAttributes(std::initializer_list<AttributeView> attributes);
   void AddEvent(std::string_view name, Attributes attributes = {});
@@ -440,7 +440,7 @@ class Tracer {
 
   // `parent` may be null or invalid: a new trace starts. The span is recording only if sampled.
   Span StartSpan(std::string_view name, const SpanContext* parent = nullptr,
-                 SpanKind kind = SpanKind::kInternal, Attributes attributes = {});
+                 SpanKind kind = SpanKind::kInternal, const Attributes& attributes = {});
   // StartSpan at a time the caller already read from the tracer's clock (Clock::MonotonicNanos):
   // the worker-call wrapper starts a call's span when the manager granted its slot, when the two
   // share a clock.

@@ -308,7 +308,7 @@ Span& Span::operator=(Span&& other) noexcept {
   return *this;
 }
 
-void Span::SetAttribute(std::string_view key, AttributeValue value) {
+void Span::SetAttribute(std::string_view key, const AttributeValue& value) {
   if (state_) Edit().SetAttribute(key, value);
 }
 
@@ -455,7 +455,7 @@ Tracer::Tracer(TracerOptions options)
 Tracer::~Tracer() { Shutdown(); }
 
 Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKind kind,
-                       Attributes attributes) {
+                       const Attributes& attributes) {
   return Start(Span::kReadClock, name, parent, kind, attributes);
 }
 

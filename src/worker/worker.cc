@@ -124,6 +124,7 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
                           : tracer.StartSpan(name, parent);
   }
   const bool granted = acquired.ok();
+  const Rejection* const rejection = granted ? nullptr : &acquired.error();
   const bool refused_and_throws = !granted && options.throw_on_resource_limit_exceeded;
   if (granted) slot_ = std::move(acquired).value();
   if (span_.recording()) {
@@ -138,10 +139,9 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
                              {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
                               {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
     } else {
-      const Rejection& rejection = acquired.error();
-      edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection.reason)}});
+      edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection->reason)}});
       if (refused_and_throws) {
-        edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
+        edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection->message());
       } else {
         edit.SetAttributes({{"laneguard.unguarded", true}});
       }
@@ -153,16 +153,15 @@ void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& optio
     if (span_.recording()) ListenForTimeouts();
     return;
   }
-  const Rejection& rejection = acquired.error();
-  if (refused_and_throws) throw ResourceLimitExceeded(rejection);
+  if (refused_and_throws) throw ResourceLimitExceeded(*rejection);
   // Graceful degradation, never silent: counted, marked on the span, logged.
   calls.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
   if (JsonLogger* log = calls.logger()) {
-    const std::string message = rejection.message();
+    const std::string message = rejection->message();
     log->LogWarning("Worker call running unguarded after a refusal",
                     {{"taskId", task_id_},
                      {"lane", lane_},
-                     {"reason", ToString(rejection.reason)},
+                     {"reason", ToString(rejection->reason)},
                      {"detail", message}});
   }
 }
