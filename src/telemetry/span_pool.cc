@@ -21,7 +21,9 @@ bool AddBytes(const std::vector<Attribute>& attributes, size_t& bytes) {
   return bytes <= kMaxPooledSpanBytes;
 }
 
-bool Small(const SpanData& span) {
+}  // namespace
+
+bool WorthKeeping(const SpanData& span) {
   if (span.events.capacity() > kMaxPooledElements) return false;
   size_t bytes = span.name.capacity() + span.status_message.capacity() +
                  span.events.capacity() * sizeof(SpanEvent);
@@ -32,6 +34,8 @@ bool Small(const SpanData& span) {
   }
   return true;
 }
+
+namespace {
 
 // Null once the thread's destructors have destroyed it (a span ended by a later thread_local's
 // destructor): such spans are freed.
@@ -62,7 +66,7 @@ void RecycleSpanData(std::vector<SpanData>& batch) {
 
 void RecycleSpanData(SpanData&& span) {
   std::vector<SpanData>* cache = Cache();
-  if (cache == nullptr || cache->size() >= kMaxPooledSpans || !Small(span)) return;
+  if (cache == nullptr || cache->size() >= kMaxPooledSpans || !WorthKeeping(span)) return;
   try {
     cache->reserve(kMaxPooledSpans);
     cache->push_back(std::move(span));

@@ -29,6 +29,11 @@ void RecycleSpanData(SpanData&& span);
 
 inline constexpr size_t kMaxPooledSpans = 16;  // per thread
 
+// False for a span whose buffers are unusually large (over 8 KiB, or 32 attributes or events):
+// whoever keeps spans for reuse frees such a one instead, so that one giant attribute does not stay
+// pinned.
+bool WorthKeeping(const SpanData& span);
+
 // For tests: how many spans this thread's cache holds now.
 size_t PooledSpanCount();
 

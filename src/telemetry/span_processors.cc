@@ -120,12 +120,17 @@ struct BatchSpanProcessor::Impl {
       std::lock_guard<std::mutex> lock(resource_mu);
       r = resource;
     }
-    if (!exporter) return {};
+    ExportResult result;
     try {
-      return exporter->ExportWithResult(spans, *r);
+      if (exporter) result = exporter->ExportWithResult(spans, *r);
     } catch (...) {
-      return {ExportResult::Code::kFailed};
+      result = {ExportResult::Code::kFailed};
     }
+    // Kept for the next batch's spans, but not a giant: its buffers are freed.
+    for (SpanData& span : spans) {
+      if (!internal::WorthKeeping(span)) span = SpanData();
+    }
+    return result;
   }
 };
 

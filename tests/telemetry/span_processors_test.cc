@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -455,6 +456,40 @@ TEST(BatchSpanProcessorTest, ReplaysRecordedSpansOnTheExportThread) {
   EXPECT_EQ(spans[0].events[1].name, "custom");
   EXPECT_EQ(spans[0].events[2].name, "completed");
   EXPECT_EQ(std::get<std::string>(spans[0].events[2].attributes.at(0).value), "success");
+}
+
+// The export thread rebuilds each batch in the buffers of the one before, but not a giant's: a span
+// with a 32 MiB attribute is exported, and its memory is given back afterwards.
+TEST(BatchSpanProcessorTest, AGiantSpansBuffersAreNotKeptForReuse) {
+  class LargestAttributeExporter final : public SpanExporter {
+   public:
+    bool Export(const std::vector<SpanData>& batch, const Resource&) override {
+      for (const SpanData& span : batch) {
+        for (const Attribute& a : span.attributes) {
+          if (const auto* text = std::get_if<std::string>(&a.value))
+            largest = std::max(largest, text->size());
+        }
+      }
+      return true;
+    }
+    size_t largest = 0;  // read after ForceFlush, which orders it
+  };
+  auto e = std::make_unique<LargestAttributeExporter>();
+  LargestAttributeExporter* exporter = e.get();
+  TracerOptions o;
+  o.processor = std::make_shared<BatchSpanProcessor>(
+      std::move(e), BatchSpanProcessorOptions{.schedule_delay = kNever});
+  Tracer tracer(std::move(o));
+  constexpr size_t kGiant = size_t{32} << 20;
+  const size_t mapped_before = mallinfo2().hblkhd;  // glibc serves blocks this large by mmap
+  {
+    Span span = tracer.StartSpan("giant");
+    span.SetAttribute("blob", std::string(kGiant, 'x'));
+  }
+  ASSERT_TRUE(tracer.ForceFlush());
+  EXPECT_EQ(exporter->largest, kGiant);
+  EXPECT_LT(mallinfo2().hblkhd, mapped_before + kGiant / 2)
+      << "the export thread kept the giant span's buffers";
 }
 
 // ---- JSON lines exporter ------------------------------------------------------------------------
