@@ -11,10 +11,14 @@
 //   span.AddEvent("acquired_slot", {{"globalConcurrency", int64_t{4}}});
 //   span.End();
 //
+// A recording span keeps what is set on it as a compact log (src/telemetry/span_record.h); the
+// batch processor turns it into SpanData on its export thread, applying the limits and rules
+// below there, in the order things were recorded.
+//
 // Thread safety: Tracer, the processors and the exporters are thread-safe. A Span may be used from
 // several threads (events from the timer thread land on a span the caller is also writing); its
-// methods lock a per-span mutex, taken only by recording spans. SpanContext, SpanData and the
-// id types are plain values.
+// methods lock a per-span lock, taken only by recording spans (SpanEditor takes it once for
+// several changes). SpanContext, SpanData and the id types are plain values.
 #ifndef LANEGUARD_TRACE_H_
 #define LANEGUARD_TRACE_H_
 
