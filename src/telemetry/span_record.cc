@@ -80,6 +80,16 @@ void AssignValue(AttributeValue& to, const AttributeValueView& from) {
   }
 }
 
+// Writes attribute `index` of `attributes` over what a recycled span left there (the vector grows
+// by one when index is its size).
+void WriteAttribute(Attributes& attributes, size_t index, std::string_view key,
+                    const AttributeValueView& value) {
+  if (index == attributes.size()) attributes.emplace_back();
+  Attribute& a = attributes[index];
+  Overwrite(a.key, key);
+  AssignValue(a.value, value);
+}
+
 }  // namespace
 
 void SpanBuilder::Reset(SpanData& data, const SpanRecord& header) {
@@ -113,10 +123,7 @@ void SpanBuilder::SetAttribute(std::string_view key, const AttributeValueView& v
     ++data_->dropped_attributes_count;
     return;
   }
-  if (attributes_used_ == attributes.size()) attributes.emplace_back();
-  Attribute& a = attributes[attributes_used_++];
-  Overwrite(a.key, key);
-  AssignValue(a.value, value);
+  WriteAttribute(attributes, attributes_used_++, key, value);
 }
 
 void SpanBuilder::Apply(const std::byte* log, size_t size) {
@@ -156,10 +163,7 @@ void SpanBuilder::Apply(const std::byte* log, size_t size) {
             ++event->dropped_attributes_count;
             continue;
           }
-          if (kept == event->attributes.size()) event->attributes.emplace_back();
-          Attribute& a = event->attributes[kept++];
-          Overwrite(a.key, key);
-          AssignValue(a.value, value);
+          WriteAttribute(event->attributes, kept++, key, value);
         }
         if (event != nullptr) event->attributes.resize(kept);
         break;
