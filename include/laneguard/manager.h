@@ -85,11 +85,13 @@ struct Rejection {
   std::string message() const;
 };
 
-// What Slot::ReleaseUnlessLate found.
+// What Slot::ReleaseUnlessLate or Slot::ReleaseWithOutcome found, as the record says it.
 struct ReleaseOutcome {
   bool released = false;            // false: the slot was not valid (already released, moved from)
-  bool past_hard_deadline = false;  // and so recorded as a failure
-  double duration_ms = 0;           // as recorded
+  bool past_hard_deadline = false;  // ReleaseUnlessLate only: and so recorded as a failure
+  bool timeout_reached = false;     // the timeout passed during the call (timeoutReached)
+  bool escalated = false;           // and the hard deadline too
+  double duration_ms = 0;
 };
 
 // Told of a call's timeouts on the manager's timer thread: `hard` false at the timeout (just
@@ -137,6 +139,8 @@ class Slot {
   // observers get kReleased. Returns false if the slot was not valid (already released, moved
   // from).
   bool Release(bool success, std::string_view error_type = {});
+  // Release, telling what the record says: whether the deadlines passed, and the duration.
+  ReleaseOutcome ReleaseWithOutcome(bool success, std::string_view error_type = {});
   // Release for a caller that fails a call returning at or past its hard deadline (the worker-call
   // wrappers do): such a call is recorded as a failure with `late_error_type` whatever `success`
   // says. One clock reading decides that and the record, so the caller and the record agree.
@@ -159,7 +163,7 @@ class Slot {
   void SetTimeoutWarningHook(std::function<void()> hook);
   // Both phases to one listener, on the same terms as the hooks (which run after it); null
   // removes it. A pointer, which costs a store where a hook is a std::function to build, move and
-  // free: the worker-call wrapper installs one on every call whose span records.
+  // free: the worker-call wrapper installs one for a call that sets a hard-timeout hook.
   void SetTimeoutListener(TimeoutListener* listener);
 
   // The global and lane counts right after this slot was granted (the spec's acquired_slot

@@ -392,6 +392,8 @@ class Span {
   friend class SpanEditor;
   static constexpr int64_t kReadClock = INT64_MIN;
   void EndRecording(int64_t mono_nanos);
+  // Edit() on a span its tracer has just made, which no other thread can see yet.
+  SpanEditor EditNew();
   struct State;
   // Keeps a few ended states per thread for the next spans instead of freeing them.
   struct StateDeleter {
@@ -426,6 +428,8 @@ class SpanEditor {
  private:
   friend class Span;
   explicit SpanEditor(Span::State* state);  // null: nothing to edit
+  struct NewSpan {};
+  SpanEditor(Span::State* state, NewSpan);  // a recording span no other thread can see yet
   // AddEventAt and AddLiteralEventAt: a name is a string_view or a Literal, an attribute an
   // AttributeView or a LiteralAttribute (the span log keeps literals as addresses).
   template <typename Name, typename Attr>
@@ -450,6 +454,20 @@ class Tracer {
   // share a clock.
   Span StartSpanAt(int64_t start_mono_nanos, std::string_view name,
                    const SpanContext* parent = nullptr, SpanKind kind = SpanKind::kInternal);
+  // StartSpanAt, then `fill(SpanEditor&)` records the span's first attributes and events before
+  // the span is returned; not called for a span that does not record. No other thread can see the
+  // span yet, so the editor takes its lock with a plain store (an atomic exchange there waits for
+  // the stores that just wrote the span's start to drain).
+  template <typename Fill>
+  Span StartSpanAt(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
+                   SpanKind kind, const Fill& fill) {
+    Span span = StartSpanAt(start_mono_nanos, name, parent, kind);
+    if (span.recording()) {
+      SpanEditor edit = span.EditNew();
+      fill(edit);
+    }
+    return span;
+  }
   bool enabled() const { return options_.enabled; }
   const Resource& resource() const { return options_.resource; }
   const Clock& clock() const { return *options_.clock; }

@@ -103,7 +103,8 @@ class CallContext {
   bool guarded() const;
   // "call-<n>", or "" when unguarded.
   std::string call_id() const;
-  // Runs on the timer thread at the hard deadline, after the span's timeout event.
+  // Runs on the timer thread at the hard deadline. (The span's timeout events are written when the
+  // call ends, stamped with the deadlines.)
   void OnHardTimeout(std::function<void()> hook);
 
  private:
@@ -120,6 +121,7 @@ class CallGuard final : private TimeoutListener {
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
   // `task_id` and `options` must outlive the guard: it keeps views of the task id and the lane
   // (copying them cost a tenth of an unobserved call).
+  // Inline: the acquisition's result is then made in the caller's frame, not in one more.
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
             std::string_view span_prefix = "worker_call:");
   // Adopts a slot the caller acquired (options.lane must be its lane); never throws for a refusal.
@@ -139,19 +141,26 @@ class CallGuard final : private TimeoutListener {
 
  private:
   friend class laneguard::CallContext;
-  void Start(Result<Slot, Rejection> acquired, const CallOptions& options,
-             std::string_view span_prefix);
-  // Releases the slot, then ends the span.
-  void Finish(bool success, std::string_view error_type, std::string_view message);
-  // The span's closing events and status; after the slot is released, so that no timeout hook
-  // adds an event after call_completed. The duration is the release's own figure when `release`
-  // says it released; otherwise the clock is read, and only if the span records. (By reference:
+  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
+            Result<Slot, Rejection>&& acquired, std::string_view span_prefix);
+  // The call's span (tracing enabled) with its first attributes and events.
+  Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options,
+                 std::string_view span_prefix) const;
+  // Keeps a granted slot; for a refusal, throws ResourceLimitExceeded or runs unguarded.
+  void Admit(Result<Slot, Rejection>&& acquired, const CallOptions& options);
+  // The span's closing events and status, after the slot is released: its record says which
+  // deadlines passed. The duration is the release's own figure when `release` says it released;
+  // otherwise the clock is read, and only if the span records. (By reference:
   // an optional<double> by value was written in parts and read back whole, a store-forwarding
-  // stall on every call.)
-  void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release);
+  // stall on every call.) A non-empty `exception_type` adds the exception event, `message` its
+  // message.
+  void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
+               std::string_view exception_type = {});
   // The manager's and the tracer's clock are one: their readings can be shared.
   bool SharedClock() const;
-  // On the manager's timer thread: the span's timeout events, then the user's hard-timeout hook.
+  // A reading of the manager's clock as a reading of the tracer's.
+  int64_t SpanTime(int64_t manager_mono) const;
+  // On the manager's timer thread, installed only for a user's hard-timeout hook: runs it.
   void OnTimeout(bool hard) override;
   void ListenForTimeouts();
   double ElapsedMs() const;
@@ -159,9 +168,9 @@ class CallGuard final : private TimeoutListener {
   WorkerCalls& calls_;
   std::string_view task_id_;
   std::string_view lane_;
+  int64_t start_mono_ = 0;  // before span_, which is made from it
   Span span_;
   CallContext context_{this};
-  int64_t start_mono_ = 0;
   bool listening_ = false;  // the slot's TimeoutListener is this
   std::mutex hook_mu_;
   std::function<void()> user_hard_hook_;  // guarded by hook_mu_
@@ -355,6 +364,13 @@ decltype(auto) InvokeWithContext(Fn& fn, CallContext& context) {
 }
 template <typename Fn>
 using CallResult = decltype(InvokeWithContext(std::declval<Fn&>(), std::declval<CallContext&>()));
+
+inline CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id,
+                            const CallOptions& options, std::string_view span_prefix)
+    : CallGuard(
+          calls, task_id, options,
+          calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata),
+          span_prefix) {}
 }  // namespace internal
 
 template <typename Fn>

@@ -569,7 +569,8 @@ struct ManagerState {
     CallEntry* c = LockEntry(slot, &shard);
     slot.state_ = nullptr;
     if (c == nullptr) return {};
-    ReleaseOutcome outcome{true, fail_if_late && now >= c->hard_deadline, 0};
+    ReleaseOutcome outcome{.released = true,
+                           .past_hard_deadline = fail_if_late && now >= c->hard_deadline};
     if (outcome.past_hard_deadline) {
       success = false;
       error_type = late_error_type;
@@ -632,6 +633,8 @@ struct ManagerState {
     shard->free_calls.push_back(slot.index_ & kEntryMask);
 
     outcome.duration_ms = r.duration_ms;
+    outcome.timeout_reached = r.timeout_reached;
+    outcome.escalated = r.escalated;
     // Observers hear of the release before the counts drop: once they have, this thread may no
     // longer touch the state (a destroyed manager's last release frees it).
     if (HasObservers()) {
@@ -1151,6 +1154,11 @@ std::string Slot::call_id_string() const { return "call-" + std::to_string(call_
 bool Slot::Release(bool success, std::string_view error_type) {
   if (state_ == nullptr) return false;
   return state_->Release(*this, success, error_type).released;
+}
+
+ReleaseOutcome Slot::ReleaseWithOutcome(bool success, std::string_view error_type) {
+  if (state_ == nullptr) return {};
+  return state_->Release(*this, success, error_type);
 }
 
 ReleaseOutcome Slot::ReleaseUnlessLate(bool success, std::string_view error_type,

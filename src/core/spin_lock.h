@@ -34,6 +34,10 @@ class SpinLock {
     }
   }
   void unlock() { locked_.store(false, std::memory_order_release); }
+  // lock() for a lock no other thread can reach yet (its object is still private to the thread
+  // that made it): a plain store, where lock()'s atomic exchange waits for the thread's pending
+  // stores to drain.
+  void LockUnshared() { locked_.store(true, std::memory_order_relaxed); }
 
  private:
   std::atomic<bool> locked_{false};

@@ -351,6 +351,8 @@ void Span::EndRecording(int64_t mono_nanos) { Edit().EndAt(mono_nanos); }
 
 SpanEditor Span::Edit() { return SpanEditor(state_.get()); }
 
+SpanEditor Span::EditNew() { return {state_.get(), SpanEditor::NewSpan()}; }
+
 // ---- editor -------------------------------------------------------------------------------------
 
 SpanEditor::SpanEditor(Span::State* state) : state_(state) {
@@ -364,6 +366,10 @@ SpanEditor::SpanEditor(Span::State* state) : state_(state) {
     state_->mu.unlock();
     state_ = nullptr;
   }
+}
+
+SpanEditor::SpanEditor(Span::State* state, NewSpan /*unused*/) : state_(state) {
+  state_->mu.LockUnshared();
 }
 
 SpanEditor::~SpanEditor() {

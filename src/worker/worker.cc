@@ -84,91 +84,89 @@ const CallOptions& DefaultCallOptions() {
 namespace internal {
 
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-                     std::string_view span_prefix)
-    : calls_(calls), task_id_(task_id), lane_(options.lane) {
-  Start(calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata),
-        options, span_prefix);
-}
-
-CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      Slot slot)
-    : calls_(calls), task_id_(task_id), lane_(options.lane) {
-  Start(std::move(slot), options, "worker_call:");
+    : CallGuard(calls, task_id, options, Result<Slot, Rejection>(std::move(slot)), "worker_call:") {
 }
 
-void CallGuard::Start(Result<Slot, Rejection> acquired, const CallOptions& options,
-                      std::string_view span_prefix) {
-  WorkerCalls& calls = calls_;
-  // A granted slot carries the time it was granted at; only a refused call reads the clock here.
-  start_mono_ =
-      acquired.ok() ? acquired->start_mono_nanos() : calls.manager().clock().MonotonicNanos();
-  Tracer& tracer = calls.tracer();
-  if (tracer.enabled()) {
-    const SpanContext* parent =
-        options.parent && options.parent->valid() ? &*options.parent : nullptr;
-    // The name is built on the stack: a sampled-out span never needs it as a string.
-    char buffer[96];
-    std::string long_name;
-    std::string_view name;
-    const size_t length = span_prefix.size() + lane_.size();
-    if (length <= sizeof buffer) {
-      std::memcpy(buffer, span_prefix.data(), span_prefix.size());
-      std::memcpy(buffer + span_prefix.size(), lane_.data(), lane_.size());
-      name = std::string_view(buffer, length);
-    } else {
-      long_name = std::string(span_prefix) += lane_;
-      name = long_name;
-    }
-    // On one clock, the span starts when the slot was granted (or refused): one read fewer.
-    span_ = SharedClock() ? tracer.StartSpanAt(start_mono_, name, parent)
-                          : tracer.StartSpan(name, parent);
+// The span is made in place, in the member: returned and moved into it, its ids were stored
+// and at once read back wider than they were written, a store-forwarding stall on every call.
+CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
+                     Result<Slot, Rejection>&& acquired, std::string_view span_prefix)
+    : calls_(calls),
+      task_id_(task_id),
+      lane_(options.lane),
+      // A granted slot carries the time it was granted at; only a refused call reads the clock.
+      start_mono_(acquired.ok() ? acquired->start_mono_nanos()
+                                : calls.manager().clock().MonotonicNanos()),
+      span_(calls.tracer().enabled() ? StartSpan(acquired, options, span_prefix) : Span()) {
+  Admit(std::move(acquired), options);
+}
+
+Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options,
+                          std::string_view span_prefix) const {
+  Tracer& tracer = calls_.tracer();
+  const SpanContext* parent =
+      options.parent && options.parent->valid() ? &*options.parent : nullptr;
+  // The name is built on the stack: a sampled-out span never needs it as a string.
+  char buffer[96];
+  std::string long_name;
+  std::string_view name;
+  const size_t length = span_prefix.size() + lane_.size();
+  if (length <= sizeof buffer) {
+    std::memcpy(buffer, span_prefix.data(), span_prefix.size());
+    std::memcpy(buffer + span_prefix.size(), lane_.data(), lane_.size());
+    name = std::string_view(buffer, length);
+  } else {
+    long_name = std::string(span_prefix) += lane_;
+    name = long_name;
   }
-  const bool granted = acquired.ok();
-  const Rejection* const rejection = granted ? nullptr : &acquired.error();
-  const bool refused_and_throws = !granted && options.throw_on_resource_limit_exceeded;
-  if (granted) slot_ = std::move(acquired).value();
-  if (span_.recording()) {
-    // All under one lock, before any timeout hook can write to the span. The events are stamped
-    // with the span's start: the moment the slot was handed over, and one clock read fewer.
-    const int64_t start = span_.start_mono_nanos();
-    SpanEditor edit = span_.Edit();
+  // On one clock, the span starts when the slot was granted (or refused): one read fewer. The
+  // first events are stamped with the span's start: the moment the slot was handed over.
+  const int64_t start = SharedClock() ? start_mono_ : tracer.clock().MonotonicNanos();
+  return tracer.StartSpanAt(start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
     edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
     for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
-    if (granted) {
+    const bool refused_and_throws = !acquired.ok() && options.throw_on_resource_limit_exceeded;
+    if (acquired.ok()) {
       edit.AddLiteralEventAt(start, "acquired_slot",
-                             {{"globalConcurrency", int64_t{slot_.global_active_at_start()}},
-                              {"laneConcurrency", int64_t{slot_.lane_active_at_start()}}});
+                             {{"globalConcurrency", int64_t{acquired->global_active_at_start()}},
+                              {"laneConcurrency", int64_t{acquired->lane_active_at_start()}}});
     } else {
-      edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection->reason)}});
+      const Rejection& rejection = acquired.error();
+      edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection.reason)}});
       if (refused_and_throws) {
-        edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection->message());
+        edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
       } else {
         edit.SetAttributes({{"laneguard.unguarded", true}});
       }
     }
     if (!refused_and_throws)
       edit.AddLiteralEventAt(start, "execution_started", {{"taskId", task_id_}});
-  }
-  if (granted) {
-    if (span_.recording()) ListenForTimeouts();
+  });
+}
+
+void CallGuard::Admit(Result<Slot, Rejection>&& acquired, const CallOptions& options) {
+  if (acquired.ok()) {
+    slot_ = std::move(acquired).value();
     return;
   }
-  if (refused_and_throws) throw ResourceLimitExceeded(*rejection);
+  const Rejection& rejection = acquired.error();
+  if (options.throw_on_resource_limit_exceeded) throw ResourceLimitExceeded(rejection);
   // Graceful degradation, never silent: counted, marked on the span, logged.
-  calls.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
-  if (JsonLogger* log = calls.logger()) {
-    const std::string message = rejection->message();
+  calls_.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
+  if (JsonLogger* log = calls_.logger()) {
+    const std::string message = rejection.message();
     log->LogWarning("Worker call running unguarded after a refusal",
                     {{"taskId", task_id_},
                      {"lane", lane_},
-                     {"reason", ToString(rejection->reason)},
+                     {"reason", ToString(rejection.reason)},
                      {"detail", message}});
   }
 }
 
 CallGuard::~CallGuard() {
-  // Released before any member goes: a timeout hook running on the timer thread uses span_, and
-  // Release() waits for it. A no-op when Finish already released.
+  // Released before any member goes: the user's hard-timeout hook, run by OnTimeout on the timer
+  // thread, uses them, and Release() waits for it. A no-op once the call has settled.
   slot_.Release(false, "abandoned");
 }
 
@@ -179,21 +177,19 @@ void CallGuard::ListenForTimeouts() {
 }
 
 void CallGuard::OnTimeout(bool hard) {
-  if (!hard) {
-    if (span_.recording()) span_.AddEvent("timeout", {{"phase", "warning"}});
-    return;
-  }
-  if (span_.recording()) {
-    span_.Edit()
-        .AddEventAt(calls_.tracer().clock().MonotonicNanos(), "timeout", {{"phase", "escalation"}})
-        .SetStatus(StatusCode::kError, "worker call passed its hard deadline");
-  }
+  if (!hard) return;
   std::function<void()> user;
   {
     std::lock_guard<std::mutex> lock(hook_mu_);
     user = user_hard_hook_;
   }
   if (user) user();
+}
+
+int64_t CallGuard::SpanTime(int64_t manager_mono) const {
+  if (SharedClock()) return manager_mono;
+  // The same distance from the span's start as from the slot's, on the tracer's clock.
+  return span_.start_mono_nanos() + (manager_mono - start_mono_);
 }
 
 bool CallGuard::SharedClock() const {
@@ -221,21 +217,16 @@ void CallGuard::Succeeded() {
 void CallGuard::Failed() {
   const std::string type = CurrentExceptionType();
   const std::string message = CurrentExceptionMessage();
-  if (span_.recording())
-    span_.AddEvent("exception", {{"exception.type", type}, {"exception.message", message}});
-  Finish(false, type, message);
+  EndSpan(false, message, slot_.ReleaseWithOutcome(false, type), /*exception_type=*/type);
 }
 
 void CallGuard::Settle(bool success, std::string_view error_type) {
-  if (slot_.valid() || span_.recording()) Finish(success, error_type, error_type);
+  if (slot_.valid() || span_.recording())
+    EndSpan(success, error_type, slot_.ReleaseWithOutcome(success, error_type));
 }
 
-void CallGuard::Finish(bool success, std::string_view error_type, std::string_view message) {
-  slot_.Release(success, error_type);  // from here on no timeout hook adds to the span
-  EndSpan(success, message, ReleaseOutcome{});
-}
-
-void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOutcome& release) {
+void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
+                        std::string_view exception_type) {
   if (span_.recording()) {
     const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
     // One reading for the closing events and the end: they happen at one moment, the slot's
@@ -246,6 +237,23 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
             ? start_mono_ + std::llround(release.duration_ms * static_cast<double>(kNanosPerMs))
             : calls_.tracer().clock().MonotonicNanos();
     SpanEditor edit = span_.Edit();
+    // The timeout events are written here, from the record, rather than by the timer thread as
+    // the deadlines pass: a span is exported only once it ends, so they are no later for it, and
+    // a call whose deadlines do not pass (nearly all) installs no listener, which took the shard's
+    // lock once more per call. They are stamped with the deadlines themselves.
+    if (release.timeout_reached) {
+      edit.AddLiteralEventAt(SpanTime(slot_.deadline_mono_nanos()), "timeout",
+                             {{"phase", "warning"}});
+    }
+    if (release.escalated) {
+      edit.AddLiteralEventAt(SpanTime(slot_.hard_deadline_mono_nanos()), "timeout",
+                             {{"phase", "escalation"}})
+          .SetStatus(StatusCode::kError, "worker call passed its hard deadline");
+    }
+    if (!exception_type.empty()) {
+      edit.AddLiteralEventAt(now, "exception",
+                             {{"exception.type", exception_type}, {"exception.message", message}});
+    }
     if (success) edit.AddLiteralEventAt(now, "execution_succeeded");
     edit.AddLiteralEventAt(now, "call_completed",
                            {{"status", success ? "success" : "failure"}, {"duration", duration_ms}})

@@ -292,6 +292,61 @@ TEST_F(WorkerTest, CustomTimeoutsWarnThenEscalateAndThrowWhenFnReturnsLate) {
   EXPECT_EQ(span.status, StatusCode::kError);
 }
 
+// The timeout events come from the release's record, stamped with the deadlines, so they are in
+// time order with the events after them and need no timer tick: here the clock alone passes both
+// deadlines (the record's rule), and fn throws after them.
+TEST_F(WorkerTest, TimeoutEventsAreStampedWithTheDeadlinesInTimeOrder) {
+  clock_.AdvanceMs(10);
+  EXPECT_THROW(calls_->Call("late",
+                            [&] {
+                              clock_.AdvanceMs(170);
+                              throw CustomError("gave up");
+                            },
+                            {.timeout_ms = 100}),  // hard deadline at 150 ms
+               CustomError);
+  const SpanData span = Spans().at(0);
+  EXPECT_THAT(EventNames(span), ElementsAre("acquired_slot", "execution_started", "timeout",
+                                            "timeout", "exception", "call_completed"));
+  const int64_t granted = clock_.UnixAt(10'000'000);
+  EXPECT_EQ(StrAttr(span.events[2].attributes, "phase"), "warning");
+  EXPECT_EQ(span.events[2].time_unix_nanos, granted + 100'000'000);
+  EXPECT_EQ(StrAttr(span.events[3].attributes, "phase"), "escalation");
+  EXPECT_EQ(span.events[3].time_unix_nanos, granted + 150'000'000);
+  EXPECT_EQ(StrAttr(span.events[4].attributes, "exception.type"),
+            "laneguard::(anonymous namespace)::CustomError");
+  EXPECT_EQ(StrAttr(span.events[4].attributes, "exception.message"), "gave up");
+  EXPECT_EQ(span.events[4].time_unix_nanos, granted + 170'000'000);
+  EXPECT_EQ(span.status, StatusCode::kError);
+  EXPECT_EQ(span.status_message, "gave up");
+  for (size_t i = 1; i < span.events.size(); ++i)
+    EXPECT_LE(span.events[i - 1].time_unix_nanos, span.events[i].time_unix_nanos) << i;
+
+  // Past the warning only: one event, and the call still succeeds.
+  calls_->Call("slowish", [&] { clock_.AdvanceMs(120); }, {.timeout_ms = 100});
+  EXPECT_THAT(EventNames(Spans().at(1)),
+              ElementsAre("acquired_slot", "execution_started", "timeout", "execution_succeeded",
+                          "call_completed"));
+  EXPECT_EQ(Spans().at(1).status, StatusCode::kOk);
+}
+
+// On a tracer clock of its own, a deadline keeps its distance from the span's start.
+TEST_F(WorkerTest, TimeoutEventsFollowTheTracersOwnClock) {
+  ManualClock tracer_clock(clock_.UnixAt(0) + 5'000'000'000);  // 5 s ahead
+  auto exporter = std::make_unique<InMemorySpanExporter>();
+  InMemorySpanExporter* exported = exporter.get();
+  TracerOptions to;
+  to.clock = &tracer_clock;
+  to.processor = NewSimpleSpanProcessor(std::move(exporter));
+  Tracer tracer(std::move(to));
+  WorkerCalls calls(*manager_, tracer);
+  tracer_clock.AdvanceMs(3);
+  calls.Call("t", [&] { clock_.AdvanceMs(120); }, {.timeout_ms = 100});
+  const SpanData span = exported->spans().at(0);
+  ASSERT_EQ(span.events.size(), 5u);
+  EXPECT_EQ(span.events[2].name, "timeout");
+  EXPECT_EQ(span.events[2].time_unix_nanos, tracer_clock.UnixAt(3'000'000 + 100'000'000));
+}
+
 TEST_F(WorkerTest, ReturningAfterTheWarningButBeforeTheHardDeadlineSucceeds) {
   int r = calls_->Call("t",
                        [&] {
