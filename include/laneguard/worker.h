@@ -146,14 +146,13 @@ class CallGuard final : private TimeoutListener {
   // The call's span (tracing enabled) with its first attributes and events.
   Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options,
                  std::string_view span_prefix) const;
-  // Keeps a granted slot; for a refusal, throws ResourceLimitExceeded or runs unguarded.
-  void Admit(Result<Slot, Rejection>&& acquired, const CallOptions& options);
-  // The span's closing events and status, after the slot is released: its record says which
-  // deadlines passed. The duration is the release's own figure when `release` says it released;
-  // otherwise the clock is read, and only if the span records. (By reference:
-  // an optional<double> by value was written in parts and read back whole, a store-forwarding
-  // stall on every call.) A non-empty `exception_type` adds the exception event, `message` its
-  // message.
+  // Throws ResourceLimitExceeded, or lets the call run unguarded (counted and logged).
+  void Refused(const Rejection& rejection, const CallOptions& options);
+  // The recording span's closing events and status, after the slot is released: its record says
+  // which deadlines passed. The duration is the release's own figure when `release` says it
+  // released; otherwise the clock is read, and only if the span records. (By reference: an
+  // optional<double> by value was written in parts and read back whole, a store-forwarding stall on
+  // every call.) A non-empty `exception_type` adds the exception event, `message` its message.
   void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
                std::string_view exception_type = {});
   // The manager's and the tracer's clock are one: their readings can be shared.
@@ -206,7 +205,7 @@ class WorkerCalls {
   // The same with default options (lane tool_call), without building them per call.
   template <typename Fn>
   auto Call(std::string_view task_id, Fn&& fn) {
-    return Call(task_id, std::forward<Fn>(fn), DefaultCallOptions());
+    return Call(task_id, std::forward<Fn>(fn), default_options_);
   }
 
   // Runs Call on a new thread (std::async); the future carries the result or the exception.
@@ -238,6 +237,7 @@ class WorkerCalls {
   friend class internal::CallGuard;
   ResourceBudgetManager& manager_;
   Tracer& tracer_;
+  const CallOptions default_options_{};  // a member: DefaultCallOptions() costs a guard check
   std::shared_ptr<JsonLogger> logger_;
   std::atomic<uint64_t> unguarded_calls_{0};
 };

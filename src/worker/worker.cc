@@ -98,8 +98,9 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
       // A granted slot carries the time it was granted at; only a refused call reads the clock.
       start_mono_(acquired.ok() ? acquired->start_mono_nanos()
                                 : calls.manager().clock().MonotonicNanos()),
-      span_(calls.tracer().enabled() ? StartSpan(acquired, options, span_prefix) : Span()) {
-  Admit(std::move(acquired), options);
+      span_(calls.tracer().enabled() ? StartSpan(acquired, options, span_prefix) : Span()),
+      slot_(acquired.ok() ? std::move(acquired).value() : Slot()) {
+  if (!acquired.ok()) Refused(acquired.error(), options);
 }
 
 Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options,
@@ -145,12 +146,7 @@ Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired, const CallOpt
   });
 }
 
-void CallGuard::Admit(Result<Slot, Rejection>&& acquired, const CallOptions& options) {
-  if (acquired.ok()) {
-    slot_ = std::move(acquired).value();
-    return;
-  }
-  const Rejection& rejection = acquired.error();
+void CallGuard::Refused(const Rejection& rejection, const CallOptions& options) {
   if (options.throw_on_resource_limit_exceeded) throw ResourceLimitExceeded(rejection);
   // Graceful degradation, never silent: counted, marked on the span, logged.
   calls_.unguarded_calls_.fetch_add(1, std::memory_order_relaxed);
@@ -208,58 +204,57 @@ void CallGuard::Succeeded() {
   if (out.past_hard_deadline) {
     const int64_t timeout_ms = (slot_.deadline_mono_nanos() - start_mono_) / kNanosPerMs;
     WorkerCallTimeout timeout(task_id_, lane_, timeout_ms, out.duration_ms);
-    EndSpan(false, timeout.what(), out);
+    if (span_.recording()) EndSpan(false, timeout.what(), out);
     throw timeout;
   }
-  EndSpan(true, {}, out);
+  if (span_.recording()) EndSpan(true, {}, out);
 }
 
 void CallGuard::Failed() {
   const std::string type = CurrentExceptionType();
   const std::string message = CurrentExceptionMessage();
-  EndSpan(false, message, slot_.ReleaseWithOutcome(false, type), /*exception_type=*/type);
+  const ReleaseOutcome out = slot_.ReleaseWithOutcome(false, type);
+  if (span_.recording()) EndSpan(false, message, out, /*exception_type=*/type);
 }
 
 void CallGuard::Settle(bool success, std::string_view error_type) {
-  if (slot_.valid() || span_.recording())
-    EndSpan(success, error_type, slot_.ReleaseWithOutcome(success, error_type));
+  const ReleaseOutcome out = slot_.ReleaseWithOutcome(success, error_type);
+  if (span_.recording()) EndSpan(success, error_type, out);
 }
 
 void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
                         std::string_view exception_type) {
-  if (span_.recording()) {
-    const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
-    // One reading for the closing events and the end: they happen at one moment, the slot's
-    // release (its start plus the duration recorded) when the manager and the tracer share a
-    // clock. (Carried in ReleaseOutcome, it would make that 24 bytes, returned through memory.)
-    const int64_t now =
-        release.released && SharedClock()
-            ? start_mono_ + std::llround(release.duration_ms * static_cast<double>(kNanosPerMs))
-            : calls_.tracer().clock().MonotonicNanos();
-    SpanEditor edit = span_.Edit();
-    // The timeout events are written here, from the record, rather than by the timer thread as
-    // the deadlines pass: a span is exported only once it ends, so they are no later for it, and
-    // a call whose deadlines do not pass (nearly all) installs no listener, which took the shard's
-    // lock once more per call. They are stamped with the deadlines themselves.
-    if (release.timeout_reached) {
-      edit.AddLiteralEventAt(SpanTime(slot_.deadline_mono_nanos()), "timeout",
-                             {{"phase", "warning"}});
-    }
-    if (release.escalated) {
-      edit.AddLiteralEventAt(SpanTime(slot_.hard_deadline_mono_nanos()), "timeout",
-                             {{"phase", "escalation"}})
-          .SetStatus(StatusCode::kError, "worker call passed its hard deadline");
-    }
-    if (!exception_type.empty()) {
-      edit.AddLiteralEventAt(now, "exception",
-                             {{"exception.type", exception_type}, {"exception.message", message}});
-    }
-    if (success) edit.AddLiteralEventAt(now, "execution_succeeded");
-    edit.AddLiteralEventAt(now, "call_completed",
-                           {{"status", success ? "success" : "failure"}, {"duration", duration_ms}})
-        .SetStatus(success ? StatusCode::kOk : StatusCode::kError, message)
-        .EndAt(now);
+  const double duration_ms = release.released ? release.duration_ms : ElapsedMs();
+  // One reading for the closing events and the end: they happen at one moment, the slot's
+  // release (its start plus the duration recorded) when the manager and the tracer share a
+  // clock. (Carried in ReleaseOutcome, it would make that 24 bytes, returned through memory.)
+  const int64_t now =
+      release.released && SharedClock()
+          ? start_mono_ + std::llround(release.duration_ms * static_cast<double>(kNanosPerMs))
+          : calls_.tracer().clock().MonotonicNanos();
+  SpanEditor edit = span_.Edit();
+  // The timeout events are written here, from the record, rather than by the timer thread as
+  // the deadlines pass: a span is exported only once it ends, so they are no later for it, and
+  // a call whose deadlines do not pass (nearly all) installs no listener, which took the shard's
+  // lock once more per call. They are stamped with the deadlines themselves.
+  if (release.timeout_reached) {
+    edit.AddLiteralEventAt(SpanTime(slot_.deadline_mono_nanos()), "timeout",
+                           {{"phase", "warning"}});
   }
+  if (release.escalated) {
+    edit.AddLiteralEventAt(SpanTime(slot_.hard_deadline_mono_nanos()), "timeout",
+                           {{"phase", "escalation"}})
+        .SetStatus(StatusCode::kError, "worker call passed its hard deadline");
+  }
+  if (!exception_type.empty()) {
+    edit.AddLiteralEventAt(now, "exception",
+                           {{"exception.type", exception_type}, {"exception.message", message}});
+  }
+  if (success) edit.AddLiteralEventAt(now, "execution_succeeded");
+  edit.AddLiteralEventAt(now, "call_completed",
+                         {{"status", success ? "success" : "failure"}, {"duration", duration_ms}})
+      .SetStatus(success ? StatusCode::kOk : StatusCode::kError, message)
+      .EndAt(now);
 }
 
 }  // namespace internal
