@@ -155,8 +155,6 @@ class CallGuard final : private TimeoutListener {
   // every call.) A non-empty `exception_type` adds the exception event, `message` its message.
   void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
                std::string_view exception_type = {});
-  // The manager's and the tracer's clock are one: their readings can be shared.
-  bool SharedClock() const;
   // A reading of the manager's clock as a reading of the tracer's.
   int64_t SpanTime(int64_t manager_mono) const;
   // On the manager's timer thread, installed only for a user's hard-timeout hook: runs it.
@@ -197,7 +195,10 @@ class WorkerCalls {
  public:
   WorkerCalls(ResourceBudgetManager& manager, Tracer& tracer,
               std::shared_ptr<JsonLogger> logger = nullptr)
-      : manager_(manager), tracer_(tracer), logger_(std::move(logger)) {}
+      : manager_(manager),
+        tracer_(tracer),
+        logger_(std::move(logger)),
+        shared_clock_(&manager.clock() == &tracer.clock()) {}
 
   // The spec's withWorkerCallObservability.
   template <typename Fn>
@@ -237,8 +238,10 @@ class WorkerCalls {
   friend class internal::CallGuard;
   ResourceBudgetManager& manager_;
   Tracer& tracer_;
-  const CallOptions default_options_{};  // a member: DefaultCallOptions() costs a guard check
   std::shared_ptr<JsonLogger> logger_;
+  // The manager's and the tracer's clock are one: a call's readings serve its span too.
+  const bool shared_clock_;
+  const CallOptions default_options_{};  // a member: DefaultCallOptions() costs a guard check
   std::atomic<uint64_t> unguarded_calls_{0};
 };
 

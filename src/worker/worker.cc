@@ -123,7 +123,7 @@ Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired, const CallOpt
   }
   // On one clock, the span starts when the slot was granted (or refused): one read fewer. The
   // first events are stamped with the span's start: the moment the slot was handed over.
-  const int64_t start = SharedClock() ? start_mono_ : tracer.clock().MonotonicNanos();
+  const int64_t start = calls_.shared_clock_ ? start_mono_ : tracer.clock().MonotonicNanos();
   return tracer.StartSpanAt(start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
     edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
     for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
@@ -183,13 +183,9 @@ void CallGuard::OnTimeout(bool hard) {
 }
 
 int64_t CallGuard::SpanTime(int64_t manager_mono) const {
-  if (SharedClock()) return manager_mono;
+  if (calls_.shared_clock_) return manager_mono;
   // The same distance from the span's start as from the slot's, on the tracer's clock.
   return span_.start_mono_nanos() + (manager_mono - start_mono_);
-}
-
-bool CallGuard::SharedClock() const {
-  return &calls_.tracer().clock() == &calls_.manager().clock();
 }
 
 double CallGuard::ElapsedMs() const {
@@ -229,7 +225,7 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
   // release (its start plus the duration recorded) when the manager and the tracer share a
   // clock. (Carried in ReleaseOutcome, it would make that 24 bytes, returned through memory.)
   const int64_t now =
-      release.released && SharedClock()
+      release.released && calls_.shared_clock_
           ? start_mono_ + std::llround(release.duration_ms * static_cast<double>(kNanosPerMs))
           : calls_.tracer().clock().MonotonicNanos();
   SpanEditor edit = span_.Edit();
