@@ -99,7 +99,7 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
       start_mono_(acquired.ok() ? acquired->start_mono_nanos()
                                 : calls.manager().clock().MonotonicNanos()),
       span_(calls.tracer().enabled() ? StartSpan(acquired, options, span_prefix) : Span()),
-      slot_(acquired.ok() ? std::move(acquired).value() : Slot()) {
+      slot_(acquired.ok() ? std::move(acquired.value()) : Slot()) {
   if (!acquired.ok()) Refused(acquired.error(), options);
 }
 

@@ -419,6 +419,39 @@ TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
   EXPECT_TRUE(off.processor->spans().empty());
 }
 
+// StartSpanAt with a fill: what the fill records is on the span before anyone else has it, and
+// the span is an ordinary one afterwards (its lock, taken without an atomic exchange, is free
+// again). The fill is not called for a span that does not record.
+TEST(SpanTest, StartSpanAtWithAFillRecordsBeforeTheSpanIsReturned) {
+  TracerFixture f;
+  f.clock.AdvanceMs(10);
+  Span span =
+      f.tracer->StartSpanAt(5'000'000, "filled", nullptr, SpanKind::kServer, [](SpanEditor& edit) {
+        edit.SetAttributes({{"k", int64_t{7}}}).AddLiteralEventAt(6'000'000, "first");
+      });
+  ASSERT_TRUE(span.recording());
+  span.AddEvent("second");  // would wait forever if the fill's editor had left the lock taken
+  span.End();
+  auto spans = f.processor->spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].name, "filled");
+  EXPECT_EQ(spans[0].kind, SpanKind::kServer);
+  EXPECT_EQ(spans[0].start_unix_nanos, kStart + 5'000'000);
+  ASSERT_EQ(spans[0].attributes.size(), 1u);
+  EXPECT_EQ(std::get<int64_t>(spans[0].attributes[0].value), 7);
+  ASSERT_EQ(spans[0].events.size(), 2u);
+  EXPECT_EQ(spans[0].events[0].name, "first");
+  EXPECT_EQ(spans[0].events[0].time_unix_nanos, kStart + 6'000'000);
+  EXPECT_EQ(spans[0].events[1].name, "second");
+
+  TracerFixture off(0.0);
+  bool filled = false;
+  Span quiet = off.tracer->StartSpanAt(0, "q", nullptr, SpanKind::kInternal,
+                                       [&](SpanEditor&) { filled = true; });
+  EXPECT_FALSE(quiet.recording());
+  EXPECT_FALSE(filled);
+}
+
 std::vector<std::string> Names(const SpanData& span) {
   std::vector<std::string> names;
   for (const SpanEvent& e : span.events) names.push_back(e.name);

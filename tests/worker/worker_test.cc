@@ -60,6 +60,23 @@ class WorkerTest : public ::testing::Test {
   }
   int Active() { return manager_->GetConcurrencyStatus().global.active; }
 
+  // Wrappers over the same manager whose tracer has a clock of its own, 5 s ahead.
+  struct OwnClockCalls {
+    explicit OwnClockCalls(WorkerTest& t) : clock(t.clock_.UnixAt(0) + 5'000'000'000) {
+      auto exporter = std::make_unique<InMemorySpanExporter>();
+      exported = exporter.get();
+      TracerOptions to;
+      to.clock = &clock;
+      to.processor = NewSimpleSpanProcessor(std::move(exporter));
+      tracer = std::make_unique<Tracer>(std::move(to));
+      calls = std::make_unique<WorkerCalls>(*t.manager_, *tracer);
+    }
+    ManualClock clock;
+    InMemorySpanExporter* exported = nullptr;
+    std::unique_ptr<Tracer> tracer;
+    std::unique_ptr<WorkerCalls> calls;
+  };
+
   ManualClock clock_;
   std::unique_ptr<ResourceBudgetManager> manager_;
   std::unique_ptr<Tracer> tracer_;
@@ -105,22 +122,15 @@ TEST_F(WorkerTest, SpanTimesAreTheSlotsGrantAndReleaseOnASharedClock) {
   EXPECT_EQ(spans[0].events[3].time_unix_nanos, granted + 25'000'000);  // call_completed
   EXPECT_EQ(std::get<double>(*Attr(spans[0].events[3].attributes, "duration")), 25.0);
 
-  ManualClock tracer_clock(clock_.UnixAt(0) + 5'000'000'000);  // 5 s ahead
-  auto exporter = std::make_unique<InMemorySpanExporter>();
-  InMemorySpanExporter* exported = exporter.get();
-  TracerOptions to;
-  to.clock = &tracer_clock;
-  to.processor = NewSimpleSpanProcessor(std::move(exporter));
-  Tracer tracer(std::move(to));
-  WorkerCalls calls(*manager_, tracer);
-  calls.Call("t", [&] {
+  OwnClockCalls own(*this);
+  own.calls->Call("t", [&] {
     clock_.AdvanceMs(25);
-    tracer_clock.AdvanceMs(7);
+    own.clock.AdvanceMs(7);
   });
-  spans = exported->spans();
+  spans = own.exported->spans();
   ASSERT_EQ(spans.size(), 1u);
-  EXPECT_EQ(spans[0].start_unix_nanos, tracer_clock.UnixAt(0));
-  EXPECT_EQ(spans[0].end_unix_nanos, tracer_clock.UnixAt(7'000'000));
+  EXPECT_EQ(spans[0].start_unix_nanos, own.clock.UnixAt(0));
+  EXPECT_EQ(spans[0].end_unix_nanos, own.clock.UnixAt(7'000'000));
 }
 
 // A recording span adds no clock read to a call when the manager and the tracer share a clock.
@@ -331,20 +341,13 @@ TEST_F(WorkerTest, TimeoutEventsAreStampedWithTheDeadlinesInTimeOrder) {
 
 // On a tracer clock of its own, a deadline keeps its distance from the span's start.
 TEST_F(WorkerTest, TimeoutEventsFollowTheTracersOwnClock) {
-  ManualClock tracer_clock(clock_.UnixAt(0) + 5'000'000'000);  // 5 s ahead
-  auto exporter = std::make_unique<InMemorySpanExporter>();
-  InMemorySpanExporter* exported = exporter.get();
-  TracerOptions to;
-  to.clock = &tracer_clock;
-  to.processor = NewSimpleSpanProcessor(std::move(exporter));
-  Tracer tracer(std::move(to));
-  WorkerCalls calls(*manager_, tracer);
-  tracer_clock.AdvanceMs(3);
-  calls.Call("t", [&] { clock_.AdvanceMs(120); }, {.timeout_ms = 100});
-  const SpanData span = exported->spans().at(0);
+  OwnClockCalls own(*this);
+  own.clock.AdvanceMs(3);
+  own.calls->Call("t", [&] { clock_.AdvanceMs(120); }, {.timeout_ms = 100});
+  const SpanData span = own.exported->spans().at(0);
   ASSERT_EQ(span.events.size(), 5u);
   EXPECT_EQ(span.events[2].name, "timeout");
-  EXPECT_EQ(span.events[2].time_unix_nanos, tracer_clock.UnixAt(3'000'000 + 100'000'000));
+  EXPECT_EQ(span.events[2].time_unix_nanos, own.clock.UnixAt(3'000'000 + 100'000'000));
 }
 
 TEST_F(WorkerTest, ReturningAfterTheWarningButBeforeTheHardDeadlineSucceeds) {
