@@ -253,10 +253,13 @@ class SpanProcessor {
   // Flushes and stops; later spans are dropped (and counted). Idempotent.
   virtual void Shutdown() = 0;
   virtual void SetResource(const Resource& resource) = 0;
+
+ private:
+  friend class SpanEditor;
   // The tracer hands most spans over in the form it recorded them in (see span_record.h): the
   // default turns the record into SpanData and calls OnEnd. laneguard's batch processor queues
-  // the record as it is and makes the SpanData on its export thread. Not part of the API to
-  // override: internal::SpanRecord may change in any release.
+  // the record as it is and makes the SpanData on its export thread. Private, and not to be
+  // overridden outside laneguard: internal::SpanRecord may change in any release.
   virtual void OnEndRecord(const internal::SpanRecord& record);
 };
 
@@ -307,10 +310,10 @@ class BatchSpanProcessor final : public SpanProcessor {
   bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30)) override;
   void Shutdown() override;
   void SetResource(const Resource& resource) override;
-  void OnEndRecord(const internal::SpanRecord& record) override;  // queued as it is
   BatchSpanProcessorStats stats() const;
 
  private:
+  void OnEndRecord(const internal::SpanRecord& record) override;  // queued as it is
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
