@@ -81,9 +81,6 @@ struct CallOptions {
   std::optional<SpanContext> parent;
 };
 
-// A CallOptions{} that lives as long as the program.
-const CallOptions& DefaultCallOptions();
-
 class WorkerCalls;
 namespace internal {
 class CallGuard;
@@ -152,7 +149,8 @@ class CallGuard final : private TimeoutListener {
   void Refused(const Rejection& rejection, const CallOptions& options);
   // The recording span's closing events and status, after the slot is released: its record says
   // which deadlines passed. The duration is the release's own figure when `release` says it
-  // released; otherwise the clock is read, and only if the span records. (By reference: an
+  // released; otherwise the clock is read. The status is the call's: an escalated call ends as a
+  // failure anyway (WorkerCallTimeout, or what it threw). (By reference: an
   // optional<double> by value was written in parts and read back whole, a store-forwarding stall on
   // every call.) A non-empty `exception_type` adds the exception event, `message` its message.
   void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
@@ -243,7 +241,8 @@ class WorkerCalls {
   std::shared_ptr<JsonLogger> logger_;
   // The manager's and the tracer's clock are one: a call's readings serve its span too.
   const bool shared_clock_;
-  const CallOptions default_options_{};  // a member: DefaultCallOptions() costs a guard check
+  // Call(task, fn)'s options: a member, where a function-local static costs a guard check.
+  const CallOptions default_options_{};
   std::atomic<uint64_t> unguarded_calls_{0};
 };
 

@@ -73,11 +73,6 @@ void CallContext::OnHardTimeout(std::function<void()> hook) {
   guard_->ListenForTimeouts();
 }
 
-const CallOptions& DefaultCallOptions() {
-  static const CallOptions options;
-  return options;
-}
-
 // ---- CallGuard
 // -------------------------------------------------------------------------------------
 
@@ -239,8 +234,7 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
   }
   if (release.escalated) {
     edit.AddLiteralEventAt(SpanTime(slot_.hard_deadline_mono_nanos()), "timeout",
-                           {{"phase", "escalation"}})
-        .SetStatus(StatusCode::kError, "worker call passed its hard deadline");
+                           {{"phase", "escalation"}});
   }
   if (!exception_type.empty()) {
     edit.AddLiteralEventAt(now, "exception",

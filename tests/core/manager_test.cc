@@ -211,6 +211,39 @@ TEST_F(ManagerTest, ReleaseUnlessLateFailsACallAtItsHardDeadlineAndSaysSo) {
   EXPECT_EQ(m->GetStatistics().failure_count, 1);
 }
 
+// ReleaseWithOutcome says what the record says: which deadlines passed (by the clock alone here,
+// no timer tick), and the duration; the outcome passed in stands, even past the hard deadline.
+TEST_F(ManagerTest, ReleaseWithOutcomeReportsTheDeadlinesTheRecordSaysPassed) {
+  auto m = Make();
+  // 1000 ms timeout, escalation factor 1.5: hard deadline at 1500 ms.
+  Slot quick = m->TryAcquire("quick", "file_read", 1000).value();
+  Slot slow = m->TryAcquire("slow", "file_read", 1000).value();
+  Slot overrun = m->TryAcquire("overrun", "file_read", 1000).value();
+  clock_.AdvanceMs(999);
+  const ReleaseOutcome a = quick.ReleaseWithOutcome(true);
+  clock_.AdvanceMs(1);
+  const ReleaseOutcome b = slow.ReleaseWithOutcome(true);
+  clock_.AdvanceMs(500);
+  const ReleaseOutcome c = overrun.ReleaseWithOutcome(true);
+  EXPECT_TRUE(a.released && b.released && c.released);
+  EXPECT_FALSE(a.timeout_reached || a.escalated);
+  EXPECT_TRUE(b.timeout_reached);
+  EXPECT_FALSE(b.escalated);
+  EXPECT_TRUE(c.timeout_reached && c.escalated);
+  EXPECT_FALSE(c.past_hard_deadline);  // ReleaseUnlessLate's alone
+  EXPECT_DOUBLE_EQ(c.duration_ms, 1500.0);
+  EXPECT_FALSE(overrun.ReleaseWithOutcome(true).released);
+
+  const auto metrics = m->GetMetrics();
+  ASSERT_EQ(metrics.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    const ReleaseOutcome& o = i == 0 ? a : i == 1 ? b : c;
+    EXPECT_EQ(metrics[i].timeout_reached, o.timeout_reached) << i;
+    EXPECT_EQ(metrics[i].escalated, o.escalated) << i;
+    EXPECT_TRUE(metrics[i].success) << i;
+  }
+}
+
 TEST_F(ManagerTest, DestroyedUnreleasedSlotIsRecordedAsAbandonedFailure) {
   auto m = Make();
   {
