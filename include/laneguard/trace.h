@@ -13,7 +13,8 @@
 //
 // A recording span keeps what is set on it as a compact log (src/telemetry/span_record.h); the
 // batch processor turns it into SpanData on its export thread, applying the limits and rules
-// below there, in the order things were recorded.
+// below there, in the order things were recorded. The events then go in time order (see
+// SpanData::events).
 //
 // Thread safety: Tracer, the processors and the exporters are thread-safe. A Span may be used from
 // several threads (events from the timer thread land on a span the caller is also writing); its
@@ -167,6 +168,9 @@ struct SpanData {
   int64_t start_unix_nanos = 0;
   int64_t end_unix_nanos = 0;
   Attributes attributes;
+  // In time order; events at the same time in the order they were recorded. (An event given an
+  // earlier time, such as a worker call's timeout event written when the call ends, takes its
+  // place by time.) Past max_events, the first ones recorded are kept.
   std::vector<SpanEvent> events;
   StatusCode status = StatusCode::kUnset;
   std::string status_message;

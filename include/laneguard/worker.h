@@ -101,9 +101,8 @@ class CallContext {
   // "call-<n>", or "" when unguarded.
   std::string call_id() const;
   // Runs on the timer thread at the hard deadline. (The span's timeout events are written when the
-  // call ends, stamped with the deadlines: in the span's list of events they come after what hooks
-  // recorded as the deadlines passed, such as the process runner's signal_sent, though not in
-  // time.)
+  // call ends, stamped with the deadlines; the exported span lists them by time, before what hooks
+  // recorded as the deadlines passed, such as the process runner's signal_sent.)
   void OnHardTimeout(std::function<void()> hook);
 
  private:

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 namespace laneguard::internal {
 namespace {
@@ -188,7 +189,17 @@ void SpanBuilder::Apply(const std::byte* log, size_t size) {
 void SpanBuilder::Finish(const SpanRecord& header) {
   data_->end_unix_nanos = header.end_unix_nanos;
   data_->attributes.resize(attributes_used_);
-  data_->events.resize(events_used_);
+  std::vector<SpanEvent>& events = data_->events;
+  events.resize(events_used_);
+  // Events are recorded as they are learnt of, not always as they happen: a worker call's timeout
+  // events are written when it ends, after what hooks recorded as the deadlines passed. Nearly
+  // every span is in order already, so the check is all it costs; a sort swaps the events with
+  // their buffers, which a recycled span keeps either way.
+  const auto earlier = [](const SpanEvent& a, const SpanEvent& b) {
+    return a.time_unix_nanos < b.time_unix_nanos;
+  };
+  if (!std::is_sorted(events.begin(), events.end(), earlier))
+    std::stable_sort(events.begin(), events.end(), earlier);
 }
 
 void ReplaySpanRecord(const SpanRecord& record, SpanData& out) {

@@ -431,7 +431,7 @@ TEST(BatchSpanProcessorTest, TracerPassesItsResourceAndFlushesOnDestruction) {
 }
 
 // The tracer hands the batch processor its spans as records; the export thread replays them, so
-// the exporter sees the events (literal or not) in the order recorded, with their values.
+// the exporter sees the events (literal or not) with their values, in time order.
 TEST(BatchSpanProcessorTest, ReplaysRecordedSpansOnTheExportThread) {
   auto e = std::make_unique<TestExporter>();
   TestExporter* exporter = e.get();
@@ -442,9 +442,10 @@ TEST(BatchSpanProcessorTest, ReplaysRecordedSpansOnTheExportThread) {
   Tracer tracer(std::move(o));
   {
     Span span = tracer.StartSpan("s");
-    span.AddLiteralEventAt(span.start_mono_nanos(), "acquired", {{"n", int64_t{4}}});
-    span.AddEvent("custom");
-    span.AddLiteralEventAt(span.start_mono_nanos(), "completed", {{"status", "success"}});
+    const int64_t start = span.start_mono_nanos();
+    span.AddLiteralEventAt(start + 2, "completed", {{"status", "success"}});
+    span.AddLiteralEventAt(start, "acquired", {{"n", int64_t{4}}});
+    span.AddEventAt(start + 1, "custom");
   }
   ASSERT_TRUE(tracer.ForceFlush());
   const auto spans = exporter->spans();

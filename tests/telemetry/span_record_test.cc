@@ -118,5 +118,36 @@ TEST(SpanRecordTest, ReplayOverwritesARecycledSpanCompletely) {
   EXPECT_TRUE(span.status_message.empty());
 }
 
+// Events leave in time order, ties in the order recorded; past max_events the first ones recorded
+// are the ones kept, wherever their times put them. Each event keeps its own attributes.
+TEST(SpanRecordTest, EventsAreReplayedInTimeOrderKeepingTheFirstRecorded) {
+  SpanRecord record = EmptyRecord();
+  record.max_events = 4;
+  const auto event = [&](int64_t time, const std::string& name) {
+    const AttributeView attributes[] = {{"name", std::string_view(name)}};
+    Append(record, [&](auto sink) {
+      return PutEvent(sink, time, std::string_view(name), attributes, 1);
+    });
+  };
+  event(10, "a");
+  event(30, "c");
+  event(20, "b-first");
+  event(20, "b-second");  // the limit: 4 events
+  event(5, "dropped");
+  SpanData span;
+  ReplaySpanRecord(record, span);
+  std::vector<std::string> names;
+  std::vector<int64_t> times;
+  for (const SpanEvent& e : span.events) {
+    names.push_back(e.name);
+    times.push_back(e.time_unix_nanos);
+    ASSERT_EQ(e.attributes.size(), 1u);
+    EXPECT_EQ(std::get<std::string>(e.attributes[0].value), e.name);
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "b-first", "b-second", "c"}));
+  EXPECT_EQ(times, (std::vector<int64_t>{10, 20, 20, 30}));
+  EXPECT_EQ(span.dropped_events_count, 1u);
+}
+
 }  // namespace
 }  // namespace laneguard::internal

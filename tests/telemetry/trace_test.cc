@@ -385,7 +385,7 @@ TEST(SpanTest, RecordsNameKindAttributesEventsAndStatus) {
 }
 
 // Events and the end stamped at times the caller read: on the span's timeline, clamped to its
-// start, and the end's time is the one given, not the clock's.
+// start (and listed by those times), and the end's time is the one given, not the clock's.
 TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
   TracerFixture f;
   f.clock.AdvanceMs(100);
@@ -404,11 +404,12 @@ TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
   const int64_t start = kStart + 100'000'000;
   EXPECT_EQ(d.start_unix_nanos, start);
   ASSERT_EQ(d.events.size(), 2u);
-  EXPECT_EQ(d.events[0].name, "at_two_ms");
-  EXPECT_EQ(d.events[0].time_unix_nanos, start + 2'000'000);
-  ASSERT_EQ(d.events[0].attributes.size(), 1u);
-  EXPECT_EQ(d.events[1].name, "before_the_start");
-  EXPECT_EQ(d.events[1].time_unix_nanos, start);
+  EXPECT_EQ(d.events[0].name, "before_the_start");
+  EXPECT_EQ(d.events[0].time_unix_nanos, start);
+  EXPECT_TRUE(d.events[0].attributes.empty());
+  EXPECT_EQ(d.events[1].name, "at_two_ms");
+  EXPECT_EQ(d.events[1].time_unix_nanos, start + 2'000'000);
+  ASSERT_EQ(d.events[1].attributes.size(), 1u);
   EXPECT_EQ(d.end_unix_nanos, start + 3'000'000);
 
   TracerFixture off(0.0);
@@ -459,17 +460,19 @@ std::vector<std::string> Names(const SpanData& span) {
 }
 
 // Literal events keep their names and keys as addresses until the span is replayed; the span the
-// processor gets has them among the ordinary events, in the order everything was recorded, with
-// their times and values.
+// processor gets has them among the ordinary events (which read the clock), with their times and
+// values.
 TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
   TracerFixture f;
   f.clock.AdvanceMs(10);
   Span span = f.tracer->StartSpan("s");
   const int64_t t0 = span.start_mono_nanos();
   span.AddLiteralEventAt(t0 + 1, "first", {{"n", int64_t{1}}, {"text", std::string("one")}});
+  f.clock.AdvanceNanos(2);
   span.AddEvent("second");
   span.AddLiteralEventAt(t0 + 3, "third");
   span.AddLiteralEventAt(t0 + 4, "fourth", {{"ok", true}});
+  f.clock.AdvanceNanos(3);
   span.AddEvent("fifth", {{"k", 2.5}});
   span.AddLiteralEventAt(t0 + 6, "sixth",
                          {{"a", int64_t{1}}, {"b", int64_t{2}}, {"c", int64_t{3}}});
@@ -489,8 +492,10 @@ TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
   EXPECT_EQ(std::get<int64_t>(d.events[0].attributes[0].value), 1);
   EXPECT_EQ(d.events[0].attributes[1].key, "text");
   EXPECT_EQ(std::get<std::string>(d.events[0].attributes[1].value), "one");
+  EXPECT_EQ(d.events[1].time_unix_nanos, start + 2);
   EXPECT_TRUE(d.events[2].attributes.empty());
   EXPECT_EQ(d.events[2].time_unix_nanos, start + 3);
+  EXPECT_EQ(d.events[4].time_unix_nanos, start + 5);
   ASSERT_EQ(d.events[3].attributes.size(), 1u);
   EXPECT_TRUE(std::get<bool>(d.events[3].attributes[0].value));
   EXPECT_EQ(d.events[5].attributes.size(), 3u);

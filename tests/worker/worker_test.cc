@@ -339,11 +339,32 @@ TEST_F(WorkerTest, TimeoutEventsAreStampedWithTheDeadlinesInTimeOrder) {
   EXPECT_EQ(Spans().at(1).status, StatusCode::kOk);
 }
 
+// An event recorded live after the warning passed (as the process runner's signal_sent is) comes
+// after the warning in the exported span, though the warning is written only when the call ends.
+TEST_F(WorkerTest, ALiveEventAfterTheDeadlineFollowsTheTimeoutEvent) {
+  calls_->Call("t",
+               [&](CallContext& ctx) {
+                 clock_.AdvanceMs(120);
+                 ctx.span().AddEvent("seen_late");
+               },
+               {.timeout_ms = 100});
+  const SpanData span = Spans().at(0);
+  EXPECT_THAT(EventNames(span), ElementsAre("acquired_slot", "execution_started", "timeout",
+                                            "seen_late", "execution_succeeded", "call_completed"));
+  EXPECT_EQ(span.events[2].time_unix_nanos, clock_.UnixAt(100'000'000));
+  EXPECT_EQ(span.events[3].time_unix_nanos, clock_.UnixAt(120'000'000));
+}
+
 // On a tracer clock of its own, a deadline keeps its distance from the span's start.
 TEST_F(WorkerTest, TimeoutEventsFollowTheTracersOwnClock) {
   OwnClockCalls own(*this);
   own.clock.AdvanceMs(3);
-  own.calls->Call("t", [&] { clock_.AdvanceMs(120); }, {.timeout_ms = 100});
+  own.calls->Call("t",
+                  [&] {
+                    clock_.AdvanceMs(120);
+                    own.clock.AdvanceMs(120);
+                  },
+                  {.timeout_ms = 100});
   const SpanData span = own.exported->spans().at(0);
   ASSERT_EQ(span.events.size(), 5u);
   EXPECT_EQ(span.events[2].name, "timeout");
