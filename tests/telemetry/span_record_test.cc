@@ -125,9 +125,8 @@ TEST(SpanRecordTest, EventsAreReplayedInTimeOrderKeepingTheFirstRecorded) {
   record.max_events = 4;
   const auto event = [&](int64_t time, const std::string& name) {
     const AttributeView attributes[] = {{"name", std::string_view(name)}};
-    Append(record, [&](auto sink) {
-      return PutEvent(sink, time, std::string_view(name), attributes, 1);
-    });
+    Append(record,
+           [&](auto sink) { return PutEvent(sink, time, std::string_view(name), attributes, 1); });
   };
   event(10, "a");
   event(30, "c");
