@@ -260,11 +260,14 @@ class SpanProcessor {
 
  private:
   friend class SpanEditor;
-  // The tracer hands most spans over in the form it recorded them in (see span_record.h): the
-  // default turns the record into SpanData and calls OnEnd. laneguard's batch processor queues
-  // the record as it is and makes the SpanData on its export thread. Private, and not to be
-  // overridden outside laneguard: internal::SpanRecord may change in any release.
-  virtual void OnEndRecord(const internal::SpanRecord& record);
+  friend class BatchSpanProcessor;
+  using RecordSink = void (*)(SpanProcessor& self, const internal::SpanRecord& record);
+  // The tracer hands most spans over in the form it recorded them in (see span_record.h). With no
+  // sink it turns the record into SpanData and calls OnEnd; laneguard's batch processor sets one
+  // that queues the record as it is, for its export thread to make the SpanData. A private
+  // pointer, not a virtual, so that nothing outside laneguard can take the record:
+  // internal::SpanRecord may change in any release.
+  RecordSink record_sink_ = nullptr;
 };
 
 // Exports each span on the calling thread, as it ends. For tests and debugging.
@@ -317,7 +320,7 @@ class BatchSpanProcessor final : public SpanProcessor {
   BatchSpanProcessorStats stats() const;
 
  private:
-  void OnEndRecord(const internal::SpanRecord& record) override;  // queued as it is
+  static void QueueRecord(SpanProcessor& self, const internal::SpanRecord& record);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };

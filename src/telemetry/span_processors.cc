@@ -136,7 +136,9 @@ struct BatchSpanProcessor::Impl {
 
 BatchSpanProcessor::BatchSpanProcessor(std::unique_ptr<SpanExporter> exporter,
                                        BatchSpanProcessorOptions options)
-    : impl_(std::make_unique<Impl>(std::move(exporter), options)) {}
+    : impl_(std::make_unique<Impl>(std::move(exporter), options)) {
+  record_sink_ = &QueueRecord;
+}
 
 BatchSpanProcessor::~BatchSpanProcessor() { Shutdown(); }
 
@@ -145,9 +147,9 @@ void BatchSpanProcessor::OnEnd(SpanData&& span) {
   impl_->worker.PushWith([&data](QueuedSpan& item) { item.data = std::move(data); });
 }
 
-void BatchSpanProcessor::OnEndRecord(const internal::SpanRecord& record) {
+void BatchSpanProcessor::QueueRecord(SpanProcessor& self, const internal::SpanRecord& record) {
   // The record is copied under the queue's lock: a few hundred bytes, and no second copy.
-  impl_->worker.PushWith(
+  static_cast<BatchSpanProcessor&>(self).impl_->worker.PushWith(
       [&record](QueuedSpan& item) { internal::CopySpanRecord(record, item.record); });
 }
 

@@ -428,7 +428,15 @@ void SpanEditor::EndAt(int64_t mono_nanos) {
   // End runs in destructors and noexcept moves: a throwing processor must not terminate.
   try {
     if (!state.spilled) {
-      if (processor != nullptr) processor->OnEndRecord(state.record);
+      if (processor == nullptr) return;
+      if (processor->record_sink_ != nullptr) {
+        processor->record_sink_(*processor, state.record);
+        return;
+      }
+      SpanData span;
+      internal::TakeSpanData(span);
+      internal::ReplaySpanRecord(state.record, span);
+      processor->OnEnd(std::move(span));
       return;
     }
     state.Spill();
@@ -441,13 +449,6 @@ void SpanEditor::EndAt(int64_t mono_nanos) {
     }
   } catch (...) {
   }
-}
-
-void SpanProcessor::OnEndRecord(const internal::SpanRecord& record) {
-  SpanData span;
-  internal::TakeSpanData(span);
-  internal::ReplaySpanRecord(record, span);
-  OnEnd(std::move(span));
 }
 
 // ---- tracer -------------------------------------------------------------------------------------
