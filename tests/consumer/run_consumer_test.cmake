@@ -12,5 +12,6 @@ run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/consumer -B ${WORK_DIR}/build
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
 run(${WORK_DIR}/build/consumer)
 run(${WORK_DIR}/build/consumer_lto)
+run(${WORK_DIR}/build/consumer_no_lto)
 run(${WORK_DIR}/build/consumer_prometheus)
 message(STATUS "consumer built against the installed package and ran")
