@@ -120,8 +120,7 @@ class CallGuard final : private TimeoutListener {
   // `task_id` and `options` must outlive the guard: it keeps views of the task id and the lane
   // (copying them cost a tenth of an unobserved call).
   // Inline: the acquisition's result is then made in the caller's frame, not in one more.
-  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-            std::string_view span_prefix = "worker_call:");
+  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options);
   // Adopts a slot the caller acquired (options.lane must be its lane); never throws for a refusal.
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options, Slot slot);
   ~CallGuard();  // releases as abandoned if neither Succeeded, Failed nor Settle released it
@@ -140,10 +139,10 @@ class CallGuard final : private TimeoutListener {
  private:
   friend class laneguard::CallContext;
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-            Result<Slot, Rejection>&& acquired, std::string_view span_prefix);
+            Result<Slot, Rejection>&& acquired);
   // The call's span (tracing enabled) with its first attributes and events.
-  Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options,
-                 std::string_view span_prefix) const;
+  // Named worker_call:<lane>, as the spec names it.
+  Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options) const;
   // Throws ResourceLimitExceeded, or lets the call run unguarded (counted and logged).
   void Refused(const Rejection& rejection, const CallOptions& options);
   // The recording span's closing events and status, after the slot is released: its record says
@@ -369,11 +368,11 @@ template <typename Fn>
 using CallResult = decltype(InvokeWithContext(std::declval<Fn&>(), std::declval<CallContext&>()));
 
 inline CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id,
-                            const CallOptions& options, std::string_view span_prefix)
+                            const CallOptions& options)
     : CallGuard(
           calls, task_id, options,
-          calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata),
-          span_prefix) {}
+          calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata)) {
+}
 }  // namespace internal
 
 template <typename Fn>

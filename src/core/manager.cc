@@ -1152,8 +1152,7 @@ void Slot::ReleaseAbandoned() { Release(false, "abandoned"); }
 std::string Slot::call_id_string() const { return "call-" + std::to_string(call_id_); }
 
 bool Slot::Release(bool success, std::string_view error_type) {
-  if (state_ == nullptr) return false;
-  return state_->Release(*this, success, error_type).released;
+  return ReleaseWithOutcome(success, error_type).released;
 }
 
 ReleaseOutcome Slot::ReleaseWithOutcome(bool success, std::string_view error_type) {

@@ -80,26 +80,26 @@ namespace internal {
 
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      Slot slot)
-    : CallGuard(calls, task_id, options, Result<Slot, Rejection>(std::move(slot)), "worker_call:") {
-}
+    : CallGuard(calls, task_id, options, Result<Slot, Rejection>(std::move(slot))) {}
 
 // The span is made in place, in the member: returned and moved into it, its ids were stored
 // and at once read back wider than they were written, a store-forwarding stall on every call.
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-                     Result<Slot, Rejection>&& acquired, std::string_view span_prefix)
+                     Result<Slot, Rejection>&& acquired)
     : calls_(calls),
       task_id_(task_id),
       lane_(options.lane),
       // A granted slot carries the time it was granted at; only a refused call reads the clock.
       start_mono_(acquired.ok() ? acquired->start_mono_nanos()
                                 : calls.manager().clock().MonotonicNanos()),
-      span_(calls.tracer().enabled() ? StartSpan(acquired, options, span_prefix) : Span()),
+      span_(calls.tracer().enabled() ? StartSpan(acquired, options) : Span()),
       slot_(acquired.ok() ? std::move(acquired.value()) : Slot()) {
   if (!acquired.ok()) Refused(acquired.error(), options);
 }
 
-Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options,
-                          std::string_view span_prefix) const {
+Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired,
+                          const CallOptions& options) const {
+  constexpr std::string_view kPrefix = "worker_call:";
   Tracer& tracer = calls_.tracer();
   const SpanContext* parent =
       options.parent && options.parent->valid() ? &*options.parent : nullptr;
@@ -107,13 +107,13 @@ Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired, const CallOpt
   char buffer[96];
   std::string long_name;
   std::string_view name;
-  const size_t length = span_prefix.size() + lane_.size();
+  const size_t length = kPrefix.size() + lane_.size();
   if (length <= sizeof buffer) {
-    std::memcpy(buffer, span_prefix.data(), span_prefix.size());
-    std::memcpy(buffer + span_prefix.size(), lane_.data(), lane_.size());
+    std::memcpy(buffer, kPrefix.data(), kPrefix.size());
+    std::memcpy(buffer + kPrefix.size(), lane_.data(), lane_.size());
     name = std::string_view(buffer, length);
   } else {
-    long_name = std::string(span_prefix) += lane_;
+    long_name = std::string(kPrefix) += lane_;
     name = long_name;
   }
   // On one clock, the span starts when the slot was granted (or refused): one read fewer. The
