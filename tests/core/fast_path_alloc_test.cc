@@ -1,4 +1,5 @@
-// The admission fast path allocates nothing once warm (short task id, no metadata, no observers).
+// The admission fast path, and a worker call whose span records into the batch processor, allocate
+// nothing once warm (short task id, no metadata, no observers).
 // Its own executable: it replaces the global operator new to count allocations, which must not
 // affect the other tests.
 #include <gtest/gtest.h>
@@ -9,6 +10,7 @@
 #include <new>
 
 #include "laneguard/manager.h"
+#include "laneguard/worker.h"
 
 namespace {
 std::atomic<uint64_t> g_allocations{0};
@@ -102,6 +104,41 @@ TEST(FastPath, AMetadataCopyThatCannotAllocateTakesNothing) {
   ASSERT_EQ(records.size(), 2u);
   EXPECT_EQ(records[1].task_id, "task-2");
   EXPECT_FALSE(records[1].timeout_reached);
+}
+
+// A recording span goes to the batch processor as its record, copied into the queue: no SpanData
+// is built or allocated on the calling thread. (Handed over as SpanData, through OnEnd, every span
+// would allocate.) The queue holds every span of a round, so the export thread, which builds the
+// SpanData, runs only at the flushes, outside the counted loop.
+TEST(FastPath, WarmRecordingCallsIntoTheBatchProcessorAllocateNothing) {
+  class Discard final : public SpanExporter {
+   public:
+    bool Export(const std::vector<SpanData>&, const Resource&) override { return true; }
+  };
+  ManualClock clock;
+  auto manager = MakeManager(clock);
+  constexpr int kRound = 500;
+  auto processor = std::make_shared<BatchSpanProcessor>(
+      std::make_unique<Discard>(),
+      BatchSpanProcessorOptions{.max_queue_size = 4096,
+                                .max_export_batch_size = 4096,
+                                .schedule_delay = std::chrono::hours(24)});
+  TracerOptions o;
+  o.processor = processor;
+  o.clock = &clock;
+  Tracer tracer(std::move(o));
+  WorkerCalls calls(*manager, tracer);
+  // Warm-up: the queue's two vectors, the span pool and the export thread's spans grow to size.
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < kRound; ++i) calls.Call("task-1234", [] {});
+    ASSERT_TRUE(processor->ForceFlush());
+  }
+  const uint64_t before = g_allocations.load();
+  for (int i = 0; i < kRound; ++i) calls.Call("task-1234", [] {});
+  const uint64_t allocated = g_allocations.load() - before;
+  ASSERT_TRUE(processor->ForceFlush());
+  EXPECT_EQ(allocated, 0u);
+  EXPECT_EQ(processor->stats().exported, 4u * kRound);
 }
 
 }  // namespace
