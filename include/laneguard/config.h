@@ -20,6 +20,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "laneguard/result.h"
 
@@ -31,11 +32,24 @@ inline constexpr int64_t kMaxTimeoutMs = 30LL * 24 * 3600 * 1000;
 inline constexpr double kMaxEscalationFactor = 100;
 // Upper bound of globalConcurrencyLimit and of every lane limit.
 inline constexpr int kMaxConcurrencyLimit = 1'000'000;
+// Upper bound of maxRssMb, heapWarningMb and a job's maxRssMb: 1 PiB, beyond any machine, and far
+// enough from overflow that megabytes convert to bytes (<< 20) in an int64_t.
+inline constexpr int64_t kMaxMemoryMb = int64_t{1} << 30;
+// Upper bound of metricsCapacity: 100x the default. The ring is reserved whole (about 150 bytes a
+// record) in every CPU shard that records a call, so 1e8 was gigabytes per shard (bad_alloc).
+inline constexpr int64_t kMaxMetricsCapacity = 1'000'000;
+// Upper bound of memorySampleIntervalMs: an hour. A memory guard fed older samples guards nothing,
+// and the interval in nanoseconds stays far from int64_t overflow.
+inline constexpr int64_t kMaxMemorySampleIntervalMs = 3'600'000;
+// Upper bound of timerTickMs: one second. Every timeout fires up to a tick late, so a tick of
+// 100000000 ms meant timeouts never fired at all.
+inline constexpr int64_t kMaxTimerTickMs = 1'000;
 
 struct Config {
   // Admission is rejected with memory_limit while the sampled RSS is above this.
+  // Within (0, kMaxMemoryMb].
   double max_rss_mb = 512;
-  // Above this heap use, admission logs a warning and still admits.
+  // Above this heap use, admission logs a warning and still admits. Within (0, kMaxMemoryMb].
   double heap_warning_mb = 400;
   // Per-lane concurrency limits. Lane names are case-sensitive.
   std::map<std::string, int, std::less<>> lane_concurrency_limits = {
@@ -52,30 +66,41 @@ struct Config {
   double span_sample_rate = 1.0;
 
   // laneguard extensions (not in the spec; same camelCase convention in JSON).
-  // Capacity of the ring of per-call records returned by GetMetrics(). Must be >= 1.
+  // Capacity of the ring of per-call records returned by GetMetrics().
+  // Within [1, kMaxMetricsCapacity].
   int64_t metrics_capacity = 10000;
-  // How often the background thread samples memory (RSS, heap, cgroup). Must be >= 1.
+  // How often the background thread samples memory (RSS, heap, cgroup).
+  // Within [1, kMaxMemorySampleIntervalMs].
   int64_t memory_sample_interval_ms = 1000;
-  // Resolution of the timer thread: timeouts fire up to this late. Must be >= 1.
+  // Resolution of the timer thread: timeouts fire up to this late. Within [1, kMaxTimerTickMs].
   int64_t timer_tick_ms = 10;
 
   bool operator==(const Config&) const = default;
 };
 
 // Checks every constraint and returns the first violation, or an empty optional-like ok result.
-// Constraints: limits >= 1, lane limits <= global limit, 0 <= spanSampleRate <= 1,
-// timeoutEscalationFactor >= 1, defaultTimeoutMs > 0, maxRssMb > 0, heapWarningMb > 0,
-// metricsCapacity/memorySampleIntervalMs/timerTickMs >= 1, lane names non-empty.
+// Constraints: limits within [1, kMaxConcurrencyLimit], lane limits <= global limit,
+// 0 <= spanSampleRate <= 1, timeoutEscalationFactor within [1, kMaxEscalationFactor],
+// defaultTimeoutMs within [1, kMaxTimeoutMs], maxRssMb and heapWarningMb within (0, kMaxMemoryMb],
+// metricsCapacity, memorySampleIntervalMs and timerTickMs within [1, their kMax...], lane names
+// non-empty. Every numeric key has an upper bound, so a value that passes runs.
 Result<Config, ConfigError> ValidateConfig(Config config);
 
 // Parses `json` (an object with camelCase keys) and merges it over `base`. Errors name the key and
-// the value: unknown key, wrong type, impossible value, malformed JSON (key "" and the parser's
-// position in the message).
-Result<Config, ConfigError> ParseConfigJson(std::string_view json, const Config& base = Config{});
+// the value: unknown key (with a "did you mean"), wrong type, impossible value, malformed JSON (key
+// "" and the parser's position in the message). Values in messages are shortened to about 80
+// characters, however long or deeply nested the input.
+// Warnings (when `warnings` is given; the config still loads): a key given twice (the last value
+// wins, as in JavaScript), and a lane name that looks like a misspelled known lane ("critc" would
+// silently add a sixth lane).
+Result<Config, ConfigError> ParseConfigJson(std::string_view json, const Config& base = Config{},
+                                            std::vector<std::string>* warnings = nullptr);
 
-// Reads the file at `path` and parses it as above. An unreadable file is an error with key "" whose
-// message names the path.
-Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base = Config{});
+// Reads the file at `path` and parses it as above. Every error message starts with the path; an
+// unreadable file (missing, no permission, a directory) is an error with key "" and the system's
+// reason. Warnings are prefixed with the path too.
+Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base = Config{},
+                                           std::vector<std::string>* warnings = nullptr);
 
 // The complete config as a JSON object with camelCase keys, every field present (the effective
 // config). Round trip: ParseConfigJson(ConfigToJson(c), base) == c whenever base's lanes are a

@@ -1,20 +1,27 @@
 #include "cli/job_file.h"
 
-#include <cerrno>
+#include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
 #include <system_error>
+
+#include "core/json_input.h"
 
 namespace laneguard::cli {
 namespace {
 
+using internal::JsonPreview;
+using internal::QuoteBounded;
 using nlohmann::json;
 
-std::string Quote(std::string_view s) { return "'" + std::string(s) + "'"; }
+const std::vector<std::string>& KnownFields() {
+  static const std::vector<std::string> fields = {"id",       "lane",     "cmd", "timeoutMs",
+                                                  "maxRssMb", "metadata", "env", "cwd"};
+  return fields;
+}
 
 std::string LaneList(const Config& config) {
   std::string out;
@@ -25,45 +32,67 @@ std::string LaneList(const Config& config) {
   return out;
 }
 
-// A positive integer no larger than `max`; the error says what was wrong with the value.
+// A positive integer no larger than `max` (3.0 counts as 3, as in the config); the error says
+// what was wrong with the value.
 std::optional<std::string> CheckPositive(const json& v, int64_t max, int64_t* out) {
-  if (!v.is_number_integer() && !v.is_number_unsigned())
-    return "must be a positive integer, got " + v.dump();
-  if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(max)
-                             : v.get<int64_t>() > max)
-    return "must be at most " + std::to_string(max) + ", got " + v.dump();
-  const int64_t value = v.get<int64_t>();
-  if (value <= 0) return "must be a positive integer, got " + v.dump();
-  *out = value;
+  const std::optional<int64_t> value = internal::JsonAsInteger(v);
+  const bool too_big = value ? *value > max : internal::JsonIsIntegral(v) && v.get<double>() > 0;
+  if (too_big) return "must be at most " + std::to_string(max) + ", got " + JsonPreview(v);
+  if (!value || *value <= 0) return "must be a positive integer, got " + JsonPreview(v);
+  *out = *value;
   return std::nullopt;
+}
+
+// execve takes C strings: a NUL would silently cut an argument, a name or a path short.
+bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
+constexpr const char* kNulMessage = "must not contain a NUL character (\\u0000)";
+
+// One duration term: a decimal number (digits, optional fraction) and its unit's scale in ms.
+// Advances `text` past it; nullopt when it is not one.
+std::optional<double> DurationTermMs(std::string_view& text, bool* bare) {
+  size_t digits = 0, i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
+    digits += text[i++] != '.';
+  if (digits == 0) return std::nullopt;
+  double number = 0;
+  auto [rest, ec] = std::from_chars(text.data(), text.data() + i, number);
+  if (ec != std::errc() || rest != text.data() + i || !std::isfinite(number)) return std::nullopt;
+  text.remove_prefix(i);
+  *bare = text.empty();
+  double scale = 1000;  // a bare number is seconds
+  for (const auto& [unit, ms] : {std::pair<std::string_view, double>{"ms", 1},
+                                 {"s", 1000},
+                                 {"m", 60'000},
+                                 {"h", 3'600'000}}) {
+    if (text.starts_with(unit)) {
+      scale = ms;
+      text.remove_prefix(unit.size());
+      return number * scale;
+    }
+  }
+  return *bare ? std::optional<double>(number * scale) : std::nullopt;
 }
 
 }  // namespace
 
 Result<int64_t, std::string> ParseDurationMs(std::string_view text, std::string_view flag) {
+  const std::string what = std::string(flag) + ": " + QuoteBounded(text);
   const std::string bad =
-      std::string(flag) + ": " + Quote(text) + " is not a duration (use e.g. 500ms, 30s, 1.5m, 1h)";
-  double number = 0;
-  const char* begin = text.data();
-  const char* end = text.data() + text.size();
-  auto [rest, ec] = std::from_chars(begin, end, number);
-  if (ec != std::errc() || rest == begin || !std::isfinite(number)) return bad;
-  const std::string_view unit(rest, static_cast<size_t>(end - rest));
-  double scale;
-  if (unit.empty() || unit == "s")
-    scale = 1000;
-  else if (unit == "ms")
-    scale = 1;
-  else if (unit == "m")
-    scale = 60'000;
-  else if (unit == "h")
-    scale = 3'600'000;
-  else
-    return bad;
-  const double ms = std::round(number * scale);
-  if (ms <= 0) return std::string(flag) + ": " + Quote(text) + " must be more than 0 ms";
-  if (ms > static_cast<double>(kMaxTimeoutMs))
-    return std::string(flag) + ": " + Quote(text) + " is more than 30 days";
+      what + " is not a duration (use e.g. 500ms, 30s, 1m30s, 1.5h; a bare number is seconds)";
+  std::string_view rest = text;
+  double ms = 0;
+  int terms = 0;
+  bool bare = false;
+  while (!rest.empty()) {
+    auto term = DurationTermMs(rest, &bare);
+    if (!term || (bare && terms > 0)) return bad;  // "1m30" is ambiguous: 30 what?
+    ms += *term;
+    ++terms;
+  }
+  if (terms == 0) return bad;
+  ms = std::round(ms);
+  if (ms <= 0) return what + " must be more than 0 ms";
+  if (ms > static_cast<double>(kMaxTimeoutMs)) return what + " is more than 30 days";
   return static_cast<int64_t>(ms);
 }
 
@@ -73,13 +102,194 @@ std::string JobError::ToString() const {
   return out + message;
 }
 
+std::string FormatJobErrors(const std::vector<JobError>& errors, std::string_view prefix,
+                            size_t max) {
+  std::string out;
+  for (size_t i = 0; i < errors.size() && i < max; ++i)
+    out += std::string(prefix) + errors[i].ToString() + "\n";
+  if (errors.size() > max)
+    out += std::string(prefix) + "and " + std::to_string(errors.size() - max) + " more errors\n";
+  return out;
+}
+
+namespace {
+
+// Checks one parsed line, field by field, into a Job; every problem goes to `errors`.
+class LineChecker {
+ public:
+  LineChecker(int line, const json& j, const Config& config, std::vector<JobError>& errors)
+      : j_(j), config_(config), errors_(errors) {
+    job_.line = line;
+  }
+
+  Job Check() {
+    for (const auto& [key, value] : j_.items())
+      if (std::find(KnownFields().begin(), KnownFields().end(), key) == KnownFields().end())
+        Error(internal::Truncate(key),
+              "unknown field (known: id, lane, cmd, timeoutMs, maxRssMb, metadata, env, cwd)" +
+                  internal::DidYouMean(key, KnownFields()));
+    CheckIdAndLane();
+    CheckCmd();
+    CheckLimits();
+    CheckMetadata();
+    CheckEnv();
+    CheckCwd();
+    return std::move(job_);
+  }
+
+ private:
+  void Error(std::string field, std::string message) {
+    errors_.push_back({job_.line, std::move(field), std::move(message)});
+  }
+  const json* Field(const char* name) const {
+    auto it = j_.find(name);
+    return it == j_.end() ? nullptr : &*it;
+  }
+
+  void CheckIdAndLane() {
+    job_.id = "line-" + std::to_string(job_.line);
+    if (const json* id = Field("id")) {
+      if (!id->is_string() || id->get_ref<const std::string&>().empty())
+        Error("id", "must be a non-empty string, got " + JsonPreview(*id));
+      else
+        job_.id = id->get<std::string>();
+    }
+    job_.lane = "tool_call";
+    if (const json* lane = Field("lane")) {
+      if (!lane->is_string())
+        Error("lane", "must be a string, got " + JsonPreview(*lane));
+      else
+        job_.lane = lane->get<std::string>();
+    }
+    if (!config_.lane_concurrency_limits.contains(job_.lane)) {
+      std::vector<std::string> lanes;
+      for (const auto& [lane, limit] : config_.lane_concurrency_limits) lanes.push_back(lane);
+      Error("lane", "unknown lane " + QuoteBounded(job_.lane) + " (configured: " +
+                        LaneList(config_) + ")" + internal::DidYouMean(job_.lane, lanes));
+    }
+  }
+
+  void CheckCmd() {
+    const json* cmd = Field("cmd");
+    if (cmd == nullptr) {
+      Error("cmd", "missing (an argv array, or a string run by /bin/sh)");
+    } else if (cmd->is_string()) {
+      const std::string& text = cmd->get_ref<const std::string&>();
+      if (text.empty()) Error("cmd", "must not be empty");
+      if (HasNul(text)) Error("cmd", kNulMessage);
+      job_.spec.argv = {text};
+      job_.spec.use_shell = true;
+    } else if (cmd->is_array() && !cmd->empty()) {
+      for (const json& arg : *cmd) {
+        if (!arg.is_string()) {
+          Error("cmd", "argv items must be strings, got " + JsonPreview(arg));
+          break;
+        }
+        if (HasNul(arg.get_ref<const std::string&>())) {
+          Error("cmd", "argv item " + std::to_string(job_.spec.argv.size()) + " " + kNulMessage);
+          break;
+        }
+        job_.spec.argv.push_back(arg.get<std::string>());
+      }
+    } else {
+      Error("cmd", "must be a non-empty argv array or a command string, got " + JsonPreview(*cmd));
+    }
+  }
+
+  void CheckLimits() {
+    int64_t number = 0;
+    if (const json* timeout = Field("timeoutMs")) {
+      if (auto e = CheckPositive(*timeout, kMaxTimeoutMs, &number))
+        Error("timeoutMs", *e);
+      else
+        job_.timeout_ms = number;
+    }
+    if (const json* rss = Field("maxRssMb")) {
+      if (auto e = CheckPositive(*rss, kMaxMemoryMb, &number))
+        Error("maxRssMb", *e);
+      else
+        job_.spec.max_rss_mb = number;
+    }
+  }
+
+  void CheckMetadata() {
+    const json* metadata = Field("metadata");
+    if (metadata == nullptr) return;
+    if (!metadata->is_object()) {
+      Error("metadata", "must be an object, got " + JsonPreview(*metadata));
+      return;
+    }
+    for (const auto& [key, value] : metadata->items()) {
+      if (value.is_string())
+        job_.metadata.emplace_back(key, value.get<std::string>());
+      else if (value.is_number() || value.is_boolean())
+        job_.metadata.emplace_back(key, value.dump());  // a scalar: short, no recursion
+      else
+        Error("metadata." + internal::Truncate(key),
+              "must be a string, number or boolean, got " + JsonPreview(value));
+    }
+  }
+
+  void CheckEnv() {
+    const json* env = Field("env");
+    if (env == nullptr) return;
+    if (!env->is_object()) {
+      Error("env", "must be an object of strings, got " + JsonPreview(*env));
+      return;
+    }
+    for (const auto& [key, value] : env->items()) {
+      const std::string field = "env." + internal::Truncate(key);
+      if (key.empty() || key.find('=') != std::string::npos)
+        Error("env", "bad variable name " + QuoteBounded(key));
+      else if (HasNul(key))
+        Error("env", "variable name " + QuoteBounded(key) + " " + kNulMessage);
+      else if (!value.is_string())
+        Error(field, "must be a string, got " + JsonPreview(value));
+      else if (HasNul(value.get_ref<const std::string&>()))
+        Error(field, kNulMessage);
+      else
+        job_.spec.env.emplace_back(key, value.get<std::string>());
+    }
+  }
+
+  void CheckCwd() {
+    const json* cwd = Field("cwd");
+    if (cwd == nullptr) return;
+    if (!cwd->is_string() || cwd->get_ref<const std::string&>().empty())
+      Error("cwd", "must be a non-empty string, got " + JsonPreview(*cwd));
+    else if (HasNul(cwd->get_ref<const std::string&>()))
+      Error("cwd", kNulMessage);
+    else
+      job_.spec.cwd = cwd->get<std::string>();
+  }
+
+  const json& j_;
+  const Config& config_;
+  std::vector<JobError>& errors_;
+  Job job_;
+};
+
+// Duplicate fields of one line as warnings, at most kMaxPrintedJobErrors in all.
+void WarnAboutDuplicates(int line, const internal::ParsedJson& parsed, size_t* count,
+                         std::vector<std::string>* warnings) {
+  if (warnings == nullptr) return;
+  for (const std::string& key : parsed.duplicate_keys) {
+    if ((*count)++ < kMaxPrintedJobErrors)
+      warnings->push_back("line " + std::to_string(line) + ": field '" + key +
+                          "' is given more than once; the last value is used");
+  }
+  *count += parsed.more_duplicate_keys;
+}
+
+}  // namespace
+
 Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
-                                                          const Config& config) {
-  static const std::set<std::string, std::less<>> kFields = {
-      "id", "lane", "cmd", "timeoutMs", "maxRssMb", "metadata", "env", "cwd"};
+                                                          const Config& config,
+                                                          std::vector<std::string>* warnings) {
   std::vector<Job> jobs;
   std::vector<JobError> errors;
   std::set<std::string, std::less<>> ids;
+  size_t duplicate_fields = 0;
   int line_number = 0;
   size_t pos = 0;
   while (pos <= text.size()) {
@@ -92,121 +302,39 @@ Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
       if (eol == text.size()) break;
       continue;
     }
+    const internal::ParsedJson parsed = internal::ParseJsonNotingDuplicates(line);
+    if (!parsed.error.empty()) {
+      errors.push_back({line_number, "", "not valid JSON: " + parsed.error});
+      continue;
+    }
+    if (!parsed.value.is_object()) {
+      errors.push_back(
+          {line_number, "",
+           "a job must be a JSON object, got " + std::string(parsed.value.type_name())});
+      continue;
+    }
+    WarnAboutDuplicates(line_number, parsed, &duplicate_fields, warnings);
     const size_t errors_before = errors.size();
-    auto error = [&](std::string field, std::string message) {
-      errors.push_back({line_number, std::move(field), std::move(message)});
-    };
-    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (j.is_discarded()) {
-      error("", "not valid JSON");
-      continue;
-    }
-    if (!j.is_object()) {
-      error("", "a job must be a JSON object, got " + std::string(j.type_name()));
-      continue;
-    }
-    Job job;
-    job.line = line_number;
-    for (const auto& [key, value] : j.items())
-      if (!kFields.count(key))
-        error(key, "unknown field (known: id, lane, cmd, timeoutMs, maxRssMb, metadata, env, cwd)");
-    job.id = "line-" + std::to_string(line_number);
-    if (j.contains("id")) {
-      if (!j["id"].is_string() || j["id"].get<std::string>().empty())
-        error("id", "must be a non-empty string, got " + j["id"].dump());
-      else
-        job.id = j["id"].get<std::string>();
-    }
-    if (!ids.insert(job.id).second) error("id", "duplicate id " + Quote(job.id));
-    job.lane = "tool_call";
-    if (j.contains("lane")) {
-      if (!j["lane"].is_string())
-        error("lane", "must be a string, got " + j["lane"].dump());
-      else
-        job.lane = j["lane"].get<std::string>();
-    }
-    if (!config.lane_concurrency_limits.count(job.lane))
-      error("lane", "unknown lane " + Quote(job.lane) + " (configured: " + LaneList(config) + ")");
-    if (!j.contains("cmd")) {
-      error("cmd", "missing (an argv array, or a string run by /bin/sh)");
-    } else if (const json& cmd = j["cmd"]; cmd.is_string()) {
-      if (cmd.get<std::string>().empty()) error("cmd", "must not be empty");
-      job.spec.argv = {cmd.get<std::string>()};
-      job.spec.use_shell = true;
-    } else if (cmd.is_array() && !cmd.empty()) {
-      for (const json& arg : cmd) {
-        if (!arg.is_string()) {
-          error("cmd", "argv items must be strings, got " + arg.dump());
-          break;
-        }
-        job.spec.argv.push_back(arg.get<std::string>());
-      }
-    } else {
-      error("cmd", "must be a non-empty argv array or a command string, got " + cmd.dump());
-    }
-    int64_t number = 0;
-    if (j.contains("timeoutMs")) {
-      if (auto e = CheckPositive(j["timeoutMs"], kMaxTimeoutMs, &number))
-        error("timeoutMs", *e);
-      else
-        job.timeout_ms = number;
-    }
-    if (j.contains("maxRssMb")) {
-      if (auto e = CheckPositive(j["maxRssMb"], int64_t{1} << 30, &number))
-        error("maxRssMb", *e);
-      else
-        job.spec.max_rss_mb = number;
-    }
-    if (j.contains("metadata")) {
-      if (!j["metadata"].is_object()) {
-        error("metadata", "must be an object, got " + j["metadata"].dump());
-      } else {
-        for (const auto& [key, value] : j["metadata"].items()) {
-          if (value.is_string())
-            job.metadata.emplace_back(key, value.get<std::string>());
-          else if (value.is_number() || value.is_boolean())
-            job.metadata.emplace_back(key, value.dump());
-          else
-            error("metadata." + key, "must be a string, number or boolean, got " + value.dump());
-        }
-      }
-    }
-    if (j.contains("env")) {
-      if (!j["env"].is_object()) {
-        error("env", "must be an object of strings, got " + j["env"].dump());
-      } else {
-        for (const auto& [key, value] : j["env"].items()) {
-          if (key.empty() || key.find('=') != std::string::npos)
-            error("env", "bad variable name " + Quote(key));
-          else if (!value.is_string())
-            error("env." + key, "must be a string, got " + value.dump());
-          else
-            job.spec.env.emplace_back(key, value.get<std::string>());
-        }
-      }
-    }
-    if (j.contains("cwd")) {
-      if (!j["cwd"].is_string() || j["cwd"].get<std::string>().empty())
-        error("cwd", "must be a non-empty string, got " + j["cwd"].dump());
-      else
-        job.spec.cwd = j["cwd"].get<std::string>();
-    }
+    Job job = LineChecker(line_number, parsed.value, config, errors).Check();
+    if (!ids.insert(job.id).second)
+      errors.push_back({line_number, "id", "duplicate id " + QuoteBounded(job.id)});
     if (errors.size() == errors_before) jobs.push_back(std::move(job));
   }
+  if (warnings != nullptr && duplicate_fields > kMaxPrintedJobErrors)
+    warnings->push_back("and " + std::to_string(duplicate_fields - kMaxPrintedJobErrors) +
+                        " more fields given more than once");
   if (!errors.empty()) return errors;
   if (jobs.empty()) return std::vector<JobError>{{0, "", "the job file has no jobs"}};
   return jobs;
 }
 
 Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& path,
-                                                            const Config& config) {
-  std::ifstream in(path);
-  if (!in)
-    return std::vector<JobError>{
-        {0, "", "cannot read " + Quote(path) + ": " + std::generic_category().message(errno)}};
-  std::ostringstream text;
-  text << in.rdbuf();
-  return ParseJobs(text.str(), config);
+                                                            const Config& config,
+                                                            std::vector<std::string>* warnings) {
+  std::string text, error;
+  if (!internal::ReadInputFile(path, &text, &error, /*allow_stdin=*/true))
+    return std::vector<JobError>{{0, "", error}};
+  return ParseJobs(text, config, warnings);
 }
 
 }  // namespace laneguard::cli

@@ -17,8 +17,9 @@
 
 namespace laneguard::cli {
 
-// "500ms", "30s", "1.5s", "2m", "1h"; a bare number is seconds (as timeout(1)). The result is in
-// milliseconds, > 0 and <= kMaxTimeoutMs. The error names `flag` and the value.
+// "500ms", "30s", "1.5s", "2m", "1h", and sums of them in any order: "1m30s", "1h2m3s",
+// "2m0.5s". A bare number is seconds (as timeout(1)). The result is in milliseconds, > 0 and
+// <= kMaxTimeoutMs. The error names `flag` and the value (an empty value is an error too).
 Result<int64_t, std::string> ParseDurationMs(std::string_view text, std::string_view flag);
 
 // One line of the job file:
@@ -26,7 +27,9 @@ Result<int64_t, std::string> ParseDurationMs(std::string_view text, std::string_
 //    "timeoutMs": 30000, "maxRssMb": 256, "metadata": {...}, "env": {"K": "V"}, "cwd": "/tmp"}
 // Only cmd is required. id defaults to "line-<n>" and must be unique; lane defaults to
 // "tool_call" and must be configured; a string cmd runs under /bin/sh -c; metadata values may be
-// strings, numbers or booleans (kept as text); env values must be strings.
+// strings, numbers or booleans (kept as text); env values must be strings. timeoutMs and maxRssMb
+// are integers (1500.0 is accepted, as in the config). No string that reaches the process (cmd,
+// env names and values, cwd) may contain NUL: execve would silently cut it there.
 struct Job {
   int line = 0;
   std::string id;
@@ -44,12 +47,23 @@ struct JobError {
 };
 
 // Validates every line before anything runs; blank lines are skipped. Returns every error found
-// (not just the first), so a user fixes the file in one go.
-Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
-                                                          const Config& config);
-// Reads the file at `path`; an unreadable file is one error with line 0.
-Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& path,
-                                                            const Config& config);
+// (not just the first), so a user fixes the file in one go. Values in messages are shortened to
+// about 80 characters. Warnings (when `warnings` is given; the jobs still load): a field given
+// twice on one line (the last value is used), at most kMaxPrintedJobErrors of them.
+Result<std::vector<Job>, std::vector<JobError>> ParseJobs(
+    std::string_view text, const Config& config, std::vector<std::string>* warnings = nullptr);
+// Reads the file at `path` ("-": standard input); an unreadable file is one error with line 0,
+// with the system's reason (no such file, permission denied, is a directory).
+Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(
+    const std::string& path, const Config& config, std::vector<std::string>* warnings = nullptr);
+
+// How many errors (or warnings) a bad job file prints before "and N more errors".
+inline constexpr size_t kMaxPrintedJobErrors = 20;
+
+// One line per error, each starting with `prefix` (e.g. "laneguard batch: jobs.jsonl: "), at most
+// `max` of them, then "<prefix>and N more errors". A file with 100,000 bad lines stays readable.
+std::string FormatJobErrors(const std::vector<JobError>& errors, std::string_view prefix,
+                            size_t max = kMaxPrintedJobErrors);
 
 }  // namespace laneguard::cli
 

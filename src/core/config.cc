@@ -1,18 +1,21 @@
 #include "laneguard/config.h"
 
 #include <cmath>
-#include <fstream>
-#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
-#include <sstream>
+
+#include "core/json_input.h"
 
 namespace laneguard {
 namespace {
 
+using internal::JsonPreview;
+using internal::Truncate;
 using nlohmann::json;
 
+// Keys and values come from the document: both are shortened before they reach a message.
 ConfigError Error(std::string key, std::string value, const std::string& why) {
+  key = Truncate(key);
   std::string message = key.empty() ? why : "config key '" + key + "'";
   if (!key.empty()) {
     if (!value.empty()) message += " = " + value;
@@ -26,41 +29,80 @@ std::string Text(const T& v) {
   return json(v).dump();
 }
 
+// "must be within [1, 1000000]".
+std::string Within(int64_t low, int64_t high) {
+  return "must be within [" + std::to_string(low) + ", " + std::to_string(high) + "]";
+}
+
 // The JSON type names used in wrong-type messages.
 std::string TypeName(const json& j) { return j.type_name(); }
 
-// Reads a number that must be an integer (1 and 1.0 are accepted, 1.5 is not). Integers outside
-// int64_t are rejected (an unsigned value above INT64_MAX must not wrap to a negative one).
-std::optional<int64_t> AsInteger(const json& j) {
-  if (j.is_number_unsigned() &&
-      j.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-    return std::nullopt;
-  if (j.is_number_integer()) return j.get<int64_t>();
-  if (j.is_number_float()) {
-    double d = j.get<double>();
-    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9.0e15)
-      return static_cast<int64_t>(d);
+const std::vector<std::string>& KnownKeys() {
+  static const std::vector<std::string> keys = {"maxRssMb",
+                                                "heapWarningMb",
+                                                "laneConcurrencyLimits",
+                                                "globalConcurrencyLimit",
+                                                "defaultTimeoutMs",
+                                                "timeoutEscalationFactor",
+                                                "enableMemoryGuards",
+                                                "enableSpanEmission",
+                                                "spanSampleRate",
+                                                "metricsCapacity",
+                                                "memorySampleIntervalMs",
+                                                "timerTickMs"};
+  return keys;
+}
+
+std::optional<ConfigError> CheckMemoryMb(const char* key, double mb) {
+  if (mb > 0 && mb <= static_cast<double>(kMaxMemoryMb)) return std::nullopt;
+  return Error(key, Text(mb),
+               "must be a number of megabytes > 0 and <= " + std::to_string(kMaxMemoryMb));
+}
+
+std::optional<ConfigError> CheckCount(const char* key, int64_t value, int64_t max) {
+  if (value >= 1 && value <= max) return std::nullopt;
+  return Error(key, Text(value), Within(1, max));
+}
+
+// Lanes the document adds that look like a typo of a known lane (the defaults and the base's).
+void WarnAboutLikelyMisspelledLanes(const std::set<std::string, std::less<>>& explicit_lanes,
+                                    const Config& base, std::vector<std::string>* warnings) {
+  std::set<std::string, std::less<>> known;
+  for (const auto& [lane, limit] : Config{}.lane_concurrency_limits) known.insert(lane);
+  for (const auto& [lane, limit] : base.lane_concurrency_limits) known.insert(lane);
+  for (const std::string& lane : explicit_lanes) {
+    if (known.contains(lane)) continue;
+    if (auto match = internal::ClosestMatch(lane, known))
+      warnings->push_back("config key 'laneConcurrencyLimits." + Truncate(lane) +
+                          "' adds a new lane; did you mean '" + *match + "'?");
   }
-  return std::nullopt;
+}
+
+void WarnAboutDuplicateKeys(const internal::ParsedJson& parsed,
+                            std::vector<std::string>* warnings) {
+  for (const std::string& key : parsed.duplicate_keys)
+    warnings->push_back("config key '" + key + "' is given more than once; the last value is used");
+  if (parsed.more_duplicate_keys > 0)
+    warnings->push_back("and " + std::to_string(parsed.more_duplicate_keys) +
+                        " more duplicate keys");
 }
 
 }  // namespace
 
 Result<Config, ConfigError> ValidateConfig(Config c) {
-  if (!(c.max_rss_mb > 0))
-    return Error("maxRssMb", Text(c.max_rss_mb), "must be a number of megabytes > 0");
-  if (!(c.heap_warning_mb > 0))
-    return Error("heapWarningMb", Text(c.heap_warning_mb), "must be a number of megabytes > 0");
+  if (auto e = CheckMemoryMb("maxRssMb", c.max_rss_mb)) return *e;
+  if (auto e = CheckMemoryMb("heapWarningMb", c.heap_warning_mb)) return *e;
   // The upper bound keeps every shard's call table within the 24 bits a Slot has for it.
-  if (c.global_concurrency_limit < 1 || c.global_concurrency_limit > kMaxConcurrencyLimit)
-    return Error("globalConcurrencyLimit", Text(c.global_concurrency_limit),
-                 "must be within [1, " + std::to_string(kMaxConcurrencyLimit) + "]");
+  if (auto e =
+          CheckCount("globalConcurrencyLimit", c.global_concurrency_limit, kMaxConcurrencyLimit))
+    return *e;
   if (c.lane_concurrency_limits.empty())
     return Error("laneConcurrencyLimits", "{}", "must configure at least one lane");
   for (const auto& [lane, limit] : c.lane_concurrency_limits) {
     std::string key = "laneConcurrencyLimits." + lane;
     if (lane.empty()) return Error(key, Text(limit), "lane names must not be empty");
-    if (limit < 1) return Error(key, Text(limit), "lane limit must be >= 1");
+    if (limit < 1 || limit > kMaxConcurrencyLimit)
+      return Error(key, Text(limit), "lane limit " + Within(1, kMaxConcurrencyLimit));
     if (limit > c.global_concurrency_limit)
       return Error(key, Text(limit),
                    "lane limit must not exceed globalConcurrencyLimit (" +
@@ -74,43 +116,41 @@ Result<Config, ConfigError> ValidateConfig(Config c) {
                  "must be >= 1 and <= 100");
   if (!(c.span_sample_rate >= 0 && c.span_sample_rate <= 1))
     return Error("spanSampleRate", Text(c.span_sample_rate), "must be within [0, 1]");
-  if (c.metrics_capacity < 1)
-    return Error("metricsCapacity", Text(c.metrics_capacity), "must be >= 1");
-  if (c.memory_sample_interval_ms < 1)
-    return Error("memorySampleIntervalMs", Text(c.memory_sample_interval_ms), "must be >= 1");
-  if (c.timer_tick_ms < 1) return Error("timerTickMs", Text(c.timer_tick_ms), "must be >= 1");
+  if (auto e = CheckCount("metricsCapacity", c.metrics_capacity, kMaxMetricsCapacity)) return *e;
+  if (auto e = CheckCount("memorySampleIntervalMs", c.memory_sample_interval_ms,
+                          kMaxMemorySampleIntervalMs))
+    return *e;
+  if (auto e = CheckCount("timerTickMs", c.timer_tick_ms, kMaxTimerTickMs)) return *e;
   return c;
 }
 
-Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config& base) {
-  json doc;
-  try {
-    doc = json::parse(text);
-  } catch (const json::exception& e) {  // parse_error, and out_of_range for numbers like 1e400
-    return Error("", "", std::string("config is not valid JSON: ") + e.what());
-  }
+Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config& base,
+                                            std::vector<std::string>* warnings) {
+  internal::ParsedJson parsed = internal::ParseJsonNotingDuplicates(text);
+  if (!parsed.error.empty()) return Error("", "", "config is not valid JSON: " + parsed.error);
+  const json& doc = parsed.value;
   if (!doc.is_object())
-    return Error("", doc.dump(),
-                 "config must be a JSON object, got " + TypeName(doc) + " " + doc.dump());
+    return Error("", JsonPreview(doc),
+                 "config must be a JSON object, got " + TypeName(doc) + " " + JsonPreview(doc));
 
   Config c = base;
   std::set<std::string, std::less<>> explicit_lanes;
 
   auto number = [](const std::string& key, const json& v) -> Result<double, ConfigError> {
-    if (!v.is_number()) return Error(key, v.dump(), "must be a number, got " + TypeName(v));
+    if (!v.is_number()) return Error(key, JsonPreview(v), "must be a number, got " + TypeName(v));
     return v.get<double>();
   };
   auto integer = [](const std::string& key, const json& v) -> Result<int64_t, ConfigError> {
-    if (!v.is_number()) return Error(key, v.dump(), "must be an integer, got " + TypeName(v));
-    auto i = AsInteger(v);
-    if (!i) {
-      const bool integral = v.is_number_integer() || v.get<double>() == std::floor(v.get<double>());
-      return Error(key, v.dump(), integral ? "is out of range" : "must be an integer");
-    }
+    if (!v.is_number()) return Error(key, JsonPreview(v), "must be an integer, got " + TypeName(v));
+    auto i = internal::JsonAsInteger(v);
+    if (!i)
+      return Error(key, JsonPreview(v),
+                   internal::JsonIsIntegral(v) ? "is out of range" : "must be an integer");
     return *i;
   };
   auto boolean = [](const std::string& key, const json& v) -> Result<bool, ConfigError> {
-    if (!v.is_boolean()) return Error(key, v.dump(), "must be true or false, got " + TypeName(v));
+    if (!v.is_boolean())
+      return Error(key, JsonPreview(v), "must be true or false, got " + TypeName(v));
     return v.get<bool>();
   };
 
@@ -137,8 +177,7 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
       auto n = integer(key, v);
       if (!n) return n.error();
       if (*n < 1 || *n > kMaxConcurrencyLimit)
-        return Error(key, v.dump(),
-                     "must be within [1, " + std::to_string(kMaxConcurrencyLimit) + "]");
+        return Error(key, JsonPreview(v), Within(1, kMaxConcurrencyLimit));
       c.global_concurrency_limit = static_cast<int>(*n);
     } else if (key == "enableMemoryGuards" || key == "enableSpanEmission") {
       auto b = boolean(key, v);
@@ -146,18 +185,20 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
       (key == "enableMemoryGuards" ? c.enable_memory_guards : c.enable_span_emission) = *b;
     } else if (key == "laneConcurrencyLimits") {
       if (!v.is_object())
-        return Error(key, v.dump(), "must be an object of lane name to limit, got " + TypeName(v));
+        return Error(key, JsonPreview(v),
+                     "must be an object of lane name to limit, got " + TypeName(v));
       for (const auto& [lane, limit] : v.items()) {
         std::string lane_key = key + "." + lane;
         auto n = integer(lane_key, limit);
         if (!n) return n.error();
         if (*n < 1 || *n > kMaxConcurrencyLimit)
-          return Error(lane_key, limit.dump(), "lane limit must be >= 1");
+          return Error(lane_key, JsonPreview(limit),
+                       "lane limit " + Within(1, kMaxConcurrencyLimit));
         c.lane_concurrency_limits[lane] = static_cast<int>(*n);
         explicit_lanes.insert(lane);
       }
     } else {
-      return Error(key, v.dump(), "unknown key");
+      return Error(key, JsonPreview(v), "unknown key" + internal::DidYouMean(key, KnownKeys()));
     }
   }
   // Inherited lane limits follow a lowered global limit; see config.h for why.
@@ -165,20 +206,26 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
     if (!explicit_lanes.contains(lane) && limit > c.global_concurrency_limit)
       limit = c.global_concurrency_limit;
   }
-  return ValidateConfig(std::move(c));
+  auto result = ValidateConfig(std::move(c));
+  if (result.ok() && warnings != nullptr) {
+    WarnAboutDuplicateKeys(parsed, warnings);
+    WarnAboutLikelyMisspelledLanes(explicit_lanes, base, warnings);
+  }
+  return result;
 }
 
-Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return Error("", "", "cannot read config file '" + path + "'");
-  std::ostringstream text;
-  text << in.rdbuf();
-  auto result = ParseConfigJson(text.str(), base);
+Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base,
+                                           std::vector<std::string>* warnings) {
+  std::string text, error;
+  if (!internal::ReadInputFile(path, &text, &error)) return Error("", "", error);
+  std::vector<std::string> own_warnings;
+  auto result = ParseConfigJson(text, base, warnings != nullptr ? &own_warnings : nullptr);
   if (!result.ok()) {
     ConfigError e = result.error();
     e.message = path + ": " + e.message;
     return e;
   }
+  for (std::string& w : own_warnings) warnings->push_back(path + ": " + std::move(w));
   return result;
 }
 

@@ -2,13 +2,18 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <set>
 
 namespace laneguard::cli {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 TEST(DurationTest, AcceptsMillisecondsSecondsMinutesHours) {
   EXPECT_EQ(ParseDurationMs("500ms", "--timeout").value(), 500);
@@ -125,6 +130,163 @@ TEST(JobFileTest, ShippedDemoJobsAreValid) {
   std::set<std::string> lanes;
   for (const Job& job : *jobs) lanes.insert(job.lane);
   EXPECT_EQ(lanes.size(), 5u);
+}
+
+// --- Untrusted input (issue 16). ---
+
+TEST(DurationTest, AcceptsCompoundDurations) {
+  EXPECT_EQ(ParseDurationMs("1m30s", "--timeout").value(), 90'000);
+  EXPECT_EQ(ParseDurationMs("1h2m3s", "--timeout").value(), 3'723'000);
+  EXPECT_EQ(ParseDurationMs("2m0.5s", "--timeout").value(), 120'500);
+  EXPECT_EQ(ParseDurationMs("1s250ms", "--timeout").value(), 1'250);
+  EXPECT_EQ(ParseDurationMs("250ms", "--timeout").value(), 250);
+  EXPECT_EQ(ParseDurationMs("1.5s", "--timeout").value(), 1'500);
+  EXPECT_EQ(ParseDurationMs("1.5", "--timeout").value(), 1'500);
+}
+
+TEST(DurationTest, RejectsGarbageAroundCompoundDurations) {
+  for (const char* bad : {"1m30", "m30s", "1m 30s", " 1s", "1s ", "1.2.3s", "1e3s", "+1s", "1mss",
+                          "1m-30s", "s", "."}) {
+    auto parsed = ParseDurationMs(bad, "--timeout");
+    ASSERT_FALSE(parsed.ok()) << bad;
+    EXPECT_THAT(parsed.error(), HasSubstr(std::string("--timeout: '") + bad + "'"));
+  }
+}
+
+// 100,000 levels inside metadata: the error message used to dump() it recursively (SIGSEGV).
+TEST(JobFileTest, DeeplyNestedValuesAreErrorsNotCrashes) {
+  const size_t depth = 100'000;
+  const std::string deep = std::string(depth, '[') + "1" + std::string(depth, ']');
+  for (const std::string& line : {R"({"id":"a","cmd":"true","metadata":{"k":)" + deep + "}}",
+                                  R"({"id":"a","cmd":)" + deep + "}", deep}) {
+    auto jobs = ParseJobs(line, Config{});
+    ASSERT_FALSE(jobs.ok());
+    EXPECT_LE(jobs.error()[0].ToString().size(), 400u);
+  }
+}
+
+TEST(JobFileTest, HugeValuesAreShownAsAShortPrefix) {
+  const std::string huge(4 << 20, 'x');
+  for (const std::string& line :
+       {R"({"cmd":"true","id":[")" + huge + R"("]})", R"({"cmd":"true","lane":")" + huge + R"("})",
+        R"({"cmd":"true",")" + huge + R"(":1})",
+        R"({"cmd":"true","env":{"A":[")" + huge + R"("]}})",
+        R"({"cmd":"true","timeoutMs":")" + huge + R"("})",
+        R"({"cmd":"true","id":")" + huge + R"("})" + "\n" + R"({"cmd":"true","id":")" + huge +
+            R"("})"}) {
+    auto jobs = ParseJobs(line, Config{});
+    ASSERT_FALSE(jobs.ok());
+    const std::string message = jobs.error().back().ToString();
+    EXPECT_LE(message.size(), 400u) << message.substr(0, 1000);
+    EXPECT_THAT(message, HasSubstr("xxxxxxxxxx"));
+    EXPECT_THAT(message, HasSubstr("…"));
+  }
+}
+
+TEST(JobFileTest, NulInAnythingThatReachesTheProcessIsRejected) {
+  struct Case {
+    std::string line;
+    std::string field;
+  };
+  for (const Case& c : std::vector<Case>{
+           {R"({"id":"a","cmd":["tr\u0000ue"]})", "cmd"},
+           {R"({"id":"a","cmd":["echo","a\u0000b"]})", "cmd"},
+           {R"({"id":"a","cmd":"tr\u0000ue"})", "cmd"},
+           {R"({"id":"a","cmd":"true","env":{"K":"v\u0000w"}})", "env.K"},
+           {R"({"id":"a","cmd":"true","env":{"K\u0000L":"v"}})", "env"},
+           {R"({"id":"a","cmd":"true","cwd":"/tmp\u0000/x"})", "cwd"},
+       }) {
+    auto jobs = ParseJobs(c.line, Config{});
+    ASSERT_FALSE(jobs.ok()) << c.line;
+    EXPECT_EQ(jobs.error()[0].field, c.field) << c.line;
+    EXPECT_THAT(jobs.error()[0].message, HasSubstr("NUL")) << c.line;
+  }
+}
+
+// The config accepts 1.0 for an integer; a job file does the same.
+TEST(JobFileTest, IntegralFloatsAreIntegers) {
+  auto jobs = ParseJobs(R"({"cmd":"true","timeoutMs":1500.0,"maxRssMb":256.0})", Config{});
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  EXPECT_EQ((*jobs)[0].timeout_ms, 1500);
+  EXPECT_EQ((*jobs)[0].spec.max_rss_mb, 256);
+  auto fraction = ParseJobs(R"({"cmd":"true","timeoutMs":1500.5})", Config{});
+  ASSERT_FALSE(fraction.ok());
+  EXPECT_THAT(fraction.error()[0].ToString(), HasSubstr("positive integer"));
+  auto huge = ParseJobs(R"({"cmd":"true","maxRssMb":1e20})", Config{});
+  ASSERT_FALSE(huge.ok());
+  EXPECT_THAT(huge.error()[0].ToString(), HasSubstr("must be at most"));
+}
+
+TEST(JobFileTest, JsonErrorsSayWhereAndWhy) {
+  auto jobs = ParseJobs("{\"cmd\": \"true\"}\n{\"cmd\": tru}\n", Config{});
+  ASSERT_FALSE(jobs.ok());
+  const std::string message = jobs.error()[0].ToString();
+  EXPECT_THAT(message, HasSubstr("line 2: not valid JSON"));
+  EXPECT_THAT(message, HasSubstr("column"));
+  EXPECT_THAT(message, HasSubstr("tru"));  // nlohmann's "last read"
+}
+
+TEST(JobFileTest, DuplicateFieldsAreWarnedAbout) {
+  std::vector<std::string> warnings;
+  auto jobs =
+      ParseJobs(R"({"cmd":"false","cmd":"true","env":{"K":"1","K":"2"}})", Config{}, &warnings);
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  EXPECT_EQ((*jobs)[0].spec.argv, std::vector<std::string>{"true"});  // the last one wins
+  EXPECT_THAT(warnings, ::testing::ElementsAre(HasSubstr("line 1: field 'cmd'"),
+                                               HasSubstr("line 1: field 'env.K'")));
+}
+
+TEST(JobFileTest, MisspelledLanesAndFieldsGetASuggestion) {
+  auto jobs = ParseJobs(R"({"cmd":"true","lane":"critc","timeutMs":5})", Config{});
+  ASSERT_FALSE(jobs.ok());
+  std::string all;
+  for (const JobError& e : jobs.error()) all += e.ToString() + "\n";
+  EXPECT_THAT(all, HasSubstr("did you mean 'critic'?"));
+  EXPECT_THAT(all, HasSubstr("did you mean 'timeoutMs'?"));
+}
+
+TEST(JobFileTest, PrintedErrorsAreCapped) {
+  std::string text;
+  const int bad_lines = 1000;
+  for (int i = 0; i < bad_lines; ++i) text += "{}\n";
+  auto jobs = ParseJobs(text, Config{});
+  ASSERT_FALSE(jobs.ok());
+  const std::string printed = FormatJobErrors(jobs.error(), "p: ");
+  const auto lines = std::count(printed.begin(), printed.end(), '\n');
+  EXPECT_EQ(lines, static_cast<long>(kMaxPrintedJobErrors) + 1);
+  EXPECT_THAT(printed,
+              HasSubstr("p: and " + std::to_string(jobs.error().size() - kMaxPrintedJobErrors) +
+                        " more errors"));
+  EXPECT_EQ(FormatJobErrors({jobs.error()[0]}, "p: "), "p: " + jobs.error()[0].ToString() + "\n");
+}
+
+TEST(JobFileTest, UnreadableFilesSayWhy) {
+  auto dir = LoadJobFile("/tmp", Config{});
+  ASSERT_FALSE(dir.ok());
+  EXPECT_THAT(dir.error()[0].ToString(), HasSubstr("is a directory"));
+  EXPECT_THAT(dir.error()[0].ToString(), Not(HasSubstr("JSON")));
+  auto missing = LoadJobFile("/laneguard/no/such/jobs.jsonl", Config{});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.error()[0].ToString(), HasSubstr(std::strerror(ENOENT)));
+}
+
+// "-" is standard input, as for most Unix tools.
+TEST(JobFileTest, DashReadsStandardInput) {
+  char path[] = "/tmp/laneguard_job_stdin_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  const std::string text = "{\"id\": \"from-stdin\", \"cmd\": \"true\"}\n";
+  ASSERT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  lseek(fd, 0, SEEK_SET);
+  const int saved = dup(STDIN_FILENO);
+  dup2(fd, STDIN_FILENO);
+  auto jobs = LoadJobFile("-", Config{});
+  dup2(saved, STDIN_FILENO);
+  close(saved);
+  close(fd);
+  unlink(path);
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  EXPECT_EQ((*jobs)[0].id, "from-stdin");
 }
 
 }  // namespace

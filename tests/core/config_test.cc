@@ -1,9 +1,12 @@
 #include "laneguard/config.h"
 
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -482,6 +485,200 @@ TEST(Config, ValidateConfigBoundsTheGlobalLimit) {
   EXPECT_EQ(r.error().value, std::to_string(kMaxConcurrencyLimit + 1));
   c.global_concurrency_limit = kMaxConcurrencyLimit;
   EXPECT_TRUE(ValidateConfig(c).ok());
+}
+
+}  // namespace
+}  // namespace laneguard
+
+// --- Untrusted input: deep, huge and surprising documents (issue 16). ---
+
+namespace laneguard {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// `depth` nested objects {"a":{"a":...1...}}.
+std::string DeepObject(const std::string& key, int depth) {
+  std::string text;
+  for (int i = 0; i < depth; ++i) text += "{\"" + key + "\":";
+  text += "1";
+  text.append(static_cast<size_t>(depth), '}');
+  return text;
+}
+
+std::string DeepArray(int depth) {
+  return std::string(static_cast<size_t>(depth), '[') + "1" +
+         std::string(static_cast<size_t>(depth), ']');
+}
+
+// Messages show a bounded preview of any value; this is generous for "about 80 characters" plus
+// the key and the reason.
+constexpr size_t kMaxMessage = 400;
+
+// The crash was the recursive dump() building the message, 100,000 levels down.
+TEST(ConfigInput, DeeplyNestedValuesAreErrorsNotCrashes) {
+  const int depth = 100'000;
+  for (const std::string& text :
+       {DeepObject("a", depth), "{\"maxRssMb\":" + DeepArray(depth) + "}",
+        "{\"laneConcurrencyLimits\":{\"x\":" + DeepArray(depth) + "}}", DeepArray(depth)}) {
+    auto r = ParseConfigJson(text);
+    ASSERT_FALSE(r.ok());
+    EXPECT_LE(r.error().message.size(), kMaxMessage) << r.error().message.substr(0, 1000);
+    EXPECT_LE(r.error().value.size(), kMaxMessage);
+  }
+  auto r = ParseConfigJson(DeepObject("a", depth));
+  EXPECT_EQ(r.error().key, "a");
+  EXPECT_THAT(r.error().message, HasSubstr("{\"a\":{…}}"));
+}
+
+TEST(ConfigInput, HugeValuesAreShownAsAShortPrefix) {
+  const std::string huge(10 << 20, 'x');
+  for (const std::string& text :
+       {"{\"unknownKey\":\"" + huge + "\"}", "{\"maxRssMb\":\"" + huge + "\"}",
+        "{\"maxRssMb\":[\"" + huge + "\",2]}", "{\"" + huge + "\":1}",
+        "{\"laneConcurrencyLimits\":{\"" + huge + "\":0}}", "[\"" + huge + "\"]"}) {
+    auto r = ParseConfigJson(text);
+    ASSERT_FALSE(r.ok());
+    EXPECT_LE(r.error().message.size(), kMaxMessage) << r.error().message.substr(0, 1000);
+    EXPECT_LE(r.error().key.size(), kMaxMessage);
+    EXPECT_THAT(r.error().message, HasSubstr("xxxxxxxxxx"));  // a prefix is shown
+    EXPECT_THAT(r.error().message, HasSubstr("…"));
+  }
+}
+
+TEST(ConfigInput, ContainersArePreviewedOneLevelDeep) {
+  auto r = ParseConfigJson(R"({"maxRssMb": {"a": [1, 2], "b": "c"}})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().value, R"({"a":[…],"b":"c"})");
+  r = ParseConfigJson(R"({"maxRssMb": [1, "two", null, true]})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().value, R"([1,"two",null,true])");
+}
+
+// An unterminated 1 MB string: nlohmann's "last read" token is the whole string.
+TEST(ConfigInput, ParseErrorsAreBoundedAndKeepThePosition) {
+  auto r = ParseConfigJson("{\"maxRssMb\": \"" + std::string(1 << 20, 'y'));
+  ASSERT_FALSE(r.ok());
+  EXPECT_LE(r.error().message.size(), kMaxMessage) << r.error().message.substr(0, 1000);
+  EXPECT_THAT(r.error().message, HasSubstr("column"));
+  EXPECT_THAT(r.error().message, HasSubstr("not valid JSON"));
+}
+
+// Each pair: a key and the value the issue found passing `config check` and then failing `run`
+// (timeouts that never fire, bad_alloc), and its bound.
+TEST(ConfigInput, EveryNumericKeyHasAnUpperBound) {
+  struct Bound {
+    std::string key;
+    std::string too_big;  // from the issue where there was one
+    double max;
+  };
+  for (const Bound& b : std::vector<Bound>{
+           {"timerTickMs", "100000000", static_cast<double>(kMaxTimerTickMs)},
+           {"metricsCapacity", "100000000", static_cast<double>(kMaxMetricsCapacity)},
+           {"memorySampleIntervalMs", "1e13", static_cast<double>(kMaxMemorySampleIntervalMs)},
+           {"maxRssMb", "1e300", static_cast<double>(kMaxMemoryMb)},
+           {"heapWarningMb", "1e300", static_cast<double>(kMaxMemoryMb)},
+           {"defaultTimeoutMs", "1e13", static_cast<double>(kMaxTimeoutMs)},
+           {"globalConcurrencyLimit", "2000000", kMaxConcurrencyLimit},
+           {"timeoutEscalationFactor", "1e9", kMaxEscalationFactor},
+       }) {
+    auto r = ParseConfigJson("{\"" + b.key + "\": " + b.too_big + "}");
+    ASSERT_FALSE(r.ok()) << b.key;
+    EXPECT_EQ(r.error().key, b.key);
+    const nlohmann::json max = b.max;  // the bound itself is accepted, one more is not
+    nlohmann::json doc = {{b.key, max}};
+    auto at_bound = ParseConfigJson(doc.dump());
+    EXPECT_TRUE(at_bound.ok()) << b.key << ": " << at_bound.error().message;
+    doc[b.key] = b.max + 1;
+    EXPECT_FALSE(ParseConfigJson(doc.dump()).ok()) << b.key;
+  }
+}
+
+TEST(ConfigInput, ValidateConfigEnforcesTheUpperBounds) {
+  Config c;
+  c.timer_tick_ms = kMaxTimerTickMs + 1;
+  EXPECT_EQ(ValidateConfig(c).error().key, "timerTickMs");
+  c = Config{};
+  c.metrics_capacity = kMaxMetricsCapacity + 1;
+  EXPECT_EQ(ValidateConfig(c).error().key, "metricsCapacity");
+  c = Config{};
+  c.memory_sample_interval_ms = kMaxMemorySampleIntervalMs + 1;
+  EXPECT_EQ(ValidateConfig(c).error().key, "memorySampleIntervalMs");
+  c = Config{};
+  c.max_rss_mb = static_cast<double>(kMaxMemoryMb) * 2;
+  EXPECT_EQ(ValidateConfig(c).error().key, "maxRssMb");
+  c = Config{};
+  c.heap_warning_mb = static_cast<double>(kMaxMemoryMb) * 2;
+  EXPECT_EQ(ValidateConfig(c).error().key, "heapWarningMb");
+}
+
+TEST(ConfigInput, LaneLimitAboveTheBoundSaysSo) {
+  auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"critic": 2000000}})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, Not(HasSubstr(">= 1")));
+  EXPECT_THAT(r.error().message, HasSubstr(std::to_string(kMaxConcurrencyLimit)));
+}
+
+TEST(ConfigInput, DuplicateKeysAreWarnedAboutAndTheLastOneWins) {
+  std::vector<std::string> warnings;
+  auto r = ParseConfigJson(
+      R"({"maxRssMb": 100, "maxRssMb": 200, "laneConcurrencyLimits": {"critic": 1, "critic": 2}})",
+      Config{}, &warnings);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->max_rss_mb, 200);
+  EXPECT_EQ(r->lane_concurrency_limits.at("critic"), 2);
+  EXPECT_THAT(warnings, ::testing::UnorderedElementsAre(
+                            HasSubstr("'maxRssMb'"), HasSubstr("'laneConcurrencyLimits.critic'")));
+}
+
+TEST(ConfigInput, AMisspelledLaneIsWarnedAboutWithASuggestion) {
+  std::vector<std::string> warnings;
+  auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"critc": 2, "custom_lane": 1}})", Config{},
+                           &warnings);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_TRUE(r->lane_concurrency_limits.contains("critc"));  // a warning, not an error
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_THAT(warnings[0], HasSubstr("critc"));
+  EXPECT_THAT(warnings[0], HasSubstr("did you mean 'critic'?"));
+}
+
+TEST(ConfigInput, AWellFormedConfigHasNoWarnings) {
+  std::vector<std::string> warnings;
+  auto r = LoadConfigFile(ExamplePath("production.json"), Config{}, &warnings);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_THAT(warnings, ::testing::IsEmpty());
+}
+
+TEST(ConfigInput, UnknownKeySuggestsTheKnownOne) {
+  auto r = ParseConfigJson(R"({"maxRSSMb": 100})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr("did you mean 'maxRssMb'?"));
+  r = ParseConfigJson(R"({"timerTick": 5})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr("did you mean 'timerTickMs'?"));
+}
+
+TEST(ConfigInput, UnreadableFilesSayWhy) {
+  auto missing = LoadConfigFile("/nonexistent/laneguard/c.json");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_THAT(missing.error().message, HasSubstr(std::strerror(ENOENT)));
+  auto dir = LoadConfigFile("/tmp");
+  ASSERT_FALSE(dir.ok());
+  EXPECT_THAT(dir.error().message, HasSubstr("is a directory"));
+  EXPECT_THAT(dir.error().message, Not(HasSubstr("JSON")));
+  auto not_dir = LoadConfigFile("/etc/passwd/c.json");
+  ASSERT_FALSE(not_dir.ok());
+  EXPECT_THAT(not_dir.error().message, HasSubstr(std::strerror(ENOTDIR)));
+}
+
+TEST(ConfigInput, PermissionDeniedSaysSo) {
+  if (geteuid() == 0) GTEST_SKIP() << "running as root, which may read any file";
+  TempFile f("{}");
+  std::filesystem::permissions(f.path(), std::filesystem::perms::none);
+  auto r = LoadConfigFile(f.path());
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr(std::strerror(EACCES)));
 }
 
 }  // namespace
