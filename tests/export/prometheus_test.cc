@@ -3,7 +3,12 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
 #include <map>
 #include <set>
@@ -287,6 +292,88 @@ TEST_F(PrometheusTest, ServerServesBothFormatsOnAPickedPort) {
   (*server)->Stop();
   (*server)->Stop();  // idempotent
   EXPECT_FALSE(client.Get("/metrics"));
+}
+
+// A connected socket to 127.0.0.1:port, or -1.
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// 64 idle connections that sent half a request head, and one that trickles a byte every 200 ms:
+// a scrape still gets its answer promptly, and the trickler is cut off once its head's deadline
+// (5 s) has passed, however it keeps sending.
+TEST_F(PrometheusTest, ServerKeepsServingScrapesUnderIdleAndTricklingClients) {
+  auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  const int port = (*server)->port();
+  std::vector<int> idle;
+  for (int i = 0; i < 64; ++i) {
+    const int fd = Connect(port);
+    ASSERT_GE(fd, 0);
+    ASSERT_GT(send(fd, "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL), 0);
+    idle.push_back(fd);
+  }
+  std::atomic<bool> trickler_cut{false};
+  std::atomic<bool> stop{false};
+  const auto trickle_start = std::chrono::steady_clock::now();
+  std::thread trickler([&] {
+    const int fd = Connect(port);
+    if (fd < 0) return;
+    const std::string head = "GET /metrics HTTP/1.1\r\nX-Slow: " + std::string(200, 'a');
+    // Bounded: 60 bytes at 200 ms is 12 s, well past the 5 s deadline.
+    for (size_t i = 0; i < 60 && !stop; ++i) {
+      if (send(fd, &head[i], 1, MSG_NOSIGNAL) < 0) {
+        trickler_cut = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    close(fd);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  httplib::Client client("127.0.0.1", port);
+  client.set_connection_timeout(5);
+  client.set_read_timeout(5);  // a functional bound: before, the scrape hung until its timeout
+  const auto scrape_start = std::chrono::steady_clock::now();
+  auto res = client.Get("/metrics");
+  const auto scrape_time = std::chrono::steady_clock::now() - scrape_start;
+  EXPECT_TRUE(res) << httplib::to_string(res.error());
+  if (res) EXPECT_EQ(res->status, 200);
+  EXPECT_LT(scrape_time, std::chrono::seconds(5));
+  trickler.join();
+  EXPECT_TRUE(trickler_cut) << "the trickling client was never disconnected";
+  EXPECT_LT(std::chrono::steady_clock::now() - trickle_start, std::chrono::seconds(11));
+  stop = true;
+  for (int fd : idle) close(fd);
+}
+
+TEST_F(PrometheusTest, ServerAnswersOtherMethodsWith405AndHeadWithoutABody) {
+  auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  httplib::Client client("127.0.0.1", (*server)->port());
+  auto post = client.Post("/metrics", "x=1", "application/x-www-form-urlencoded");
+  ASSERT_TRUE(post);
+  EXPECT_EQ(post->status, 405);
+  EXPECT_EQ(post->get_header_value("Allow"), "GET, HEAD");
+  auto del = client.Delete("/metrics");
+  ASSERT_TRUE(del);
+  EXPECT_EQ(del->status, 405);
+  auto head = client.Head("/metrics");
+  ASSERT_TRUE(head);
+  EXPECT_EQ(head->status, 200);
+  EXPECT_TRUE(head->body.empty());
+  auto other = client.Post("/other", "", "text/plain");
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 404);
 }
 
 TEST_F(PrometheusTest, ServerErrorsNameTheValue) {
