@@ -16,8 +16,9 @@
 // "traceId" (32 hex digits) and "spanId" (16 hex digits), which become the record's ids.
 //
 // Thread safety: JsonLogger, LoggingObserver and BatchLogRecordProcessor are thread-safe; lines
-// from concurrent callers never interleave. Logging never throws into the caller: write errors are
-// counted (write_errors()). A sink is called on the logging thread and must not block.
+// from concurrent callers never interleave. Logging never throws into the caller: lost lines are
+// counted (write_errors(), with last_write_error()). A sink is called on the logging thread and
+// must not block.
 #ifndef LANEGUARD_JSON_LOGGER_H_
 #define LANEGUARD_JSON_LOGGER_H_
 
@@ -89,6 +90,8 @@ class BatchLogRecordProcessor final : public LogRecordSink {
   bool ForceFlush(std::chrono::milliseconds timeout = std::chrono::seconds(30));
   void Shutdown();  // idempotent; bounded by options.shutdown_timeout
   BatchExportStats stats() const;
+  // ExportResult::error of the last failed export ("" if none failed), for DescribeDrops.
+  std::string last_export_error() const;
 
  private:
   struct Impl;
@@ -132,15 +135,20 @@ class JsonLogger {
   uint64_t lines_written(LogLevel level) const {
     return lines_[static_cast<int>(level)].load(std::memory_order_relaxed);
   }
+  // Lines lost: not written (or not formatted) in full. A line is written whole or not at all:
+  // if the file fills up mid-line, it is cut back to the line before (see line_file.h).
   uint64_t write_errors() const { return write_errors_.load(std::memory_order_relaxed); }
+  // Why the last line was lost ("No space left on device"); "" if none was.
+  std::string last_write_error() const;
 
  private:
   Options options_;
   std::FILE* stream_;
   bool owns_stream_ = false;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::atomic<uint64_t> lines_[4] = {};
   std::atomic<uint64_t> write_errors_{0};
+  std::string last_write_error_;  // guarded by mu_
 };
 
 // Logs manager events: acquired, released (success) at info; rejected, timeout warning, heap

@@ -34,6 +34,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -206,8 +207,19 @@ struct ExportResult {
     kRetriesExhausted,  // retryable failures until the attempts or the export deadline ran out
     kCancelled,         // the exporter was shut down while the batch was in flight
   };
+  ExportResult() = default;
+  // Not explicit: `return {Code::kFailed};` reads as what it is.
+  ExportResult(Code c, uint64_t rejected = 0, uint64_t delivered_items = 0,  // NOLINT
+               std::string why = {})
+      : code(c), partially_rejected(rejected), delivered(delivered_items), error(std::move(why)) {}
   Code code = Code::kSuccess;
   uint64_t partially_rejected = 0;
+  // For a failure: how many items of the batch got through before it (a file that filled up
+  // mid-batch keeps its whole lines); they count as exported, the rest under the code's reason.
+  uint64_t delivered = 0;
+  // Why the batch (or the last attempt before a cancel) failed, for people: "No space left on
+  // device", "HTTP 503", "Couldn't connect to server". May be empty.
+  std::string error;
 };
 
 class SpanExporter {
@@ -305,6 +317,11 @@ struct BatchExportStats {
   }
 };
 using BatchSpanProcessorStats = BatchExportStats;
+// Why items were dropped, for a one-line report to a person: each reason with a count when there
+// are several ("120 queue full, 80 No space left on device"), the reason alone when there is one,
+// "" when nothing was dropped. `last_error` (a processor's last_export_error()) names the export
+// failures; without it they read "export failed".
+std::string DescribeDrops(const BatchExportStats& stats, std::string_view last_error);
 // Queues spans (bounded; when full it drops the new span and counts it, never blocking the caller)
 // and exports them on its own thread in batches, every schedule_delay or as soon as a batch is
 // full.
@@ -318,6 +335,8 @@ class BatchSpanProcessor final : public SpanProcessor {
   void Shutdown() override;
   void SetResource(const Resource& resource) override;
   BatchSpanProcessorStats stats() const;
+  // ExportResult::error of the last failed export ("" if none failed), for DescribeDrops.
+  std::string last_export_error() const;
 
  private:
   static void QueueRecord(SpanProcessor& self, const internal::SpanRecord& record);

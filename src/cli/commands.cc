@@ -30,6 +30,9 @@ namespace {
 constexpr int kUsageError = 2;
 constexpr int kSomeJobsFailed = 1;
 constexpr int kCouldNotRun = 125;  // as timeout(1): the wrapper itself failed
+// --strict-telemetry: the run went well but spans, log lines or metrics were lost. Outside the
+// statuses timeout(1) and the shell give a meaning to, and rarely a command's own.
+constexpr int kTelemetryLost = 122;
 
 // ConfigError messages already name the key and the value.
 std::string Describe(const ConfigError& e) { return e.message; }
@@ -77,6 +80,8 @@ struct CommonFlags {
   std::string otlp;
   std::string metrics_file;
   std::string metrics_listen;
+  std::string flush_timeout = "2s";
+  bool strict_telemetry = false;
 };
 
 void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
@@ -92,6 +97,12 @@ void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
                   "Write the final Prometheus exposition (text 0.0.4) here when the run ends");
   cmd->add_option("--metrics-listen", flags.metrics_listen,
                   "Serve /metrics on HOST:PORT while running (e.g. 127.0.0.1:9464)");
+  cmd->add_option("--flush-timeout", flags.flush_timeout,
+                  "At exit, wait at most this long for spans and logs to be written or sent "
+                  "(default 2s); what is left is dropped and reported");
+  cmd->add_flag("--strict-telemetry", flags.strict_telemetry,
+                "Exit 122 instead of 0 when spans, log lines or metrics were lost (they are "
+                "reported on stderr either way)");
 }
 
 // Hands each span to several processors (a spans file and an OTLP exporter, say).
@@ -134,26 +145,73 @@ struct Runtime {
   std::shared_ptr<PrometheusCollector> metrics;
   std::unique_ptr<MetricsServer> metrics_server;
   std::string metrics_file;
+  // How the loss report names each destination: "--spans x.jsonl", "--otlp http://...".
+  std::string spans_label, otlp_spans_label, log_label, otlp_logs_label;
+  uint64_t telemetry_lost = 0;  // spans, log lines, records and metrics files; set by Finish
+  bool finished = false;
 
-  // Returns false (and says why on stderr) if the metrics file could not be written.
+  // Returns false if the metrics file could not be written. Reports every loss in one line.
   bool Finish() {
+    if (finished) return metrics_file.empty();
+    finished = true;
     runner.reset();
     calls.reset();
-    if (tracer) tracer->Shutdown();  // flushes every span
-    if (otlp_logs) otlp_logs->Shutdown();
-    bool ok = true;
-    if (metrics && !metrics_file.empty()) {
-      const std::string text = metrics->Serialize(ExpositionFormat::kText004);
-      std::FILE* f = std::fopen(metrics_file.c_str(), "w");
-      ok = f != nullptr && std::fwrite(text.data(), 1, text.size(), f) == text.size();
-      if (f != nullptr && std::fclose(f) != 0) ok = false;
-      if (!ok)
-        std::fprintf(stderr, "laneguard: --metrics-file %s: %s\n", metrics_file.c_str(),
-                     std::generic_category().message(errno).c_str());
-      metrics_file.clear();
-    }
+    ShutdownExporters();
+    if (tracer) tracer->Shutdown();  // its processors are shut down already
+    std::string metrics_error;
+    if (metrics && !metrics_file.empty()) metrics_error = WriteMetricsFile();
     if (metrics_server) metrics_server->Stop();
-    return ok;
+    ReportLosses(metrics_error);
+    if (metrics_error.empty()) metrics_file.clear();
+    return metrics_error.empty();
+  }
+
+  // All at once, so that the flush timeout (each processor's shutdown_timeout) bounds them
+  // together rather than one after the other.
+  void ShutdownExporters() {
+    std::vector<std::thread> threads;
+    if (file_spans) threads.emplace_back([this] { file_spans->Shutdown(); });
+    if (otlp_spans) threads.emplace_back([this] { otlp_spans->Shutdown(); });
+    if (otlp_logs) threads.emplace_back([this] { otlp_logs->Shutdown(); });
+    for (std::thread& t : threads) t.join();
+  }
+
+  // "" when written, else why not.
+  std::string WriteMetricsFile() {
+    const std::string text = metrics->Serialize(ExpositionFormat::kText004);
+    std::FILE* f = std::fopen(metrics_file.c_str(), "w");
+    errno = 0;
+    bool ok = f != nullptr && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+    if (f != nullptr && std::fclose(f) != 0) ok = false;
+    if (ok) return "";
+    return std::generic_category().message(errno != 0 ? errno : EIO);
+  }
+
+  // One line, e.g. "laneguard: telemetry lost: 200 spans (--spans x.jsonl: No space left on
+  // device), 12 log lines (--log y.jsonl: No space left on device)".
+  void ReportLosses(const std::string& metrics_error) {
+    std::string parts;
+    const auto add = [&](uint64_t n, const char* one, const char* many, const std::string& where,
+                         const std::string& why) {
+      if (n == 0) return;
+      telemetry_lost += n;
+      parts += (parts.empty() ? "" : ", ") + std::to_string(n) + " " + (n == 1 ? one : many) +
+               " (" + where + ": " + (why.empty() ? "not written" : why) + ")";
+    };
+    const auto add_processor = [&](const auto& p, const char* one, const char* many,
+                                   const std::string& where) {
+      if (p == nullptr) return;
+      const BatchExportStats s = p->stats();
+      add(s.dropped(), one, many, where, DescribeDrops(s, p->last_export_error()));
+    };
+    add_processor(file_spans, "span", "spans", spans_label);
+    add_processor(otlp_spans, "span", "spans", otlp_spans_label);
+    if (logger && !log_label.empty())
+      add(logger->write_errors(), "log line", "log lines", log_label, logger->last_write_error());
+    add_processor(otlp_logs, "log record", "log records", otlp_logs_label);
+    if (!metrics_error.empty())
+      add(1, "metrics exposition", "", "--metrics-file " + metrics_file, metrics_error);
+    if (!parts.empty()) std::fprintf(stderr, "laneguard: telemetry lost: %s\n", parts.c_str());
   }
   ~Runtime() {
     Finish();
@@ -181,6 +239,9 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   rt->config = config;
   auto level = ParseLogLevel(flags.log_level);
   if (!level.ok()) return "--log-level: " + Describe(level.error());
+  auto flush_ms = ParseDurationMs(flags.flush_timeout, "--flush-timeout");
+  if (!flush_ms.ok()) return flush_ms.error();
+  const std::chrono::milliseconds flush_timeout(*flush_ms);
 
   // OTLP: our config, then the OTEL_* variables, then --otlp (the most specific word wins).
   Resource resource;
@@ -200,6 +261,18 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     otel.settings.logs.endpoint = base + "/v1/logs";
   }
   const bool use_otlp = otel.settings.enabled && (!flags.otlp.empty() || otel_endpoint_set);
+  otel.settings.batch.shutdown_timeout = flush_timeout;
+  otel.settings.log_batch.shutdown_timeout = flush_timeout;
+  // The exporters' own warnings (one per failed batch) would go to stderr as JSON; the loss
+  // report at exit says the same in one line. (They warn only: an error-level filter drops all.)
+  const auto quiet =
+      std::make_shared<JsonLogger>(JsonLogger::Options{.min_level = LogLevel::kError});
+  otel.settings.traces.logger = quiet;
+  otel.settings.logs.logger = quiet;
+  rt->otlp_spans_label =
+      flags.otlp.empty() ? "OTLP " + otel.settings.traces.endpoint : "--otlp " + flags.otlp;
+  rt->otlp_logs_label =
+      flags.otlp.empty() ? "OTLP " + otel.settings.logs.endpoint : "--otlp " + flags.otlp;
   if (use_otlp) {
     auto logs = OtlpHttpLogExporter::Create(otel.settings.logs);
     if (!logs.ok()) return "--otlp " + flags.otlp + ": " + Describe(logs.error());
@@ -213,6 +286,7 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     auto logger = JsonLogger::OpenFile(log_options, flags.log_file);
     if (!logger.ok()) return "--log " + flags.log_file + ": " + logger.error().message;
     rt->logger = std::move(logger).value();
+    rt->log_label = "--log " + flags.log_file;
   } else if (rt->otlp_logs) {
     rt->null_log = std::fopen("/dev/null", "we");
     if (rt->null_log == nullptr)
@@ -230,7 +304,9 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   if (!flags.spans_file.empty()) {
     auto exporter = NewJsonLinesFileSpanExporter(flags.spans_file);
     if (!exporter.ok()) return "--spans " + flags.spans_file + ": " + exporter.error().message;
-    rt->file_spans = std::make_shared<BatchSpanProcessor>(std::move(exporter).value());
+    rt->file_spans = std::make_shared<BatchSpanProcessor>(
+        std::move(exporter).value(), BatchProcessorOptions{.shutdown_timeout = flush_timeout});
+    rt->spans_label = "--spans " + flags.spans_file;
     processors.push_back(rt->file_spans);
   }
   if (use_otlp) {
@@ -347,6 +423,8 @@ int RunCommand(const RunFlags& flags) {
     std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", task.c_str(),
                  result->Reason().c_str(), status);
   if (!(*rt)->Finish() && status == 0) status = kCouldNotRun;
+  if (flags.common.strict_telemetry && (*rt)->telemetry_lost > 0 && status == 0)
+    status = kTelemetryLost;
   return status;
 }
 
@@ -401,7 +479,8 @@ int BatchCommand(const BatchFlags& flags) {
     PrintSummaryTable(report, *config, stdout);
   if (signals.signal() != 0) return 128 + signals.signal();
   if (!finished) return kCouldNotRun;
-  return report.failed() > 0 ? kSomeJobsFailed : 0;
+  if (report.failed() > 0) return kSomeJobsFailed;
+  return flags.common.strict_telemetry && (*rt)->telemetry_lost > 0 ? kTelemetryLost : 0;
 }
 
 }  // namespace
@@ -435,7 +514,8 @@ int Main(int argc, char** argv) {
   run->footer(
       "Exit status: the command's; 124 when stopped for time; 137 when killed for memory; 128+N "
       "when killed by signal N; 130/143 when laneguard got SIGINT/SIGTERM; 125 when refused; 127 "
-      "when the command could not start; 2 for bad flags.\n"
+      "when the command could not start; 2 for bad flags; 122 with --strict-telemetry when the "
+      "command succeeded but spans, log lines or metrics were lost.\n"
       "Examples:\n"
       "  laneguard run --timeout 30s -- ./tool --input data.csv\n"
       "  laneguard run --lane forecast_model --timeout 5m --escalation 2 --max-rss 2048 "
@@ -456,7 +536,8 @@ int Main(int argc, char** argv) {
       "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
       "\"cwd\": \"/tmp\"}\n"
       "The whole file is checked before anything runs. Exit status: 0 when every job succeeded, "
-      "1 when some failed, 2 for a bad file or flags, 130/143 on SIGINT/SIGTERM.\n"
+      "1 when some failed, 2 for a bad file or flags, 130/143 on SIGINT/SIGTERM, 122 with "
+      "--strict-telemetry when every job succeeded but spans, log lines or metrics were lost.\n"
       "Examples:\n"
       "  laneguard batch examples/upgrade-jobs.jsonl --spans spans.jsonl\n"
       "  laneguard batch jobs.jsonl --otlp http://127.0.0.1:4318 --metrics-listen 127.0.0.1:9464\n"

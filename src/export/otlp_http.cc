@@ -71,6 +71,12 @@ constexpr double kYearMs = 365.0 * 24 * 3600 * 1000;
 
 }  // namespace
 
+// For ExportResult::error: curl's words for a failure without a response, else the status.
+std::string OtlpHttpClient::Failure(const Response& r) {
+  if (r.status != 0) return "HTTP " + std::to_string(r.status);
+  return r.error.empty() ? "no response" : r.error;
+}
+
 bool IsRetryableHttpStatus(int status) {
   return status == 429 || status == 502 || status == 503 || status == 504;
 }
@@ -161,7 +167,8 @@ OtlpHttpClient::Response OtlpHttpClient::Post(const std::string& body,
   curl_easy_setopt(c, CURLOPT_XFERINFODATA, &cancelled_);
   const CURLcode code = curl_easy_perform(c);
   if (code != CURLE_OK) {
-    r.error = curl_easy_strerror(code);
+    // Aborted by Cancel(): not the receiver's failure, nothing to report.
+    if (code != CURLE_ABORTED_BY_CALLBACK) r.error = curl_easy_strerror(code);
     r.retry_after.clear();
     return r;
   }
@@ -259,7 +266,7 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
                                                            {"items", static_cast<int64_t>(items)},
                                                            {"response", Excerpt(r.body)}});
       Count(&OtlpExporterStats::items_rejected, items, r.status);
-      return {Code::kRejected};
+      return {Code::kRejected, 0, 0, Failure(r)};
     }
     if (attempt >= max_attempts) {
       why = "no attempts left";
@@ -280,7 +287,8 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
   }
   if (cancelled_.load()) {
     Count(&OtlpExporterStats::items_cancelled, items, r.status);
-    return {Code::kCancelled};
+    // The last attempt's failure, if one was made: why the batch was still here at shutdown.
+    return {Code::kCancelled, 0, 0, r.status == 0 && r.error.empty() ? "" : Failure(r)};
   }
   options_.logger->LogWarning("OTLP export failed, retries exhausted",
                               {{"endpoint", options_.endpoint},
@@ -290,7 +298,7 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
                                {"reason", why},
                                {"items", static_cast<int64_t>(items)}});
   Count(&OtlpExporterStats::items_retries_exhausted, items, r.status);
-  return {Code::kRetriesExhausted};
+  return {Code::kRetriesExhausted, 0, 0, Failure(r)};
 }
 
 // ---- exporters ----------------------------------------------------------------------------------

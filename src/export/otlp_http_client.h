@@ -38,6 +38,7 @@ class OtlpHttpClient {
     std::string retry_after;
     std::string error;
   };
+  static std::string Failure(const Response& r);
   Response Post(const std::string& body, std::chrono::milliseconds timeout);
   void Wait(std::chrono::milliseconds delay);
   void Count(uint64_t OtlpExporterStats::*field, uint64_t n, int status);

@@ -16,6 +16,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -26,6 +27,11 @@ namespace laneguard::internal {
 
 // Adds a batch of n items to the counter its result names.
 inline void CountExportResult(const ExportResult& r, uint64_t n, BatchExportStats& s) {
+  if (r.code != ExportResult::Code::kSuccess) {
+    const uint64_t delivered = std::min(r.delivered, n);
+    s.exported += delivered;
+    n -= delivered;
+  }
   switch (r.code) {
     case ExportResult::Code::kSuccess: {
       const uint64_t refused = std::min<uint64_t>(r.partially_rejected, n);
@@ -151,6 +157,11 @@ class BatchWorker {
     return s;
   }
 
+  std::string last_error() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_error_;
+  }
+
  private:
   bool Urgent() const { return stopping_ || queue_.size() >= max_batch_ || flush_target_ > taken_; }
 
@@ -233,6 +244,8 @@ class BatchWorker {
     in_flight_ = BacklogLeft();
     done_ += n;
     CountExportResult(result, n, stats_);
+    // Moved, not copied, under the lock: a failure's text costs no allocation here.
+    if (!result.error.empty()) last_error_ = std::move(result.error);
     done_cv_.notify_all();
   }
 
@@ -251,6 +264,7 @@ class BatchWorker {
   std::vector<Item> backlog_;  // taken off the queue, not yet exported from backlog_next_ on
   size_t backlog_next_ = 0;
   BatchExportStats stats_;
+  std::string last_error_;     // ExportResult::error of the last export that had one
   size_t in_flight_ = 0;       // taken off the queue and not yet done
   uint64_t enqueued_ = 0;      // items ever pushed on the queue
   uint64_t taken_ = 0;         // items ever taken off it

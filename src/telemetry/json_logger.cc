@@ -6,6 +6,8 @@
 #include <system_error>
 #include <type_traits>
 
+#include "telemetry/line_file.h"
+
 namespace laneguard {
 
 std::string_view ToString(LogLevel level) {
@@ -125,9 +127,11 @@ void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields)
     std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     text += '\n';
     std::lock_guard<std::mutex> guard(mu_);
-    if (std::fwrite(text.data(), 1, text.size(), stream_) != text.size() ||
-        std::fflush(stream_) != 0) {
+    // Whole or not at all: a line cut by a full disk would make the file invalid JSON lines.
+    const internal::AppendResult written = internal::AppendLines(stream_, text);
+    if (written.error != 0) {
       write_errors_.fetch_add(1, std::memory_order_relaxed);
+      last_write_error_ = std::error_code(written.error, std::generic_category()).message();
       return;
     }
     lines_[static_cast<int>(level)].fetch_add(1, std::memory_order_relaxed);
@@ -135,6 +139,11 @@ void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields)
     // Out of memory while formatting: logging never throws into the caller.
     write_errors_.fetch_add(1, std::memory_order_relaxed);
   }
+}
+
+std::string JsonLogger::last_write_error() const {
+  std::lock_guard<std::mutex> guard(mu_);
+  return last_write_error_;
 }
 
 void LoggingObserver::OnEvent(const CallEvent& e) {

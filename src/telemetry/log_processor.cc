@@ -55,5 +55,8 @@ void BatchLogRecordProcessor::Shutdown() {
 }
 
 BatchExportStats BatchLogRecordProcessor::stats() const { return impl_->worker.stats(); }
+std::string BatchLogRecordProcessor::last_export_error() const {
+  return impl_->worker.last_error();
+}
 
 }  // namespace laneguard

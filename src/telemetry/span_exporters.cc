@@ -4,6 +4,7 @@
 #include <system_error>
 
 #include "laneguard/trace.h"
+#include "telemetry/line_file.h"
 #include "telemetry/otlp_json.h"
 
 namespace laneguard {
@@ -39,27 +40,25 @@ class JsonLinesSpanExporter final : public SpanExporter {
   }
 
   bool Export(const std::vector<SpanData>& batch, const Resource& resource) override {
+    return ExportWithResult(batch, resource).code == ExportResult::Code::kSuccess;
+  }
+
+  // One write of the whole batch; if the file fills up, the spans whose lines made it count as
+  // delivered and the file is cut back to them (line_file.h).
+  ExportResult ExportWithResult(const std::vector<SpanData>& batch,
+                                const Resource& resource) override {
+    std::string text;
     try {
-      std::string resource_json;
-      internal::OtlpJsonWriter(resource_json).Resource(resource);
-      std::string text;
-      internal::OtlpJsonWriter w(text);
-      for (const SpanData& span : batch) {
-        w.Raw("{\"resource\":");
-        w.Raw(resource_json);
-        w.Raw(",");
-        w.SpanFields(span);
-        w.Raw("}");
-        text += '\n';
-      }
-      std::lock_guard<std::mutex> lock(mu_);
-      if (stream_ == nullptr) return false;
-      const bool written = std::fwrite(text.data(), 1, text.size(), stream_) == text.size();
-      const bool flushed = std::fflush(stream_) == 0;
-      return written && flushed;
+      text = Format(batch, resource);
     } catch (...) {
-      return false;  // out of memory while formatting
+      return {ExportResult::Code::kFailed, 0, 0, "out of memory while formatting spans"};
     }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stream_ == nullptr) return {ExportResult::Code::kFailed};
+    const internal::AppendResult written = internal::AppendLines(stream_, text);
+    if (written.error == 0) return {};
+    return {ExportResult::Code::kFailed, 0, written.lines,
+            std::error_code(written.error, std::generic_category()).message()};
   }
 
   void Shutdown() override {
@@ -68,6 +67,22 @@ class JsonLinesSpanExporter final : public SpanExporter {
   }
 
  private:
+  static std::string Format(const std::vector<SpanData>& batch, const Resource& resource) {
+    std::string resource_json;
+    internal::OtlpJsonWriter(resource_json).Resource(resource);
+    std::string text;
+    internal::OtlpJsonWriter w(text);
+    for (const SpanData& span : batch) {
+      w.Raw("{\"resource\":");
+      w.Raw(resource_json);
+      w.Raw(",");
+      w.SpanFields(span);
+      w.Raw("}");
+      text += '\n';
+    }
+    return text;
+  }
+
   std::mutex mu_;
   std::FILE* stream_;
   const bool owns_stream_;

@@ -1,4 +1,6 @@
 #include <memory>
+#include <string>
+#include <string_view>
 #include <utility>
 
 #include "laneguard/trace.h"
@@ -176,5 +178,30 @@ void BatchSpanProcessor::SetResource(const Resource& resource) {
 }
 
 BatchSpanProcessorStats BatchSpanProcessor::stats() const { return impl_->worker.stats(); }
+std::string BatchSpanProcessor::last_export_error() const { return impl_->worker.last_error(); }
+
+std::string DescribeDrops(const BatchExportStats& s, std::string_view last_error) {
+  const std::string failed = last_error.empty() ? "export failed" : std::string(last_error);
+  const std::string timeout = last_error.empty()
+                                  ? "not sent before the flush timeout"
+                                  : "not sent before the flush timeout; last error: " + failed;
+  const std::pair<uint64_t, std::string> reasons[] = {
+      {s.dropped_queue_full, "queue full"},
+      {s.dropped_export_failed, failed},
+      {s.dropped_rejected, "rejected by the receiver: " + failed},
+      {s.dropped_retries_exhausted, "retries exhausted: " + failed},
+      {s.dropped_partial_success, "refused one by one by the receiver"},
+      {s.dropped_after_shutdown, "after shutdown"},
+      {s.dropped_shutdown_timeout, timeout},
+  };
+  std::vector<const std::pair<uint64_t, std::string>*> present;
+  for (const auto& r : reasons)
+    if (r.first > 0) present.push_back(&r);
+  if (present.size() == 1) return present[0]->second;
+  std::string out;
+  for (const auto* r : present)
+    out += (out.empty() ? "" : ", ") + std::to_string(r->first) + " " + r->second;
+  return out;
+}
 
 }  // namespace laneguard

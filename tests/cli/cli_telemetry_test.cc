@@ -3,8 +3,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <chrono>
+#include <csignal>
+#include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -15,7 +20,9 @@
 namespace {
 
 using laneguard::testing_support::Slurp;
+using ::testing::ContainsRegex;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using namespace std::chrono_literals;
 using json = nlohmann::json;
 
@@ -141,6 +148,175 @@ TEST_F(CliTelemetryTest, BadTelemetryFlagsAreUsageErrors) {
                  "/laneguard/no/such/dir/m.prom"}),
             125);
   EXPECT_THAT(err_, HasSubstr("/laneguard/no/such/dir/m.prom"));
+}
+
+// ---- lost telemetry is reported, never silent -----------------------------------------------
+
+// Every line of the file, each of which must be a whole JSON object.
+std::vector<json> JsonLines(const std::string& path) {
+  std::ifstream in(path);
+  std::vector<json> lines;
+  std::string line;
+  while (std::getline(in, line)) {
+    json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+    EXPECT_TRUE(j.is_object()) << path << ": not a whole JSON line: " << line;
+    lines.push_back(std::move(j));
+  }
+  const std::string text = Slurp(path);
+  EXPECT_TRUE(text.empty() || text.back() == '\n') << path << ": ends in a cut line";
+  return lines;
+}
+
+// The number before `what` in the "telemetry lost" line, 0 when absent.
+uint64_t LostCount(const std::string& err, const std::string& what) {
+  std::smatch m;
+  if (!std::regex_search(err, m, std::regex("telemetry lost:.*?(\\d+) " + what + " \\("))) return 0;
+  return std::stoull(m[1]);
+}
+
+TEST_F(CliTelemetryTest, SpansAndLogsToAFullDeviceAreReportedInOneLine) {
+  EXPECT_EQ(Cli({"run", "--spans", "/dev/full", "--log", "/dev/full", "--", "true"}), 0);
+  EXPECT_THAT(err_, HasSubstr("laneguard: telemetry lost: 1 span (--spans /dev/full: No space "
+                              "left on device), "));
+  EXPECT_THAT(err_,
+              ContainsRegex("[0-9]+ log lines \\(--log /dev/full: No space left on device\\)"));
+  EXPECT_EQ(std::count(err_.begin(), err_.end(), '\n'), 1) << err_;
+}
+
+TEST_F(CliTelemetryTest, StrictTelemetryMakesLostTelemetryFailTheCommand) {
+  EXPECT_EQ(Cli({"run", "--strict-telemetry", "--spans", "/dev/full", "--", "true"}), 122);
+  EXPECT_THAT(err_, HasSubstr("telemetry lost: 1 span"));
+  // Nothing lost: the command's own status.
+  EXPECT_EQ(Cli({"run", "--strict-telemetry", "--spans", Path("s.jsonl"), "--", "true"}), 0);
+  EXPECT_THAT(err_, Not(HasSubstr("telemetry lost")));
+  // A failing command keeps its status; the loss is still reported.
+  EXPECT_EQ(Cli({"run", "--strict-telemetry", "--spans", "/dev/full", "--", "sh", "-c", "exit 3"}),
+            3);
+  EXPECT_THAT(err_, HasSubstr("telemetry lost: 1 span"));
+  EXPECT_EQ(Cli({"batch", Write("j.jsonl", "{\"cmd\": [\"true\"]}\n"), "--quiet",
+                 "--strict-telemetry", "--log", "/dev/full"}),
+            122);
+  EXPECT_THAT(err_, ContainsRegex("telemetry lost: [0-9]+ log lines"));
+  EXPECT_EQ(Cli({"run", "--help"}), 0);
+  EXPECT_THAT(out_, HasSubstr("122 with --strict-telemetry"));
+}
+
+// A disk that fills mid-batch, made by a file size limit (writes past it fail with EFBIG, as
+// they would with ENOSPC): the files keep whole lines only, and every span not in the file is
+// counted in the report.
+TEST_F(CliTelemetryTest, ADiskFillingMidBatchKeepsWholeLinesAndCountsEveryLoss) {
+  constexpr int kJobs = 100;
+  std::string jobs;
+  for (int i = 0; i < kJobs; ++i)
+    jobs += "{\"id\": \"j" + std::to_string(i) + "\", \"cmd\": [\"true\"]}\n";
+  const std::string job_file = Write("jobs.jsonl", jobs);
+  const std::string spans = Path("spans.jsonl"), log = Path("log.jsonl");
+  std::vector<std::string> args = {LANEGUARD_CLI_PATH, "batch", job_file, "--quiet",
+                                   "--spans",          spans,   "--log",  log};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const std::string out_path = Path("stdout"), err_path = Path("stderr");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(out, 1);
+    dup2(err, 2);
+    const rlimit limit{16 * 1024, 16 * 1024};  // a few dozen lines of each file
+    setrlimit(RLIMIT_FSIZE, &limit);
+    signal(SIGXFSZ, SIG_IGN);  // write() then fails with EFBIG instead of killing the process
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  EXPECT_EQ(Wait(pid), 0) << err_;
+  const size_t spans_kept = JsonLines(spans).size();
+  const size_t lines_kept = JsonLines(log).size();
+  EXPECT_GT(spans_kept, 0u);
+  EXPECT_LT(spans_kept, static_cast<size_t>(kJobs));
+  EXPECT_EQ(spans_kept + LostCount(err_, "spans"), static_cast<size_t>(kJobs)) << err_;
+  EXPECT_THAT(err_, HasSubstr("spans (--spans " + spans + ": File too large)"));
+  EXPECT_GT(LostCount(err_, "log lines"), 0u) << err_;
+  EXPECT_GT(lines_kept, 0u);
+  EXPECT_THAT(err_, HasSubstr("log lines (--log " + log + ": File too large)"));
+}
+
+// ---- a dead collector costs at most the flush timeout at exit ------------------------------
+
+// A listening socket on 127.0.0.1 that never answers: connections complete in the kernel's
+// backlog, requests are never read.
+class BlackHole {
+ public:
+  BlackHole() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    listen(fd_, 16);
+    socklen_t len = sizeof a;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  ~BlackHole() { close(fd_); }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+// A port on 127.0.0.1 that refuses connections: bound (so nobody else takes it), not listening.
+class RefusedPort {
+ public:
+  RefusedPort() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+  }
+  ~RefusedPort() { close(fd_); }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+TEST_F(CliTelemetryTest, ABlackHoleCollectorCostsAtMostTheFlushTimeout) {
+  BlackHole hole;
+  const std::string url = "http://127.0.0.1:" + std::to_string(hole.port());
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(Cli({"run", "--otlp", url, "--flush-timeout", "1s", "--", "true"}), 0);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // A functional bound, not a speed test: without one the exit waited 31 s.
+  EXPECT_LT(seconds, 1 + 5.0);
+  EXPECT_THAT(err_, HasSubstr("telemetry lost: 1 span (--otlp " + url +
+                              ": not sent before the flush timeout)"));
+  EXPECT_GT(LostCount(err_, "log records"), 0u) << err_;
+}
+
+TEST_F(CliTelemetryTest, ARefusingCollectorCostsAtMostTheDefaultFlushTimeout) {
+  RefusedPort refused;
+  const std::string url = "http://127.0.0.1:" + std::to_string(refused.port());
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(Cli({"run", "--otlp", url, "--", "true"}), 0);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // The default flush timeout is 2 s; without one the retries took 10 s.
+  EXPECT_LT(seconds, 2 + 5.0);
+  EXPECT_THAT(err_, HasSubstr("telemetry lost: 1 span (--otlp " + url +
+                              ": not sent before the flush timeout; last error: Couldn't connect "
+                              "to server)"));
+  EXPECT_GT(LostCount(err_, "log records"), 0u) << err_;
+  EXPECT_EQ(Cli({"run", "--otlp", url, "--flush-timeout", "soon", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--flush-timeout"));
 }
 
 }  // namespace

@@ -16,6 +16,7 @@
 #include "laneguard/metrics.h"
 #include "laneguard/observer.h"
 #include "support/tmp_stream.h"
+#include "telemetry/file_size_limit.h"
 
 namespace laneguard {
 namespace {
@@ -266,10 +267,49 @@ TEST(JsonLogger, WriteErrorsOnFullDeviceAreCountedNotThrown) {
     EXPECT_NO_THROW(log.LogInfo("lost", {{"k", int64_t{1}}}));
     EXPECT_NO_THROW(log.LogError("lost too"));
     EXPECT_EQ(log.write_errors(), 2u);
+    EXPECT_EQ(log.last_write_error(), "No space left on device");
     EXPECT_EQ(log.lines_written(LogLevel::kInfo), 0u);
     EXPECT_EQ(log.lines_written(LogLevel::kError), 0u);
   }
   std::fclose(full);
+}
+
+// A disk that fills up mid-line must not leave a cut line: every line in the file is whole JSON,
+// and every line that is not there is counted, with the reason.
+TEST(JsonLogger, AFileThatFillsUpHoldsOnlyWholeLinesAndCountsTheRest) {
+  const std::string path =
+      ::testing::TempDir() + "laneguard_full_log_" + std::to_string(getpid()) + ".jsonl";
+  std::filesystem::remove(path);
+  constexpr int kLines = 100;
+  const std::string padding(100, 'x');
+  {
+    auto log = JsonLogger::OpenFile({}, path);
+    ASSERT_TRUE(log.ok());
+    {
+      testing_support::FileSizeLimit limit(4000);  // not a multiple of any line's length
+      for (int i = 0; i < kLines; ++i)
+        (*log)->LogInfo("line", {{"i", int64_t{i}}, {"padding", padding}});
+    }
+    EXPECT_GT((*log)->write_errors(), 0u);
+    EXPECT_EQ((*log)->last_write_error(), "File too large");
+    EXPECT_EQ((*log)->lines_written(LogLevel::kInfo) + (*log)->write_errors(), uint64_t{kLines});
+    std::FILE* f = std::fopen(path.c_str(), "r");
+    ASSERT_NE(f, nullptr);
+    std::string text;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+    std::fclose(f);
+    size_t lines = 0;
+    for (size_t start = 0; start < text.size(); ++lines) {
+      const size_t end = text.find('\n', start);
+      ASSERT_NE(end, std::string::npos) << "cut last line: " << text.substr(start);
+      EXPECT_TRUE(json::parse(text.substr(start, end - start), nullptr, false).is_object());
+      start = end + 1;
+    }
+    EXPECT_EQ(lines, (*log)->lines_written(LogLevel::kInfo));
+  }
+  std::filesystem::remove(path);
 }
 
 TEST(JsonLogger, WriteErrorsOnReadOnlyStreamAreCountedNotThrown) {

@@ -20,6 +20,7 @@
 #include "laneguard/clock.h"
 #include "laneguard/trace.h"
 #include "support/tmp_stream.h"
+#include "telemetry/file_size_limit.h"
 
 namespace laneguard {
 namespace {
@@ -675,6 +676,66 @@ TEST(JsonLinesSpanExporterTest, WriteErrorsReturnFalse) {
   auto exporter2 = NewJsonLinesSpanExporter(read_only);
   EXPECT_FALSE(exporter2->Export({MakeSpan(0)}, Resource{}));
   std::fclose(read_only);
+}
+
+// A file that fills up mid-batch keeps the spans whose whole lines fit, and no cut line; the
+// exporter says how many got through and why the rest did not.
+TEST(JsonLinesSpanExporterTest, AFileThatFillsUpKeepsWholeLinesAndSaysWhy) {
+  const std::string path =
+      ::testing::TempDir() + "laneguard_full_spans_" + std::to_string(getpid()) + ".jsonl";
+  std::filesystem::remove(path);
+  std::vector<SpanData> batch;
+  for (int i = 0; i < 40; ++i) batch.push_back(FullSpan());
+  auto exporter = NewJsonLinesFileSpanExporter(path);
+  ASSERT_TRUE(exporter.ok());
+  ExportResult result;
+  {
+    testing_support::FileSizeLimit limit(8192);
+    result = (*exporter)->ExportWithResult(batch, Resource{});
+  }
+  const auto lines = ReadLines(path);
+  std::filesystem::remove(path);
+  EXPECT_EQ(result.code, ExportResult::Code::kFailed);
+  EXPECT_EQ(result.error, "File too large");
+  EXPECT_GT(lines.size(), 0u);
+  EXPECT_LT(lines.size(), batch.size());
+  EXPECT_EQ(result.delivered, lines.size());
+  for (const std::string& line : lines) {
+    ASSERT_EQ(line.back(), '\n');
+    EXPECT_TRUE(json::parse(line, nullptr, false).is_object()) << line;
+  }
+}
+
+// Through a batch processor, the spans that did not make it are counted with the reason.
+TEST(BatchSpanProcessorTest, AFullDeviceCountsEverySpanWithTheReason) {
+  std::FILE* full = std::fopen("/dev/full", "w");
+  ASSERT_NE(full, nullptr);
+  {
+    BatchSpanProcessor p(NewJsonLinesSpanExporter(full));
+    for (int i = 0; i < 5; ++i) p.OnEnd(MakeSpan(i));
+    p.Shutdown();
+    const BatchExportStats s = p.stats();
+    EXPECT_EQ(s.dropped_export_failed, 5u);
+    EXPECT_EQ(s.exported, 0u);
+    EXPECT_EQ(p.last_export_error(), "No space left on device");
+    EXPECT_EQ(DescribeDrops(s, p.last_export_error()), "No space left on device");
+  }
+  std::fclose(full);
+}
+
+TEST(DescribeDropsTest, NamesEachReasonWithItsCountWhenThereAreSeveral) {
+  BatchExportStats s;
+  EXPECT_EQ(DescribeDrops(s, ""), "");
+  s.dropped_queue_full = 120;
+  EXPECT_EQ(DescribeDrops(s, ""), "queue full");
+  s.dropped_export_failed = 80;
+  EXPECT_EQ(DescribeDrops(s, "No space left on device"),
+            "120 queue full, 80 No space left on device");
+  BatchExportStats t;
+  t.dropped_shutdown_timeout = 3;
+  EXPECT_EQ(DescribeDrops(t, ""), "not sent before the flush timeout");
+  EXPECT_EQ(DescribeDrops(t, "Couldn't connect to server"),
+            "not sent before the flush timeout; last error: Couldn't connect to server");
 }
 
 TEST(JsonLinesSpanExporterTest, FileExporterAppends) {
