@@ -226,10 +226,20 @@ struct Runtime {
   }
 };
 
-Result<Config, std::string> LoadConfig(const std::string& path) {
+void PrintWarnings(const std::vector<std::string>& warnings) {
+  for (const std::string& warning : warnings)
+    std::fprintf(stderr, "laneguard: warning: %s\n", warning.c_str());
+}
+
+// The message already starts with the path (after `flag`, when one is given); the warnings
+// (duplicate keys, a lane name that looks misspelled) go to stderr and the config still loads.
+Result<Config, std::string> LoadConfig(const std::string& path,
+                                       const std::string& flag = "--config") {
   if (path.empty()) return Config{};
-  auto config = LoadConfigFile(path);
-  if (!config.ok()) return "--config " + path + ": " + Describe(config.error());
+  std::vector<std::string> warnings;
+  auto config = LoadConfigFile(path, Config{}, &warnings);
+  if (!config.ok()) return (flag.empty() ? "" : flag + ": ") + Describe(config.error());
+  PrintWarnings(warnings);
   return std::move(config).value();
 }
 
@@ -356,6 +366,7 @@ struct RunFlags {
   std::string lane = "tool_call";
   std::string task;
   std::string timeout;
+  bool timeout_given = false;  // `--timeout ""` is an error, not the default
   std::optional<double> escalation;
   std::optional<int64_t> max_rss_mb;
   std::vector<std::string> command;
@@ -376,7 +387,7 @@ int RunCommand(const RunFlags& flags) {
     config->timeout_escalation_factor = *flags.escalation;
   }
   std::optional<int64_t> timeout_ms;
-  if (!flags.timeout.empty()) {
+  if (flags.timeout_given) {
     auto parsed = ParseDurationMs(flags.timeout, "--timeout");
     if (!parsed.ok()) {
       std::fprintf(stderr, "laneguard run: %s\n", parsed.error().c_str());
@@ -445,11 +456,17 @@ int BatchCommand(const BatchFlags& flags) {
     std::fprintf(stderr, "laneguard batch: %s\n", config.error().c_str());
     return kUsageError;
   }
-  auto jobs = LoadJobFile(flags.jobs_file, *config);
+  std::vector<std::string> warnings;
+  auto jobs = LoadJobFile(flags.jobs_file, *config, &warnings);
+  const std::string file = flags.jobs_file == "-" ? "<stdin>" : flags.jobs_file;
+  for (std::string& warning : warnings) warning = file + ": " + warning;
+  PrintWarnings(warnings);
   if (!jobs.ok()) {
-    for (const JobError& e : jobs.error())
-      std::fprintf(stderr, "laneguard batch: %s: %s\n", flags.jobs_file.c_str(),
-                   e.ToString().c_str());
+    // A line-0 error (an unreadable file) names the file itself.
+    const bool names_file = jobs.error().size() == 1 && jobs.error()[0].line == 0 &&
+                            jobs.error()[0].message.starts_with(file + ": ");
+    const std::string prefix = "laneguard batch: " + (names_file ? "" : file + ": ");
+    std::fputs(FormatJobErrors(jobs.error(), prefix).c_str(), stderr);
     std::fprintf(stderr, "laneguard batch: nothing was run\n");
     return kUsageError;
   }
@@ -523,7 +540,9 @@ int Main(int argc, char** argv) {
 
   BatchFlags batch_flags;
   CLI::App* batch = app.add_subcommand("batch", "Run a JSON-lines file of jobs under the limits");
-  batch->add_option("jobs", batch_flags.jobs_file, "Job file: one JSON object per line")
+  batch
+      ->add_option("jobs", batch_flags.jobs_file,
+                   "Job file: one JSON object per line (- reads standard input)")
       ->required();
   batch->add_option("--summary", batch_flags.summary, "table (default) or json")
       ->check(CLI::IsMember({"table", "json"}));
@@ -560,20 +579,23 @@ int Main(int argc, char** argv) {
     const int code = app.exit(e);
     return code == 0 ? 0 : kUsageError;
   }
+  run_flags.timeout_given = run->count("--timeout") > 0;
   if (run->parsed()) return RunCommand(run_flags);
   if (batch->parsed()) return BatchCommand(batch_flags);
   if (check->parsed()) {
-    auto config = LoadConfigFile(check_file);
-    if (!config.ok()) {
-      std::fprintf(stderr, "%s: %s\n", check_file.c_str(), Describe(config.error()).c_str());
+    std::vector<std::string> warnings;
+    auto config = LoadConfigFile(check_file, Config{}, &warnings);
+    if (!config.ok()) {  // the message starts with the file name
+      std::fprintf(stderr, "laneguard config check: %s\n", Describe(config.error()).c_str());
       return 1;
     }
+    PrintWarnings(warnings);
     std::printf("%s: ok (%zu lanes, global limit %d)\n", check_file.c_str(),
                 config->lane_concurrency_limits.size(), config->global_concurrency_limit);
     return 0;
   }
   if (print->parsed()) {
-    auto config = LoadConfig(print_file);
+    auto config = LoadConfig(print_file, "");
     if (!config.ok()) {
       std::fprintf(stderr, "laneguard config print: %s\n", config.error().c_str());
       return 1;

@@ -265,3 +265,129 @@ TEST_F(CliTest, CtrlCMidBatchLeavesNoChildRunning) {
 }
 
 }  // namespace
+
+// --- Input validation a new user meets (issue 16): bad config and job files,
+// flags. ---
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using CliInputTest = laneguard::testing_support::CliFixture;
+
+size_t Count(const std::string& text, const std::string& word) {
+  size_t n = 0;
+  for (size_t at = text.find(word); at != std::string::npos; at = text.find(word, at + 1)) ++n;
+  return n;
+}
+
+TEST_F(CliInputTest, ConfigErrorsNameTheFileOnce) {
+  const std::string empty = Write("empty.json", "");
+  EXPECT_EQ(Cli({"config", "check", empty}), 1);
+  EXPECT_EQ(Count(err_, "empty.json"), 1u) << err_;
+  EXPECT_EQ(Cli({"run", "--config", empty, "--", "true"}), 2);
+  EXPECT_EQ(Count(err_, "empty.json"), 1u) << err_;
+  EXPECT_THAT(err_, HasSubstr("--config"));
+  EXPECT_EQ(Cli({"config", "print", empty}), 1);
+  EXPECT_EQ(Count(err_, "empty.json"), 1u) << err_;
+}
+
+TEST_F(CliInputTest, ADirectoryIsReportedAsADirectory) {
+  const std::string dir = dir_.string();
+  EXPECT_EQ(Cli({"config", "check", dir}), 1);
+  EXPECT_THAT(err_, HasSubstr("is a directory"));
+  EXPECT_THAT(err_, Not(HasSubstr("JSON")));
+  EXPECT_EQ(Cli({"batch", dir}), 2);
+  EXPECT_THAT(err_, HasSubstr("is a directory"));
+  EXPECT_THAT(err_, Not(HasSubstr("JSON")));
+  EXPECT_EQ(Cli({"run", "--config", dir, "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("is a directory"));
+}
+
+TEST_F(CliInputTest, DeeplyNestedInputIsAnErrorNotACrash) {
+  const size_t depth = 100'000;
+  std::string deep;
+  for (size_t i = 0; i < depth; ++i) deep += "{\"a\":";
+  deep += "1" + std::string(depth, '}');
+  EXPECT_EQ(Cli({"config", "check", Write("d.json", deep)}), 1);
+  EXPECT_THAT(err_, HasSubstr("unknown key"));
+  EXPECT_LT(err_.size(), 1000u);
+  const std::string jobs =
+      Write("deep.jsonl", R"({"id":"a","cmd":"true","metadata":{"k":)" + std::string(depth, '[') +
+                              std::string(depth, ']') + "}}\n");
+  EXPECT_EQ(Cli({"batch", jobs}), 2);
+  EXPECT_THAT(err_, HasSubstr("metadata.k"));
+  EXPECT_LT(err_.size(), 1000u);
+}
+
+TEST_F(CliInputTest, HugeValuesAreNotEchoedInFull) {
+  const std::string huge(8 << 20, 'x');
+  EXPECT_EQ(Cli({"config", "check", Write("huge.json", "{\"unknown\": \"" + huge + "\"}")}), 1);
+  EXPECT_THAT(err_, HasSubstr("unknown"));
+  EXPECT_LT(err_.size(), 1000u);
+}
+
+// Each passed `config check` and then broke `run` (timeouts that never fired,
+// bad_alloc).
+TEST_F(CliInputTest, ConfigCheckEnforcesUpperBounds) {
+  EXPECT_EQ(Cli({"config", "check", Write("tick.json", R"({"timerTickMs": 100000000})")}), 1);
+  EXPECT_THAT(err_, HasSubstr("timerTickMs"));
+  EXPECT_EQ(Cli({"config", "check", Write("cap.json", R"({"metricsCapacity": 1e8})")}), 1);
+  EXPECT_THAT(err_, HasSubstr("metricsCapacity"));
+  EXPECT_EQ(Cli({"config", "check",
+                 Write("lane.json", R"({"laneConcurrencyLimits": {"critic": 2000000}})")}),
+            1);
+  EXPECT_THAT(err_, Not(HasSubstr(">= 1")));
+}
+
+TEST_F(CliInputTest, SuspiciousConfigsLoadWithAWarning) {
+  const std::string config = Write(
+      "warn.json", R"({"maxRssMb": 100, "maxRssMb": 200, "laneConcurrencyLimits": {"critc": 2}})");
+  EXPECT_EQ(Cli({"config", "check", config}), 0);
+  EXPECT_THAT(err_, HasSubstr("laneguard: warning: "));
+  EXPECT_THAT(err_, HasSubstr("'maxRssMb' is given more than once"));
+  EXPECT_THAT(err_, HasSubstr("did you mean 'critic'?"));
+  EXPECT_EQ(Cli({"run", "--config", config, "--", "true"}), 0);
+  EXPECT_THAT(err_, HasSubstr("did you mean 'critic'?"));
+}
+
+TEST_F(CliInputTest, ABadJobFilePrintsAtMostTwentyErrors) {
+  std::string text;
+  for (int i = 0; i < 1000; ++i) text += "{\"lane\": \"nope\"}\n";
+  EXPECT_EQ(Cli({"batch", Write("bad.jsonl", text)}), 2);
+  EXPECT_EQ(Count(err_, "bad.jsonl: line "), 20u);
+  EXPECT_THAT(err_, HasSubstr("more errors"));
+  EXPECT_THAT(err_, HasSubstr("nothing was run"));
+}
+
+TEST_F(CliInputTest, NulInAJobsArgvIsRefused) {
+  const std::string marker = Path("ran");
+  const std::string jobs = Write("nul.jsonl", R"({"id":"a","cmd":["touch", ")" + marker +
+                                                  R"(\u0000x"]})"
+                                                  "\n");
+  EXPECT_EQ(Cli({"batch", jobs}), 2);
+  EXPECT_THAT(err_, HasSubstr("field 'cmd'"));
+  EXPECT_THAT(err_, HasSubstr("NUL"));
+  EXPECT_FALSE(fs::exists(marker));
+}
+
+TEST_F(CliInputTest, TimeoutFlagSyntax) {
+  EXPECT_EQ(Cli({"run", "--timeout", "", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--timeout: ''"));
+  EXPECT_EQ(Cli({"run", "--timeout", "1m30s", "--", "true"}), 0) << err_;
+  EXPECT_EQ(Cli({"run", "--timeout", "1m30", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--timeout: '1m30'"));
+}
+
+TEST_F(CliInputTest, BatchDashReadsStandardInput) {
+  const std::string jobs = Write("in.jsonl", R"({"id":"from-stdin","cmd":"true"})"
+                                             "\n");
+  const std::string command = std::string("'") + LANEGUARD_CLI_PATH + "' batch --quiet " +
+                              "--summary json - < '" + jobs + "' > '" + Path("out") + "' 2> '" +
+                              Path("err") + "'";
+  const int status = std::system(command.c_str());
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << Slurp(Path("err"));
+  EXPECT_THAT(Slurp(Path("out")), HasSubstr("from-stdin"));
+}
+
+}  // namespace
