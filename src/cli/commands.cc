@@ -520,8 +520,8 @@ int Main(int argc, char** argv) {
   run->add_option("--lane", run_flags.lane, "Lane (default tool_call)");
   run->add_option("--task", run_flags.task, "Task id for logs and spans (default run-<cmd>)");
   run->add_option("--timeout", run_flags.timeout,
-                  "SIGTERM after this (500ms, 30s, 2m; a bare number is seconds; default: the "
-                  "config's defaultTimeoutMs)");
+                  "SIGTERM after this (500ms, 30s, 1m30s, 2h; a bare number is seconds; "
+                  "default: the config's defaultTimeoutMs)");
   run->add_option("--escalation", run_flags.escalation,
                   "SIGKILL to the whole tree at timeout x this (default: the config's, 1.5)");
   run->add_option("--max-rss", run_flags.max_rss_mb, "Memory limit of the whole tree, in MB");
