@@ -47,8 +47,8 @@ std::optional<std::string> CheckPositive(const json& v, int64_t max, int64_t* ou
 bool HasNul(std::string_view s) { return s.find('\0') != std::string_view::npos; }
 constexpr const char* kNulMessage = "must not contain a NUL character (\\u0000)";
 
-// One duration term: a decimal number (digits, optional fraction) and its unit's scale in ms.
-// Advances `text` past it; nullopt when it is not one.
+// One duration term, a decimal number and its unit ("1.5m"), in ms; advances `text` past it.
+// A number with nothing after it is seconds and sets `bare`. nullopt when it is not a term.
 std::optional<double> DurationTermMs(std::string_view& text, bool* bare) {
   size_t digits = 0, i = 0;
   while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
@@ -59,18 +59,18 @@ std::optional<double> DurationTermMs(std::string_view& text, bool* bare) {
   if (ec != std::errc() || rest != text.data() + i || !std::isfinite(number)) return std::nullopt;
   text.remove_prefix(i);
   *bare = text.empty();
-  double scale = 1000;  // a bare number is seconds
-  for (const auto& [unit, ms] : {std::pair<std::string_view, double>{"ms", 1},
-                                 {"s", 1000},
-                                 {"m", 60'000},
-                                 {"h", 3'600'000}}) {
+  if (*bare) return number * 1000;
+  // "ms" before "m": the longest unit that matches.
+  for (const auto& [unit, scale] : {std::pair<std::string_view, double>{"ms", 1},
+                                    {"s", 1000},
+                                    {"m", 60'000},
+                                    {"h", 3'600'000}}) {
     if (text.starts_with(unit)) {
-      scale = ms;
       text.remove_prefix(unit.size());
       return number * scale;
     }
   }
-  return *bare ? std::optional<double>(number * scale) : std::nullopt;
+  return std::nullopt;
 }
 
 }  // namespace
