@@ -2,16 +2,18 @@
 // allow, and reports what happened.
 //
 // Thread safety: a BatchRunner runs one batch at a time (Run() is not reentrant); the cancel token
-// may be triggered from any thread.
+// may be triggered, and RequestProgress() called, from any thread.
 #ifndef LANEGUARD_SRC_CLI_BATCH_H_
 #define LANEGUARD_SRC_CLI_BATCH_H_
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <optional>
 #include <stop_token>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "cli/job_file.h"
@@ -27,6 +29,12 @@ struct JobOutcome {
   double queue_wait_ms = 0;  // from the batch's start until the job got its slot
   double start_ms = 0;       // since the batch's start
   double end_ms = 0;
+  // With BatchOptions::output_dir, once its program ran: <dir>/<name> (add .stdout or .stderr),
+  // or why the files could not be written.
+  std::string output_file;
+  std::string output_error;
+  bool cancelled() const { return started && result.outcome == ProcessOutcome::kCancelled; }
+  bool failed() const { return started && !result.success() && !cancelled(); }
 };
 
 struct BatchOptions {
@@ -36,29 +44,54 @@ struct BatchOptions {
   std::chrono::milliseconds progress_interval{1000};
   // Called with each job's queue wait as it gets its slot (the telemetry layer's hook).
   std::function<void(const Job&, double queue_wait_seconds)> on_queue_wait;
+  // Non-empty: each started job's stdout and stderr are written to <output_dir>/<name>.stdout and
+  // .stderr, <name> from OutputFileNames(). The directory must exist.
+  std::string output_dir;
 };
+
+// Per-stream capture with an output directory; past it the rest is dropped and counted.
+inline constexpr size_t kMaxJobOutputBytes = size_t{8} << 20;
 
 struct BatchReport {
   std::vector<JobOutcome> jobs;  // in file order
   double elapsed_ms = 0;
   bool cancelled = false;  // the cancel token fired
   Statistics statistics;   // the manager's, at the end
+  // Each job is counted once: succeeded + failed + cancelled + skipped == jobs.size().
   int failed() const;
+  int cancelled_jobs() const;  // stopped by the cancel token or by fail-fast while running
   int skipped() const;
   int succeeded() const;
+  int output_errors() const;
 };
 
 class BatchRunner {
  public:
   BatchRunner(ProcessRunner& runner, BatchOptions options);
-  // Output of each job is captured (up to 1 MB per stream) so concurrent jobs do not interleave;
-  // a failed job's last stderr line appears in the summary.
+  // Output of each job is captured (up to 1 MB per stream, or kMaxJobOutputBytes with an output
+  // directory) so concurrent jobs do not interleave; a failed job's last stderr line appears in
+  // the summary. Without an output directory stdout is dropped.
   BatchReport Run(const std::vector<Job>& jobs, const std::stop_token& cancel);
+  // The running batch prints a progress line as soon as it can, even with Progress::kNone (the
+  // answer to SIGUSR1).
+  void RequestProgress() { progress_requested_.store(true); }
 
  private:
   ProcessRunner& runner_;
   BatchOptions options_;
+  std::atomic<bool> progress_requested_{false};
 };
+
+// File names (without directory or suffix) for the jobs' output files, in job order: the id when
+// it is a plain name ([A-Za-z0-9._-], not starting with '.', at most 100 bytes); otherwise the id
+// with every other byte replaced by '_' (and a leading '.' too), cut to 100 bytes, with "~<line>"
+// appended when that name is taken by another job.
+std::vector<std::string> OutputFileNames(const std::vector<Job>& jobs);
+
+// Text from jobs or files, made safe for a terminal: control characters (C0, DEL and the UTF-8
+// encoded C1 range) become visible escapes (\n, \t, \r, \x1b, \u009b); everything else, invalid
+// UTF-8 included, is kept. JSON output needs none of this (JSON escapes them itself).
+std::string EscapeForTerminal(std::string_view text);
 
 // The summary: the spec's statistics, a per-lane table, the slowest jobs and every failure.
 void PrintSummaryTable(const BatchReport& report, const Config& config, std::FILE* out);

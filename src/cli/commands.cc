@@ -1,6 +1,7 @@
 // The `laneguard` command: run, batch, config check, config print.
 #include "cli/commands.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -11,7 +12,10 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <system_error>
 #include <thread>
 
@@ -30,6 +34,13 @@ namespace {
 constexpr int kUsageError = 2;
 constexpr int kSomeJobsFailed = 1;
 constexpr int kCouldNotRun = 125;  // as timeout(1): the wrapper itself failed
+constexpr char kSignalsHelp[] =
+    "Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGALRM stop what is running (SIGTERM, then "
+    "SIGKILL after 2 s), the summary is still printed, and laneguard exits 128+N (130, 143, 129, "
+    "131, 142); SIGUSR1 prints progress now (batch: a progress line, even with --quiet; run: how "
+    "long the command has run). A closed output pipe (`| head`) only stops laneguard's printing: "
+    "the jobs run to their end.\n";
+constexpr int64_t kMaxRssMbFlag = int64_t{1} << 30;  // ProcessSpec::max_rss_mb's bound
 // --strict-telemetry: the run went well but spans, log lines or metrics were lost. Outside the
 // statuses timeout(1) and the shell give a meaning to, and rarely a command's own.
 constexpr int kTelemetryLost = 122;
@@ -37,22 +48,31 @@ constexpr int kTelemetryLost = 122;
 // ConfigError messages already name the key and the value.
 std::string Describe(const ConfigError& e) { return e.message; }
 
-// SIGINT and SIGTERM become a cancel request instead of killing us, so the children are stopped
-// through the escalation, spans are flushed and the summary printed. The signals are blocked in
-// every thread (set before any thread starts, inherited) and taken by one thread with
-// sigtimedwait; children get a clean mask back before exec (see ProcessRunner).
+// Signals that would kill us become a cancel request instead (SIGINT, SIGTERM, SIGHUP from a
+// closed terminal or ssh session, SIGQUIT, SIGALRM), so the children are stopped through the
+// escalation, spans are flushed and the summary printed; the exit status is still 128+N. SIGUSR1
+// asks for a progress line. The signals are blocked in every thread (set before any thread
+// starts, inherited) and taken by one thread with sigtimedwait; children get a clean mask back
+// before exec (see ProcessRunner). SIGPIPE is ignored, in Main.
 class SignalWatcher {
  public:
+  static constexpr int kCancelSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGALRM};
+
   SignalWatcher() {
     sigemptyset(&set_);
-    sigaddset(&set_, SIGINT);
-    sigaddset(&set_, SIGTERM);
+    for (int sig : kCancelSignals) sigaddset(&set_, sig);
+    sigaddset(&set_, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set_, nullptr);
     thread_ = std::thread([this] {
       const timespec tick{0, 100'000'000};
       while (!done_.load()) {
         const int sig = sigtimedwait(&set_, nullptr, &tick);
-        if (sig > 0 && signal_.exchange(sig) == 0) stop_.request_stop();
+        if (sig == SIGUSR1) {
+          std::lock_guard<std::mutex> lock(mu_);
+          if (on_usr1_) on_usr1_();
+        } else if (sig > 0 && signal_.exchange(sig) == 0) {
+          stop_.request_stop();
+        }
       }
     });
   }
@@ -63,12 +83,19 @@ class SignalWatcher {
   }
   std::stop_token token() const { return stop_.get_token(); }
   int signal() const { return signal_.load(); }
+  // Called on the watcher's thread at each SIGUSR1 (before this, SIGUSR1 does nothing).
+  void OnUsr1(std::function<void()> callback) {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_usr1_ = std::move(callback);
+  }
 
  private:
   sigset_t set_;
   std::stop_source stop_;
   std::atomic<int> signal_{0};
   std::atomic<bool> done_{false};
+  std::mutex mu_;
+  std::function<void()> on_usr1_;
   std::thread thread_;
 };
 
@@ -87,9 +114,17 @@ struct CommonFlags {
 void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
   cmd->add_option("--config", flags.config_file,
                   "Config file (the spec's camelCase JSON, merged over the defaults)");
-  cmd->add_option("--spans", flags.spans_file, "Append spans to this file as JSON lines");
+  cmd->add_option("--spans", flags.spans_file,
+                  "Append spans to this file as JSON lines (even when the config's "
+                  "enableSpanEmission is false: the flag wins)");
   cmd->add_option("--log", flags.log_file, "Append JSON log lines to this file");
-  cmd->add_option("--log-level", flags.log_level, "debug, info, warning or error (default info)");
+  cmd->add_option("--log-level", flags.log_level, "debug, info, warning or error (default info)")
+      ->check(CLI::Validator(
+          [](const std::string& level) -> std::string {
+            if (ParseLogLevel(level).ok()) return "";
+            return "'" + EscapeForTerminal(level) + "' is not one of debug, info, warning, error";
+          },
+          "LEVEL"));
   cmd->add_option("--otlp", flags.otlp,
                   "Send spans and logs to this OTLP/HTTP base URL (e.g. http://127.0.0.1:4318); "
                   "the OTEL_EXPORTER_OTLP_* variables work as well");
@@ -330,11 +365,27 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   if (processors.size() == 1) processor = processors[0];
   if (processors.size() > 1) processor = std::make_shared<FanOutSpanProcessor>(processors);
   TracerOptions tracing = otel.settings.TracerOptionsWith(processor);
+  // The explicit flag wins over the config's enableSpanEmission: an empty spans file the user
+  // asked for would only look like a run that did nothing.
+  if (!flags.spans_file.empty() && !tracing.enabled) {
+    std::fprintf(stderr,
+                 "laneguard: note: --spans %s: writing spans although the config's "
+                 "enableSpanEmission is false (only to this file)\n",
+                 EscapeForTerminal(flags.spans_file).c_str());
+    tracing.enabled = true;
+  }
   tracing.enabled = tracing.enabled && processor != nullptr;  // nowhere to go: no span work
   rt->tracer = std::make_unique<Tracer>(std::move(tracing));
   rt->calls = std::make_unique<WorkerCalls>(*rt->manager, *rt->tracer, rt->logger);
   rt->runner = std::make_unique<ProcessRunner>(*rt->calls);
 
+  if (!flags.metrics_file.empty()) {
+    // Checked now, as --spans is: finding out at the end of a long run would lose its metrics.
+    const int fd = open(flags.metrics_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+      return "--metrics-file " + flags.metrics_file + ": " + std::generic_category().message(errno);
+    close(fd);
+  }
   if (!flags.metrics_file.empty() || !flags.metrics_listen.empty()) {
     PrometheusOptions prom;
     prom.logger = rt->logger;
@@ -395,9 +446,10 @@ int RunCommand(const RunFlags& flags) {
     }
     timeout_ms = *parsed;
   }
-  if (flags.max_rss_mb && *flags.max_rss_mb <= 0) {
-    std::fprintf(stderr, "laneguard run: --max-rss: %lld must be a positive number of MB\n",
-                 static_cast<long long>(*flags.max_rss_mb));
+  // The runner's own bound, checked here so a bad value is a usage error, not "could not start".
+  if (flags.max_rss_mb && (*flags.max_rss_mb < 1 || *flags.max_rss_mb > kMaxRssMbFlag)) {
+    std::fprintf(stderr, "laneguard run: --max-rss: %lld must be within [1, %lld] MB\n",
+                 static_cast<long long>(*flags.max_rss_mb), static_cast<long long>(kMaxRssMbFlag));
     return kUsageError;
   }
   if (!config->lane_concurrency_limits.count(flags.lane)) {
@@ -422,7 +474,14 @@ int RunCommand(const RunFlags& flags) {
   CallOptions call;
   call.lane = flags.lane;
   call.timeout_ms = timeout_ms;
+  const auto started = std::chrono::steady_clock::now();
+  signals.OnUsr1([&task, started] {
+    const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+    std::fprintf(stderr, "laneguard run: %s: running for %.1f s\n", EscapeForTerminal(task).c_str(),
+                 seconds.count());
+  });
   auto result = (*rt)->runner->Run(task, spec, call, signals.token());
+  signals.OnUsr1(nullptr);
   if (!result.ok()) {
     std::fprintf(stderr, "laneguard run: refused: %s\n", result.error().message().c_str());
     return kCouldNotRun;
@@ -431,9 +490,11 @@ int RunCommand(const RunFlags& flags) {
   if (result->outcome == ProcessOutcome::kCancelled && signals.signal() != 0)
     status = 128 + signals.signal();
   if (status != 0)
-    std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", task.c_str(),
-                 result->Reason().c_str(), status);
-  if (!(*rt)->Finish() && status == 0) status = kCouldNotRun;
+    std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", EscapeForTerminal(task).c_str(),
+                 EscapeForTerminal(result->Reason()).c_str(), status);
+  // A metrics file that could not be written at the end is reported by Finish (it was checked
+  // before the run); the command's own status stands (--strict-telemetry: 122 instead of 0).
+  (*rt)->Finish();
   if (flags.common.strict_telemetry && (*rt)->telemetry_lost > 0 && status == 0)
     status = kTelemetryLost;
   return status;
@@ -448,7 +509,18 @@ struct BatchFlags {
   std::string summary = "table";
   bool fail_fast = false;
   bool quiet = false;
+  std::string output_dir;
 };
+
+// Creates the directory if need be; "" when jobs can write their output files there, else why not.
+std::string PrepareOutputDir(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return ec.message();
+  if (!std::filesystem::is_directory(dir, ec)) return "not a directory";
+  if (access(dir.c_str(), W_OK | X_OK) != 0) return std::generic_category().message(errno);
+  return "";
+}
 
 int BatchCommand(const BatchFlags& flags) {
   auto config = LoadConfig(flags.common.config_file);
@@ -470,6 +542,14 @@ int BatchCommand(const BatchFlags& flags) {
     std::fprintf(stderr, "laneguard batch: nothing was run\n");
     return kUsageError;
   }
+  if (!flags.output_dir.empty()) {
+    const std::string error = PrepareOutputDir(flags.output_dir);
+    if (!error.empty()) {
+      std::fprintf(stderr, "laneguard batch: --output %s: %s\n", flags.output_dir.c_str(),
+                   error.c_str());
+      return kUsageError;
+    }
+  }
   SignalWatcher signals;
   auto rt = MakeRuntime(flags.common, *config);
   if (!rt.ok()) {
@@ -487,17 +567,66 @@ int BatchCommand(const BatchFlags& flags) {
     options.on_queue_wait = [metrics](const Job& job, double seconds) {
       metrics->ObserveQueueWait(job.lane, seconds);
     };
+  options.output_dir = flags.output_dir;
   BatchRunner runner(*(*rt)->runner, options);
+  signals.OnUsr1([&runner] { runner.RequestProgress(); });
   BatchReport report = runner.Run(*jobs, signals.token());
-  const bool finished = (*rt)->Finish();
+  signals.OnUsr1(nullptr);
+  // As in run: a lost metrics file is reported, and the jobs' status stands.
+  (*rt)->Finish();
   if (flags.summary == "json")
     std::printf("%s\n", SummaryJson(report, *config).c_str());
   else
     PrintSummaryTable(report, *config, stdout);
   if (signals.signal() != 0) return 128 + signals.signal();
-  if (!finished) return kCouldNotRun;
   if (report.failed() > 0) return kSomeJobsFailed;
   return flags.common.strict_telemetry && (*rt)->telemetry_lost > 0 ? kTelemetryLost : 0;
+}
+
+// CLI11 answers a misspelled command with "A subcommand is required": name it and the choices.
+std::string UnknownCommand(const CLI::App& app, int argc, char** argv) {
+  const CLI::App* current = &app;
+  std::string path = "laneguard";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.empty() || arg[0] == '-') return "";
+    const auto subs = current->get_subcommands([](const CLI::App*) { return true; });
+    if (subs.empty()) return "";
+    const CLI::App* next = nullptr;
+    std::string names;
+    for (const CLI::App* sub : subs) {
+      if (sub->get_name() == arg) next = sub;
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (next == nullptr)
+      return path + ": unknown command '" + EscapeForTerminal(arg) + "' (commands: " + names + ")";
+    path += " " + arg;
+    current = next;
+  }
+  return "";
+}
+
+// `laneguard run ls -d /tmp`: CLI11 takes -d for one of ours. When the command's words came
+// without --, say where to put it, with the user's own words.
+void PrintRunHint(CLI::App& run, int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) != "run") return;
+  std::string options, command;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--") return;  // the command is where it belongs; the error is elsewhere
+    if (!command.empty() || arg.empty() || arg[0] != '-') {
+      command += (command.empty() ? "" : " ") + arg;
+      continue;
+    }
+    options += " " + arg;
+    const CLI::Option* opt = run.get_option_no_throw(arg.substr(0, arg.find('=')));
+    if (opt != nullptr && opt->get_type_size_min() > 0 && arg.find('=') == std::string::npos &&
+        i + 1 < argc)
+      options += " " + std::string(argv[++i]);
+  }
+  if (command.empty()) return;
+  std::fprintf(stderr, "laneguard run: put the command after --: laneguard run%s -- %s\n",
+               EscapeForTerminal(options).c_str(), EscapeForTerminal(command).c_str());
 }
 
 }  // namespace
@@ -505,10 +634,21 @@ int BatchCommand(const BatchFlags& flags) {
 int Main(int argc, char** argv) {
   // An inherited "ignore SIGCHLD" would let the kernel reap our children: no exit statuses.
   std::signal(SIGCHLD, SIG_DFL);
+  // A closed pipe on our own output (`laneguard batch jobs.jsonl 2>&1 | head -1`) must not kill us
+  // and orphan the jobs: writes fail with EPIPE instead, and we stop printing. Programs we start
+  // get SIGPIPE back at its default (ProcessRunner resets it before exec).
+  std::signal(SIGPIPE, SIG_IGN);
+  // A batch holds a few descriptors per running job: up to the hard limit (jobs get the original
+  // soft limit back). A laneguard killed with SIGKILL left its jobs running in its cgroups: they
+  // are stopped now, and the user told.
+  RaiseOpenFileLimit();
+  if (const LeftoverCleanup cleaned = CleanUpLeftoverCgroups(); !cleaned.empty())
+    std::fprintf(stderr, "laneguard: %s\n", cleaned.Describe().c_str());
   CLI::App app{
       "laneguard: run programs as budgeted worker calls (lanes, timeouts that really stop "
       "runaway work, memory limits, spans)"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("laneguard ") + LANEGUARD_VERSION);
   app.footer(
       "Examples:\n"
       "  laneguard run --lane critic --timeout 10m --max-rss 512 -- python3 critic.py in.json\n"
@@ -530,9 +670,11 @@ int Main(int argc, char** argv) {
       ->required();
   run->footer(
       "Exit status: the command's; 124 when stopped for time; 137 when killed for memory; 128+N "
-      "when killed by signal N; 130/143 when laneguard got SIGINT/SIGTERM; 125 when refused; 127 "
+      "when killed by signal N; 128+N when laneguard got signal N (see Signals); 125 when refused; "
+      "127 "
       "when the command could not start; 2 for bad flags; 122 with --strict-telemetry when the "
-      "command succeeded but spans, log lines or metrics were lost.\n"
+      "command succeeded but spans, log lines or metrics were lost.\n" +
+      std::string(kSignalsHelp) +
       "Examples:\n"
       "  laneguard run --timeout 30s -- ./tool --input data.csv\n"
       "  laneguard run --lane forecast_model --timeout 5m --escalation 2 --max-rss 2048 "
@@ -549,14 +691,23 @@ int Main(int argc, char** argv) {
   batch->add_flag("--fail-fast", batch_flags.fail_fast,
                   "Stop everything at the first failure (running jobs are cancelled)");
   batch->add_flag("--quiet", batch_flags.quiet, "No progress output");
+  batch->add_option("--output", batch_flags.output_dir,
+                    "Save each job's stdout and stderr as DIR/<id>.stdout and .stderr (the "
+                    "directory is created if need be)");
   AddCommonFlags(batch, batch_flags.common);
   batch->footer(
       "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
       "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
       "\"cwd\": \"/tmp\"}\n"
       "The whole file is checked before anything runs. Exit status: 0 when every job succeeded, "
-      "1 when some failed, 2 for a bad file or flags, 130/143 on SIGINT/SIGTERM, 122 with "
+      "1 when some failed, 2 for a bad file or flags, 128+N on signal N (see Signals), 122 with "
       "--strict-telemetry when every job succeeded but spans, log lines or metrics were lost.\n"
+      "Output: by default a job's stdout is discarded and its stderr kept only for the last line "
+      "shown with a failure; with --output DIR every job that ran gets DIR/<id>.stdout and "
+      "DIR/<id>.stderr (up to 8 MB each, the rest dropped and counted as outputDroppedBytes; an "
+      "id that is not a plain file name is sanitized, and the JSON summary names each job's "
+      "files). Cancelled jobs (a signal, or --fail-fast) are counted apart from failed ones.\n" +
+      std::string(kSignalsHelp) +
       "Examples:\n"
       "  laneguard batch examples/upgrade-jobs.jsonl --spans spans.jsonl\n"
       "  laneguard batch jobs.jsonl --otlp http://127.0.0.1:4318 --metrics-listen 127.0.0.1:9464\n"
@@ -573,10 +724,15 @@ int Main(int argc, char** argv) {
   print->add_option("file", print_file, "Config file (defaults only when omitted)");
   print->footer("Example: laneguard config print examples/config/staging.json");
 
+  if (const std::string unknown = UnknownCommand(app, argc, argv); !unknown.empty()) {
+    std::fprintf(stderr, "%s\nRun with --help for more information.\n", unknown.c_str());
+    return kUsageError;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
+    if (code != 0) PrintRunHint(*run, argc, argv);
     return code == 0 ? 0 : kUsageError;
   }
   run_flags.timeout_given = run->count("--timeout") > 0;

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "support/tmp_stream.h"
@@ -79,7 +80,7 @@ TEST_F(BatchTest, RunsEveryJobAndReportsQueueWaits) {
                 " ms — stderr: oops");
   TmpStream table;
   PrintSummaryTable(report, config_, table.get());
-  EXPECT_THAT(table.ReadAll(), HasSubstr("9 jobs: 8 succeeded, 1 failed, 0 skipped"));
+  EXPECT_THAT(table.ReadAll(), HasSubstr("9 jobs: 8 succeeded, 1 failed, 0 cancelled, 0 skipped"));
 }
 
 // Job output is not ours to trust: a character cut at the tail, or bytes that are not UTF-8,
@@ -129,7 +130,16 @@ TEST_F(BatchTest, CancelStopsRunningJobsAndSkipsTheRest) {
   canceller.join();
   EXPECT_TRUE(report.cancelled);
   EXPECT_EQ(report.jobs[0].result.outcome, ProcessOutcome::kCancelled);
-  EXPECT_EQ(report.skipped(), 4);  // critic runs one at a time
+  EXPECT_EQ(report.skipped(), 4);         // critic runs one at a time
+  EXPECT_EQ(report.cancelled_jobs(), 1);  // stopped by us: not a failure of the job
+  EXPECT_EQ(report.failed(), 0);
+  auto summary = nlohmann::json::parse(SummaryJson(report, config_));
+  EXPECT_EQ(summary["cancelledJobs"], 1);
+  EXPECT_EQ(summary["failed"], 0);
+  EXPECT_EQ(summary["lanes"]["critic"]["cancelled"], 1);
+  TmpStream table;
+  PrintSummaryTable(report, config_, table.get());
+  EXPECT_THAT(table.ReadAll(), HasSubstr("0 succeeded, 0 failed, 1 cancelled, 4 skipped"));
   std::remove(started.c_str());
 }
 
@@ -143,6 +153,39 @@ TEST_F(BatchTest, CancelBeforeAnyProgramStartsSkipsEverything) {
   BatchReport report = BatchRunner(*runner_, options).Run(jobs, cancel.get_token());
   EXPECT_EQ(report.skipped(), 2);
   EXPECT_EQ(report.failed(), 0);
+}
+
+TEST(EscapeForTerminalTest, MakesControlCharactersVisibleAndKeepsTheRest) {
+  EXPECT_EQ(EscapeForTerminal("a\x1b[31mb\n\r\t\x7f\x01"), "a\\x1b[31mb\\n\\r\\t\\x7f\\x01");
+  EXPECT_EQ(EscapeForTerminal("csi \xc2\x9b"
+                              "2J"),
+            "csi \\u009b2J");  // C1 control, UTF-8
+  EXPECT_EQ(EscapeForTerminal("caf\xc3\xa9 \xc2\xa0 \xff"), "caf\xc3\xa9 \xc2\xa0 \xff");
+}
+
+TEST_F(BatchTest, OutputFileNamesAreSafeUniqueAndKeepPlainIds) {
+  const std::vector<Job> jobs = Jobs(R"({"id": "a b", "cmd": "true"})"
+                                     "\n"
+                                     R"({"id": "a/b", "cmd": "true"})"
+                                     "\n"
+                                     R"({"id": "a_b", "cmd": "true"})"
+                                     "\n"
+                                     R"({"id": "..", "cmd": "true"})"
+                                     "\n"
+                                     R"({"id": ".hidden", "cmd": "true"})"
+                                     "\n"
+                                     R"({"id": ")" +
+                                     std::string(150, 'x') + R"(", "cmd": "true"})");
+  const std::vector<std::string> names = OutputFileNames(jobs);
+  ASSERT_EQ(names.size(), jobs.size());
+  EXPECT_EQ(names[2], "a_b");  // plain: its own name, even though "a b" comes first
+  std::set<std::string> unique(names.begin(), names.end());
+  EXPECT_EQ(unique.size(), names.size());
+  for (const std::string& name : names) {
+    EXPECT_EQ(name.find('/'), std::string::npos) << name;
+    EXPECT_NE(name[0], '.') << name;
+    EXPECT_LE(name.size(), 110u) << name;
+  }
 }
 
 }  // namespace

@@ -39,8 +39,9 @@ class CliFixture : public ::testing::Test {
 
   // Starts the binary with stdout and stderr going to files in the test's directory, with
   // `extra_env` ("NAME=value") added to the environment.
-  pid_t Start(const std::vector<std::string>& args,
-              const std::vector<std::string>& extra_env = {}) {
+  // `output_fd` >= 0: stdout and stderr both go there instead (a pipe, say).
+  pid_t Start(const std::vector<std::string>& args, const std::vector<std::string>& extra_env = {},
+              int output_fd = -1) {
     std::vector<std::string> all = {LANEGUARD_CLI_PATH};
     all.insert(all.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -48,10 +49,15 @@ class CliFixture : public ::testing::Test {
     argv.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 1, (dir_ / "stdout").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_addopen(&actions, 2, (dir_ / "stderr").c_str(),
-                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (output_fd >= 0) {
+      posix_spawn_file_actions_adddup2(&actions, output_fd, 1);
+      posix_spawn_file_actions_adddup2(&actions, output_fd, 2);
+    } else {
+      posix_spawn_file_actions_addopen(&actions, 1, (dir_ / "stdout").c_str(),
+                                       O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      posix_spawn_file_actions_addopen(&actions, 2, (dir_ / "stderr").c_str(),
+                                       O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    }
     pid_t pid = -1;
     std::vector<std::string> env_strings = extra_env;
     for (char** e = environ; *e != nullptr; ++e) env_strings.emplace_back(*e);
@@ -62,9 +68,11 @@ class CliFixture : public ::testing::Test {
     posix_spawn_file_actions_destroy(&actions);
     return pid;
   }
+  // Sets signaled_: a status of 128+N from a signal that killed the binary is not one it chose.
   int Wait(pid_t pid) {
     int status = 0;
     waitpid(pid, &status, 0);
+    signaled_ = WIFSIGNALED(status);
     out_ = Slurp(dir_ / "stdout");
     err_ = Slurp(dir_ / "stderr");
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -81,6 +89,7 @@ class CliFixture : public ::testing::Test {
 
   fs::path dir_;
   std::string out_, err_;
+  bool signaled_ = false;
 };
 
 }  // namespace laneguard::testing_support
