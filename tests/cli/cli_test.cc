@@ -1,5 +1,6 @@
 // The `laneguard` binary end to end: exit statuses, argv handling, batch limits checked from the
 // spans file, bad job files, and Ctrl-C in the middle of a batch.
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -10,6 +11,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -262,6 +264,207 @@ TEST_F(CliTest, CtrlCMidBatchLeavesNoChildRunning) {
     const pid_t pid = std::stoi(text);
     EXPECT_TRUE(EventuallyDead(pid)) << "job " << i << "'s background process left running";
   }
+}
+
+// ---- signals, output pipes, human output, flags checked up front (issue 16) -----------------
+
+// `n` jobs, each leaving a background `sleep 30` whose pid it writes to <pids>/<i>.
+std::string SleepingJobs(const fs::path& pids, int n) {
+  std::string jobs;
+  for (int i = 0; i < n; ++i)
+    jobs += R"({"id": "j)" + std::to_string(i) + R"(", "cmd": "sleep 30 & echo $! > )" +
+            (pids / std::to_string(i)).string() + R"(; wait"})" + "\n";
+  return jobs;
+}
+
+// Up to 5 s for every job of SleepingJobs() to have started; their pids.
+std::vector<pid_t> WaitForPids(const fs::path& pids, int n) {
+  std::vector<pid_t> found;
+  for (int i = 0; i < n; ++i) {
+    std::string text;
+    for (int t = 0; t < 500 && (text = Slurp(pids / std::to_string(i))).empty(); ++t)
+      std::this_thread::sleep_for(10ms);
+    if (text.empty()) return {};
+    found.push_back(std::stoi(text));
+  }
+  return found;
+}
+
+TEST_F(CliTest, HupQuitAlrmAndTermCancelTheBatchAndLeaveNoJobRunning) {
+  for (int sig : {SIGHUP, SIGQUIT, SIGALRM, SIGTERM}) {
+    SCOPED_TRACE(sigabbrev_np(sig));
+    const fs::path pids = dir_ / ("pids-" + std::to_string(sig));
+    fs::create_directories(pids);
+    const pid_t cli =
+        Start({"batch", Write("jobs.jsonl", SleepingJobs(pids, 3)), "--summary", "json"});
+    const std::vector<pid_t> jobs = WaitForPids(pids, 3);
+    ASSERT_EQ(jobs.size(), 3u) << "the jobs never started";
+    kill(cli, sig);
+    EXPECT_EQ(Wait(cli), 128 + sig);
+    EXPECT_FALSE(signaled_) << "killed by the signal itself: no cleanup, no summary";
+    nlohmann::json summary;
+    ASSERT_NO_THROW(summary = nlohmann::json::parse(out_)) << out_ << err_;
+    EXPECT_EQ(summary["cancelled"], true);
+    EXPECT_EQ(summary["cancelledJobs"], 3);
+    EXPECT_EQ(summary["failed"], 0);  // cancelled is not failed
+    for (pid_t pid : jobs) EXPECT_TRUE(EventuallyDead(pid)) << "job process " << pid << " left";
+  }
+}
+
+TEST_F(CliTest, Sigusr1PrintsProgressEvenWhenQuietAndTheBatchGoesOn) {
+  const fs::path pids = dir_ / "pids";
+  fs::create_directories(pids);
+  const pid_t cli = Start({"batch", Write("jobs.jsonl", SleepingJobs(pids, 2)), "--quiet"});
+  ASSERT_EQ(WaitForPids(pids, 2).size(), 2u);
+  kill(cli, SIGUSR1);
+  bool printed = false;
+  for (int i = 0; i < 500 && !printed; ++i) {
+    printed = Slurp(dir_ / "stderr").find("progress: 0/2 done") != std::string::npos;
+    if (!printed) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(printed) << Slurp(dir_ / "stderr");
+  kill(cli, SIGTERM);  // still running: it ends as TERM says, not as USR1's default would
+  EXPECT_EQ(Wait(cli), 128 + SIGTERM);
+  EXPECT_FALSE(signaled_);
+}
+
+// `laneguard batch jobs.jsonl 2>&1 | head -1`: after the first line nobody reads; laneguard
+// stops printing but the jobs go on to their end, and the status is theirs.
+TEST_F(CliTest, ClosedOutputPipeStopsThePrintingNotTheJobs) {
+  std::string jobs;
+  for (int i = 0; i < 3; ++i)
+    jobs += R"({"id": "j)" + std::to_string(i) + R"(", "cmd": "sleep 1.5; echo ok > )" +
+            Path("done" + std::to_string(i)) + R"("})" + "\n";
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  const pid_t cli = Start({"batch", Write("jobs.jsonl", jobs)}, {}, fds[1]);
+  close(fds[1]);
+  std::string line;
+  for (char c = 0; read(fds[0], &c, 1) == 1 && c != '\n';) line += c;
+  close(fds[0]);
+  EXPECT_THAT(line, HasSubstr("progress:"));
+  EXPECT_EQ(Wait(cli), 0);
+  EXPECT_FALSE(signaled_) << "killed by SIGPIPE";
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(Slurp(Path("done" + std::to_string(i))), "ok\n") << "job " << i << " abandoned";
+}
+
+// laneguard ignores SIGPIPE; the programs it starts must not inherit that.
+TEST_F(CliTest, CommandsStartWithSigpipeAtItsDefault) {
+  EXPECT_EQ(Cli({"run", "--", "sh", "-c", "yes | head -1 > /dev/null"}), 0);
+  EXPECT_THAT(err_, Not(HasSubstr("Broken pipe")));
+}
+
+TEST_F(CliTest, MaxRssOutsideTheRunnersRangeIsAUsageError) {
+  for (const char* mb : {"99999999999", "1073741825", "0"}) {
+    EXPECT_EQ(Cli({"run", "--max-rss", mb, "--", "true"}), 2) << mb;
+    EXPECT_THAT(err_, HasSubstr("--max-rss")) << mb;
+    EXPECT_THAT(err_, HasSubstr("1073741824")) << mb;  // the range is named
+  }
+}
+
+TEST_F(CliTest, UnwritableMetricsFileIsRefusedBeforeAnythingRuns) {
+  const std::string marker = Path("ran");
+  EXPECT_EQ(Cli({"run", "--metrics-file", Path("no/such/dir/m.prom"), "--", "touch", marker}), 2);
+  EXPECT_THAT(err_, HasSubstr("--metrics-file"));
+  EXPECT_THAT(err_, HasSubstr("No such file or directory"));
+  EXPECT_EQ(Cli({"batch", Write("jobs.jsonl", "{\"cmd\": \"touch " + marker + "\"}\n"),
+                 "--metrics-file", dir_.string()}),
+            2);
+  EXPECT_THAT(err_, HasSubstr("Is a directory"));
+  EXPECT_FALSE(fs::exists(marker));
+}
+
+// Checked up front, the file can still fail at the end (a full disk): that is reported, and the
+// status stays the command's.
+TEST_F(CliTest, MetricsFileLostAtTheEndIsReportedAndTheStatusIsTheCommands) {
+  if (access("/dev/full", W_OK) != 0)
+    GTEST_SKIP() << "no writable /dev/full to stand for a full disk";
+  EXPECT_EQ(Cli({"run", "--metrics-file", "/dev/full", "--", "true"}), 0);
+  EXPECT_THAT(err_, HasSubstr("--metrics-file /dev/full"));
+  EXPECT_EQ(Cli({"run", "--metrics-file", "/dev/full", "--", "sh", "-c", "exit 3"}), 3);
+  EXPECT_EQ(Cli({"batch", Write("jobs.jsonl", "{\"cmd\": \"exit 1\"}\n{\"cmd\": \"true\"}\n"),
+                 "--metrics-file", "/dev/full"}),
+            1);
+  EXPECT_THAT(err_, HasSubstr("--metrics-file /dev/full"));
+}
+
+TEST_F(CliTest, SpansFlagWinsOverAConfigThatTurnsSpansOff) {
+  const std::string config = Write("off.json", R"({"enableSpanEmission": false})");
+  const std::string spans = Path("spans.jsonl");
+  EXPECT_EQ(Cli({"run", "--config", config, "--spans", spans, "--", "true"}), 0) << err_;
+  EXPECT_THAT(err_, HasSubstr("enableSpanEmission"));
+  std::ifstream in(spans);
+  std::vector<nlohmann::json> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0]["name"], "worker_call:tool_call");
+}
+
+TEST_F(CliTest, HumanOutputEscapesControlCharactersFromJobsAndIds) {
+  EXPECT_EQ(Cli({"run", "--task", "evil\x1b[2J\ntask", "--", "false"}), 1);
+  EXPECT_THAT(err_, HasSubstr("evil\\x1b[2J\\ntask"));
+  EXPECT_EQ(err_.find('\x1b'), std::string::npos) << err_;
+  const std::string jobs = Write(
+      "jobs.jsonl",
+      R"({"id": "id\u001b]0;pwned\u0007\nFAKE", "cmd": "printf '\\033[31mred\\n' >&2; exit 1"})"
+      "\n");
+  EXPECT_EQ(Cli({"batch", jobs}), 1);
+  EXPECT_EQ(out_.find('\x1b'), std::string::npos) << out_;
+  EXPECT_EQ(err_.find('\x1b'), std::string::npos) << err_;
+  EXPECT_THAT(out_, HasSubstr("id\\x1b]0;pwned\\x07\\nFAKE"));
+  EXPECT_THAT(out_, HasSubstr("stderr: \\x1b[31mred"));
+  EXPECT_THAT(err_, HasSubstr("FAILED id\\x1b]0;pwned\\x07\\nFAKE"));
+  // JSON escapes them itself: the summary keeps the real text.
+  EXPECT_EQ(Cli({"batch", jobs, "--summary", "json"}), 1);
+  auto summary = nlohmann::json::parse(out_);
+  EXPECT_EQ(summary["results"][0]["id"], "id\x1b]0;pwned\x07\nFAKE");
+  EXPECT_THAT(summary["results"][0]["reason"].get<std::string>(), HasSubstr("\x1b[31mred"));
+}
+
+TEST_F(CliTest, BatchOutputDirKeepsEveryJobsOutputUnderSafeNames) {
+  const std::string jobs = Write("jobs.jsonl", R"({"id": "plain", "cmd": "echo out; echo err >&2"})"
+                                               "\n"
+                                               R"({"id": "../escape", "cmd": "echo up"})"
+                                               "\n"
+                                               R"({"id": "a b", "cmd": "echo first"})"
+                                               "\n"
+                                               R"({"id": "a_b", "cmd": "echo second"})"
+                                               "\n");
+  const fs::path out = dir_ / "out";
+  EXPECT_EQ(Cli({"batch", jobs, "--output", out.string(), "--summary", "json"}), 0) << err_;
+  EXPECT_EQ(Slurp(out / "plain.stdout"), "out\n");
+  EXPECT_EQ(Slurp(out / "plain.stderr"), "err\n");
+  EXPECT_EQ(Slurp(out / "a_b.stdout"), "second\n");  // a plain id keeps its own name
+  auto summary = nlohmann::json::parse(out_);
+  for (int i : {1, 2}) {
+    const fs::path file = summary["results"][i]["stdoutFile"].get<std::string>();
+    EXPECT_EQ(file.parent_path(), out) << file;
+    EXPECT_EQ(Slurp(file), i == 1 ? "up\n" : "first\n") << file;
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "escape.stdout"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(out), fs::directory_iterator()), 8);
+
+  EXPECT_EQ(Cli({"batch", jobs, "--output", jobs}), 2);  // a file, not a directory
+  EXPECT_THAT(err_, HasSubstr("--output"));
+  EXPECT_EQ(Cli({"batch", "--help"}), 0);
+  EXPECT_THAT(out_, HasSubstr("stdout is discarded"));
+}
+
+TEST_F(CliTest, MessagesANewUserMeetsNameTheProblem) {
+  EXPECT_EQ(Cli({"--version"}), 0);
+  EXPECT_THAT(out_, ::testing::MatchesRegex("laneguard [0-9]+\\.[0-9]+\\.[0-9]+\n"));
+  EXPECT_EQ(Cli({"bogus"}), 2);
+  EXPECT_THAT(err_, HasSubstr("unknown command 'bogus' (commands: run, batch, config)"));
+  EXPECT_EQ(Cli({"config", "chek", "x.json"}), 2);
+  EXPECT_THAT(err_, HasSubstr("laneguard config: unknown command 'chek' (commands: check, print)"));
+  EXPECT_EQ(Cli({"run", "--log-level", "verbose", "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--log-level: 'verbose' is not one of debug, info, warning, error"));
+  EXPECT_THAT(err_, Not(HasSubstr("config key")));
+  EXPECT_EQ(Cli({"run", "ls", "-d", "/tmp"}), 2);
+  EXPECT_THAT(err_, HasSubstr("put the command after --: laneguard run -- ls -d /tmp"));
+  EXPECT_EQ(Cli({"run", "--timeout", "5s", "ls", "-d", "/tmp"}), 2);
+  EXPECT_THAT(err_, HasSubstr("laneguard run --timeout 5s -- ls -d /tmp"));
 }
 
 }  // namespace
