@@ -41,7 +41,8 @@ test: build
 # The main job: an upgrade run through `laneguard batch`. Two of its jobs are meant to be stopped
 # (one ignores SIGTERM and hangs, one grows past its memory limit), so exit status 1 (some jobs
 # failed) is the expected result; anything else fails the target.
-demo: build
+demo: configure
+	cmake --build $(BUILD) -j $(JOBS) --target laneguard_app  # the CLI only, not the tests
 	@mkdir -p $(BUILD)/demo-work && rm -f $(BUILD)/demo-spans.jsonl $(BUILD)/demo-log.jsonl
 	@status=0; $(BUILD)/bin/laneguard batch examples/upgrade-jobs.jsonl \
 	  --config examples/config/production.json --spans $(BUILD)/demo-spans.jsonl \
@@ -50,7 +51,8 @@ demo: build
 	echo; echo "demo: spans in $(BUILD)/demo-spans.jsonl ($$(wc -l < $(BUILD)/demo-spans.jsonl) lines), logs in $(BUILD)/demo-log.jsonl"
 
 # The library-level demo: threads calling the wrappers directly across the five lanes.
-demo-library: build
+demo-library: configure
+	cmake --build $(BUILD) -j $(JOBS) --target laneguard_demo
 	$(BUILD)/bin/laneguard_demo examples/config/production.json --log $(BUILD)/demo-library-log.jsonl \
 	  --spans $(BUILD)/demo-library-spans.jsonl
 

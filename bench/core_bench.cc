@@ -4,10 +4,13 @@
 #include <benchmark/benchmark.h>
 
 #include <atomic>
+#include <fstream>
 #include <random>
 #include <semaphore>
+#include <string>
 
 #include "alloc_counter.h"
+#include "laneguard/clock.h"
 #include "laneguard/manager.h"
 #include "laneguard/timer_queue.h"
 
@@ -155,4 +158,23 @@ BENCHMARK(BM_TimerArmCancel_10kArmed_RandomOrder);
 }  // namespace
 }  // namespace laneguard
 
-BENCHMARK_MAIN();
+// BENCHMARK_MAIN, plus the machine facts the figures depend on in the run's context: which clock
+// the kernel keeps (the manager's clock reads the TSC only when it is "tsc"), and the CPU.
+int main(int argc, char** argv) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0 && line.find(": ") != std::string::npos) {
+      benchmark::AddCustomContext("cpu_model", line.substr(line.find(": ") + 2));
+      break;
+    }
+  }
+  const std::string source = laneguard::internal::CurrentClocksource();
+  benchmark::AddCustomContext("clocksource", source.empty() ? "unknown" : source);
+  benchmark::AddCustomContext("fast_clock",
+                              laneguard::FastClock::Get().uses_tsc() ? "tsc" : "steady_clock");
+  ::benchmark::Initialize(&argc, argv);
+  if (::benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  ::benchmark::RunSpecifiedBenchmarks();
+  ::benchmark::Shutdown();
+  return 0;
+}

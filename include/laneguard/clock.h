@@ -9,6 +9,9 @@
 #include <atomic>
 #include <cstdint>
 #include <string>
+#include <string_view>
+
+#include "laneguard/internal/wall_clock_anchor.h"
 
 namespace laneguard {
 
@@ -45,27 +48,48 @@ class SystemClock final : public Clock {
 // against steady_clock (about 5 ms, on first use), it reads in about 10 ns where a VM's vDSO
 // clock_gettime takes 25-30 ns, and a worker call reads the clock twice. Its rate matches
 // steady_clock's to the calibration's precision (about 1e-5), which moves a 300 s deadline by a few
-// milliseconds at most. Elsewhere it is steady_clock. The manager's default clock. The choice is
-// made once per process: if the kernel later abandons the TSC (a VM migrated to another host), the
-// process keeps the calibrated rate until it restarts.
+// milliseconds at most. Elsewhere (clocksource kvm-clock, hpet, xen, a CPU without a TSC) it is
+// steady_clock. The manager's default clock. The choice is made once per process: if the kernel
+// later abandons the TSC (a VM migrated to another host), the process keeps the calibrated rate
+// until it restarts.
+//
+// Wall-clock time, on either path: MonotonicNanos() plus an offset from system_clock, read again
+// once it is a second old (of monotonic time), so a wall-clock step shows within a second
+// (internal/wall_clock_anchor.h). One anchor serves Now() and UnixAt(), so
+// UnixAt(Now().mono_nanos) == Now().unix_nanos, unless another thread re-read the offset in between
+// (then they differ by the two clocks' drift over a second: nanoseconds).
 class FastClock final : public Clock {
  public:
+  // The process's clock; the TSC decision is read from
+  // /sys/devices/system/clocksource/clocksource0/current_clocksource, or from the environment
+  // variable LANEGUARD_CLOCKSOURCE when it is set ("kvm-clock" forces the fallback).
   static const FastClock& Get();
+  // A clock of its own (tests, tools): `kernel_uses_tsc` stands for the kernel's decision, so
+  // either path can run on any machine. With true on a CPU without a TSC, or one whose counter does
+  // not advance, it is steady_clock all the same.
+  explicit FastClock(bool kernel_uses_tsc);
+  FastClock(const FastClock&) = delete;
+  FastClock& operator=(const FastClock&) = delete;
+
   int64_t MonotonicNanos() const override;
-  // With the TSC: MonotonicNanos() plus an offset from system_clock, read again once it is a
-  // second old, so a wall-clock step shows within a second (src/core/wall_clock_anchor.h).
-  // Otherwise system_clock.
   int64_t UnixNanos() const override;
   Reading Now() const override;
   int64_t UnixAt(int64_t mono_nanos) const override;
   bool uses_tsc() const { return mult_ != 0; }
 
  private:
-  FastClock();
   uint64_t tsc0_ = 0;
   int64_t mono0_ = 0;
   uint64_t mult_ = 0;  // nanoseconds per tick, as a 32.32 fixed-point number; 0: not in use
+  mutable internal::WallClockAnchor anchor_;
 };
+
+namespace internal {
+// Whether the kernel's current clocksource, as current_clocksource reads ("tsc\n"), is the TSC.
+bool IsTscClocksource(std::string_view current_clocksource);
+// The kernel's current clocksource ("tsc", "kvm-clock", ...), or "" when it cannot be read.
+std::string CurrentClocksource();
+}  // namespace internal
 
 // A clock that moves only when told. Starts at monotonic 0 and the given Unix time.
 class ManualClock final : public Clock {

@@ -47,9 +47,13 @@ bool WriteSmallFile(const std::string& path, const std::string& text) {
 }
 
 CgroupDirs FindOwnCgroups() {
+  return FindOwnCgroups(ReadSmallFile("/proc/self/cgroup"), ReadSmallFile("/proc/self/mountinfo"));
+}
+
+CgroupDirs FindOwnCgroups(const std::string& proc_self_cgroup, const std::string& mountinfo) {
   std::string v1_path, v2_path;
   bool have_v2 = false;
-  for (const std::string& line : Split(ReadSmallFile("/proc/self/cgroup"), '\n')) {
+  for (const std::string& line : Split(proc_self_cgroup, '\n')) {
     auto first = line.find(':');
     auto second = line.find(':', first + 1);
     if (first == std::string::npos || second == std::string::npos) continue;
@@ -66,7 +70,7 @@ CgroupDirs FindOwnCgroups() {
     std::string root, point, fstype, options;
   };
   std::vector<Mount> mounts;
-  for (const std::string& line : Split(ReadSmallFile("/proc/self/mountinfo"), '\n')) {
+  for (const std::string& line : Split(mountinfo, '\n')) {
     auto fields = Split(line, ' ');
     size_t dash = 0;
     while (dash < fields.size() && fields[dash] != "-") ++dash;

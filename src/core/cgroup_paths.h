@@ -21,6 +21,9 @@ struct CgroupDirs {
 // mountpoint + (cgroup path relative to that root); when that does not exist (a namespaced view),
 // the mountpoint itself.
 CgroupDirs FindOwnCgroups();
+// The same from the two files' text, so that a test can give any machine's (v1, v2, hybrid, a
+// container's namespaced view) on this one.
+CgroupDirs FindOwnCgroups(const std::string& proc_self_cgroup, const std::string& mountinfo);
 
 // The whole file ("" when it cannot be read).
 std::string ReadSmallFile(const std::string& path);

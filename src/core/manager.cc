@@ -14,6 +14,7 @@
 #include "admission_word.h"
 #include "lane_index.h"
 #include "laneguard/timer_queue.h"
+#include "shard_count.h"
 #include "spin_lock.h"
 #include "thread_counters.h"
 
@@ -249,8 +250,12 @@ std::vector<std::string> LaneNames(const Config& config) {
   return names;
 }
 
+std::atomic<size_t> shard_count_for_testing{0};
+
 size_t ShardCount() {
-  return std::clamp<size_t>(std::thread::hardware_concurrency(), 1, kMaxShards);
+  const size_t forced = shard_count_for_testing.load(std::memory_order_relaxed);
+  return std::clamp<size_t>(forced != 0 ? forced : std::thread::hardware_concurrency(), 1,
+                            kMaxShards);
 }
 
 // The shard for the calling thread: the CPU it runs on (glibc reads it from rseq, about 3 ns), so
@@ -265,6 +270,10 @@ size_t ShardHint() {
 }
 
 }  // namespace
+
+size_t SetShardCountForTesting(size_t shards) {
+  return shard_count_for_testing.exchange(shards, std::memory_order_relaxed);
+}
 
 struct ManagerState {
   ManagerState(Config cfg, ManagerOptions options)

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/cgroup_paths.h"
+#include "core/proc_memory_probe.h"
 #include "laneguard/memory.h"
 
 namespace laneguard {
@@ -26,8 +27,7 @@ struct CgroupLocation {
 
 // The memory cgroup of this process: the v1 memory hierarchy's, else the v2 one's if it has the
 // memory controller (a v2 tree without it has no memory.current).
-std::optional<CgroupLocation> FindMemoryCgroup() {
-  const internal::CgroupDirs dirs = internal::FindOwnCgroups();
+std::optional<CgroupLocation> FindMemoryCgroup(const internal::CgroupDirs& dirs) {
   if (!dirs.v1_memory.empty() &&
       access((dirs.v1_memory + "/memory.usage_in_bytes").c_str(), R_OK) == 0)
     return CgroupLocation{dirs.v1_memory, "v1"};
@@ -75,8 +75,9 @@ HeapBytes ReadHeap() {
 
 class ProcMemoryProbe final : public MemoryProbe {
  public:
-  ProcMemoryProbe() : page_size_(static_cast<double>(sysconf(_SC_PAGESIZE))) {
-    if (auto loc = FindMemoryCgroup()) cgroup_ = *loc;
+  explicit ProcMemoryProbe(const internal::CgroupDirs& dirs)
+      : page_size_(static_cast<double>(sysconf(_SC_PAGESIZE))) {
+    if (auto loc = FindMemoryCgroup(dirs)) cgroup_ = *loc;
   }
 
   MemorySnapshot Sample() override {
@@ -122,6 +123,12 @@ class ProcMemoryProbe final : public MemoryProbe {
 
 }  // namespace
 
-std::unique_ptr<MemoryProbe> NewProcMemoryProbe() { return std::make_unique<ProcMemoryProbe>(); }
+std::unique_ptr<MemoryProbe> NewProcMemoryProbe() {
+  return internal::NewProcMemoryProbe(internal::FindOwnCgroups());
+}
+
+std::unique_ptr<MemoryProbe> internal::NewProcMemoryProbe(const CgroupDirs& dirs) {
+  return std::make_unique<ProcMemoryProbe>(dirs);
+}
 
 }  // namespace laneguard

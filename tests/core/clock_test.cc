@@ -5,12 +5,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "core/tsc_calibration.h"
-#include "core/wall_clock_anchor.h"
+#include "laneguard/internal/wall_clock_anchor.h"
 
 namespace laneguard {
 namespace {
@@ -109,9 +111,6 @@ double Offset(const Clock& fast, const Clock& steady) {
   return best_offset;
 }
 
-// Not a speed assertion: both clocks measure the same interval, and must agree on its length to
-// 0.05% (the calibration is good to about 1e-5; the TscCalibration tests above check it against
-// the delays that once made it 0.2% slow) and on the time itself.
 TEST(WallClockAnchor, ReadsTheWallClockOnceASecondOfMonotonicTime) {
   internal::WallClockAnchor anchor;
   int reads = 0;
@@ -134,33 +133,85 @@ TEST(WallClockAnchor, ReadsTheWallClockOnceASecondOfMonotonicTime) {
   EXPECT_EQ(reads, 2);
 }
 
-// Wall-clock readings through the TSC stay within the offset's age of system_clock's.
-TEST(FastClock, UnixNanosAgreesWithTheSystemClock) {
-  const FastClock& fast = FastClock::Get();
+// The kernel's choice, as sysfs writes it, selects the TSC only when it is "tsc".
+TEST(FastClock, SelectsTheTscOnlyWhenTheKernelUsesIt) {
+  EXPECT_TRUE(internal::IsTscClocksource("tsc\n"));
+  EXPECT_TRUE(internal::IsTscClocksource("tsc"));
+  EXPECT_FALSE(internal::IsTscClocksource("kvm-clock\n"));
+  EXPECT_FALSE(internal::IsTscClocksource("hpet\n"));
+  EXPECT_FALSE(internal::IsTscClocksource("tsc-early\n"));
+  EXPECT_FALSE(internal::IsTscClocksource(""));  // unreadable: the fallback
+  EXPECT_FALSE(FastClock(false).uses_tsc());
+#if defined(__x86_64__) || defined(__i386__)
+  EXPECT_TRUE(FastClock(true).uses_tsc());
+  const char* forced = std::getenv("LANEGUARD_CLOCKSOURCE");
+  const std::string source =
+      forced != nullptr && *forced != '\0' ? forced : internal::CurrentClocksource();
+  EXPECT_EQ(FastClock::Get().uses_tsc(), internal::IsTscClocksource(source))
+      << "clocksource: " << source << " (LANEGUARD_CLOCKSOURCE " << (forced ? forced : "unset")
+      << ")";
+#endif
+}
+
+// Both paths run on every machine: the parameter stands for the kernel's decision.
+class FastClockPath : public ::testing::TestWithParam<bool> {
+ protected:
+  // The TSC path on a machine whose kernel does not trust the TSC: its arithmetic is checked, but
+  // not its agreement with the kernel's clocks (the kernel may have had a reason).
+  bool TscForcedAgainstTheKernel() const {
+    return GetParam() && !internal::IsTscClocksource(internal::CurrentClocksource());
+  }
+  FastClock clock_{GetParam()};
+};
+
+INSTANTIATE_TEST_SUITE_P(KernelUsesTsc, FastClockPath, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "Tsc" : "Fallback"; });
+
+// One anchor serves Now() and UnixAt(): the wall-clock time of a reading's monotonic time is the
+// reading's wall-clock time, exactly.
+TEST_P(FastClockPath, UnixAtOfANowIsThatNowsUnixTime) {
+  for (int i = 0; i < 1000; ++i) {
+    const Clock::Reading now = clock_.Now();
+    EXPECT_EQ(clock_.UnixAt(now.mono_nanos), now.unix_nanos);
+    EXPECT_EQ(clock_.UnixAt(now.mono_nanos + 1'000), now.unix_nanos + 1'000);
+  }
+}
+
+// Wall-clock readings stay within the offset's age of system_clock's.
+TEST_P(FastClockPath, UnixNanosAgreesWithTheSystemClock) {
+  if (TscForcedAgainstTheKernel()) {
+    GTEST_SKIP() << "the kernel's clocksource is '" << internal::CurrentClocksource()
+                 << "', not the TSC: the TSC path's agreement with system_clock is not checked";
+  }
   const SystemClock& system = SystemClock::Get();
   // The offset is up to a second old: off by the TSC's rate error over that second (about 10 us;
   // NTP slews CLOCK_MONOTONIC and CLOCK_REALTIME alike), well within a millisecond.
   constexpr int64_t kAllowance = 1'000'000;
   for (int i = 0; i < 1000; ++i) {
     const int64_t before = system.UnixNanos();
-    const Clock::Reading now = fast.Now();
+    const Clock::Reading now = clock_.Now();
     const int64_t after = system.UnixNanos();
     EXPECT_GE(now.unix_nanos, before - kAllowance);
     EXPECT_LE(now.unix_nanos, after + kAllowance);
-    EXPECT_EQ(fast.UnixAt(now.mono_nanos) - now.unix_nanos, 0);
   }
 }
 
-TEST(FastClock, AgreesWithSteadyClock) {
-  const Clock& fast = FastClock::Get();
+// Not a speed assertion: both clocks measure the same interval, and must agree on its length to
+// 0.05% (the calibration is good to about 1e-5; the TscCalibration tests above check it against
+// the delays that once made it 0.2% slow) and on the time itself.
+TEST_P(FastClockPath, AgreesWithSteadyClock) {
+  if (TscForcedAgainstTheKernel()) {
+    GTEST_SKIP() << "the kernel's clocksource is '" << internal::CurrentClocksource()
+                 << "', not the TSC: the TSC path's rate is not compared with steady_clock";
+  }
   const Clock& steady = SystemClock::Get();
-  const double offset0 = Offset(fast, steady);
+  const double offset0 = Offset(clock_, steady);
   const int64_t s0 = steady.MonotonicNanos();
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const double drift = Offset(fast, steady) - offset0;
+  const double drift = Offset(clock_, steady) - offset0;
   const auto elapsed = static_cast<double>(steady.MonotonicNanos() - s0);
-  EXPECT_NEAR(drift, 0.0, elapsed * 0.0005) << "uses_tsc=" << FastClock::Get().uses_tsc();
-  EXPECT_NEAR(Offset(fast, steady), 0.0, 5'000'000);
+  EXPECT_NEAR(drift, 0.0, elapsed * 0.0005) << "uses_tsc=" << clock_.uses_tsc();
+  EXPECT_NEAR(Offset(clock_, steady), 0.0, 5'000'000);
 }
 
 }  // namespace

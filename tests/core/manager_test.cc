@@ -9,9 +9,11 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 #include <type_traits>
 
 #include "core/admission_word.h"
+#include "core/shard_count.h"
 #include "support/fake_memory_probe.h"
 
 namespace laneguard {
@@ -354,8 +356,17 @@ TEST_F(ManagerTest, CustomLanesWork) {
 // The invariant: no observer ever sees more granted slots than a lane's or the global limit, under
 // threads racing for the same places, and every slot comes back.
 // Run with the counts packed in one admission word (3 lanes) and, with 30 idle lanes more (34
-// fields of 3 bits do not fit 63), with the lane counts in atomics of their own.
-class ManagerContention : public ::testing::TestWithParam<int> {};
+// fields of 3 bits do not fit 63), with the lane counts in atomics of their own. Each with one
+// admission shard (a 1-CPU machine) and with 64 (a big host), whatever this machine has.
+class ManagerContention : public ::testing::TestWithParam<std::tuple<int, size_t>> {
+ protected:
+  ManagerContention() : saved_shards_(internal::SetShardCountForTesting(std::get<1>(GetParam()))) {}
+  ~ManagerContention() override { internal::SetShardCountForTesting(saved_shards_); }
+  static int IdleLanes() { return std::get<0>(GetParam()); }
+
+ private:
+  size_t saved_shards_;
+};
 
 TEST(AdmissionLayout, PacksTheCountsWhenEveryFieldFits) {
   const internal::AdmissionLayout five_lanes(5, 1023);  // 6 fields of 10 bits
@@ -377,19 +388,22 @@ TEST(AdmissionLayout, PacksTheCountsWhenEveryFieldFits) {
   EXPECT_FALSE(internal::AdmissionLayout::Empty(internal::AdmissionLayout::kOrphaned | 1));
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, ManagerContention, ::testing::Values(0, 30),
+INSTANTIATE_TEST_SUITE_P(Layouts, ManagerContention,
+                         ::testing::Combine(::testing::Values(0, 30),
+                                            ::testing::Values(size_t{1}, size_t{64})),
                          [](const auto& info) {
-                           return info.param == 0 ? std::string("OneWord")
-                                                  : std::string("LaneCountsApart");
+                           return std::string(std::get<0>(info.param) == 0 ? "OneWord"
+                                                                           : "LaneCountsApart") +
+                                  (std::get<1>(info.param) == 1 ? "OneShard" : "64Shards");
                          });
 
 TEST_P(ManagerContention, LaneAndGlobalLimitsHoldUnderManyThreads) {
   Config c;
   c.global_concurrency_limit = 5;
   c.lane_concurrency_limits = {{"hot", 3}, {"warm", 3}, {"cold", 2}};
-  for (int i = 0; i < GetParam(); ++i) c.lane_concurrency_limits["idle" + std::to_string(i)] = 1;
+  for (int i = 0; i < IdleLanes(); ++i) c.lane_concurrency_limits["idle" + std::to_string(i)] = 1;
   ASSERT_EQ(internal::AdmissionLayout(c.lane_concurrency_limits.size(), 5).packed(),
-            GetParam() == 0);
+            IdleLanes() == 0);
   ManagerOptions o;
   o.start_background_thread = false;
   auto m = ResourceBudgetManager::Create(c, std::move(o)).value();
@@ -447,7 +461,17 @@ TEST_P(ManagerContention, LaneAndGlobalLimitsHoldUnderManyThreads) {
 
 // Call ids come from per-shard blocks; threads on different CPUs (and threads that move between
 // them) must still never see the same id twice.
-TEST(CallIds, StayUniqueAcrossThreadsAndShards) {
+class CallIds : public ::testing::TestWithParam<size_t> {
+ protected:
+  CallIds() : saved_shards_(internal::SetShardCountForTesting(GetParam())) {}
+  ~CallIds() override { internal::SetShardCountForTesting(saved_shards_); }
+
+ private:
+  size_t saved_shards_;
+};
+INSTANTIATE_TEST_SUITE_P(Shards, CallIds, ::testing::Values(size_t{1}, size_t{2}, size_t{64}));
+
+TEST_P(CallIds, StayUniqueAcrossThreadsAndShards) {
   ManagerOptions o;
   o.start_background_thread = false;
   auto m = ResourceBudgetManager::Create(Config{}, std::move(o)).value();

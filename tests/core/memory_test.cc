@@ -7,14 +7,18 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "core/cgroup_paths.h"
+#include "core/proc_memory_probe.h"
 #include "laneguard/clock.h"
 
 namespace laneguard {
@@ -115,6 +119,98 @@ TEST(MemoryProbe, CgroupFieldsAreConsistent) {
     EXPECT_GT(*s.cgroup_usage_mb, 0);
     if (s.cgroup_limit_mb) EXPECT_GT(*s.cgroup_limit_mb, 0);
   }
+}
+
+// The cgroup layouts of other machines, given to the parser and the probe as text and a directory
+// of files: each path runs here whatever this machine has (v1 memcg, v2, hybrid, none).
+class CgroupLayouts : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = std::filesystem::temp_directory_path() /
+            ("laneguard-cgroup-layout-" + std::to_string(getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(root_);
+  }
+  void TearDown() override { std::filesystem::remove_all(root_); }
+  // Makes `dir` (under the root) with `files` written in it; returns its full path.
+  std::string MakeDir(const std::string& dir,
+                      const std::vector<std::pair<std::string, std::string>>& files) {
+    const std::filesystem::path path = root_ / dir;
+    std::filesystem::create_directories(path);
+    for (const auto& [name, text] : files) std::ofstream(path / name) << text;
+    return path.string();
+  }
+  // One /proc/self/mountinfo line.
+  static std::string Mount(const std::string& root, const std::string& point,
+                           const std::string& fstype, const std::string& options) {
+    return "36 25 0:31 " + root + " " + point + " rw,nosuid shared:15 - " + fstype + " " + fstype +
+           " " + options + "\n";
+  }
+  std::filesystem::path root_;
+};
+
+TEST_F(CgroupLayouts, UnifiedV2WithTheMemoryController) {
+  const std::string dir = MakeDir("cg2/system.slice/job.scope",
+                                  {{"memory.current", "104857600\n"}, {"memory.max", "max\n"}});
+  const internal::CgroupDirs dirs = internal::FindOwnCgroups(
+      "0::/system.slice/job.scope\n", Mount("/", (root_ / "cg2").string(), "cgroup2", "rw"));
+  EXPECT_EQ(dirs.v2, dir);
+  EXPECT_EQ(dirs.v1_memory, "");
+  const MemorySnapshot s = internal::NewProcMemoryProbe(dirs)->Sample();
+  EXPECT_EQ(s.cgroup_version, "v2");
+  ASSERT_TRUE(s.cgroup_usage_mb.has_value());
+  EXPECT_DOUBLE_EQ(*s.cgroup_usage_mb, 100.0);
+  EXPECT_FALSE(s.cgroup_limit_mb.has_value());  // "max"
+}
+
+TEST_F(CgroupLayouts, V1MemoryHierarchyBesideAnEmptyUnifiedOne) {
+  const std::string dir =
+      MakeDir("memory/process_api/abc",
+              {{"memory.usage_in_bytes", "52428800\n"}, {"memory.limit_in_bytes", "1073741824\n"}});
+  MakeDir("unified", {});  // a v2 mount with no memory controller: no memory.current
+  const internal::CgroupDirs dirs =
+      internal::FindOwnCgroups("4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/\n",
+                               Mount("/", (root_ / "memory").string(), "cgroup", "rw,memory") +
+                                   Mount("/", (root_ / "unified").string(), "cgroup2", "rw"));
+  EXPECT_EQ(dirs.v1_memory, dir);
+  const MemorySnapshot s = internal::NewProcMemoryProbe(dirs)->Sample();
+  EXPECT_EQ(s.cgroup_version, "v1");
+  ASSERT_TRUE(s.cgroup_usage_mb.has_value() && s.cgroup_limit_mb.has_value());
+  EXPECT_DOUBLE_EQ(*s.cgroup_usage_mb, 50.0);
+  EXPECT_DOUBLE_EQ(*s.cgroup_limit_mb, 1024.0);
+}
+
+TEST_F(CgroupLayouts, V1NoLimitIsThePageCounterMaximum) {
+  MakeDir("memory", {{"memory.usage_in_bytes", "1048576\n"},
+                     {"memory.limit_in_bytes", "9223372036854771712\n"}});
+  const internal::CgroupDirs dirs = internal::FindOwnCgroups(
+      "4:memory:/\n", Mount("/", (root_ / "memory").string(), "cgroup", "rw,memory"));
+  const MemorySnapshot s = internal::NewProcMemoryProbe(dirs)->Sample();
+  EXPECT_EQ(s.cgroup_version, "v1");
+  EXPECT_FALSE(s.cgroup_limit_mb.has_value());
+}
+
+// A container sees its own cgroup mounted as the hierarchy's root: the path /proc/self/cgroup
+// names does not exist below the mountpoint, so the mountpoint is the cgroup.
+TEST_F(CgroupLayouts, AContainersNamespacedViewIsTheMountpoint) {
+  const std::string point =
+      MakeDir("container-cg2", {{"memory.current", "2097152\n"}, {"memory.max", "268435456\n"}});
+  const internal::CgroupDirs dirs = internal::FindOwnCgroups(
+      "0::/kubepods/pod1/ctr\n", Mount("/kubepods/pod1/ctr", point, "cgroup2", "rw"));
+  EXPECT_EQ(dirs.v2, point);
+  const MemorySnapshot s = internal::NewProcMemoryProbe(dirs)->Sample();
+  ASSERT_TRUE(s.cgroup_limit_mb.has_value());
+  EXPECT_DOUBLE_EQ(*s.cgroup_limit_mb, 256.0);
+}
+
+TEST_F(CgroupLayouts, NoCgroupsMeansNoCgroupFields) {
+  const internal::CgroupDirs dirs = internal::FindOwnCgroups("", "");
+  EXPECT_EQ(dirs.v1_memory, "");
+  EXPECT_EQ(dirs.v2, "");
+  const MemorySnapshot s = internal::NewProcMemoryProbe(dirs)->Sample();
+  EXPECT_EQ(s.cgroup_version, "");
+  EXPECT_FALSE(s.cgroup_usage_mb.has_value());
+  EXPECT_GT(s.rss_mb, 0);  // the process's own figures do not depend on cgroups
 }
 
 TEST(MemoryProbe, SampleIsSafeFromManyThreads) {

@@ -3,9 +3,12 @@
 // read, not a vDSO clock_gettime (25-30 ns on a VM). A wall-clock step (settimeofday, an NTP step)
 // shows within a second; OpenTelemetry's SDKs anchor a trace's times the same way.
 //
-// Thread safety: thread-safe. Two threads may re-read at once; either offset is right.
-#ifndef LANEGUARD_SRC_CORE_WALL_CLOCK_ANCHOR_H_
-#define LANEGUARD_SRC_CORE_WALL_CLOCK_ANCHOR_H_
+// Internal: not part of laneguard's API. It lives under include/ only because FastClock holds one.
+//
+// Thread safety: thread-safe. Two threads may re-read at once; either offset is right (they differ
+// by how far the two clocks drifted apart in a second, nanoseconds).
+#ifndef LANEGUARD_INTERNAL_WALL_CLOCK_ANCHOR_H_
+#define LANEGUARD_INTERNAL_WALL_CLOCK_ANCHOR_H_
 
 #include <atomic>
 #include <cstdint>
@@ -38,4 +41,4 @@ class WallClockAnchor {
 
 }  // namespace laneguard::internal
 
-#endif  // LANEGUARD_SRC_CORE_WALL_CLOCK_ANCHOR_H_
+#endif  // LANEGUARD_INTERNAL_WALL_CLOCK_ANCHOR_H_
