@@ -12,7 +12,6 @@
 #ifndef LANEGUARD_SRC_TELEMETRY_LINE_FILE_H_
 #define LANEGUARD_SRC_TELEMETRY_LINE_FILE_H_
 
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,18 +31,9 @@ inline size_t CountLines(std::string_view text) {
   return static_cast<size_t>(std::count(text.begin(), text.end(), '\n'));
 }
 
-// Where the next write lands: the end for an O_APPEND file, else the file offset. -1 if unknown.
-inline off_t WriteOffset(int fd) {
-  const int flags = fcntl(fd, F_GETFL);
-  if (flags < 0) return -1;
-  return lseek(fd, 0, (flags & O_APPEND) != 0 ? SEEK_END : SEEK_CUR);
-}
-
-// Writes `text` (whole lines, each ending in '\n') to `fd`; see above.
+// Writes `text` (whole lines, each ending in '\n') to `fd`; see above. One write() when it goes
+// well: the file is looked at only after a failure.
 inline AppendResult AppendLinesToFd(int fd, std::string_view text) {
-  struct stat st {};
-  const bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  const off_t before = regular ? WriteOffset(fd) : -1;
   size_t done = 0;
   int error = 0;
   while (done < text.size()) {
@@ -60,9 +50,12 @@ inline AppendResult AppendLinesToFd(int fd, std::string_view text) {
   if (error == 0) return {CountLines(text), 0};
   const size_t last_newline = done == 0 ? std::string_view::npos : text.rfind('\n', done - 1);
   const size_t keep = last_newline == std::string_view::npos ? 0 : last_newline + 1;
-  if (keep < done && before >= 0) {
-    const off_t end = before + static_cast<off_t>(keep);
-    if (ftruncate(fd, end) == 0) lseek(fd, end, SEEK_SET);
+  struct stat st {};
+  if (keep < done && fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+    // The offset is just past what was written, O_APPEND or not.
+    const off_t after = lseek(fd, 0, SEEK_CUR);
+    const off_t end = after - static_cast<off_t>(done - keep);
+    if (after >= 0 && end >= 0 && ftruncate(fd, end) == 0) lseek(fd, end, SEEK_SET);
   }
   return {CountLines(text.substr(0, keep)), error};
 }
