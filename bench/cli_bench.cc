@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -50,5 +51,33 @@ void BM_Batch2000True_Laneguard(benchmark::State& state) {
                       dir + "/config.json --quiet --summary json > /dev/null");
 }
 BENCHMARK(BM_Batch2000True_Laneguard)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
+
+// Both commands in each iteration, one right after the other, so a noisy stretch of the machine
+// hits both: `ratio` is laneguard's rate over xargs's (xargs time / laneguard time; the target
+// is >= 0.8), with each side's milliseconds per run as counters.
+void BM_Batch2000True_Ratio(benchmark::State& state) {
+  const std::string dir = Scratch();
+  const std::string xargs =
+      "seq " + std::to_string(kJobs) + " | xargs -P " + std::to_string(kParallelism) + " -n 1 true";
+  const std::string laneguard = std::string(LANEGUARD_CLI_PATH) + " batch " + dir +
+                                "/jobs.jsonl --config " + dir +
+                                "/config.json --quiet --summary json > /dev/null";
+  double xargs_ms = 0, laneguard_ms = 0;
+  auto timed = [&state](const std::string& command) {
+    const auto start = std::chrono::steady_clock::now();
+    if (std::system(command.c_str()) != 0) state.SkipWithError(("failed: " + command).c_str());
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
+  };
+  for (auto _ : state) {
+    xargs_ms += timed(xargs);
+    laneguard_ms += timed(laneguard);
+  }
+  const double runs = static_cast<double>(state.iterations());
+  state.counters["xargs_ms"] = xargs_ms / runs;
+  state.counters["laneguard_ms"] = laneguard_ms / runs;
+  state.counters["ratio"] = laneguard_ms > 0 ? xargs_ms / laneguard_ms : 0;
+}
+BENCHMARK(BM_Batch2000True_Ratio)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(3);
 
 }  // namespace

@@ -13,7 +13,8 @@
 // own), and settles the slot with the outcome (errorType "exit_code", "signal", "timeout",
 // "memory_limit", "spawn_failed" or "cancelled").
 //
-// Stopping. At the call's timeout (the manager's warning phase) the process group gets SIGTERM; at
+// Stopping. At the call's timeout (the manager's warning phase) the process group gets SIGTERM
+// then SIGCONT (as timeout(1) sends them: a stopped program could not act on the SIGTERM); at
 // timeout x timeoutEscalationFactor (the hard deadline) the whole tree gets SIGKILL: through the
 // call's cgroup when there is one (cgroup.kill in v2, else every pid listed in the v1 cgroup), so a
 // grandchild that called setsid() dies too; otherwise the process group. When the program exits,
@@ -32,8 +33,10 @@
 #ifndef LANEGUARD_PROCESS_H_
 #define LANEGUARD_PROCESS_H_
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -70,12 +73,19 @@ struct ProcessSpec {
   // terminal's foreground group while it runs, as a shell does for a job, so the command can read
   // the terminal (instead of being stopped by SIGTTIN) and Ctrl-C reaches it directly. The
   // terminal is handed back when the command ends. Ignored otherwise, and with stdin_null.
-  // Ctrl-Z stops the command, not laneguard; its timeout keeps running meanwhile.
+  // Ctrl-Z stops the command; laneguard then takes the terminal back and stops itself, as a
+  // shell job stops, so the shell's prompt returns. When laneguard is continued (fg, bg), the
+  // command gets the terminal back (fg) and SIGCONT. The timeout keeps running meanwhile.
   bool foreground_terminal = false;
-  // false: stdout and stderr pass through to ours. true: captured into the result (each capped at
-  // max_capture_bytes; the rest is read and dropped, counted in the result).
+  // false: stdout and stderr pass through to ours. true: captured into the result, each stream
+  // capped at max_capture_bytes; what does not fit is read and dropped, counted in
+  // dropped_output_bytes. Which part is kept is per stream: stdout keeps its head (a program's
+  // result usually starts there), stderr its tail (the last lines say why a program failed).
   bool capture_output = false;
   size_t max_capture_bytes = 16 << 20;
+  enum class Keep { kHead, kTail };
+  Keep stdout_keep = Keep::kHead;
+  Keep stderr_keep = Keep::kTail;
 };
 
 enum class ProcessOutcome {
@@ -104,14 +114,27 @@ struct ProcessResult {
   int exit_code = -1;                                // when the program exited (any outcome)
   int term_signal = 0;                               // when it was killed by a signal
   TimeoutPhase timeout_phase = TimeoutPhase::kNone;  // the last phase reached before it ended
-  bool oom_killed = false;     // the kernel OOM-killed something in the call's cgroup
-  double duration_ms = 0;      // from start to exit of the direct child
-  int64_t peak_rss_bytes = 0;  // of the tree, as well as the mechanism can tell
+  bool oom_killed = false;  // the kernel OOM-killed something in the call's cgroup
+  double duration_ms = 0;   // from start to exit of the direct child
+  // The program's own memory, never laneguard's: the call cgroup's high-water mark (less what the
+  // reused cgroup held before the call) where a memory cgroup counts the tree; otherwise the
+  // largest of the sampled tree RSS, the sampled VmHWM of the program, and the kernel's ru_maxrss
+  // when that is above laneguard's own peak (below it, it may be ours: exec records the old
+  // image's peak, which for a child of laneguard is laneguard's). 0 when none of these could tell
+  // (a program that ended before the first sample, without a memory cgroup).
+  int64_t peak_rss_bytes = 0;
+  // The call's timeout and how long after the slot was granted the program ended, on the same
+  // basis (the slot's grant), so a timeout is reported as reached after at least its timeout.
+  int64_t timeout_ms = 0;
+  double since_grant_ms = 0;
+  // The signal that had stopped the program (SIGSTOP, SIGTSTP, ...) when it was killed at the
+  // hard deadline while stopped; 0 otherwise.
+  int stopped_by_signal = 0;
   int64_t pid = 0;
   MemoryMechanism memory_mechanism = MemoryMechanism::kNone;
   KillMechanism kill_mechanism = KillMechanism::kProcessGroup;
   std::string call_id;
-  std::string error;                     // kSpawnFailed: why
+  std::string error;                     // kSpawnFailed: why (argv[i], env key or cwd for a NUL)
   std::string stdout_data, stderr_data;  // with capture_output
   uint64_t dropped_output_bytes = 0;     // past max_capture_bytes
 
@@ -126,17 +149,44 @@ struct ProcessResult {
   std::string_view ErrorType() const;
 };
 
+// What a start found left behind by laneguard processes that died without cleaning up (SIGKILL,
+// a crash): their per-call cgroups, and the processes still running in them, which lived on
+// after their laneguard (reparented to PID 1) until now.
+struct LeftoverCleanup {
+  int cgroups_removed = 0;
+  int cgroups_not_removed = 0;  // still being torn down: the next start tries again
+  int processes_killed = 0;
+  std::vector<int64_t> dead_laneguard_pids;  // whose cgroups they were
+  bool empty() const { return cgroups_removed == 0 && cgroups_not_removed == 0; }
+  // "cleaned up after dead laneguard processes (pids 4121, 4188): 2 leftover cgroups, 3
+  // processes still running in them killed"
+  std::string Describe() const;
+};
+
 struct IsolationSupport {
   MemoryMechanism memory = MemoryMechanism::kRssSampling;
   KillMechanism kill = KillMechanism::kProcessGroup;
-  std::string v2_parent;  // where per-call v2 cgroups are made ("" if not possible)
-  std::string v1_parent;  // where per-call v1 memory cgroups are made ("" if not possible)
-  std::string detail;     // a sentence for the log
+  std::string v2_parent;    // where per-call v2 cgroups are made ("" if not possible)
+  std::string v1_parent;    // where per-call v1 memory cgroups are made ("" if not possible)
+  std::string detail;       // a sentence for the log
+  LeftoverCleanup cleaned;  // what DetectIsolation cleaned up after dead laneguard processes
 };
 // Finds out what this machine allows (ProcessRunner asks once, when it is made): a writable v2
 // cgroup (for the tree kill, and for memory when its memory controller is enabled), a writable v1
-// memory cgroup, or neither.
+// memory cgroup, or neither. Cleans up after dead laneguard processes first
+// (CleanUpLeftoverCgroups), and says what it cleaned in `detail`.
 IsolationSupport DetectIsolation();
+
+// Kills what runs in the per-call cgroups ("laneguard-<pid>-<n>") of laneguard processes that are
+// no longer alive, under `parents` (default: this process's own v2 and v1 memory cgroups), and
+// removes the directories. Safe to call at any time: a live laneguard's cgroups are never touched.
+LeftoverCleanup CleanUpLeftoverCgroups();
+LeftoverCleanup CleanUpLeftoverCgroups(const std::vector<std::string>& parents);
+
+// Raises this process's soft RLIMIT_NOFILE to its hard limit (a batch holds a few descriptors
+// per running job), once, at start. Programs started later get the original soft limit back
+// before exec (select()-based programs rely on a soft limit of 1024). Returns the new soft limit.
+uint64_t RaiseOpenFileLimit();
 
 struct ProcessRunnerOptions {
   // Use cgroups when the machine allows (false forces process-group kill and RSS sampling).
@@ -146,15 +196,29 @@ struct ProcessRunnerOptions {
   std::chrono::milliseconds memory_sample_interval{50};
   // After a cancel, how long the program has between SIGTERM and SIGKILL.
   std::chrono::milliseconds cancel_grace{2000};
+  // Out of descriptors (EMFILE, ENFILE) or processes (EAGAIN) while starting a program: running
+  // calls give them back as they end, so the start waits and retries for up to this long (back-
+  // pressure) before it fails.
+  std::chrono::milliseconds resource_wait{10000};
 };
+
+namespace internal {
+class CgroupPool;
+}
 
 // Thread safety: Run() may be called from many threads at once. The WorkerCalls (and its manager,
 // tracer, logger) must outlive the runner. PR_SET_PDEATHSIG is tied to the thread that started
 // the child, and Run() waits for the child on that same thread, so a child never outlives the
 // Run() that started it unless the process dies, and then the kernel kills it.
+//
+// Starting a program costs what starting it from a small shell costs: the child is made with
+// clone(CLONE_VM | CLONE_VFORK) (no copy of this process's memory, however large), runs only
+// async-signal-safe steps prepared beforehand, and execs; per-call cgroups are kept in a pool and
+// reused by later calls rather than made and removed each time.
 class ProcessRunner {
  public:
   explicit ProcessRunner(WorkerCalls& calls, ProcessRunnerOptions options = {});
+  ~ProcessRunner();  // removes the pooled cgroups
 
   // Takes a slot (a refusal is returned, and nothing runs), runs the program to its end, settles
   // the slot. `cancel` stops the program (SIGTERM, SIGKILL after cancel_grace).
@@ -171,12 +235,14 @@ class ProcessRunner {
 
  private:
   ProcessResult Execute(internal::CallGuard& guard, std::string_view task_id,
-                        const ProcessSpec& spec, const std::stop_token& cancel);
+                        const ProcessSpec& spec, const std::stop_token& cancel,
+                        int64_t grant_mono_nanos);
 
   WorkerCalls& calls_;
   ProcessRunnerOptions options_;
   IsolationSupport isolation_;
-  std::atomic<uint64_t> sequence_{0};  // names per-call cgroups
+  std::unique_ptr<internal::CgroupPool> cgroups_;
+  int null_fd_ = -1;  // /dev/null, for stdin_null; opened once
 };
 
 }  // namespace laneguard

@@ -1,15 +1,21 @@
-// One cgroup (in the v2 tree, the v1 memory hierarchy, or both) per subprocess call: the kernel's
-// record of every process in the call's tree, however it forks or setsid()s, and where its memory
-// limit is enforced.
+// One cgroup (in the v2 tree, the v1 memory hierarchy, or both) per running subprocess call: the
+// kernel's record of every process in the call's tree, however it forks or setsid()s, and where
+// its memory limit is enforced. Directories are kept in a pool and reused by later calls: making
+// and removing a memory cgroup costs about a millisecond, a large share of starting `true`.
 //
-// Thread safety: Kill() may run on the manager's timer thread while the owning thread waits;
-// everything else belongs to the owning thread. Kill() only reads the paths, fixed at creation.
+// Thread safety: CgroupPool is safe to use from many threads. A CallCgroup belongs to the call
+// that acquired it, except Kill(), which may run on the manager's timer thread while the owning
+// thread waits; Kill() only reads what is fixed while the call holds the cgroup.
 #ifndef LANEGUARD_SRC_PROCESS_CALL_CGROUP_H_
 #define LANEGUARD_SRC_PROCESS_CALL_CGROUP_H_
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "laneguard/process.h"
 
@@ -17,37 +23,81 @@ namespace laneguard::internal {
 
 class CallCgroup {
  public:
-  // Makes the call's cgroups under the parents `support` found. A directory that cannot be made
-  // is left out (the run falls back), never an error. `limit_bytes` goes into memory.max (v2 with
-  // the memory controller) or memory.limit_in_bytes (v1).
-  CallCgroup(const IsolationSupport& support, const std::string& name,
-             std::optional<int64_t> limit_bytes);
-  ~CallCgroup();  // Remove()
+  ~CallCgroup();  // closes the descriptors (the pool removes the directories)
   CallCgroup(const CallCgroup&) = delete;
   CallCgroup& operator=(const CallCgroup&) = delete;
 
   MemoryMechanism memory_mechanism() const { return memory_; }
   KillMechanism kill_mechanism() const { return kill_; }
-  // cgroup.procs files the child writes its pid to before exec ("" when not used).
-  const std::string& v2_procs() const { return v2_procs_; }
-  const std::string& v1_procs() const { return v1_procs_; }
+  // cgroup.procs of each hierarchy, open for writing (-1 when not used): the child writes "0" to
+  // them before exec, so it needs no free descriptor and no path lookup then.
+  int v2_procs_fd() const { return v2_procs_fd_; }
+  int v1_procs_fd() const { return v1_procs_fd_; }
 
   // SIGKILL to every process in the call's cgroup (v2: cgroup.kill, one atomic step; v1: each pid
-  // listed, repeated until the list is empty or `rounds` passes). False without a cgroup.
+  // listed, repeated until the list is empty or `rounds` passes).
   bool Kill(int rounds = 1) const;
   bool Empty() const;
-  // Waits (bounded) for the killed processes to leave, then removes the directories.
-  void Remove();
-  // What the kernel kept: the memory high-water mark (0 if unknown) and the OOM kills.
-  int64_t PeakBytes() const;
+  // A memory controller counts this cgroup, so PeakBytes() can tell.
+  bool CountsMemory() const { return v2_peak_fd_ >= 0 || v1_memory_; }
+  // The call's own memory high-water mark: what the kernel recorded since the call began, less
+  // what the (reused) cgroup held then. nullopt when no memory controller counts this cgroup.
+  std::optional<int64_t> PeakBytes() const;
+  // OOM kills in the cgroup since the call began.
   int64_t OomKills() const;
 
  private:
+  friend class CgroupPool;
+  CallCgroup() = default;
+  // Opens what the call uses, sets its limit and resets the high-water mark. False (errno set)
+  // when a file cannot be opened.
+  bool Begin(std::optional<int64_t> limit_bytes);
+  void CloseFds();
+  int64_t MemoryInUse() const;
+
   std::string v2_dir_, v1_dir_;
-  std::string v2_procs_, v1_procs_;
-  MemoryMechanism memory_ = MemoryMechanism::kNone;
+  int v2_procs_fd_ = -1, v1_procs_fd_ = -1;
+  int v2_peak_fd_ = -1;  // memory.peak, whose reset (Linux 6.12) is per open file
   KillMechanism kill_ = KillMechanism::kProcessGroup;
-  bool removed_ = false;
+  bool v2_memory_ = false, v1_memory_ = false;  // the directory has the memory controller
+  // Per call.
+  MemoryMechanism memory_ = MemoryMechanism::kNone;
+  bool limited_ = false;
+  bool peak_resets_ = true;  // the high-water mark can be reset (else the cgroup is not reused)
+  int64_t baseline_bytes_ = 0;
+  int64_t oom_baseline_ = 0;
+  int uses_ = 0;
+};
+
+class CgroupPool {
+ public:
+  // No cgroups at all when `support` names no parent (use_cgroups off, or none writable).
+  explicit CgroupPool(const IsolationSupport& support);
+  ~CgroupPool();  // removes the idle cgroups
+  CgroupPool(const CgroupPool&) = delete;
+  CgroupPool& operator=(const CgroupPool&) = delete;
+
+  // Whether this machine gives cgroups at all.
+  bool enabled() const { return !support_.v2_parent.empty() || !support_.v1_parent.empty(); }
+  // A cgroup for one call, or null when the machine gives none (errno EMFILE or ENFILE when it
+  // was for want of descriptors). A call with a memory limit gets a
+  // fresh one (what an earlier call left charged must not count against its limit), which is
+  // removed afterwards.
+  std::unique_ptr<CallCgroup> Acquire(std::optional<int64_t> limit_bytes);
+  // After the call: kills what is left, waits (bounded) until the cgroup is empty, and keeps it
+  // for the next call, or removes it when it cannot be reused.
+  void Release(std::unique_ptr<CallCgroup> cgroup);
+  // Gives back a cgroup that no process ever joined (the start failed).
+  void Return(std::unique_ptr<CallCgroup> cgroup);
+
+ private:
+  std::unique_ptr<CallCgroup> Make();
+  static void Remove(std::unique_ptr<CallCgroup> cgroup);
+
+  const IsolationSupport support_;
+  std::atomic<uint64_t> sequence_{0};  // names the cgroups: laneguard-<pid>-<n>
+  std::mutex mu_;
+  std::vector<std::unique_ptr<CallCgroup>> idle_;  // guarded by mu_
 };
 
 }  // namespace laneguard::internal

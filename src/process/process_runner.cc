@@ -1,8 +1,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -12,14 +14,19 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "laneguard/process.h"
@@ -142,10 +149,19 @@ std::string ProcessResult::Reason() const {
       return "exited with code " + std::to_string(exit_code) + " after " + ms;
     case ProcessOutcome::kSignaled:
       return "killed by signal " + SignalName(term_signal) + " after " + ms;
-    case ProcessOutcome::kTimedOut:
-      return timeout_phase == TimeoutPhase::kEscalation
-                 ? "timed out: ignored SIGTERM, killed (SIGKILL) at the hard deadline after " + ms
-                 : "timed out: stopped by SIGTERM at its timeout after " + ms;
+    case ProcessOutcome::kTimedOut: {
+      // Measured from the slot's grant, as the timeout is: "after 300 ms (timeout 300 ms)", never
+      // a figure below the timeout it reached.
+      std::string when =
+          "timed out after " + std::to_string(static_cast<int64_t>(since_grant_ms)) + " ms";
+      if (timeout_ms > 0) when += " (timeout " + std::to_string(timeout_ms) + " ms)";
+      if (timeout_phase != TimeoutPhase::kEscalation)
+        return when + ": stopped by SIGTERM at its timeout";
+      if (stopped_by_signal != 0)
+        return when + ": was stopped (" + SignalName(stopped_by_signal) +
+               ") and killed (SIGKILL) at the hard deadline";
+      return when + ": ignored SIGTERM, killed (SIGKILL) at the hard deadline";
+    }
     case ProcessOutcome::kMemoryKilled:
       return std::string("killed for memory: ") +
              (oom_killed ? "OOM-killed in its cgroup" : "tree RSS went over the limit") +
@@ -160,22 +176,12 @@ std::string ProcessResult::Reason() const {
 
 namespace {
 
-int PidfdOpen(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+// The soft RLIMIT_NOFILE before RaiseOpenFileLimit raised it; -1 when it did not. Children get it
+// back before exec.
+std::atomic<int64_t> g_original_nofile{-1};
+
 int PidfdSignal(int pidfd, int sig) {
   return static_cast<int>(syscall(SYS_pidfd_send_signal, pidfd, sig, nullptr, 0));
-}
-
-// Formats a non-negative number without allocating (for the child between fork and exec, where
-// only async-signal-safe calls are allowed).
-size_t FormatPid(long value, char* out) {
-  char tmp[24];
-  size_t n = 0;
-  do {
-    tmp[n++] = static_cast<char>('0' + value % 10);
-    value /= 10;
-  } while (value > 0);
-  for (size_t i = 0; i < n; ++i) out[i] = tmp[n - 1 - i];
-  return n;
 }
 
 // Sum of RSS over the processes of a process group, from /proc/<pid>/stat (pgrp is field 5, rss
@@ -212,14 +218,44 @@ int64_t GroupRssBytes(pid_t pgid) {
   return total;
 }
 
+// The program's own peak RSS so far (VmHWM: its image's, reset by exec); 0 when unknown.
+int64_t ProgramPeakBytes(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[4096];
+  const ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* hwm = std::strstr(buf, "VmHWM:");
+  return hwm == nullptr ? 0 : std::atoll(hwm + 6) * 1024;
+}
+
+// The process state letter from /proc/<pid>/stat ('T': stopped), 0 when unknown.
+char ProcessState(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  char buf[512];
+  const ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');
+  return p != nullptr && p[1] == ' ' ? p[2] : 0;
+}
+
 struct Pipe {
   int read = -1, write = -1;
-  bool Open() {
+  int Open() {
     int fds[2];
-    if (pipe2(fds, O_CLOEXEC) != 0) return false;
+    if (pipe2(fds, O_CLOEXEC) != 0) return errno;
     read = fds[0];
     write = fds[1];
-    return true;
+    return 0;
   }
   void CloseRead() {
     if (read >= 0) close(read);
@@ -229,10 +265,11 @@ struct Pipe {
     if (write >= 0) close(write);
     write = -1;
   }
-  ~Pipe() {
+  void Close() {
     CloseRead();
     CloseWrite();
   }
+  ~Pipe() { Close(); }
 };
 
 // What the timer thread (timeout hooks), the cancel callback and the waiting thread share.
@@ -243,68 +280,156 @@ struct Tree {
   bool reaped = false;  // under mu: once set, no signal may be sent (the pid may be reused)
   internal::CallCgroup* cgroup = nullptr;
   TimeoutPhase phase = TimeoutPhase::kNone;  // under mu
+  int last_stop_signal = 0;                  // under mu: the last stop the owner thread took
+  int stopped_at_deadline = 0;               // under mu: the stop signal, when it was stopped
 
   void SignalGroup(int sig) {  // caller holds mu
     if (reaped || pid <= 0) return;
     kill(-pid, sig);
     if (pidfd >= 0) PidfdSignal(pidfd, sig);  // in case it left its group
   }
+  // SIGTERM, then SIGCONT as timeout(1) does: a stopped program acts on neither until continued.
+  void Terminate() {  // caller holds mu
+    SignalGroup(SIGTERM);
+    SignalGroup(SIGCONT);
+  }
   void KillAll() {  // caller holds mu
     if (reaped || pid <= 0) return;
     if (cgroup != nullptr) cgroup->Kill(3);
     SignalGroup(SIGKILL);
   }
+  // The signal that stopped the program, if it is stopped now (0 if not). caller holds mu.
+  int StopSignal() const {
+    if (reaped || pid <= 0) return 0;
+    siginfo_t info{};
+    if (waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WSTOPPED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid != 0 && info.si_code == CLD_STOPPED)
+      return info.si_status;
+    // The stop was already reported (and taken by the owner thread): the state still says it.
+    if (ProcessState(pid) == 'T') return last_stop_signal != 0 ? last_stop_signal : SIGSTOP;
+    return 0;
+  }
 };
 
-// The child's side of the fork: only async-signal-safe calls until exec.
-[[noreturn]] void ChildExec(const char* file, const std::vector<char*>& argv, char** envp,
-                            bool take_terminal, const char* cwd, const char* v2_procs,
-                            const char* v1_procs, pid_t parent, int in_fd, int out_fd, int err_fd,
-                            int status_fd) {
+// Everything the child needs between clone and exec, prepared by the parent: the child shares
+// the parent's memory (CLONE_VM) and may only make async-signal-safe calls, no allocation.
+struct ChildPlan {
+  const char* file = nullptr;
+  char* const* argv = nullptr;
+  char* const* envp = nullptr;
+  const char* cwd = nullptr;
+  int cgroup_fds[2] = {-1, -1};  // cgroup.procs files the child writes "0" (itself) to
+  pid_t parent = 0;
+  bool take_terminal = false;
+  int in_fd = -1, out_fd = -1, err_fd = -1;  // -1: inherited
+  int64_t nofile_soft = -1;                  // restored when >= 0
+  // Written by the child when a step fails (the parent reads them after the vfork returns).
+  int error = 0;
+  bool chdir_failed = false;
+};
+
+// The child's side of the clone: only async-signal-safe calls until exec. Every signal is blocked
+// on entry (the parent blocked them all around clone()).
+int ChildMain(void* arg) {
+  ChildPlan& plan = *static_cast<ChildPlan*>(arg);
   setpgid(0, 0);
   prctl(PR_SET_PDEATHSIG, SIGKILL);
-  if (getppid() != parent) _exit(127);  // the parent died before the line above
-  if (take_terminal) {
-    // A background group changing the foreground group gets SIGTTOU unless it blocks it; the
-    // mask is reset below.
-    sigset_t ttou;
-    sigemptyset(&ttou);
-    sigaddset(&ttou, SIGTTOU);
-    sigprocmask(SIG_BLOCK, &ttou, nullptr);  // NOLINT(concurrency-mt-unsafe): forked, one thread
-    tcsetpgrp(STDIN_FILENO, getpid());
-  }
+  if (getppid() != plan.parent) _exit(127);  // the parent died before the line above
+  // A background group may change the terminal's foreground group here: SIGTTOU is blocked.
+  if (plan.take_terminal) tcsetpgrp(STDIN_FILENO, getpid());
   // Join the call's cgroups before anything else runs, so nothing the program forks escapes.
-  char pid_text[24];
-  const size_t pid_len = FormatPid(getpid(), pid_text);
-  for (const char* procs : {v2_procs, v1_procs}) {
-    if (procs == nullptr) continue;
-    const int fd = open(procs, O_WRONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      if (write(fd, pid_text, pid_len) < 0) {
-      }
-      close(fd);
+  for (int fd : plan.cgroup_fds) {
+    if (fd >= 0 && write(fd, "0", 1) < 0) {
     }
   }
-  // The caller may block signals (a CLI waiting in sigwait) or ignore some; the program starts
-  // clean.
-  sigset_t all;
-  sigemptyset(&all);
-  sigprocmask(SIG_SETMASK, &all, nullptr);  // NOLINT(concurrency-mt-unsafe): forked, one thread
-  for (int sig : {SIGINT, SIGTERM, SIGPIPE, SIGCHLD, SIGHUP, SIGQUIT}) signal(sig, SIG_DFL);
-  if (in_fd >= 0) dup2(in_fd, STDIN_FILENO);
-  if (out_fd >= 0) dup2(out_fd, STDOUT_FILENO);
-  if (err_fd >= 0) dup2(err_fd, STDERR_FILENO);
-  if (cwd != nullptr && chdir(cwd) != 0) {
-    const int err = errno;
-    if (write(status_fd, &err, sizeof err) < 0) {
+  // A handler of ours must not run in the child (it shares our memory until exec): handled
+  // signals go back to their default, as do those the program must get at their default whatever
+  // we do with them (the CLI ignores SIGPIPE, blocks SIGINT for sigwait, ...).
+  for (int sig = 1; sig < NSIG; ++sig) {
+    if (sig == SIGKILL || sig == SIGSTOP || sig == 32 || sig == 33) continue;  // 32, 33: glibc's
+    struct sigaction sa {};
+    if (sigaction(sig, nullptr, &sa) != 0) continue;
+    const bool reset = sig == SIGINT || sig == SIGTERM || sig == SIGPIPE || sig == SIGCHLD ||
+                       sig == SIGHUP || sig == SIGQUIT;
+    if (!reset && (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN)) continue;
+    sa = {};
+    sa.sa_handler = SIG_DFL;
+    sigaction(sig, &sa, nullptr);
+  }
+  if (plan.nofile_soft >= 0) {
+    rlimit limit{};
+    if (getrlimit(RLIMIT_NOFILE, &limit) == 0) {
+      limit.rlim_cur = static_cast<rlim_t>(plan.nofile_soft);
+      setrlimit(RLIMIT_NOFILE, &limit);
     }
+  }
+  if (plan.in_fd >= 0) dup2(plan.in_fd, STDIN_FILENO);
+  if (plan.out_fd >= 0) dup2(plan.out_fd, STDOUT_FILENO);
+  if (plan.err_fd >= 0) dup2(plan.err_fd, STDERR_FILENO);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);  // NOLINT(concurrency-mt-unsafe): the child's own
+  if (plan.cwd != nullptr && chdir(plan.cwd) != 0) {
+    plan.error = errno;
+    plan.chdir_failed = true;
     _exit(127);
   }
-  execvpe(file, argv.data(), envp);
-  const int err = errno;
-  if (write(status_fd, &err, sizeof err) < 0) {
-  }
+  execvpe(plan.file, plan.argv, plan.envp);
+  plan.error = errno;
   _exit(127);
+}
+
+// The stack the child runs on until exec (the parent's thread is suspended meanwhile, so one per
+// thread is enough). A guard page below it.
+class ChildStack {
+ public:
+  ~ChildStack() {
+    if (base_ != nullptr) munmap(base_, size_);
+  }
+  // Top of a stack of at least `need` bytes; null if it cannot be mapped.
+  void* Top(size_t need) {
+    static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    need = (need + page - 1) / page * page + page;
+    if (need > size_) {
+      if (base_ != nullptr) munmap(base_, size_);
+      base_ = mmap(nullptr, need, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+      if (base_ == MAP_FAILED) {
+        base_ = nullptr;
+        size_ = 0;
+        return nullptr;
+      }
+      size_ = need;
+      mprotect(base_, page, PROT_NONE);
+    }
+    return static_cast<char*>(base_) + size_;
+  }
+
+ private:
+  void* base_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Starts the child: clone(CLONE_VM | CLONE_VFORK), so nothing of our memory is copied (a fork of
+// a large laneguard copied its page tables, and the child's ru_maxrss counted our memory), and
+// this thread resumes once the child has exec'ed or failed. CLONE_PIDFD gives the pidfd with no
+// window for the pid to be reused. Returns the pid, or -errno.
+pid_t Spawn(ChildPlan& plan, int* pidfd) {
+  thread_local ChildStack stack;
+  size_t argc = 0;
+  while (plan.argv[argc] != nullptr) ++argc;
+  // execvpe needs room for PATH + name and, for a script, a copy of argv.
+  void* top = stack.Top(size_t{256} << 10 | (argc + 3) * sizeof(char*) * 2);
+  if (top == nullptr) return -errno;
+  // All signals blocked (glibc's internal ones too, hence the raw call): no handler of ours may
+  // run in the child before it resets them.
+  uint64_t all = ~uint64_t{0}, old = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof all);
+  const pid_t pid =
+      clone(ChildMain, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, pidfd);
+  const int clone_errno = errno;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, nullptr, sizeof old);
+  return pid < 0 ? -clone_errno : pid;
 }
 
 // What execvpe should run for argv[0]. glibc's execvpe searches the PATH of the calling process,
@@ -354,8 +479,8 @@ void SetTerminalGroup(pid_t group) {
 }
 
 // Gives the terminal to the command's group and takes it back for ours when the run ends, on
-// every path. Both sides of the fork set it, as with setpgid, so the command never reads the
-// terminal before it owns it.
+// every path. The child takes it before exec too, so the command never reads the terminal before
+// it owns it.
 class TerminalLease {
  public:
   TerminalLease(bool active, pid_t child) : active_(active) {
@@ -400,20 +525,229 @@ std::string JoinCommand(const std::vector<std::string>& argv) {
   return out;
 }
 
-// Reads what is available into `into` (up to `cap`, the rest counted in `dropped`). False at EOF.
-bool Drain(int fd, std::string* into, size_t cap, uint64_t* dropped) {
+// A string for a message, with NUL bytes shown as \0 and cut at 80 characters.
+std::string Printable(std::string_view text) {
+  std::string out;
+  for (char c : text.substr(0, 80)) out += c == '\0' ? std::string("\\0") : std::string(1, c);
+  if (text.size() > 80) out += "...";
+  return out;
+}
+
+// Why the spec cannot run, or "". A NUL would end the string the kernel sees there: `tr\0ue`
+// would run `tr`.
+std::string SpecError(const ProcessSpec& spec) {
+  if (spec.argv.empty()) return "argv is empty";
+  if (spec.use_shell && spec.argv.size() != 1)
+    return "use_shell needs exactly one command string, got " + std::to_string(spec.argv.size());
+  for (size_t i = 0; i < spec.argv.size(); ++i)
+    if (spec.argv[i].find('\0') != std::string::npos)
+      return "argv[" + std::to_string(i) + "] contains a NUL byte: '" + Printable(spec.argv[i]) +
+             "'";
+  for (const auto& [key, value] : spec.env) {
+    if (key.find('\0') != std::string::npos)
+      return "env key '" + Printable(key) + "' contains a NUL byte";
+    if (value.find('\0') != std::string::npos)
+      return "env key '" + Printable(key) + "': its value contains a NUL byte";
+  }
+  if (spec.cwd.find('\0') != std::string::npos)
+    return "cwd contains a NUL byte: '" + Printable(spec.cwd) + "'";
+  if (spec.max_rss_mb && (*spec.max_rss_mb <= 0 || *spec.max_rss_mb > kMaxRssMbLimit))
+    return "max_rss_mb: " + std::to_string(*spec.max_rss_mb) + " must be within [1, " +
+           std::to_string(kMaxRssMbLimit) + "]";
+  struct sigaction chld {};
+  sigaction(SIGCHLD, nullptr, &chld);
+  if (chld.sa_handler == SIG_IGN || (chld.sa_flags & SA_NOCLDWAIT) != 0) {
+    // The kernel would reap the child itself: no exit status, and its pid could be reused while
+    // we still signal it.
+    return "SIGCHLD is ignored in this process (SIG_IGN or SA_NOCLDWAIT), so a child's exit "
+           "status cannot be collected; restore its default disposition";
+  }
+  return "";
+}
+
+// The argv and environment as exec takes them, built before the child exists.
+struct Command {
+  std::vector<std::string> args;
+  std::string program;
+  std::vector<char*> argv;
+  std::vector<std::string> env_strings;
+  std::vector<char*> envp;
+};
+
+void PrepareCommand(const ProcessSpec& spec, Command* c) {
+  c->args = spec.use_shell ? std::vector<std::string>{"/bin/sh", "-c", spec.argv[0]} : spec.argv;
+  c->program = ProgramToExec(c->args[0], spec);
+  c->argv.reserve(c->args.size() + 1);
+  for (std::string& a : c->args) c->argv.push_back(a.data());
+  c->argv.push_back(nullptr);
+  c->env_strings = BuildEnvironment(spec);
+  c->envp.reserve(c->env_strings.size() + 1);
+  for (std::string& e : c->env_strings) c->envp.push_back(e.data());
+  c->envp.push_back(nullptr);
+}
+
+// One captured stream: its head or its tail, at most `cap` bytes; the rest counted as dropped.
+class Capture {
+ public:
+  Capture(ProcessSpec::Keep keep, size_t cap) : keep_(keep), cap_(cap) {}
+  void Add(const char* p, size_t n, uint64_t* dropped) {
+    if (keep_ == ProcessSpec::Keep::kHead || cap_ == 0) {
+      const size_t keep = std::min(n, cap_ - std::min(cap_, data_.size()));
+      data_.append(p, keep);
+      *dropped += n - keep;
+      return;
+    }
+    if (n >= cap_) {  // this chunk alone fills the ring: everything before it goes
+      *dropped += data_.size() + (n - cap_);
+      data_.assign(p + (n - cap_), cap_);
+      start_ = 0;
+      return;
+    }
+    const size_t fill = std::min(n, cap_ - data_.size());  // not yet full: append
+    data_.append(p, fill);
+    p += fill;
+    n -= fill;
+    *dropped += n;  // the oldest n bytes are overwritten
+    while (n > 0) {
+      const size_t k = std::min(n, cap_ - start_);
+      std::memcpy(data_.data() + start_, p, k);
+      start_ = (start_ + k) % cap_;
+      p += k;
+      n -= k;
+    }
+  }
+  std::string Take() {
+    std::rotate(data_.begin(), data_.begin() + static_cast<std::ptrdiff_t>(start_), data_.end());
+    start_ = 0;
+    return std::move(data_);
+  }
+
+ private:
+  ProcessSpec::Keep keep_;
+  size_t cap_;
+  std::string data_;
+  size_t start_ = 0;  // the oldest byte, once the ring is full
+};
+
+// Reads what is available into `into`. False at EOF.
+bool Drain(int fd, Capture* into, uint64_t* dropped) {
   char buf[65536];
   const ssize_t n = read(fd, buf, sizeof buf);
   if (n == 0) return false;
   if (n < 0) return errno == EINTR || errno == EAGAIN;
-  const size_t room = into->size() < cap ? cap - into->size() : 0;
-  const size_t keep = std::min(room, static_cast<size_t>(n));
-  into->append(buf, keep);
-  *dropped += static_cast<uint64_t>(n) - keep;
+  into->Add(buf, static_cast<size_t>(n), dropped);
   return true;
 }
 
+bool OutOfResources(int error) { return error == EMFILE || error == ENFILE || error == EAGAIN; }
+
+// Runs `attempt` (0 or an errno) again while it fails for want of descriptors or processes, which
+// running calls give back as they end: back-pressure, up to `bound`, not a failure.
+template <typename Attempt>
+int RetryWhileOutOfResources(Attempt attempt, std::chrono::milliseconds bound,
+                             const std::stop_token& cancel) {
+  const auto give_up = std::chrono::steady_clock::now() + bound;
+  auto pause = std::chrono::microseconds(500);
+  for (;;) {
+    const int error = attempt();
+    if (!OutOfResources(error) || cancel.stop_requested() ||
+        std::chrono::steady_clock::now() >= give_up)
+      return error;
+    std::this_thread::sleep_for(pause);
+    pause = std::min<std::chrono::microseconds>(pause * 2, std::chrono::milliseconds(50));
+  }
+}
+
+// The descriptors one call holds while it runs.
+struct CallFds {
+  Pipe out, err;
+  int cancel = -1;
+  int pidfd = -1;
+  ~CallFds() { Close(); }
+  void Close() {
+    out.Close();
+    err.Close();
+    for (int* fd : {&cancel, &pidfd}) {
+      if (*fd >= 0) close(*fd);
+      *fd = -1;
+    }
+  }
+  int Open(bool capture) {
+    if (cancel < 0 && (cancel = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) return errno;
+    if (!capture) return 0;
+    if (out.read < 0 && out.Open() != 0) return errno;
+    if (err.read < 0 && err.Open() != 0) return errno;
+    return 0;
+  }
+};
+
+// The child's state as the owner thread sees it while it waits.
+struct Watch {
+  int64_t start = 0;
+  bool cancelled = false;
+  int64_t cancel_kill_at = 0;  // when the cancelled tree gets SIGKILL; 0: none pending
+  bool sampler_killed = false;
+  int64_t sampled_peak = 0;
+  int64_t next_sample = 0;
+};
+
+// A foreground child stopped (Ctrl-Z): do what a shell job does, stop ourselves with the terminal
+// taken back, so the user gets the prompt; once continued, hand the terminal back if we have it
+// (fg) and continue the child.
+void FollowStoppedChild(Tree& tree) {
+  siginfo_t info{};
+  if (waitid(P_PIDFD, static_cast<id_t>(tree.pidfd), &info, WSTOPPED | WNOHANG) != 0 ||
+      info.si_pid == 0 || info.si_code != CLD_STOPPED)
+    return;
+  {
+    std::lock_guard<std::mutex> lock(tree.mu);
+    tree.last_stop_signal = info.si_status;
+  }
+  SetTerminalGroup(getpgrp());
+  // SIGTSTP, not SIGSTOP: in an orphaned process group (no shell to continue us) the kernel
+  // discards it, and we carry on at once. raise() delivers it to this thread, so we stop here.
+  sigset_t tstp, old;
+  sigemptyset(&tstp);
+  sigaddset(&tstp, SIGTSTP);
+  pthread_sigmask(SIG_UNBLOCK, &tstp, &old);
+  raise(SIGTSTP);
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (tcgetpgrp(STDIN_FILENO) == getpgrp()) SetTerminalGroup(tree.pid);  // fg, not bg
+  std::lock_guard<std::mutex> lock(tree.mu);
+  tree.SignalGroup(SIGCONT);
+}
+
+// The child's plan for `command`, except the descriptors made per attempt.
+ChildPlan MakePlan(Command& command, const ProcessSpec& spec, int null_fd) {
+  ChildPlan plan;
+  plan.file = command.program.c_str();
+  plan.argv = command.argv.data();
+  plan.envp = command.envp.data();
+  plan.cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
+  plan.parent = getpid();
+  plan.take_terminal = spec.foreground_terminal && !spec.stdin_null && isatty(STDIN_FILENO) != 0 &&
+                       tcgetpgrp(STDIN_FILENO) == getpgrp();
+  plan.in_fd = spec.stdin_null ? null_fd : -1;
+  plan.nofile_soft = g_original_nofile.load(std::memory_order_relaxed);
+  return plan;
+}
+
 }  // namespace
+
+uint64_t RaiseOpenFileLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 0;
+  if (limit.rlim_cur < limit.rlim_max) {
+    const rlim_t original = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &limit) == 0) {
+      int64_t expected = -1;
+      g_original_nofile.compare_exchange_strong(expected, static_cast<int64_t>(original));
+    }
+    getrlimit(RLIMIT_NOFILE, &limit);
+  }
+  return limit.rlim_cur;
+}
 
 ProcessRunner::ProcessRunner(WorkerCalls& calls, ProcessRunnerOptions options)
     : calls_(calls), options_(options) {
@@ -421,10 +755,24 @@ ProcessRunner::ProcessRunner(WorkerCalls& calls, ProcessRunnerOptions options)
     isolation_ = DetectIsolation();
   else
     isolation_.detail = "memory limits: rss_sampling; tree kill: process_group (cgroups off)";
-  if (JsonLogger* log = calls_.logger())
+  cgroups_ = std::make_unique<internal::CgroupPool>(options_.use_cgroups ? isolation_
+                                                                         : IsolationSupport{});
+  null_fd_ = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (JsonLogger* log = calls_.logger()) {
     log->LogInfo("Process isolation", {{"memoryMechanism", ToString(isolation_.memory)},
                                        {"killMechanism", ToString(isolation_.kill)},
                                        {"detail", isolation_.detail}});
+    if (!isolation_.cleaned.empty())
+      log->LogWarning("Leftovers of dead laneguard processes cleaned up",
+                      {{"detail", isolation_.cleaned.Describe()},
+                       {"cgroups", int64_t{isolation_.cleaned.cgroups_removed +
+                                           isolation_.cleaned.cgroups_not_removed}},
+                       {"processesKilled", int64_t{isolation_.cleaned.processes_killed}}});
+  }
+}
+
+ProcessRunner::~ProcessRunner() {
+  if (null_fd_ >= 0) close(null_fd_);
 }
 
 Result<ProcessResult, Rejection> ProcessRunner::Run(std::string_view task_id,
@@ -446,8 +794,9 @@ ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
     refused.error = "RunWithSlot needs a valid slot (this one was released or moved from)";
     return refused;
   }
+  const int64_t grant = slot.start_mono_nanos();
   internal::CallGuard guard(calls_, task_id, options, std::move(slot));
-  ProcessResult result = Execute(guard, task_id, spec, cancel);
+  ProcessResult result = Execute(guard, task_id, spec, cancel, grant);
   Span& span = guard.span();
   if (span.recording()) {
     span.SetAttribute("laneguard.outcome", std::string(ToString(result.outcome)));
@@ -462,141 +811,127 @@ ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
 }
 
 ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_view task_id,
-                                     const ProcessSpec& spec, const std::stop_token& cancel) {
+                                     const ProcessSpec& spec, const std::stop_token& cancel,
+                                     int64_t grant_mono_nanos) {
   ProcessResult result;
   CallContext& context = guard.context();
   result.call_id = context.call_id();
+  if (context.deadline_mono_nanos() > 0)
+    result.timeout_ms = (context.deadline_mono_nanos() - grant_mono_nanos) / 1000000;
   Span& span = guard.span();
   const Clock& clock = calls_.manager().clock();
 
-  if (spec.argv.empty() || (spec.use_shell && spec.argv.size() != 1)) {
-    result.error = spec.argv.empty() ? "argv is empty"
-                                     : "use_shell needs exactly one command string, got " +
-                                           std::to_string(spec.argv.size());
+  // 1. What to run, all of it prepared before the child exists.
+  if (std::string error = SpecError(spec); !error.empty()) {
+    result.error = std::move(error);
     return result;
   }
-  if (spec.max_rss_mb && (*spec.max_rss_mb <= 0 || *spec.max_rss_mb > kMaxRssMbLimit)) {
-    result.error = "max_rss_mb: " + std::to_string(*spec.max_rss_mb) + " must be within [1, " +
-                   std::to_string(kMaxRssMbLimit) + "]";
-    return result;
-  }
-  struct sigaction chld {};
-  sigaction(SIGCHLD, nullptr, &chld);
-  if (chld.sa_handler == SIG_IGN || (chld.sa_flags & SA_NOCLDWAIT) != 0) {
-    // The kernel would reap the child itself: no exit status, and its pid could be reused while
-    // we still signal it.
-    result.error =
-        "SIGCHLD is ignored in this process (SIG_IGN or SA_NOCLDWAIT), so a child's exit status "
-        "cannot be collected; restore its default disposition";
-    return result;
-  }
-  std::vector<std::string> args = spec.argv;
-  if (spec.use_shell) args = {"/bin/sh", "-c", spec.argv[0]};
-  const std::string program = ProgramToExec(args[0], spec);
-  std::vector<char*> argv;
-  argv.reserve(args.size() + 1);
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_strings = BuildEnvironment(spec);
-  std::vector<char*> envp;
-  envp.reserve(env_strings.size() + 1);
-  for (std::string& e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
+  Command command;
+  PrepareCommand(spec, &command);
   const std::optional<int64_t> limit_bytes =
       spec.max_rss_mb ? std::optional<int64_t>(*spec.max_rss_mb << 20) : std::nullopt;
-  const std::string cgroup_name =
-      "laneguard-" + std::to_string(getpid()) + "-" + std::to_string(sequence_.fetch_add(1) + 1);
-  internal::CallCgroup cgroup(options_.use_cgroups ? isolation_ : IsolationSupport{}, cgroup_name,
-                              limit_bytes);
-  result.memory_mechanism = cgroup.memory_mechanism();
-  result.kill_mechanism = cgroup.kill_mechanism();
+
+  // 2. Where it runs: a cgroup from the pool (if any), the descriptors it needs; then start it.
+  // Short of descriptors or processes, wait for running calls to give some back.
+  if (spec.stdin_null && null_fd_ < 0) {
+    result.error = SystemError("/dev/null", EBADF);
+    return result;
+  }
+  struct CgroupLease {
+    internal::CgroupPool& pool;
+    std::unique_ptr<internal::CallCgroup> cgroup;
+    ~CgroupLease() { pool.Release(std::move(cgroup)); }
+  } lease{*cgroups_, nullptr};
+  ChildPlan plan = MakePlan(command, spec, null_fd_);
+  CallFds fds;
+  const char* failed_call = "";
+  pid_t pid = -1;
+  int64_t start = 0;
+  const int start_error = RetryWhileOutOfResources(
+      [&] {
+        // Short, everything this attempt took goes back before the wait: calls holding part of
+        // what they need while waiting for the rest could all wait for each other.
+        auto give_back = [&](int error) {
+          fds.Close();
+          if (lease.cgroup != nullptr) cgroups_->Return(std::move(lease.cgroup));
+          return error;
+        };
+        failed_call = "cgroup.procs";
+        if (cgroups_->enabled()) {
+          lease.cgroup = cgroups_->Acquire(limit_bytes);
+          if (lease.cgroup == nullptr && OutOfResources(errno)) return give_back(errno);
+        }
+        failed_call = "pipe";
+        if (const int error = fds.Open(spec.capture_output); error != 0) return give_back(error);
+        if (lease.cgroup != nullptr) {
+          plan.cgroup_fds[0] = lease.cgroup->v2_procs_fd();
+          plan.cgroup_fds[1] = lease.cgroup->v1_procs_fd();
+        }
+        plan.out_fd = fds.out.write;
+        plan.err_fd = fds.err.write;
+        plan.error = 0;
+        start = clock.MonotonicNanos();
+        pid = Spawn(plan, &fds.pidfd);
+        failed_call = "clone";
+        return pid < 0 ? give_back(-pid) : 0;
+      },
+      options_.resource_wait, cancel);
+  internal::CallCgroup* cgroup = lease.cgroup.get();
+  result.memory_mechanism = cgroup != nullptr ? cgroup->memory_mechanism()
+                            : limit_bytes     ? MemoryMechanism::kRssSampling
+                                              : MemoryMechanism::kNone;
+  result.kill_mechanism =
+      cgroup != nullptr ? cgroup->kill_mechanism() : KillMechanism::kProcessGroup;
   if (span.recording()) {
-    span.SetAttribute("process.command", JoinCommand(args));
+    span.SetAttribute("process.command", JoinCommand(command.args));
     span.SetAttribute("laneguard.memory_mechanism", std::string(ToString(result.memory_mechanism)));
     span.SetAttribute("laneguard.kill_mechanism", std::string(ToString(result.kill_mechanism)));
     if (limit_bytes) span.SetAttribute("laneguard.max_rss_mb", *spec.max_rss_mb);
   }
-
-  Pipe out, err, status;
-  if (!status.Open() || (spec.capture_output && (!out.Open() || !err.Open()))) {
-    result.error = SystemError("pipe", errno);
+  if (start_error != 0) {
+    result.error = SystemError(failed_call, start_error);
+    if (OutOfResources(start_error))
+      result.error += " (still after waiting " + std::to_string(options_.resource_wait.count()) +
+                      " ms for running calls to end)";
     return result;
   }
-  Pipe null_in;  // only .read is used: /dev/null for the child's stdin
-  if (spec.stdin_null && (null_in.read = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0) {
-    result.error = SystemError("/dev/null", errno);
-    return result;
-  }
-  const pid_t parent = getpid();
-  const int64_t start = clock.MonotonicNanos();
-  const char* cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
-  const char* v2 = cgroup.v2_procs().empty() ? nullptr : cgroup.v2_procs().c_str();
-  const char* v1 = cgroup.v1_procs().empty() ? nullptr : cgroup.v1_procs().c_str();
-  const bool take_terminal = spec.foreground_terminal && !spec.stdin_null &&
-                             isatty(STDIN_FILENO) != 0 && tcgetpgrp(STDIN_FILENO) == getpgrp();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    result.error = SystemError("fork", errno);
-    return result;
-  }
-  if (pid == 0)
-    ChildExec(program.c_str(), argv, envp.data(), take_terminal, cwd, v2, v1, parent, null_in.read,
-              out.write, err.write, status.write);
-  // Both sides set the group, so a signal sent before the child runs reaches it.
-  setpgid(pid, pid);
-  const TerminalLease terminal(take_terminal, pid);
-  out.CloseWrite();
-  err.CloseWrite();
-  status.CloseWrite();
-  null_in.CloseRead();
+  fds.out.CloseWrite();
+  fds.err.CloseWrite();
+  // The exec is done (or failed) by now: CLONE_VFORK resumed us only then. Our own peak now is
+  // at least what exec recorded into the child's ru_maxrss from the image it replaced.
+  rusage own{};
+  getrusage(RUSAGE_SELF, &own);
+  const int64_t own_peak_bytes = static_cast<int64_t>(own.ru_maxrss) * 1024;
   result.pid = pid;
+  if (plan.error != 0) {
+    // The child has exited with 127; reap it and report.
+    siginfo_t ignored{};
+    waitid(P_PIDFD, static_cast<id_t>(fds.pidfd), &ignored, WEXITED);
+    result.error =
+        plan.chdir_failed
+            ? SystemError("cwd '" + spec.cwd + "'", plan.error)
+            : SystemError("'" + command.args[0] + "'", plan.error) +
+                  (command.program.empty() ? " (searched the PATH of its environment)" : "");
+    return result;
+  }
+  const TerminalLease terminal(plan.take_terminal, pid);
+  if (span.recording()) span.AddEvent("process_started", {{"process.pid", int64_t{pid}}});
 
   // Shared with the timeout hooks, which may still be running on the timer thread when this
   // function returns (the slot is settled only afterwards); `reaped` keeps them from acting then.
   auto shared_tree = std::make_shared<Tree>();
   Tree& tree = *shared_tree;
   tree.pid = pid;
-  tree.pidfd = PidfdOpen(pid);  // race-free: the child cannot be reaped before we wait for it
-  tree.cgroup = &cgroup;
-  if (tree.pidfd < 0) {
-    // Without a pidfd (Linux < 5.3) there is no race-free way to wait with timers: refuse.
-    result.error = SystemError("pidfd_open", errno);
-    kill(-pid, SIGKILL);
-    kill(pid, SIGKILL);
-    int ignored = 0;
-    waitpid(pid, &ignored, 0);
-    return result;
-  }
+  tree.pidfd = fds.pidfd;
+  tree.cgroup = cgroup;
 
-  int exec_errno = 0;
-  ssize_t got;
-  while ((got = read(status.read, &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
-  }
-  if (got == sizeof exec_errno) {
-    // exec failed: the child has exited with 127; reap it and report.
-    {
-      std::lock_guard<std::mutex> lock(tree.mu);
-      tree.reaped = true;
-    }
-    int ignored = 0;
-    waitpid(pid, &ignored, 0);
-    if (tree.pidfd >= 0) close(tree.pidfd);
-    result.error = (cwd != nullptr && exec_errno == ENOENT && access(cwd, F_OK) != 0)
-                       ? SystemError("cwd '" + spec.cwd + "'", exec_errno)
-                       : SystemError("'" + args[0] + "'", exec_errno) +
-                             (program.empty() ? " (searched the PATH of its environment)" : "");
-    return result;
-  }
-  if (span.recording()) span.AddEvent("process_started", {{"process.pid", int64_t{pid}}});
-
-  // Warning phase: the manager requests a stop at the timeout (on its timer thread).
+  // 4. The two timeout phases (on the manager's timer thread) and the caller's cancel.
   std::stop_callback on_timeout(context.stop_token(), [shared_tree, &span] {
     Tree& tree = *shared_tree;
     std::lock_guard<std::mutex> lock(tree.mu);
     if (tree.reaped) return;
     if (tree.phase == TimeoutPhase::kNone) tree.phase = TimeoutPhase::kWarning;
-    tree.SignalGroup(SIGTERM);
+    tree.Terminate();
     if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGTERM")}});
   });
   context.OnHardTimeout([shared_tree, &span] {
@@ -604,6 +939,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     std::lock_guard<std::mutex> lock(tree.mu);
     if (tree.reaped) return;
     tree.phase = TimeoutPhase::kEscalation;
+    tree.stopped_at_deadline = tree.StopSignal();
     tree.KillAll();
     if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGKILL")}});
   });
@@ -614,79 +950,86 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     tree.phase = TimeoutPhase::kEscalation;
     tree.KillAll();
   }
-  const int cancel_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  // Reset before cancel_fd is closed: a cancel from another thread must not write to a closed (or
-  // reused) descriptor.
+  // Reset before fds.cancel is closed: a cancel from another thread must not write to a closed
+  // (or reused) descriptor.
   std::optional<std::stop_callback<std::function<void()>>> on_cancel;
-  on_cancel.emplace(cancel, [cancel_fd] {
+  on_cancel.emplace(cancel, [fd = fds.cancel] {
     const uint64_t one = 1;
-    if (write(cancel_fd, &one, sizeof one) < 0) {
+    if (write(fd, &one, sizeof one) < 0) {
     }
   });
 
-  const bool sample_memory =
+  // 5. Wait for the exit, reading the output, sampling memory, following a stopped foreground
+  // child, escalating a cancel.
+  const bool enforce_by_sampling =
       limit_bytes && result.memory_mechanism == MemoryMechanism::kRssSampling;
+  // Without a memory cgroup the peak is sampled too (the kernel's ru_maxrss may be ours).
+  const bool sample_peak = cgroup == nullptr || !cgroup->CountsMemory();
   const int64_t sample_every = options_.memory_sample_interval.count() * 1000000;
   const int64_t grace = options_.cancel_grace.count() * 1000000;
-  int64_t next_sample = start;
-  bool cancelled = false;
-  int64_t cancel_kill_at = 0;  // when the cancelled tree gets SIGKILL; 0: none pending
-  bool sampler_killed = false;
-  int64_t sampled_peak = 0;
-  bool out_open = out.read >= 0, err_open = err.read >= 0;
+  Watch watch;
+  watch.start = start;
+  watch.next_sample = start + sample_every;
+  Capture out(spec.stdout_keep, spec.max_capture_bytes),
+      err(spec.stderr_keep, spec.max_capture_bytes);
+  bool out_open = fds.out.read >= 0, err_open = fds.err.read >= 0;
   auto read_outputs = [&](short out_events, short err_events) {
     if (out_open && (out_events & (POLLIN | POLLHUP)))
-      out_open = Drain(out.read, &result.stdout_data, spec.max_capture_bytes,
-                       &result.dropped_output_bytes);
+      out_open = Drain(fds.out.read, &out, &result.dropped_output_bytes);
     if (err_open && (err_events & (POLLIN | POLLHUP)))
-      err_open = Drain(err.read, &result.stderr_data, spec.max_capture_bytes,
-                       &result.dropped_output_bytes);
+      err_open = Drain(fds.err.read, &err, &result.dropped_output_bytes);
   };
+  constexpr int64_t kStopCheckEvery = 50 * 1000000LL;  // a foreground child's Ctrl-Z
   for (;;) {
-    pollfd fds[4] = {
-        {tree.pidfd, POLLIN, 0}, {cancel_fd, POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
-    if (out_open) fds[2].fd = out.read;
-    if (err_open) fds[3].fd = err.read;
+    pollfd pfds[4] = {{tree.pidfd, POLLIN, 0},
+                      {fds.cancel, POLLIN, 0},
+                      {out_open ? fds.out.read : -1, POLLIN, 0},
+                      {err_open ? fds.err.read : -1, POLLIN, 0}};
     const int64_t now = clock.MonotonicNanos();
     int64_t wake = -1;
-    if (sample_memory) wake = next_sample;
-    if (cancel_kill_at > 0 && (wake < 0 || cancel_kill_at < wake)) wake = cancel_kill_at;
-    const int timeout_ms =
+    if (enforce_by_sampling || sample_peak) wake = watch.next_sample;
+    if (watch.cancel_kill_at > 0 && (wake < 0 || watch.cancel_kill_at < wake))
+      wake = watch.cancel_kill_at;
+    int timeout_ms =
         wake < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, (wake - now + 999999) / 1000000));
-    const int ready = poll(fds, 4, timeout_ms);
+    if (plan.take_terminal && (timeout_ms < 0 || timeout_ms > kStopCheckEvery / 1000000))
+      timeout_ms = static_cast<int>(kStopCheckEvery / 1000000);
+    const int ready = poll(pfds, 4, timeout_ms);
     if (ready < 0 && errno != EINTR) break;
-    read_outputs(fds[2].revents, fds[3].revents);
-    if (fds[1].revents & POLLIN) {
+    read_outputs(pfds[2].revents, pfds[3].revents);
+    if (pfds[1].revents & POLLIN) {
       uint64_t count = 0;
-      if (read(cancel_fd, &count, sizeof count) < 0) {
+      if (read(fds.cancel, &count, sizeof count) < 0) {
       }
-      if (!cancelled) {
-        cancelled = true;
-        cancel_kill_at = clock.MonotonicNanos() + grace;
+      if (!watch.cancelled) {
+        watch.cancelled = true;
+        watch.cancel_kill_at = clock.MonotonicNanos() + grace;
         std::lock_guard<std::mutex> lock(tree.mu);
-        tree.SignalGroup(SIGTERM);
+        tree.Terminate();
       }
     }
+    if (pfds[0].revents & POLLIN) break;
+    if (plan.take_terminal) FollowStoppedChild(tree);
     const int64_t after = clock.MonotonicNanos();
-    if (cancel_kill_at > 0 && after >= cancel_kill_at) {
-      cancel_kill_at = 0;
+    if (watch.cancel_kill_at > 0 && after >= watch.cancel_kill_at) {
+      watch.cancel_kill_at = 0;
       std::lock_guard<std::mutex> lock(tree.mu);
       tree.KillAll();
     }
-    if (sample_memory && after >= next_sample) {
-      next_sample = after + sample_every;
-      const int64_t rss = GroupRssBytes(pid);
-      sampled_peak = std::max(sampled_peak, rss);
-      if (rss > *limit_bytes && !sampler_killed) {
-        sampler_killed = true;
+    if ((enforce_by_sampling || sample_peak) && after >= watch.next_sample) {
+      watch.next_sample = after + sample_every;
+      const int64_t rss = enforce_by_sampling ? GroupRssBytes(pid) : 0;
+      watch.sampled_peak = std::max({watch.sampled_peak, rss, ProgramPeakBytes(pid)});
+      if (enforce_by_sampling && rss > *limit_bytes && !watch.sampler_killed) {
+        watch.sampler_killed = true;
         std::lock_guard<std::mutex> lock(tree.mu);
         tree.KillAll();
       }
     }
-    if (fds[0].revents & POLLIN) break;
   }
-  // The direct child has exited (it is a zombie until we reap it below). Kill what it left in its
-  // cgroup or group: a call leaves nothing running behind it.
+
+  // 6. The direct child has exited (a zombie until reaped below). Kill what it left in its cgroup
+  // or group: a call leaves nothing running behind it.
   const int64_t end = clock.MonotonicNanos();
   {
     std::lock_guard<std::mutex> lock(tree.mu);
@@ -696,35 +1039,45 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   // for at most 100 ms, not until EOF.
   const int64_t drain_until = clock.MonotonicNanos() + 100 * 1000000LL;
   while ((out_open || err_open) && clock.MonotonicNanos() < drain_until) {
-    pollfd fds[2] = {{out_open ? out.read : -1, POLLIN, 0}, {err_open ? err.read : -1, POLLIN, 0}};
-    if (poll(fds, 2, 10) > 0) read_outputs(fds[0].revents, fds[1].revents);
+    pollfd pfds[2] = {{out_open ? fds.out.read : -1, POLLIN, 0},
+                      {err_open ? fds.err.read : -1, POLLIN, 0}};
+    if (poll(pfds, 2, 10) > 0) read_outputs(pfds[0].revents, pfds[1].revents);
   }
-  // What the kernel recorded, read before the directories go.
-  result.oom_killed = cgroup.OomKills() > 0;
-  const int64_t cgroup_peak = cgroup.PeakBytes();
-  cgroup.Remove();
+  result.stdout_data = out.Take();
+  result.stderr_data = err.Take();
+  // What the kernel recorded, read before the cgroup goes back to the pool.
+  std::optional<int64_t> cgroup_peak;
+  if (cgroup != nullptr) {
+    result.oom_killed = limit_bytes && cgroup->OomKills() > 0;
+    cgroup_peak = cgroup->PeakBytes();
+  }
   int wstatus = 0;
   pid_t reaped = -1;
   rusage usage{};
-  TimeoutPhase phase;
   {
     // Reap under the lock, so no hook signals a pid that may be reused from here on.
     std::lock_guard<std::mutex> lock(tree.mu);
     tree.reaped = true;
     tree.cgroup = nullptr;
-    phase = tree.phase;
+    result.timeout_phase = tree.phase;
+    result.stopped_by_signal =
+        tree.phase == TimeoutPhase::kEscalation ? tree.stopped_at_deadline : 0;
     while ((reaped = wait4(pid, &wstatus, 0, &usage)) < 0 && errno == EINTR) {
     }
   }
   const int wait_errno = errno;
-  if (tree.pidfd >= 0) close(tree.pidfd);
   on_cancel.reset();
-  close(cancel_fd);
+  lease.pool.Release(std::move(lease.cgroup));
 
+  // 7. What happened.
   result.duration_ms = static_cast<double>(end - start) / 1e6;
+  result.since_grant_ms = static_cast<double>(end - grant_mono_nanos) / 1e6;
+  // ru_maxrss counts the image exec replaced, which for our child was our own memory: it says
+  // something about the program only when it is above our own peak.
+  const int64_t kernel_peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  const int64_t trusted_kernel_peak = kernel_peak > own_peak_bytes ? kernel_peak : 0;
   result.peak_rss_bytes =
-      std::max({cgroup_peak, sampled_peak, static_cast<int64_t>(usage.ru_maxrss) * 1024});
-  result.timeout_phase = phase;
+      cgroup_peak ? *cgroup_peak : std::max(watch.sampled_peak, trusted_kernel_peak);
   if (reaped < 0) {
     // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
     // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
@@ -734,11 +1087,11 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   }
   if (WIFEXITED(wstatus)) result.exit_code = WEXITSTATUS(wstatus);
   if (WIFSIGNALED(wstatus)) result.term_signal = WTERMSIG(wstatus);
-  if (result.oom_killed || sampler_killed) {
+  if (result.oom_killed || watch.sampler_killed) {
     result.outcome = ProcessOutcome::kMemoryKilled;
-  } else if (cancelled) {
+  } else if (watch.cancelled) {
     result.outcome = ProcessOutcome::kCancelled;
-  } else if (phase != TimeoutPhase::kNone) {
+  } else if (result.timeout_phase != TimeoutPhase::kNone) {
     result.outcome = ProcessOutcome::kTimedOut;
   } else if (WIFSIGNALED(wstatus)) {
     result.outcome = ProcessOutcome::kSignaled;

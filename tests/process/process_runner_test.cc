@@ -1,10 +1,14 @@
 // The process runner against real child processes: exit codes, argv without a shell, environment
 // and cwd, the two-phase stop (driven by a ManualClock, so the kill time is exact), whole-tree
 // kills, memory limits, cancellation, and no leftovers.
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,6 +20,8 @@
 
 #include "laneguard/process.h"
 #include "support/processes.h"
+
+extern char** environ;
 
 namespace laneguard {
 namespace {
@@ -389,12 +395,20 @@ TEST_F(ProcessRunnerTest, NoZombiesOrCgroupsLeftAfterAHundredRuns) {
     ASSERT_NE(r.outcome, ProcessOutcome::kSpawnFailed) << r.error;
   }
   EXPECT_EQ(CountOurChildren(), 0);
-  const IsolationSupport& iso = runner_->isolation();
+  // The runner keeps its per-call cgroups for later calls, empty; they go with the runner.
+  const IsolationSupport iso = runner_->isolation();
+  const std::string ours = "laneguard-" + std::to_string(getpid()) + "-";
   for (const std::string& parent : {iso.v2_parent, iso.v1_parent}) {
     if (parent.empty()) continue;
     for (const auto& entry : std::filesystem::directory_iterator(parent))
-      EXPECT_THAT(entry.path().filename().string(),
-                  ::testing::Not(HasSubstr("laneguard-" + std::to_string(getpid()) + "-")));
+      if (entry.path().filename().string().starts_with(ours))
+        EXPECT_EQ(std::ifstream(entry.path() / "cgroup.procs").peek(), EOF) << entry.path();
+  }
+  runner_.reset();
+  for (const std::string& parent : {iso.v2_parent, iso.v1_parent}) {
+    if (parent.empty()) continue;
+    for (const auto& entry : std::filesystem::directory_iterator(parent))
+      EXPECT_THAT(entry.path().filename().string(), ::testing::Not(HasSubstr(ours)));
   }
 }
 
@@ -488,6 +502,262 @@ TEST_F(ProcessRunnerTest, SpanSaysWhatRanAndHowItWasContained) {
   bool started = false;
   for (const auto& e : span.events) started = started || e.name == "process_started";
   EXPECT_TRUE(started);
+}
+
+// A NUL ends the string the kernel sees: `tr\0ue` would run `tr`. Refused, naming where.
+TEST_F(ProcessRunnerTest, NulInArgvEnvOrCwdIsRefusedNamingWhere) {
+  const std::string marker = Path("ran");
+  ProcessSpec argv{.argv = {"touch", marker + std::string("\0x", 2)}};
+  ProcessResult r = Run(argv);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("argv[1]"));
+  EXPECT_FALSE(Exists(marker));
+
+  ProcessSpec env{.argv = {"true"}};
+  env.env = {{"LG_OK", "fine"}, {std::string("LG\0BAD", 6), "x"}};
+  r = Run(env);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("env key 'LG\\0BAD'"));
+  env.env = {{"LG_VALUE", std::string("a\0b", 3)}};
+  r = Run(env);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("env key 'LG_VALUE'"));
+
+  ProcessSpec cwd{.argv = {"true"}};
+  cwd.cwd = std::string("/tmp\0/nowhere", 13);
+  r = Run(cwd);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kSpawnFailed);
+  EXPECT_THAT(r.error, HasSubstr("cwd"));
+  EXPECT_EQ(LastRecord().error_type, "spawn_failed");
+}
+
+// ru_maxrss of a child counts the image exec replaced, which for a child of ours is our own
+// memory: the peak must be the program's, however large laneguard is.
+TEST_F(ProcessRunnerTest, PeakRssIsTheProgramsOwnNotLaneguards) {
+  constexpr size_t kOurs = size_t{200} << 20;
+  std::vector<char> ballast(kOurs);
+  for (size_t i = 0; i < kOurs; i += 4096) ballast[i] = 1;  // touched: resident
+  for (bool cgroups : {true, false}) {
+    Build({.use_cgroups = cgroups});
+    ProcessResult r = Run({.argv = {"true"}});
+    EXPECT_TRUE(r.success()) << r.Reason();
+    EXPECT_LT(r.peak_rss_bytes, int64_t{32} << 20) << "cgroups " << cgroups;
+  }
+  EXPECT_EQ(ballast[4096], 1);
+}
+
+// A program that fails after a lot of output says why in its last line: stderr keeps the tail,
+// stdout the head; what is dropped is counted.
+TEST_F(ProcessRunnerTest, CaptureKeepsTheTailOfStderrAndTheHeadOfStdout) {
+  ProcessSpec spec = Shell(
+      "echo FIRST-OUT; echo FIRST-ERR >&2; head -c 3000000 /dev/zero | tr '\\0' x; "
+      "head -c 3000000 /dev/zero | tr '\\0' y >&2; echo >&2; echo LAST-ERR >&2; exit 1");
+  spec.capture_output = true;
+  spec.max_capture_bytes = 1 << 20;
+  ProcessResult r = Run(spec);
+  EXPECT_EQ(r.exit_code, 1);
+  ASSERT_EQ(r.stderr_data.size(), size_t{1} << 20);
+  EXPECT_TRUE(r.stderr_data.ends_with("yyy\nLAST-ERR\n")) << r.stderr_data.substr(1 << 19, 40);
+  EXPECT_EQ(r.stderr_data.find("FIRST-ERR"), std::string::npos);
+  ASSERT_EQ(r.stdout_data.size(), size_t{1} << 20);
+  EXPECT_TRUE(r.stdout_data.starts_with("FIRST-OUT\nxxx"));
+  const uint64_t err_total = 10 + 3000000 + 1 + 9, out_total = 10 + 3000000;
+  EXPECT_EQ(r.dropped_output_bytes, err_total + out_total - 2 * (uint64_t{1} << 20));
+
+  // Small chunks through the ring, and the opposite choices.
+  ProcessSpec lines = Shell("for i in 1 2 3 4 5 6 7 8 9; do echo line$i >&2; echo out$i; done");
+  lines.capture_output = true;
+  lines.max_capture_bytes = 12;
+  lines.stdout_keep = ProcessSpec::Keep::kTail;
+  lines.stderr_keep = ProcessSpec::Keep::kHead;
+  r = Run(lines);
+  EXPECT_EQ(r.stderr_data, "line1\nline2\n");
+  EXPECT_EQ(r.stdout_data, "7\nout8\nout9\n");
+}
+
+// Up to 10 s for `pid` to be in the stopped state ('T').
+bool EventuallyStopped(pid_t pid) {
+  for (int i = 0; i < 1000; ++i) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    std::getline(stat, line);
+    const auto paren = line.rfind(')');
+    if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'T')
+      return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+// Writes the shell's pid to `path` in one step (a reader never sees a partial file), then runs
+// `rest`.
+std::string WritePidThen(const std::string& path, const std::string& rest) {
+  return "echo $$ > " + path + ".tmp && mv " + path + ".tmp " + path + "; " + rest;
+}
+
+// SIGTERM to a stopped program does nothing until it is continued: the timeout sends SIGCONT
+// after it, as timeout(1) does.
+TEST_F(ProcessRunnerTest, StoppedChildIsContinuedSoItCanActOnSigtermAtItsTimeout) {
+  Build({}, /*manual_clock=*/true);
+  const std::string pidfile = Path("pid");
+  auto run = std::async(std::launch::async, [&] {
+    return Run(Shell(WritePidThen(pidfile, "exec sleep 60")), {.timeout_ms = 1000});
+  });
+  ASSERT_TRUE(WaitForFile(pidfile));
+  const pid_t child = ReadPid(pidfile);
+  ASSERT_GT(child, 0);
+  kill(child, SIGSTOP);
+  ASSERT_TRUE(EventuallyStopped(child));
+  clock_.AdvanceMs(1000);  // the timeout
+  manager_->Tick();
+  const bool ended_at_timeout = run.wait_for(10s) == std::future_status::ready;
+  if (!ended_at_timeout) {  // end it at the hard deadline, so the test fails rather than hangs
+    clock_.AdvanceMs(500);
+    manager_->Tick();
+  }
+  ProcessResult r = run.get();
+  EXPECT_TRUE(ended_at_timeout);
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_EQ(r.timeout_phase, TimeoutPhase::kWarning);
+  EXPECT_EQ(r.term_signal, SIGTERM);
+  EXPECT_THAT(r.Reason(), HasSubstr("stopped by SIGTERM"));
+}
+
+TEST_F(ProcessRunnerTest, StoppedChildIsCancelledBySigtermNotLeftToTheGrace) {
+  Build({.cancel_grace = 5000ms});
+  const std::string pidfile = Path("pid");
+  std::stop_source stop;
+  auto run = std::async(std::launch::async, [&] {
+    return runner_->Run("task", Shell(WritePidThen(pidfile, "exec sleep 60")), {},
+                        stop.get_token());
+  });
+  ASSERT_TRUE(WaitForFile(pidfile));
+  const pid_t child = ReadPid(pidfile);
+  kill(child, SIGSTOP);
+  ASSERT_TRUE(EventuallyStopped(child));
+  stop.request_stop();
+  ASSERT_EQ(run.wait_for(30s), std::future_status::ready);
+  auto r = run.get();
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->outcome, ProcessOutcome::kCancelled);
+  EXPECT_EQ(r->term_signal, SIGTERM);  // not SIGKILL after the grace
+}
+
+// A program still stopped at the hard deadline did not "ignore SIGTERM": the reason says it was
+// stopped, and by what.
+TEST_F(ProcessRunnerTest, ChildStoppedAtTheHardDeadlineIsReportedAsStopped) {
+  Build({}, /*manual_clock=*/true);
+  const std::string pidfile = Path("pid");
+  auto run = std::async(std::launch::async, [&] {
+    return Run(Shell("trap '' TERM; " + WritePidThen(pidfile, "while :; do sleep 1; done")),
+               {.timeout_ms = 1000});
+  });
+  ASSERT_TRUE(WaitForFile(pidfile));
+  const pid_t child = ReadPid(pidfile);
+  clock_.AdvanceMs(1000);  // SIGTERM (ignored) and SIGCONT
+  manager_->Tick();
+  kill(-child, SIGSTOP);  // then the whole group is stopped
+  ASSERT_TRUE(EventuallyStopped(child));
+  clock_.AdvanceMs(500);  // the hard deadline
+  manager_->Tick();
+  ASSERT_EQ(run.wait_for(30s), std::future_status::ready);
+  ProcessResult r = run.get();
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_EQ(r.timeout_phase, TimeoutPhase::kEscalation);
+  EXPECT_EQ(r.stopped_by_signal, SIGSTOP);
+  EXPECT_THAT(r.Reason(), HasSubstr("was stopped (SIGSTOP) and killed"));
+  EXPECT_THAT(r.Reason(), ::testing::Not(HasSubstr("ignored SIGTERM")));
+}
+
+// The timeout counts from the slot's grant; the reason measures on the same basis, so a 300 ms
+// timeout is not reported as reached "after 292 ms" when the start took 8 ms.
+TEST_F(ProcessRunnerTest, TimeoutReasonCountsFromTheGrantAsTheTimeoutDoes) {
+  Build({}, /*manual_clock=*/true);
+  auto slot = manager_->TryAcquire("task", "tool_call", 300);
+  ASSERT_TRUE(slot.ok());
+  clock_.AdvanceMs(8);  // the hand-over from a scheduler to the run
+  const std::string ready = Path("ready");
+  auto run = std::async(std::launch::async, [&] {
+    return runner_->RunWithSlot(std::move(slot).value(), "task",
+                                Shell("touch " + ready + "; exec sleep 60"));
+  });
+  ASSERT_TRUE(WaitForFile(ready));
+  clock_.AdvanceMs(292);
+  manager_->Tick();
+  ASSERT_EQ(run.wait_for(30s), std::future_status::ready);
+  ProcessResult r = run.get();
+  EXPECT_EQ(r.outcome, ProcessOutcome::kTimedOut);
+  EXPECT_EQ(r.timeout_ms, 300);
+  EXPECT_THAT(r.Reason(), HasSubstr("timed out after 300 ms (timeout 300 ms)"));
+}
+
+// Out of descriptors (EMFILE) is back-pressure: the start waits for descriptors to come back
+// instead of failing the call.
+TEST_F(ProcessRunnerTest, OutOfDescriptorsIsWaitedOutNotAFailure) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  const int lowest_free = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(lowest_free, 0);
+  close(lowest_free);
+  // Below the lowest free descriptor every one is taken: nothing can be opened now.
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(lowest_free);
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &tight), 0);
+  auto run = std::async(std::launch::async, [&] { return Run({.argv = {"true"}}); });
+  const bool waited = run.wait_for(300ms) == std::future_status::timeout;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &saved), 0);  // descriptors come back
+  ProcessResult r = run.get();
+  EXPECT_TRUE(waited) << r.Reason();
+  EXPECT_TRUE(r.success()) << r.Reason();
+}
+
+TEST(RaiseOpenFileLimitTest, RaisesTheSoftLimitAndChildrenGetTheOriginalBack) {
+  rlimit saved{};
+  ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
+  if (saved.rlim_max < 128) GTEST_SKIP() << "hard RLIMIT_NOFILE is only " << saved.rlim_max;
+  rlimit low = saved;
+  low.rlim_cur = 100;
+  ASSERT_EQ(setrlimit(RLIMIT_NOFILE, &low), 0);
+  EXPECT_EQ(RaiseOpenFileLimit(), saved.rlim_max);
+  rlimit now{};
+  getrlimit(RLIMIT_NOFILE, &now);
+  EXPECT_EQ(now.rlim_cur, saved.rlim_max);
+  setrlimit(RLIMIT_NOFILE, &saved);
+}
+
+// A laneguard killed with SIGKILL leaves its per-call cgroups, and what runs in them, behind; the
+// next start kills those processes, removes the cgroups and says so. Where no cgroup is writable,
+// the same cleanup runs on a directory laid out like one.
+TEST_F(ProcessRunnerTest, LeftoversOfADeadLaneguardAreKilledAndReported) {
+  const IsolationSupport& iso = runner_->isolation();
+  std::string parent = !iso.v2_parent.empty() ? iso.v2_parent : iso.v1_parent;
+  const bool real = !parent.empty();
+  if (!real) {
+    parent = Path("fake-cgroups");
+    std::filesystem::create_directories(parent);
+  }
+  const std::string stale = parent + "/laneguard-999999999-7";  // above pid_max: never alive
+  ASSERT_EQ(mkdir(stale.c_str(), 0755), 0);
+  const char* argv[] = {"sleep", "300", nullptr};
+  pid_t orphan = -1;
+  ASSERT_EQ(posix_spawnp(&orphan, "sleep", nullptr, nullptr, const_cast<char**>(argv), environ), 0);
+  {
+    std::ofstream procs(stale + "/cgroup.procs");
+    procs << orphan;
+  }
+  const LeftoverCleanup cleaned =
+      real ? CleanUpLeftoverCgroups() : CleanUpLeftoverCgroups({parent});
+  int status = 0;
+  ASSERT_EQ(waitpid(orphan, &status, 0), orphan);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  EXPECT_EQ(cleaned.processes_killed, 1);
+  EXPECT_THAT(cleaned.dead_laneguard_pids, ::testing::ElementsAre(999999999));
+  EXPECT_EQ(cleaned.cgroups_removed + cleaned.cgroups_not_removed, 1);
+  EXPECT_THAT(cleaned.Describe(), HasSubstr("(pid 999999999): 1 leftover cgroup, 1 process"));
+  if (real) {
+    EXPECT_EQ(cleaned.cgroups_removed, 1);
+    EXPECT_FALSE(Exists(stale));
+  }
 }
 
 }  // namespace
