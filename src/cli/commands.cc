@@ -483,7 +483,8 @@ int RunCommand(const RunFlags& flags) {
   auto result = (*rt)->runner->Run(task, spec, call, signals.token());
   signals.OnUsr1(nullptr);
   if (!result.ok()) {
-    std::fprintf(stderr, "laneguard run: refused: %s\n", result.error().message().c_str());
+    std::fprintf(stderr, "laneguard run: refused: %s\n",
+                 EscapeForTerminal(result.error().message()).c_str());
     return kCouldNotRun;
   }
   int status = result->ShellStatus();
@@ -664,7 +665,8 @@ int Main(int argc, char** argv) {
                   "default: the config's defaultTimeoutMs)");
   run->add_option("--escalation", run_flags.escalation,
                   "SIGKILL to the whole tree at timeout x this (default: the config's, 1.5)");
-  run->add_option("--max-rss", run_flags.max_rss_mb, "Memory limit of the whole tree, in MB");
+  run->add_option("--max-rss", run_flags.max_rss_mb,
+                  "Memory limit of the whole tree, in MB (1 to 1073741824)");
   AddCommonFlags(run, run_flags.common);
   run->add_option("command", run_flags.command, "The command and its arguments, after --")
       ->required();

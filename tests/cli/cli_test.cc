@@ -342,7 +342,7 @@ TEST_F(CliTest, ClosedOutputPipeStopsThePrintingNotTheJobs) {
   std::string line;
   for (char c = 0; read(fds[0], &c, 1) == 1 && c != '\n';) line += c;
   close(fds[0]);
-  EXPECT_THAT(line, HasSubstr("progress:"));
+  EXPECT_FALSE(line.empty());
   EXPECT_EQ(Wait(cli), 0);
   EXPECT_FALSE(signaled_) << "killed by SIGPIPE";
   for (int i = 0; i < 3; ++i)
