@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "laneguard/process.h"
 #include "support/cli_fixture.h"
 #include "support/processes.h"
 
@@ -591,6 +592,66 @@ TEST_F(CliInputTest, BatchDashReadsStandardInput) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << Slurp(Path("err"));
   EXPECT_THAT(Slurp(Path("out")), HasSubstr("from-stdin"));
+}
+
+// A batch holds a few descriptors per running job. Under a low hard limit, running out is
+// back-pressure (jobs wait for descriptors), not "Too many open files" failures; under a low soft
+// limit laneguard raises it, and the jobs still get the original soft limit.
+TEST_F(CliTest, BatchUnderALowDescriptorLimitRunsEveryJob) {
+  std::string lines;
+  for (int i = 0; i < 40; ++i)
+    lines += R"({"id":"j)" + std::to_string(i) + R"(","cmd":["sleep","0.2"]})" + "\n";
+  const std::string jobs = Write("jobs.jsonl", lines);
+  const std::string config =
+      Write("config.json",
+            R"({"globalConcurrencyLimit": 40, "laneConcurrencyLimits": {"tool_call": 40}})");
+  for (const std::string ulimit : {"ulimit -n 48", "ulimit -Sn 48"}) {
+    const std::string command = "sh -c '" + ulimit + " && exec " + LANEGUARD_CLI_PATH +
+                                " batch --quiet --summary json --config " + config + " " + jobs +
+                                "' > " + Path("out") + " 2> " + Path("err");
+    const int status = std::system(command.c_str());
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+        << ulimit << ": " << Slurp(Path("err")) << Slurp(Path("out")).substr(0, 2000);
+    EXPECT_THAT(Slurp(Path("out")), Not(HasSubstr("Too many open files"))) << ulimit;
+  }
+  const std::string command = std::string("sh -c 'ulimit -Sn 48 && exec ") + LANEGUARD_CLI_PATH +
+                              " run -- sh -c \"ulimit -Sn\"' > " + Path("out");
+  ASSERT_EQ(std::system(command.c_str()), 0);
+  EXPECT_EQ(Slurp(Path("out")), "48\n");
+}
+
+// kill -9 of laneguard leaves its jobs running in its per-call cgroups; the next start kills them,
+// removes the cgroups and says so on stderr. Simulated: a leftover cgroup of a dead laneguard pid
+// with a process in it, under a private cgroup that the laneguard under test is started in.
+TEST_F(CliTest, NextStartKillsAndReportsLeftoversOfAKilledLaneguard) {
+  const laneguard::IsolationSupport iso = laneguard::DetectIsolation();
+  const std::string base = !iso.v2_parent.empty() ? iso.v2_parent : iso.v1_parent;
+  if (base.empty())
+    GTEST_SKIP() << "no writable cgroup here (" << iso.detail
+                 << "); ProcessRunnerTest covers the cleanup on a fake tree";
+  const std::string home = base + "/lg-cli-test-" + std::to_string(getpid());
+  ASSERT_TRUE(fs::create_directory(home)) << home;
+  const std::string stale = home + "/laneguard-999999999-3";  // above pid_max: never alive
+  ASSERT_TRUE(fs::create_directory(stale));
+  const pid_t orphan = fork();
+  if (orphan == 0) {
+    execlp("sleep", "sleep", "300", nullptr);
+    _exit(127);
+  }
+  std::ofstream(stale + "/cgroup.procs") << orphan;
+  const std::string command = "sh -c 'echo $$ > " + home + "/cgroup.procs && exec " +
+                              LANEGUARD_CLI_PATH + " run -- true' 2> " + Path("err");
+  const int status = std::system(command.c_str());
+  int orphan_status = 0;
+  waitpid(orphan, &orphan_status, 0);
+  for (const auto& entry : fs::directory_iterator(home))
+    if (entry.is_directory()) rmdir(entry.path().c_str());
+  rmdir(home.c_str());
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << Slurp(Path("err"));
+  EXPECT_TRUE(WIFSIGNALED(orphan_status) && WTERMSIG(orphan_status) == SIGKILL);
+  EXPECT_THAT(Slurp(Path("err")),
+              HasSubstr("cleaned up after dead laneguard process (pid 999999999): 1 leftover "
+                        "cgroup, 1 process still running in them killed"));
 }
 
 }  // namespace
