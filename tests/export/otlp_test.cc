@@ -730,8 +730,9 @@ TEST(OtlpDeliveryTest, ConnectionFailuresAreRetried) {
   o.retry.max_attempts = 3;
   auto exporter = OtlpHttpSpanExporter::Create(o);
   ASSERT_TRUE(exporter.ok());
-  EXPECT_EQ((*exporter)->ExportWithResult(Spans(2), Resource{}).code,
-            ExportResult::Code::kRetriesExhausted);
+  const ExportResult result = (*exporter)->ExportWithResult(Spans(2), Resource{});
+  EXPECT_EQ(result.code, ExportResult::Code::kRetriesExhausted);
+  EXPECT_EQ(result.error, "Couldn't connect to server");  // curl's words, for the loss report
   EXPECT_EQ((*exporter)->stats().requests, 3u);
   EXPECT_EQ((*exporter)->stats().items_retries_exhausted, 2u);
   EXPECT_EQ(h.Sleeps().size(), 2u);
@@ -788,6 +789,10 @@ TEST(OtlpDeliveryTest, ShutdownIsBoundedAndCountsWhatIsLeft) {
   EXPECT_EQ(s.pending, 0u);
   ExpectCountsAddUp(s);
   EXPECT_EQ(receiver.requests().size(), 1u);
+  // Why they were still there: the last attempt's answer.
+  EXPECT_EQ(processor.last_export_error(), "HTTP 503");
+  EXPECT_EQ(DescribeDrops(s, processor.last_export_error()),
+            "1 after shutdown, 6 not sent before the flush timeout; last error: HTTP 503");
 }
 
 TEST(OtlpDeliveryTest, QueueFullDropsAreCountedBesideExports) {
