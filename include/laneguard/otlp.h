@@ -103,8 +103,8 @@ class OtlpHttpSpanExporter final : public SpanExporter {
   bool Export(const std::vector<SpanData>& batch, const Resource& resource) override;
   ExportResult ExportWithResult(const std::vector<SpanData>& batch,
                                 const Resource& resource) override;
-  // Cancels a retry wait at once and a request in flight within about a second (libcurl checks
-  // its progress callback that often when no data moves); later exports fail as cancelled.
+  // Cancels a retry wait and a request in flight at once (the request's sockets are shut down,
+  // which wakes libcurl); later exports fail as cancelled.
   void Shutdown() override;
   OtlpExporterStats stats() const;
 

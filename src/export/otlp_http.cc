@@ -1,4 +1,6 @@
 #include <curl/curl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
@@ -48,6 +50,19 @@ size_t ReadHeader(char* data, size_t size, size_t n, void* user) {
 // Returning non-zero aborts the transfer: how Shutdown() cuts a request short.
 int Progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
   return static_cast<std::atomic<bool>*>(user)->load(std::memory_order_relaxed) ? 1 : 0;
+}
+
+curl_socket_t OpenSocket(void* self, curlsocktype, curl_sockaddr* address) {
+  // CLOEXEC: laneguard forks the commands it runs, which must not inherit the connection.
+  const int fd = socket(address->family, address->socktype | SOCK_CLOEXEC, address->protocol);
+  if (fd < 0) return CURL_SOCKET_BAD;
+  static_cast<OtlpHttpClient*>(self)->TrackSocket(fd);
+  return fd;
+}
+
+int CloseSocket(void* self, curl_socket_t fd) {
+  static_cast<OtlpHttpClient*>(self)->UntrackSocket(fd);
+  return 0;
 }
 
 // A 64-bit count that proto3 JSON writes as a string and some receivers as a number.
@@ -128,6 +143,9 @@ OtlpHttpClient::OtlpHttpClient(OtlpHttpExporterOptions options, std::string reje
     options_.logger =
         std::make_shared<JsonLogger>(JsonLogger::Options{.min_level = LogLevel::kWarning});
   curl_ = curl_easy_init();
+  // Set once: curl_easy_reset in Post keeps the connection cache but clears options, so they are
+  // set again there too; the cached connections close through CloseSocket either way.
+  if (curl_ != nullptr) SetSocketCallbacks(curl_);
   curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
   // Without this, curl asks for 100-continue on large bodies and waits up to a second for it.
   h = curl_slist_append(h, "Expect:");
@@ -165,10 +183,11 @@ OtlpHttpClient::Response OtlpHttpClient::Post(const std::string& body,
   curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, &Progress);
   curl_easy_setopt(c, CURLOPT_XFERINFODATA, &cancelled_);
+  SetSocketCallbacks(c);
   const CURLcode code = curl_easy_perform(c);
   if (code != CURLE_OK) {
-    // Aborted by Cancel(): not the receiver's failure, nothing to report.
-    if (code != CURLE_ABORTED_BY_CALLBACK) r.error = curl_easy_strerror(code);
+    // Cut short by Cancel(): not the receiver's failure, nothing to report.
+    if (!cancelled_.load()) r.error = curl_easy_strerror(code);
     r.retry_after.clear();
     return r;
   }
@@ -193,6 +212,30 @@ void OtlpHttpClient::Cancel() {
     cancelled_.store(true);
   }
   wait_cv_.notify_all();
+  std::lock_guard<std::mutex> lock(sockets_mu_);
+  for (int fd : sockets_) shutdown(fd, SHUT_RDWR);  // wakes curl's poll at once
+}
+
+void OtlpHttpClient::SetSocketCallbacks(void* curl) {
+  CURL* c = static_cast<CURL*>(curl);
+  curl_easy_setopt(c, CURLOPT_OPENSOCKETFUNCTION, &OpenSocket);
+  curl_easy_setopt(c, CURLOPT_OPENSOCKETDATA, this);
+  curl_easy_setopt(c, CURLOPT_CLOSESOCKETFUNCTION, &CloseSocket);
+  curl_easy_setopt(c, CURLOPT_CLOSESOCKETDATA, this);
+}
+
+void OtlpHttpClient::TrackSocket(int fd) {
+  std::lock_guard<std::mutex> lock(sockets_mu_);
+  sockets_.push_back(fd);
+  // Cancelled meanwhile: this connection must not wait either.
+  if (cancelled_.load()) shutdown(fd, SHUT_RDWR);
+}
+
+void OtlpHttpClient::UntrackSocket(int fd) {
+  // Closed under the lock, so that Cancel() never shuts down a number already reused.
+  std::lock_guard<std::mutex> lock(sockets_mu_);
+  sockets_.erase(std::remove(sockets_.begin(), sockets_.end(), fd), sockets_.end());
+  close(fd);
 }
 
 void OtlpHttpClient::Count(uint64_t OtlpExporterStats::*field, uint64_t n, int status) {

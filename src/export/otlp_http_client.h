@@ -12,6 +12,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "laneguard/otlp.h"
 
@@ -31,6 +32,12 @@ class OtlpHttpClient {
   void Cancel();
   OtlpExporterStats stats() const;
 
+  // curl's socket callbacks: the sockets it has open, so that Cancel() can shut them down and a
+  // request waiting on a silent receiver ends at once, not at curl's next progress check (up to a
+  // second later). Untrack closes the socket.
+  void TrackSocket(int fd);
+  void UntrackSocket(int fd);
+
  private:
   struct Response {
     int status = 0;  // 0: no HTTP response (connection failure, timeout, cancel)
@@ -39,6 +46,7 @@ class OtlpHttpClient {
     std::string error;
   };
   static std::string Failure(const Response& r);
+  void SetSocketCallbacks(void* curl);  // CURL*
   Response Post(const std::string& body, std::chrono::milliseconds timeout);
   void Wait(std::chrono::milliseconds delay);
   void Count(uint64_t OtlpExporterStats::*field, uint64_t n, int status);
@@ -53,6 +61,8 @@ class OtlpHttpClient {
   std::atomic<bool> cancelled_{false};
   std::mutex wait_mu_;
   std::condition_variable wait_cv_;
+  std::mutex sockets_mu_;
+  std::vector<int> sockets_;  // guarded by sockets_mu_
   mutable std::mutex stats_mu_;
   OtlpExporterStats stats_;
 };
