@@ -548,6 +548,20 @@ TEST(ConfigInput, HugeValuesAreShownAsAShortPrefix) {
   }
 }
 
+// A cut never splits a UTF-8 character: the message stays valid UTF-8 (JSON loggers and
+// terminals downstream reject or garble the rest).
+TEST(ConfigInput, ShortenedValuesStayValidUtf8) {
+  std::string wide;
+  for (int i = 0; i < 100'000; ++i) wide += "é€😀";
+  for (const std::string& text : {"{\"maxRssMb\": \"" + wide + "\"}", "{\"" + wide + "\": 1}"}) {
+    auto r = ParseConfigJson(text);
+    ASSERT_FALSE(r.ok());
+    EXPECT_LE(r.error().message.size(), kMaxMessage);
+    const nlohmann::json as_string = r.error().message;
+    EXPECT_NO_THROW(as_string.dump()) << "not valid UTF-8: " << r.error().message;
+  }
+}
+
 TEST(ConfigInput, ContainersArePreviewedOneLevelDeep) {
   auto r = ParseConfigJson(R"({"maxRssMb": {"a": [1, 2], "b": "c"}})");
   ASSERT_FALSE(r.ok());
