@@ -49,6 +49,20 @@ std::string LastLine(const std::string& text) {
   return line;
 }
 
+// The last `n` lines (a final line without its newline counts), oldest first, each cut short.
+std::vector<std::string> LastLines(std::string_view text, int n) {
+  std::vector<std::string> lines;
+  if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+  while (!text.empty() && static_cast<int>(lines.size()) < n) {
+    const size_t newline = text.rfind('\n');
+    const size_t begin = newline == std::string_view::npos ? 0 : newline + 1;
+    lines.emplace_back(text.substr(begin, kMaxStdoutLineBytes));
+    text = text.substr(0, newline == std::string_view::npos ? 0 : newline);
+  }
+  std::reverse(lines.begin(), lines.end());
+  return lines;
+}
+
 }  // namespace
 
 int BatchReport::failed() const {
@@ -305,6 +319,8 @@ class BatchExecution {
       outcome.output_file = options_.output_dir + "/" + output_names_[index];
       outcome.output_error = WriteJobOutput(outcome.output_file, result);
     }
+    if (options_.stdout_lines > 0 && result.pid > 0)
+      outcome.stdout_lines = LastLines(result.stdout_data, options_.stdout_lines);
     // Only a tail of stderr is reported; the rest would only hold memory for the whole batch.
     result.stdout_data.clear();
     result.stdout_data.shrink_to_fit();
@@ -586,6 +602,7 @@ std::string SummaryJson(const BatchReport& report, const Config& config) {
           r["outputDroppedBytes"] = j.result.dropped_output_bytes;
       }
       if (!j.output_error.empty()) r["outputError"] = j.output_error;
+      if (j.stdout_lines) r["stdoutLines"] = *j.stdout_lines;
     }
     results.push_back(std::move(r));
   }

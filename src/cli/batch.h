@@ -33,6 +33,8 @@ struct JobOutcome {
   // or why the files could not be written.
   std::string output_file;
   std::string output_error;
+  // With BatchOptions::stdout_lines, once its program ran: its last lines of stdout.
+  std::optional<std::vector<std::string>> stdout_lines;
   bool cancelled() const { return started && result.outcome == ProcessOutcome::kCancelled; }
   bool failed() const { return started && !result.success() && !cancelled(); }
 };
@@ -47,7 +49,13 @@ struct BatchOptions {
   // Non-empty: each started job's stdout and stderr are written to <output_dir>/<name>.stdout and
   // .stderr, <name> from OutputFileNames(). The directory must exist.
   std::string output_dir;
+  // > 0: each job's last `stdout_lines` lines of stdout (of what was captured, each line cut at
+  // kMaxStdoutLineBytes) are kept for the JSON summary.
+  int stdout_lines = 0;
 };
+
+inline constexpr int kMaxStdoutLines = 1000;
+inline constexpr size_t kMaxStdoutLineBytes = 4096;
 
 // Per-stream capture with an output directory; past it the rest is dropped and counted.
 inline constexpr size_t kMaxJobOutputBytes = size_t{8} << 20;

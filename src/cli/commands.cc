@@ -403,7 +403,11 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     auto server = MetricsServer::Start(rt->metrics, *address);
     if (!server.ok()) return Describe(server.error());
     rt->metrics_server = std::move(server).value();
-    std::fprintf(stderr, "laneguard: serving metrics on http://%s:%d%s\n", address->host.c_str(),
+    // An IPv6 host goes in brackets, or the URL cannot be pasted.
+    const std::string host = address->host.find(':') == std::string::npos
+                                 ? address->host
+                                 : "[" + address->host + "]";
+    std::fprintf(stderr, "laneguard: serving metrics on http://%s:%d%s\n", host.c_str(),
                  rt->metrics_server->port(), address->path.c_str());
   }
   return rt;
@@ -511,6 +515,7 @@ struct BatchFlags {
   bool fail_fast = false;
   bool quiet = false;
   std::string output_dir;
+  int stdout_lines = 0;
 };
 
 // Creates the directory if need be; "" when jobs can write their output files there, else why not.
@@ -569,6 +574,7 @@ int BatchCommand(const BatchFlags& flags) {
       metrics->ObserveQueueWait(job.lane, seconds);
     };
   options.output_dir = flags.output_dir;
+  options.stdout_lines = flags.stdout_lines;
   BatchRunner runner(*(*rt)->runner, options);
   signals.OnUsr1([&runner] { runner.RequestProgress(); });
   BatchReport report = runner.Run(*jobs, signals.token());
@@ -696,6 +702,10 @@ int Main(int argc, char** argv) {
   batch->add_option("--output", batch_flags.output_dir,
                     "Save each job's stdout and stderr as DIR/<id>.stdout and .stderr (the "
                     "directory is created if need be)");
+  batch
+      ->add_option("--stdout-lines", batch_flags.stdout_lines,
+                   "Keep each job's last N lines of stdout in the JSON summary (stdoutLines)")
+      ->check(CLI::Range(0, kMaxStdoutLines));
   AddCommonFlags(batch, batch_flags.common);
   batch->footer(
       "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
@@ -705,7 +715,8 @@ int Main(int argc, char** argv) {
       "1 when some failed, 2 for a bad file or flags, 128+N on signal N (see Signals), 122 with "
       "--strict-telemetry when every job succeeded but spans, log lines or metrics were lost.\n"
       "Output: by default a job's stdout is discarded and its stderr kept only for the last line "
-      "shown with a failure; with --output DIR every job that ran gets DIR/<id>.stdout and "
+      "shown with a failure; --stdout-lines N puts its last N lines of stdout in the JSON summary; "
+      "with --output DIR every job that ran gets DIR/<id>.stdout and "
       "DIR/<id>.stderr (up to 8 MB each, the rest dropped and counted as outputDroppedBytes; an "
       "id that is not a plain file name is sanitized, and the JSON summary names each job's "
       "files). Cancelled jobs (a signal, or --fail-fast) are counted apart from failed ones.\n" +

@@ -452,6 +452,22 @@ TEST_F(CliTest, BatchOutputDirKeepsEveryJobsOutputUnderSafeNames) {
   EXPECT_THAT(out_, HasSubstr("stdout is discarded"));
 }
 
+TEST_F(CliTest, BatchStdoutLinesGoIntoTheJsonSummary) {
+  const std::string jobs =
+      Write("jobs.jsonl", R"({"id": "three", "cmd": "printf 'one\ntwo\nthree\n'"})"
+                          "\n"
+                          R"({"id": "none", "cmd": "true"})"
+                          "\n");
+  EXPECT_EQ(Cli({"batch", jobs, "--stdout-lines", "2", "--summary", "json"}), 0) << err_;
+  auto summary = nlohmann::json::parse(out_);
+  EXPECT_EQ(summary["results"][0]["stdoutLines"], nlohmann::json({"two", "three"}));
+  EXPECT_EQ(summary["results"][1]["stdoutLines"], nlohmann::json::array());
+  EXPECT_EQ(Cli({"batch", jobs, "--summary", "json"}), 0);  // not asked for: not there
+  EXPECT_FALSE(nlohmann::json::parse(out_)["results"][0].contains("stdoutLines"));
+  EXPECT_EQ(Cli({"batch", jobs, "--stdout-lines", "1001"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--stdout-lines"));
+}
+
 TEST_F(CliTest, MessagesANewUserMeetsNameTheProblem) {
   EXPECT_EQ(Cli({"--version"}), 0);
   EXPECT_THAT(out_, ::testing::MatchesRegex("laneguard [0-9]+\\.[0-9]+\\.[0-9]+\n"));
