@@ -139,6 +139,15 @@ TEST_F(CliTelemetryTest, MetricsListenServesWhileTheCommandRuns) {
   EXPECT_EQ(Wait(cli), 0);
 }
 
+// The URL printed for an IPv6 listener can be pasted: its host is in brackets.
+TEST_F(CliTelemetryTest, MetricsListenPrintsAnIpv6UrlWithBrackets) {
+  const int status = Cli({"run", "--metrics-listen", "[::1]:0", "--", "true"});
+  if (status == 2 && err_.find("could not listen") != std::string::npos)
+    GTEST_SKIP() << "no IPv6 loopback here: " << err_;
+  EXPECT_EQ(status, 0) << err_;
+  EXPECT_THAT(err_, ContainsRegex(R"(serving metrics on http://\[::1\]:[0-9]+/metrics)"));
+}
+
 TEST_F(CliTelemetryTest, BadTelemetryFlagsAreUsageErrors) {
   EXPECT_EQ(Cli({"run", "--metrics-listen", "127.0.0.1:http", "--", "true"}), 2);
   EXPECT_THAT(err_, HasSubstr("127.0.0.1:http"));
