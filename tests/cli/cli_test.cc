@@ -329,6 +329,23 @@ TEST_F(CliTest, Sigusr1PrintsProgressEvenWhenQuietAndTheBatchGoesOn) {
   EXPECT_FALSE(signaled_);
 }
 
+TEST_F(CliTest, Sigusr1ToRunSaysHowLongTheCommandHasRun) {
+  const std::string started = Path("started");
+  const pid_t cli =
+      Start({"run", "--task", "long", "--", "sh", "-c", "touch " + started + "; sleep 30"});
+  ASSERT_TRUE(laneguard::testing_support::WaitForFile(started));
+  kill(cli, SIGUSR1);
+  bool printed = false;
+  for (int i = 0; i < 500 && !printed; ++i) {
+    printed = Slurp(dir_ / "stderr").find("laneguard run: long: running for") != std::string::npos;
+    if (!printed) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(printed) << Slurp(dir_ / "stderr");
+  kill(cli, SIGTERM);
+  EXPECT_EQ(Wait(cli), 128 + SIGTERM);
+  EXPECT_FALSE(signaled_);
+}
+
 // `laneguard batch jobs.jsonl 2>&1 | head -1`: after the first line nobody reads; laneguard
 // stops printing but the jobs go on to their end, and the status is theirs.
 TEST_F(CliTest, ClosedOutputPipeStopsThePrintingNotTheJobs) {
