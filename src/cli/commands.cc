@@ -365,13 +365,14 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   if (processors.size() == 1) processor = processors[0];
   if (processors.size() > 1) processor = std::make_shared<FanOutSpanProcessor>(processors);
   TracerOptions tracing = otel.settings.TracerOptionsWith(processor);
-  // The explicit flag wins over the config's enableSpanEmission: an empty spans file the user
-  // asked for would only look like a run that did nothing.
+  // The explicit flag wins over the config's enableSpanEmission (and OTEL_SDK_DISABLED): an
+  // empty spans file the user asked for would only look like a run that did nothing.
   if (!flags.spans_file.empty() && !tracing.enabled) {
     std::fprintf(stderr,
-                 "laneguard: note: --spans %s: writing spans although the config's "
-                 "enableSpanEmission is false (only to this file)\n",
-                 EscapeForTerminal(flags.spans_file).c_str());
+                 "laneguard: note: --spans %s: writing spans although %s (only to this file)\n",
+                 EscapeForTerminal(flags.spans_file).c_str(),
+                 config.enable_span_emission ? "OTEL_SDK_DISABLED is true"
+                                             : "the config's enableSpanEmission is false");
     tracing.enabled = true;
   }
   tracing.enabled = tracing.enabled && processor != nullptr;  // nowhere to go: no span work
@@ -404,9 +405,8 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     if (!server.ok()) return Describe(server.error());
     rt->metrics_server = std::move(server).value();
     // An IPv6 host goes in brackets, or the URL cannot be pasted.
-    const std::string host = address->host.find(':') == std::string::npos
-                                 ? address->host
-                                 : "[" + address->host + "]";
+    const std::string host =
+        address->host.find(':') == std::string::npos ? address->host : "[" + address->host + "]";
     std::fprintf(stderr, "laneguard: serving metrics on http://%s:%d%s\n", host.c_str(),
                  rt->metrics_server->port(), address->path.c_str());
   }
