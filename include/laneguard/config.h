@@ -35,9 +35,10 @@ inline constexpr int kMaxConcurrencyLimit = 1'000'000;
 // Upper bound of maxRssMb, heapWarningMb and a job's maxRssMb: 1 PiB, beyond any machine, and far
 // enough from overflow that megabytes convert to bytes (<< 20) in an int64_t.
 inline constexpr int64_t kMaxMemoryMb = int64_t{1} << 30;
-// Upper bound of metricsCapacity: 100x the default. The ring is reserved whole (about 150 bytes a
-// record) in every CPU shard that records a call, so 1e8 was gigabytes per shard (bad_alloc).
-inline constexpr int64_t kMaxMetricsCapacity = 1'000'000;
+// Upper bound of metricsCapacity: 10x the default. Every CPU shard that records a call reserves a
+// ring of this many records (about 200 bytes each), so the bound costs 20 MB a shard at most;
+// 1e8 asked for 20 GB a shard and ended in bad_alloc.
+inline constexpr int64_t kMaxMetricsCapacity = 100'000;
 // Upper bound of memorySampleIntervalMs: an hour. A memory guard fed older samples guards nothing,
 // and the interval in nanoseconds stays far from int64_t overflow.
 inline constexpr int64_t kMaxMemorySampleIntervalMs = 3'600'000;
