@@ -1,5 +1,6 @@
 #include "cli/batch.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -146,8 +147,15 @@ std::string WriteJobOutput(const std::string& base, const ProcessResult& result)
   for (const auto& [suffix, data] :
        {std::pair{".stdout", &result.stdout_data}, std::pair{".stderr", &result.stderr_data}}) {
     const std::string path = base + suffix;
-    std::FILE* f = std::fopen(path.c_str(), "we");  // e: no fd leaks into jobs forked meanwhile
-    if (f == nullptr) return path + ": " + std::generic_category().message(errno);
+    // CLOEXEC: no fd leaks into jobs forked meanwhile. NOFOLLOW: a symlink planted under a
+    // job's name does not send its output elsewhere.
+    const int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+    std::FILE* f = fd < 0 ? nullptr : fdopen(fd, "w");
+    if (f == nullptr) {
+      const int err = errno;
+      if (fd >= 0) close(fd);
+      return path + ": " + std::generic_category().message(err);
+    }
     const bool wrote = std::fwrite(data->data(), 1, data->size(), f) == data->size();
     int err = errno;
     const bool closed = std::fclose(f) == 0;

@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -153,6 +155,42 @@ TEST_F(BatchTest, CancelBeforeAnyProgramStartsSkipsEverything) {
   BatchReport report = BatchRunner(*runner_, options).Run(jobs, cancel.get_token());
   EXPECT_EQ(report.skipped(), 2);
   EXPECT_EQ(report.failed(), 0);
+}
+
+// A file that cannot be written (here a directory, or a symlink, in its place) loses that job's
+// output, not the job: it is said on the progress stream and in both summaries.
+TEST_F(BatchTest, OutputFilesThatCannotBeWrittenAreReported) {
+  const std::string dir =
+      ::testing::TempDir() + "laneguard-batch-output-" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir + "/blocked.stdout");
+  std::filesystem::create_symlink(dir + "/elsewhere", dir + "/linked.stdout");
+  const std::vector<Job> jobs = Jobs(R"({"id": "blocked", "cmd": "echo hi"})"
+                                     "\n"
+                                     R"({"id": "linked", "cmd": "echo hi"})"
+                                     "\n"
+                                     R"({"id": "fine", "cmd": "echo hi"})");
+  TmpStream progress;
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kNone;
+  options.progress_stream = progress.get();
+  options.output_dir = dir;
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, {});
+  EXPECT_EQ(report.succeeded(), 3);
+  EXPECT_EQ(report.output_errors(), 2);
+  EXPECT_THAT(progress.ReadAll(),
+              HasSubstr("--output: " + dir + "/blocked.stdout: Is a directory"));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/elsewhere"));
+  auto summary = nlohmann::json::parse(SummaryJson(report, config_));
+  EXPECT_THAT(summary["results"][1]["outputError"].get<std::string>(), HasSubstr("linked.stdout"));
+  EXPECT_FALSE(summary["results"][2].contains("outputError"));
+  TmpStream table;
+  PrintSummaryTable(report, config_, table.get());
+  EXPECT_THAT(table.ReadAll(), HasSubstr("Output not saved"));
+  std::string fine;
+  std::getline(std::ifstream(dir + "/fine.stdout"), fine);
+  EXPECT_EQ(fine, "hi");
+  std::filesystem::remove_all(dir);
 }
 
 TEST(EscapeForTerminalTest, MakesControlCharactersVisibleAndKeepsTheRest) {
