@@ -681,9 +681,42 @@ struct CallFds {
   }
 };
 
-// The child's state as the owner thread sees it while it waits.
+// The two captured streams while the program runs.
+struct Outputs {
+  Capture out, err;
+  int out_fd = -1, err_fd = -1;  // -1 once at EOF (or never opened)
+  uint64_t dropped = 0;
+
+  bool open() const { return out_fd >= 0 || err_fd >= 0; }
+  void Read(short out_events, short err_events) {
+    if (out_fd >= 0 && (out_events & (POLLIN | POLLHUP)) && !Drain(out_fd, &out, &dropped))
+      out_fd = -1;
+    if (err_fd >= 0 && (err_events & (POLLIN | POLLHUP)) && !Drain(err_fd, &err, &dropped))
+      err_fd = -1;
+  }
+  // After the exit. Without a cgroup, a setsid() grandchild may still hold the pipes: read what
+  // is there for at most 100 ms, not until EOF.
+  void Finish(const Clock& clock) {
+    const int64_t until = clock.MonotonicNanos() + 100 * 1000000LL;
+    while (open() && clock.MonotonicNanos() < until) {
+      pollfd pfds[2] = {{out_fd, POLLIN, 0}, {err_fd, POLLIN, 0}};
+      if (poll(pfds, 2, 10) > 0) Read(pfds[0].revents, pfds[1].revents);
+    }
+  }
+};
+
+// How the owner thread watches the program until it exits.
+struct WatchPlan {
+  pid_t pid = -1;
+  std::optional<int64_t> limit_bytes;
+  bool enforce_by_sampling = false;  // no memory cgroup enforces the limit: the sampler does
+  bool sample_peak = false;          // no memory cgroup keeps the peak: sample it
+  bool follow_stops = false;         // a foreground child: Ctrl-Z stops us too
+  int64_t sample_every = 0, grace = 0;
+};
+
+// What the owner thread saw while it watched.
 struct Watch {
-  int64_t start = 0;
   bool cancelled = false;
   int64_t cancel_kill_at = 0;  // when the cancelled tree gets SIGKILL; 0: none pending
   bool sampler_killed = false;
@@ -715,6 +748,100 @@ void FollowStoppedChild(Tree& tree) {
   if (tcgetpgrp(STDIN_FILENO) == getpgrp()) SetTerminalGroup(tree.pid);  // fg, not bg
   std::lock_guard<std::mutex> lock(tree.mu);
   tree.SignalGroup(SIGCONT);
+}
+
+// Milliseconds for poll() until the next thing the watch must do (-1: nothing but events).
+int PollTimeoutMs(const WatchPlan& plan, const Watch& watch, int64_t now) {
+  constexpr int kStopCheckMs = 50;  // a foreground child's Ctrl-Z is looked for this often
+  int64_t wake = -1;
+  if (plan.enforce_by_sampling || plan.sample_peak) wake = watch.next_sample;
+  if (watch.cancel_kill_at > 0 && (wake < 0 || watch.cancel_kill_at < wake))
+    wake = watch.cancel_kill_at;
+  int timeout_ms =
+      wake < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, (wake - now + 999999) / 1000000));
+  if (plan.follow_stops && (timeout_ms < 0 || timeout_ms > kStopCheckMs)) timeout_ms = kStopCheckMs;
+  return timeout_ms;
+}
+
+// One memory sample: the peak so far, and the sampler's kill when the tree is over its limit.
+void SampleMemory(const WatchPlan& plan, Tree& tree, Watch* watch) {
+  const int64_t rss = plan.enforce_by_sampling ? GroupRssBytes(plan.pid) : 0;
+  watch->sampled_peak = std::max({watch->sampled_peak, rss, ProgramPeakBytes(plan.pid)});
+  if (plan.enforce_by_sampling && rss > *plan.limit_bytes && !watch->sampler_killed) {
+    watch->sampler_killed = true;
+    std::lock_guard<std::mutex> lock(tree.mu);
+    tree.KillAll();
+  }
+}
+
+// Waits for the direct child to exit, reading its output, sampling memory, following a stopped
+// foreground child and escalating a cancel (SIGTERM and SIGCONT, SIGKILL after the grace).
+void WaitForExit(const WatchPlan& plan, const Clock& clock, int cancel_fd, Tree& tree,
+                 Outputs* outputs, Watch* watch) {
+  for (;;) {
+    pollfd pfds[4] = {{tree.pidfd, POLLIN, 0},
+                      {cancel_fd, POLLIN, 0},
+                      {outputs->out_fd, POLLIN, 0},
+                      {outputs->err_fd, POLLIN, 0}};
+    if (poll(pfds, 4, PollTimeoutMs(plan, *watch, clock.MonotonicNanos())) < 0 && errno != EINTR)
+      return;
+    outputs->Read(pfds[2].revents, pfds[3].revents);
+    if (pfds[1].revents & POLLIN) {
+      uint64_t count = 0;
+      if (read(cancel_fd, &count, sizeof count) < 0) {
+      }
+      if (!watch->cancelled) {
+        watch->cancelled = true;
+        watch->cancel_kill_at = clock.MonotonicNanos() + plan.grace;
+        std::lock_guard<std::mutex> lock(tree.mu);
+        tree.Terminate();
+      }
+    }
+    if (pfds[0].revents & POLLIN) return;
+    if (plan.follow_stops) FollowStoppedChild(tree);
+    const int64_t now = clock.MonotonicNanos();
+    if (watch->cancel_kill_at > 0 && now >= watch->cancel_kill_at) {
+      watch->cancel_kill_at = 0;
+      std::lock_guard<std::mutex> lock(tree.mu);
+      tree.KillAll();
+    }
+    if ((plan.enforce_by_sampling || plan.sample_peak) && now >= watch->next_sample) {
+      watch->next_sample = now + plan.sample_every;
+      SampleMemory(plan, tree, watch);
+    }
+  }
+}
+
+// The outcome, from the exit status and what happened on the way. The memory kill comes first
+// (it is why the program got SIGKILL), then our cancel, then the timeout.
+void Classify(int wstatus, const Watch& watch, ProcessResult* result) {
+  if (WIFEXITED(wstatus)) result->exit_code = WEXITSTATUS(wstatus);
+  if (WIFSIGNALED(wstatus)) result->term_signal = WTERMSIG(wstatus);
+  if (result->oom_killed || watch.sampler_killed) {
+    result->outcome = ProcessOutcome::kMemoryKilled;
+  } else if (watch.cancelled) {
+    result->outcome = ProcessOutcome::kCancelled;
+  } else if (result->timeout_phase != TimeoutPhase::kNone) {
+    result->outcome = ProcessOutcome::kTimedOut;
+  } else if (WIFSIGNALED(wstatus)) {
+    result->outcome = ProcessOutcome::kSignaled;
+  } else {
+    result->outcome = ProcessOutcome::kExited;
+  }
+}
+
+void LogFinished(JsonLogger* log, std::string_view task_id, const ProcessResult& result) {
+  const LogLevel level = result.success() ? LogLevel::kDebug : LogLevel::kWarning;
+  if (log == nullptr || !log->Enabled(level)) return;
+  const std::string reason = result.Reason();
+  log->Log(level, "Process finished",
+           {{"taskId", task_id},
+            {"callId", result.call_id},
+            {"outcome", ToString(result.outcome)},
+            {"reason", reason},
+            {"memoryMechanism", ToString(result.memory_mechanism)},
+            {"killMechanism", ToString(result.kill_mechanism)},
+            {"peakRssBytes", result.peak_rss_bytes}});
 }
 
 // The child's plan for `command`, except the descriptors made per attempt.
@@ -959,93 +1086,35 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     }
   });
 
-  // 5. Wait for the exit, reading the output, sampling memory, following a stopped foreground
-  // child, escalating a cancel.
-  const bool enforce_by_sampling =
+  // 5. Wait for the exit.
+  WatchPlan watch_plan;
+  watch_plan.pid = pid;
+  watch_plan.limit_bytes = limit_bytes;
+  watch_plan.enforce_by_sampling =
       limit_bytes && result.memory_mechanism == MemoryMechanism::kRssSampling;
   // Without a memory cgroup the peak is sampled too (the kernel's ru_maxrss may be ours).
-  const bool sample_peak = cgroup == nullptr || !cgroup->CountsMemory();
-  const int64_t sample_every = options_.memory_sample_interval.count() * 1000000;
-  const int64_t grace = options_.cancel_grace.count() * 1000000;
+  watch_plan.sample_peak = cgroup == nullptr || !cgroup->CountsMemory();
+  watch_plan.follow_stops = plan.take_terminal;
+  watch_plan.sample_every = options_.memory_sample_interval.count() * 1000000;
+  watch_plan.grace = options_.cancel_grace.count() * 1000000;
   Watch watch;
-  watch.start = start;
-  watch.next_sample = start + sample_every;
-  Capture out(spec.stdout_keep, spec.max_capture_bytes),
-      err(spec.stderr_keep, spec.max_capture_bytes);
-  bool out_open = fds.out.read >= 0, err_open = fds.err.read >= 0;
-  auto read_outputs = [&](short out_events, short err_events) {
-    if (out_open && (out_events & (POLLIN | POLLHUP)))
-      out_open = Drain(fds.out.read, &out, &result.dropped_output_bytes);
-    if (err_open && (err_events & (POLLIN | POLLHUP)))
-      err_open = Drain(fds.err.read, &err, &result.dropped_output_bytes);
-  };
-  constexpr int64_t kStopCheckEvery = 50 * 1000000LL;  // a foreground child's Ctrl-Z
-  for (;;) {
-    pollfd pfds[4] = {{tree.pidfd, POLLIN, 0},
-                      {fds.cancel, POLLIN, 0},
-                      {out_open ? fds.out.read : -1, POLLIN, 0},
-                      {err_open ? fds.err.read : -1, POLLIN, 0}};
-    const int64_t now = clock.MonotonicNanos();
-    int64_t wake = -1;
-    if (enforce_by_sampling || sample_peak) wake = watch.next_sample;
-    if (watch.cancel_kill_at > 0 && (wake < 0 || watch.cancel_kill_at < wake))
-      wake = watch.cancel_kill_at;
-    int timeout_ms =
-        wake < 0 ? -1 : static_cast<int>(std::max<int64_t>(0, (wake - now + 999999) / 1000000));
-    if (plan.take_terminal && (timeout_ms < 0 || timeout_ms > kStopCheckEvery / 1000000))
-      timeout_ms = static_cast<int>(kStopCheckEvery / 1000000);
-    const int ready = poll(pfds, 4, timeout_ms);
-    if (ready < 0 && errno != EINTR) break;
-    read_outputs(pfds[2].revents, pfds[3].revents);
-    if (pfds[1].revents & POLLIN) {
-      uint64_t count = 0;
-      if (read(fds.cancel, &count, sizeof count) < 0) {
-      }
-      if (!watch.cancelled) {
-        watch.cancelled = true;
-        watch.cancel_kill_at = clock.MonotonicNanos() + grace;
-        std::lock_guard<std::mutex> lock(tree.mu);
-        tree.Terminate();
-      }
-    }
-    if (pfds[0].revents & POLLIN) break;
-    if (plan.take_terminal) FollowStoppedChild(tree);
-    const int64_t after = clock.MonotonicNanos();
-    if (watch.cancel_kill_at > 0 && after >= watch.cancel_kill_at) {
-      watch.cancel_kill_at = 0;
-      std::lock_guard<std::mutex> lock(tree.mu);
-      tree.KillAll();
-    }
-    if ((enforce_by_sampling || sample_peak) && after >= watch.next_sample) {
-      watch.next_sample = after + sample_every;
-      const int64_t rss = enforce_by_sampling ? GroupRssBytes(pid) : 0;
-      watch.sampled_peak = std::max({watch.sampled_peak, rss, ProgramPeakBytes(pid)});
-      if (enforce_by_sampling && rss > *limit_bytes && !watch.sampler_killed) {
-        watch.sampler_killed = true;
-        std::lock_guard<std::mutex> lock(tree.mu);
-        tree.KillAll();
-      }
-    }
-  }
+  watch.next_sample = start + watch_plan.sample_every;
+  Outputs outputs{Capture(spec.stdout_keep, spec.max_capture_bytes),
+                  Capture(spec.stderr_keep, spec.max_capture_bytes), fds.out.read, fds.err.read};
+  WaitForExit(watch_plan, clock, fds.cancel, tree, &outputs, &watch);
 
   // 6. The direct child has exited (a zombie until reaped below). Kill what it left in its cgroup
-  // or group: a call leaves nothing running behind it.
+  // or group: a call leaves nothing running behind it. Then what the kernel recorded, read
+  // before the cgroup goes back to the pool, and the reaping.
   const int64_t end = clock.MonotonicNanos();
   {
     std::lock_guard<std::mutex> lock(tree.mu);
     tree.KillAll();
   }
-  // Without a cgroup, a setsid() grandchild may still hold the output pipes: read what is there
-  // for at most 100 ms, not until EOF.
-  const int64_t drain_until = clock.MonotonicNanos() + 100 * 1000000LL;
-  while ((out_open || err_open) && clock.MonotonicNanos() < drain_until) {
-    pollfd pfds[2] = {{out_open ? fds.out.read : -1, POLLIN, 0},
-                      {err_open ? fds.err.read : -1, POLLIN, 0}};
-    if (poll(pfds, 2, 10) > 0) read_outputs(pfds[0].revents, pfds[1].revents);
-  }
-  result.stdout_data = out.Take();
-  result.stderr_data = err.Take();
-  // What the kernel recorded, read before the cgroup goes back to the pool.
+  outputs.Finish(clock);
+  result.stdout_data = outputs.out.Take();
+  result.stderr_data = outputs.err.Take();
+  result.dropped_output_bytes = outputs.dropped;
   std::optional<int64_t> cgroup_peak;
   if (cgroup != nullptr) {
     result.oom_killed = limit_bytes && cgroup->OomKills() > 0;
@@ -1085,33 +1154,8 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
     result.error = "the exit status was lost (" + SystemError("wait4", wait_errno) + ")";
     return result;
   }
-  if (WIFEXITED(wstatus)) result.exit_code = WEXITSTATUS(wstatus);
-  if (WIFSIGNALED(wstatus)) result.term_signal = WTERMSIG(wstatus);
-  if (result.oom_killed || watch.sampler_killed) {
-    result.outcome = ProcessOutcome::kMemoryKilled;
-  } else if (watch.cancelled) {
-    result.outcome = ProcessOutcome::kCancelled;
-  } else if (result.timeout_phase != TimeoutPhase::kNone) {
-    result.outcome = ProcessOutcome::kTimedOut;
-  } else if (WIFSIGNALED(wstatus)) {
-    result.outcome = ProcessOutcome::kSignaled;
-  } else {
-    result.outcome = ProcessOutcome::kExited;
-  }
-  if (JsonLogger* log = calls_.logger()) {
-    const LogLevel level = result.success() ? LogLevel::kDebug : LogLevel::kWarning;
-    if (log->Enabled(level)) {
-      const std::string reason = result.Reason();
-      log->Log(level, "Process finished",
-               {{"taskId", task_id},
-                {"callId", result.call_id},
-                {"outcome", ToString(result.outcome)},
-                {"reason", reason},
-                {"memoryMechanism", ToString(result.memory_mechanism)},
-                {"killMechanism", ToString(result.kill_mechanism)},
-                {"peakRssBytes", result.peak_rss_bytes}});
-    }
-  }
+  Classify(wstatus, watch, &result);
+  LogFinished(calls_.logger(), task_id, result);
   return result;
 }
 

@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <memory>
 #include <thread>
 
 #include "laneguard/process.h"
@@ -605,6 +606,10 @@ TEST_F(ProcessRunnerTest, StoppedChildIsContinuedSoItCanActOnSigtermAtItsTimeout
   });
   ASSERT_TRUE(WaitForFile(pidfile));
   const pid_t child = ReadPid(pidfile);
+  // A failed assertion must not leave the run waiting on a stopped child: kill it on the way out.
+  const std::shared_ptr<void> reaper(nullptr, [child](void*) {
+    if (child > 0) kill(child, SIGKILL);
+  });
   ASSERT_GT(child, 0);
   kill(child, SIGSTOP);
   ASSERT_TRUE(EventuallyStopped(child));
@@ -633,6 +638,10 @@ TEST_F(ProcessRunnerTest, StoppedChildIsCancelledBySigtermNotLeftToTheGrace) {
   });
   ASSERT_TRUE(WaitForFile(pidfile));
   const pid_t child = ReadPid(pidfile);
+  // A failed assertion must not leave the run waiting on a stopped child: kill it on the way out.
+  const std::shared_ptr<void> reaper(nullptr, [child](void*) {
+    if (child > 0) kill(child, SIGKILL);
+  });
   kill(child, SIGSTOP);
   ASSERT_TRUE(EventuallyStopped(child));
   stop.request_stop();
@@ -654,6 +663,10 @@ TEST_F(ProcessRunnerTest, ChildStoppedAtTheHardDeadlineIsReportedAsStopped) {
   });
   ASSERT_TRUE(WaitForFile(pidfile));
   const pid_t child = ReadPid(pidfile);
+  // A failed assertion must not leave the run waiting on a stopped child: kill it on the way out.
+  const std::shared_ptr<void> reaper(nullptr, [child](void*) {
+    if (child > 0) kill(child, SIGKILL);
+  });
   clock_.AdvanceMs(1000);  // SIGTERM (ignored) and SIGCONT
   manager_->Tick();
   kill(-child, SIGSTOP);  // then the whole group is stopped
@@ -730,12 +743,17 @@ TEST(RaiseOpenFileLimitTest, RaisesTheSoftLimitAndChildrenGetTheOriginalBack) {
 // the same cleanup runs on a directory laid out like one.
 TEST_F(ProcessRunnerTest, LeftoversOfADeadLaneguardAreKilledAndReported) {
   const IsolationSupport& iso = runner_->isolation();
-  std::string parent = !iso.v2_parent.empty() ? iso.v2_parent : iso.v1_parent;
-  const bool real = !parent.empty();
+  const std::string base = !iso.v2_parent.empty() ? iso.v2_parent : iso.v1_parent;
+  // A private parent, so no other laneguard starting meanwhile cleans up the leftover first.
+  std::string parent = base + "/lg-test-" + std::to_string(getpid());
+  const bool real = !base.empty() && mkdir(parent.c_str(), 0755) == 0;
   if (!real) {
     parent = Path("fake-cgroups");
     std::filesystem::create_directories(parent);
   }
+  const std::shared_ptr<void> cleanup(nullptr, [&](void*) {
+    if (real) rmdir(parent.c_str());
+  });
   const std::string stale = parent + "/laneguard-999999999-7";  // above pid_max: never alive
   ASSERT_EQ(mkdir(stale.c_str(), 0755), 0);
   const char* argv[] = {"sleep", "300", nullptr};
@@ -745,8 +763,7 @@ TEST_F(ProcessRunnerTest, LeftoversOfADeadLaneguardAreKilledAndReported) {
     std::ofstream procs(stale + "/cgroup.procs");
     procs << orphan;
   }
-  const LeftoverCleanup cleaned =
-      real ? CleanUpLeftoverCgroups() : CleanUpLeftoverCgroups({parent});
+  const LeftoverCleanup cleaned = CleanUpLeftoverCgroups({parent});
   int status = 0;
   ASSERT_EQ(waitpid(orphan, &status, 0), orphan);
   EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
