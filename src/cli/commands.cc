@@ -128,8 +128,11 @@ void AddCommonFlags(CLI::App* cmd, CommonFlags& flags) {
   cmd->add_option("--otlp", flags.otlp,
                   "Send spans and logs to this OTLP/HTTP base URL (e.g. http://127.0.0.1:4318); "
                   "the OTEL_EXPORTER_OTLP_* variables work as well");
-  cmd->add_option("--metrics-file", flags.metrics_file,
-                  "Write the final Prometheus exposition (text 0.0.4) here when the run ends");
+  cmd->add_option(
+      "--metrics-file", flags.metrics_file,
+      "Write the final Prometheus exposition (text 0.0.4) here when the run ends (checked "
+      "before anything runs; a write that still fails at the end is reported, and the "
+      "exit status stays the command's unless --strict-telemetry)");
   cmd->add_option("--metrics-listen", flags.metrics_listen,
                   "Serve /metrics on HOST:PORT while running (e.g. 127.0.0.1:9464)");
   cmd->add_option("--flush-timeout", flags.flush_timeout,
