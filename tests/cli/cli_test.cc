@@ -687,4 +687,25 @@ TEST_F(CliTest, NextStartKillsAndReportsLeftoversOfAKilledLaneguard) {
                         "cgroup, 1 process still running in them killed"));
 }
 
+// Ctrl-Z on a terminal stops the command; laneguard then stops too, as a shell job does, so the
+// shell gets the terminal back; `fg` continues laneguard, which hands the terminal back to the
+// command and continues it. script(1) gives an interactive shell (job control) a pseudo-terminal;
+// the command stops itself with SIGTSTP, as Ctrl-Z would.
+TEST_F(CliTest, CtrlZStopsLaneguardAsAShellJobAndFgContinuesTheCommand) {
+  const std::string session =
+      Write("session.sh", std::string(LANEGUARD_CLI_PATH) +
+                              " run --timeout 5s -- sh -c 'kill -TSTP $$; echo resumed'\n"
+                              "echo \"status=$?\"\nfg\necho \"fg=$?\"\n");
+  const std::string out = Path("tty.out");
+  const std::string command =
+      "script -qec 'sh -i " + session + "' /dev/null < /dev/null > " + out + " 2>&1";
+  const int status = std::system(command.c_str());
+  const std::string text = Slurp(out);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status << "\n" << text;
+  EXPECT_THAT(text, HasSubstr("status=148")) << "laneguard did not stop with SIGTSTP";
+  EXPECT_THAT(text, HasSubstr("resumed"));
+  EXPECT_THAT(text, HasSubstr("fg=0"));
+  EXPECT_THAT(text, Not(HasSubstr("timed out")));
+}
+
 }  // namespace
