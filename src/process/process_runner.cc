@@ -1017,7 +1017,9 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   }
   if (start_error != 0) {
     result.error = SystemError(failed_call, start_error);
-    if (OutOfResources(start_error))
+    if (OutOfResources(start_error) && cancel.stop_requested())
+      result.error += " (cancelled while waiting for running calls to give some back)";
+    else if (OutOfResources(start_error))
       result.error += " (still after waiting " + std::to_string(options_.resource_wait.count()) +
                       " ms for running calls to end)";
     return result;
