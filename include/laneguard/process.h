@@ -30,6 +30,12 @@
 // read from /proc) is sampled every memory_sample_interval and the tree is killed when it goes
 // over. DetectIsolation() says which mechanism is in use; each run logs it and puts it on its span
 // (laneguard.memory_mechanism, laneguard.kill_mechanism).
+//
+// If laneguard itself is killed with SIGKILL (or crashes), its direct children die with it
+// (PR_SET_PDEATHSIG), but what they started keeps running, reparented to PID 1, in the dead
+// laneguard's per-call cgroups. The next laneguard start (DetectIsolation, and the CLI before
+// anything else) kills those processes, removes the cgroups and says what it cleaned
+// (CleanUpLeftoverCgroups). Without cgroups there is no record of them, so nothing can.
 #ifndef LANEGUARD_PROCESS_H_
 #define LANEGUARD_PROCESS_H_
 
