@@ -226,5 +226,23 @@ TEST_F(BatchTest, OutputFileNamesAreSafeUniqueAndKeepPlainIds) {
   }
 }
 
+// A failing job's reason ends with its stderr's last line, also past the 1 MB the batch captures:
+// the runner keeps the tail of stderr, not its head.
+TEST_F(BatchTest, TheLastStderrLineIsTheRealOneAfterMegabytesOfOutput) {
+  const std::vector<Job> jobs =
+      Jobs(R"({"id": "noisy", "cmd": "head -c 3000000 /dev/zero | tr '\\000' e >&2; echo >&2; )"
+           R"(echo the real last line >&2; exit 1"})"
+           "\n");
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kNone;
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, {});
+  ASSERT_EQ(report.jobs.size(), 1u);
+  EXPECT_TRUE(report.jobs[0].result.stderr_data.ends_with("eee\nthe real last line\n"))
+      << report.jobs[0].result.stderr_data.substr(0, 80);
+  TmpStream table;
+  PrintSummaryTable(report, config_, table.get());
+  EXPECT_THAT(table.ReadAll(), HasSubstr("the real last line"));
+}
+
 }  // namespace
 }  // namespace laneguard::cli
