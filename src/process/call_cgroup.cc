@@ -124,6 +124,10 @@ std::optional<int64_t> PreadNumber(int fd) {
 // it is removed instead, so the baseline subtracted from a call's peak stays small.
 constexpr int64_t kMaxReuseBaseline = int64_t{4} << 20;
 constexpr size_t kMaxIdle = 256;
+
+// Names the cgroups (laneguard-<pid>-<n>) of every pool in the process: two runners must never
+// make the same name, or the second would take over the first's idle (empty) directory.
+std::atomic<uint64_t> g_sequence{0};
 constexpr int kMaxUses = 10000;
 
 }  // namespace
@@ -243,7 +247,7 @@ CgroupPool::~CgroupPool() {
 
 std::unique_ptr<CallCgroup> CgroupPool::Make() {
   const std::string name =
-      "laneguard-" + std::to_string(getpid()) + "-" + std::to_string(sequence_.fetch_add(1) + 1);
+      "laneguard-" + std::to_string(getpid()) + "-" + std::to_string(g_sequence.fetch_add(1) + 1);
   std::unique_ptr<CallCgroup> cg(new CallCgroup);
   cg->v2_dir_ = MakeDir(support_.v2_parent, name);
   cg->v1_dir_ = MakeDir(support_.v1_parent, name);

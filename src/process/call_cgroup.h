@@ -95,7 +95,6 @@ class CgroupPool {
   static void Remove(std::unique_ptr<CallCgroup> cgroup);
 
   const IsolationSupport support_;
-  std::atomic<uint64_t> sequence_{0};  // names the cgroups: laneguard-<pid>-<n>
   std::mutex mu_;
   std::vector<std::unique_ptr<CallCgroup>> idle_;  // guarded by mu_
 };

@@ -777,5 +777,23 @@ TEST_F(ProcessRunnerTest, LeftoversOfADeadLaneguardAreKilledAndReported) {
   }
 }
 
+// Idle cgroups are kept for later calls: two runners in one process must never make the same
+// name, or one would take over the other's idle directory (and kill its calls with its own).
+TEST_F(ProcessRunnerTest, TwoRunnersNeverShareACgroup) {
+  const IsolationSupport iso = runner_->isolation();
+  const std::string parent = !iso.v2_parent.empty() ? iso.v2_parent : iso.v1_parent;
+  if (parent.empty()) GTEST_SKIP() << "no writable cgroup here: " << iso.detail;
+  ProcessRunner second(*calls_);
+  EXPECT_TRUE(Run({.argv = {"true"}}).success());
+  auto r = second.Run("task", {.argv = {"true"}});
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->success());
+  const std::string ours = "laneguard-" + std::to_string(getpid()) + "-";
+  int dirs = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(parent))
+    dirs += entry.path().filename().string().starts_with(ours) ? 1 : 0;
+  EXPECT_EQ(dirs, 2);
+}
+
 }  // namespace
 }  // namespace laneguard
