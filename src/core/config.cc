@@ -87,6 +87,113 @@ void WarnAboutDuplicateKeys(const internal::ParsedJson& parsed,
                         " more duplicate keys");
 }
 
+// Readers of one JSON value as the type a key needs; the error names the key and the value.
+Result<double, ConfigError> ReadNumber(const std::string& key, const json& v) {
+  if (!v.is_number()) return Error(key, JsonPreview(v), "must be a number, got " + TypeName(v));
+  return v.get<double>();
+}
+
+Result<int64_t, ConfigError> ReadInteger(const std::string& key, const json& v) {
+  if (!v.is_number()) return Error(key, JsonPreview(v), "must be an integer, got " + TypeName(v));
+  auto i = internal::JsonAsInteger(v);
+  if (!i)
+    return Error(key, JsonPreview(v),
+                 internal::JsonIsIntegral(v) ? "is out of range" : "must be an integer");
+  return *i;
+}
+
+Result<bool, ConfigError> ReadBoolean(const std::string& key, const json& v) {
+  if (!v.is_boolean())
+    return Error(key, JsonPreview(v), "must be true or false, got " + TypeName(v));
+  return v.get<bool>();
+}
+
+// The field a key of each group sets, or nullptr when the key is not in that group.
+double* NumberField(std::string_view key, Config& c) {
+  if (key == "maxRssMb") return &c.max_rss_mb;
+  if (key == "heapWarningMb") return &c.heap_warning_mb;
+  if (key == "timeoutEscalationFactor") return &c.timeout_escalation_factor;
+  if (key == "spanSampleRate") return &c.span_sample_rate;
+  return nullptr;
+}
+
+int64_t* IntegerField(std::string_view key, Config& c) {
+  if (key == "defaultTimeoutMs") return &c.default_timeout_ms;
+  if (key == "metricsCapacity") return &c.metrics_capacity;
+  if (key == "memorySampleIntervalMs") return &c.memory_sample_interval_ms;
+  if (key == "timerTickMs") return &c.timer_tick_ms;
+  return nullptr;
+}
+
+bool* BooleanField(std::string_view key, Config& c) {
+  if (key == "enableMemoryGuards") return &c.enable_memory_guards;
+  if (key == "enableSpanEmission") return &c.enable_span_emission;
+  return nullptr;
+}
+
+// globalConcurrencyLimit is range-checked here, before it narrows to an int.
+std::optional<ConfigError> ApplyGlobalLimit(const std::string& key, const json& v, Config& c) {
+  auto n = ReadInteger(key, v);
+  if (!n) return n.error();
+  if (*n < 1 || *n > kMaxConcurrencyLimit)
+    return Error(key, JsonPreview(v), Within(1, kMaxConcurrencyLimit));
+  c.global_concurrency_limit = static_cast<int>(*n);
+  return std::nullopt;
+}
+
+// laneConcurrencyLimits merges lane by lane over the base's; the lanes it names are noted in
+// `explicit_lanes` (they are not clamped, and are checked for likely misspellings).
+std::optional<ConfigError> ApplyLaneLimits(const std::string& key, const json& v, Config& c,
+                                           std::set<std::string, std::less<>>& explicit_lanes) {
+  if (!v.is_object())
+    return Error(key, JsonPreview(v),
+                 "must be an object of lane name to limit, got " + TypeName(v));
+  for (const auto& [lane, limit] : v.items()) {
+    std::string lane_key = key + "." + lane;
+    auto n = ReadInteger(lane_key, limit);
+    if (!n) return n.error();
+    if (*n < 1 || *n > kMaxConcurrencyLimit)
+      return Error(lane_key, JsonPreview(limit), "lane limit " + Within(1, kMaxConcurrencyLimit));
+    c.lane_concurrency_limits[lane] = static_cast<int>(*n);
+    explicit_lanes.insert(lane);
+  }
+  return std::nullopt;
+}
+
+// Sets the field `key` names from `v`. Range checks other than the ones that guard a narrowing
+// are left to ValidateConfig, which sees the whole config.
+std::optional<ConfigError> ApplyKey(const std::string& key, const json& v, Config& c,
+                                    std::set<std::string, std::less<>>& explicit_lanes) {
+  if (double* field = NumberField(key, c)) {
+    auto n = ReadNumber(key, v);
+    if (!n) return n.error();
+    *field = *n;
+  } else if (int64_t* field = IntegerField(key, c)) {
+    auto n = ReadInteger(key, v);
+    if (!n) return n.error();
+    *field = *n;
+  } else if (bool* field = BooleanField(key, c)) {
+    auto b = ReadBoolean(key, v);
+    if (!b) return b.error();
+    *field = *b;
+  } else if (key == "globalConcurrencyLimit") {
+    return ApplyGlobalLimit(key, v, c);
+  } else if (key == "laneConcurrencyLimits") {
+    return ApplyLaneLimits(key, v, c, explicit_lanes);
+  } else {
+    return Error(key, JsonPreview(v), "unknown key" + internal::DidYouMean(key, KnownKeys()));
+  }
+  return std::nullopt;
+}
+
+// Inherited lane limits follow a lowered global limit; see config.h for why.
+void ClampInheritedLanes(const std::set<std::string, std::less<>>& explicit_lanes, Config& c) {
+  for (auto& [lane, limit] : c.lane_concurrency_limits) {
+    if (!explicit_lanes.contains(lane) && limit > c.global_concurrency_limit)
+      limit = c.global_concurrency_limit;
+  }
+}
+
 }  // namespace
 
 Result<Config, ConfigError> ValidateConfig(Config c) {
@@ -135,77 +242,10 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
 
   Config c = base;
   std::set<std::string, std::less<>> explicit_lanes;
-
-  auto number = [](const std::string& key, const json& v) -> Result<double, ConfigError> {
-    if (!v.is_number()) return Error(key, JsonPreview(v), "must be a number, got " + TypeName(v));
-    return v.get<double>();
-  };
-  auto integer = [](const std::string& key, const json& v) -> Result<int64_t, ConfigError> {
-    if (!v.is_number()) return Error(key, JsonPreview(v), "must be an integer, got " + TypeName(v));
-    auto i = internal::JsonAsInteger(v);
-    if (!i)
-      return Error(key, JsonPreview(v),
-                   internal::JsonIsIntegral(v) ? "is out of range" : "must be an integer");
-    return *i;
-  };
-  auto boolean = [](const std::string& key, const json& v) -> Result<bool, ConfigError> {
-    if (!v.is_boolean())
-      return Error(key, JsonPreview(v), "must be true or false, got " + TypeName(v));
-    return v.get<bool>();
-  };
-
   for (const auto& [key, v] : doc.items()) {
-    if (key == "maxRssMb" || key == "heapWarningMb" || key == "timeoutEscalationFactor" ||
-        key == "spanSampleRate") {
-      auto n = number(key, v);
-      if (!n) return n.error();
-      double& field = key == "maxRssMb"         ? c.max_rss_mb
-                      : key == "heapWarningMb"  ? c.heap_warning_mb
-                      : key == "spanSampleRate" ? c.span_sample_rate
-                                                : c.timeout_escalation_factor;
-      field = *n;
-    } else if (key == "defaultTimeoutMs" || key == "metricsCapacity" ||
-               key == "memorySampleIntervalMs" || key == "timerTickMs") {
-      auto n = integer(key, v);
-      if (!n) return n.error();
-      int64_t& field = key == "defaultTimeoutMs"  ? c.default_timeout_ms
-                       : key == "metricsCapacity" ? c.metrics_capacity
-                       : key == "timerTickMs"     ? c.timer_tick_ms
-                                                  : c.memory_sample_interval_ms;
-      field = *n;
-    } else if (key == "globalConcurrencyLimit") {
-      auto n = integer(key, v);
-      if (!n) return n.error();
-      if (*n < 1 || *n > kMaxConcurrencyLimit)
-        return Error(key, JsonPreview(v), Within(1, kMaxConcurrencyLimit));
-      c.global_concurrency_limit = static_cast<int>(*n);
-    } else if (key == "enableMemoryGuards" || key == "enableSpanEmission") {
-      auto b = boolean(key, v);
-      if (!b) return b.error();
-      (key == "enableMemoryGuards" ? c.enable_memory_guards : c.enable_span_emission) = *b;
-    } else if (key == "laneConcurrencyLimits") {
-      if (!v.is_object())
-        return Error(key, JsonPreview(v),
-                     "must be an object of lane name to limit, got " + TypeName(v));
-      for (const auto& [lane, limit] : v.items()) {
-        std::string lane_key = key + "." + lane;
-        auto n = integer(lane_key, limit);
-        if (!n) return n.error();
-        if (*n < 1 || *n > kMaxConcurrencyLimit)
-          return Error(lane_key, JsonPreview(limit),
-                       "lane limit " + Within(1, kMaxConcurrencyLimit));
-        c.lane_concurrency_limits[lane] = static_cast<int>(*n);
-        explicit_lanes.insert(lane);
-      }
-    } else {
-      return Error(key, JsonPreview(v), "unknown key" + internal::DidYouMean(key, KnownKeys()));
-    }
+    if (auto e = ApplyKey(key, v, c, explicit_lanes)) return *e;
   }
-  // Inherited lane limits follow a lowered global limit; see config.h for why.
-  for (auto& [lane, limit] : c.lane_concurrency_limits) {
-    if (!explicit_lanes.contains(lane) && limit > c.global_concurrency_limit)
-      limit = c.global_concurrency_limit;
-  }
+  ClampInheritedLanes(explicit_lanes, c);
   auto result = ValidateConfig(std::move(c));
   if (result.ok() && warnings != nullptr) {
     WarnAboutDuplicateKeys(parsed, warnings);
