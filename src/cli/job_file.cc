@@ -281,60 +281,103 @@ void WarnAboutDuplicates(int line, const internal::ParsedJson& parsed, size_t* c
   *count += parsed.more_duplicate_keys;
 }
 
+// Checks a job file one line at a time, so a file read as it arrives (LoadJobFile) is never
+// held whole: only the jobs it yields are.
+class JobFileParser {
+ public:
+  JobFileParser(const Config& config, std::vector<std::string>* warnings)
+      : config_(config), warnings_(warnings) {}
+
+  void AddLine(int number, std::string_view line) {
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) return;
+    const internal::ParsedJson parsed = internal::ParseJsonNotingDuplicates(line);
+    if (!parsed.error.empty()) {
+      errors_.push_back({number, "", "not valid JSON: " + parsed.error});
+      return;
+    }
+    if (!parsed.value.is_object()) {
+      errors_.push_back(
+          {number, "",
+           "a job must be a JSON object, got " + std::string(parsed.value.type_name())});
+      return;
+    }
+    WarnAboutDuplicates(number, parsed, &duplicate_fields_, warnings_);
+    const size_t errors_before = errors_.size();
+    Job job = LineChecker(number, parsed.value, config_, errors_).Check();
+    if (!ids_.insert(job.id).second)
+      errors_.push_back({number, "id", "duplicate id " + QuoteBounded(job.id)});
+    if (errors_.size() == errors_before) jobs_.push_back(std::move(job));
+  }
+
+  Result<std::vector<Job>, std::vector<JobError>> Finish() && {
+    if (warnings_ != nullptr && duplicate_fields_ > kMaxPrintedJobErrors)
+      warnings_->push_back("and " + std::to_string(duplicate_fields_ - kMaxPrintedJobErrors) +
+                           " more fields given more than once");
+    if (!errors_.empty()) return std::move(errors_);
+    if (jobs_.empty()) return std::vector<JobError>{{0, "", "the job file has no jobs"}};
+    return std::move(jobs_);
+  }
+
+ private:
+  const Config& config_;
+  std::vector<std::string>* warnings_;
+  std::vector<Job> jobs_;
+  std::vector<JobError> errors_;
+  std::set<std::string, std::less<>> ids_;
+  size_t duplicate_fields_ = 0;
+};
+
 }  // namespace
 
 Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
                                                           const Config& config,
                                                           std::vector<std::string>* warnings) {
-  std::vector<Job> jobs;
-  std::vector<JobError> errors;
-  std::set<std::string, std::less<>> ids;
-  size_t duplicate_fields = 0;
-  int line_number = 0;
+  JobFileParser parser(config, warnings);
+  int number = 0;
   size_t pos = 0;
-  while (pos <= text.size()) {
+  while (pos < text.size()) {
     size_t eol = text.find('\n', pos);
     if (eol == std::string_view::npos) eol = text.size();
-    const std::string_view line = text.substr(pos, eol - pos);
+    parser.AddLine(++number, text.substr(pos, eol - pos));
     pos = eol + 1;
-    ++line_number;
-    if (line.find_first_not_of(" \t\r") == std::string_view::npos) {
-      if (eol == text.size()) break;
-      continue;
-    }
-    const internal::ParsedJson parsed = internal::ParseJsonNotingDuplicates(line);
-    if (!parsed.error.empty()) {
-      errors.push_back({line_number, "", "not valid JSON: " + parsed.error});
-      continue;
-    }
-    if (!parsed.value.is_object()) {
-      errors.push_back(
-          {line_number, "",
-           "a job must be a JSON object, got " + std::string(parsed.value.type_name())});
-      continue;
-    }
-    WarnAboutDuplicates(line_number, parsed, &duplicate_fields, warnings);
-    const size_t errors_before = errors.size();
-    Job job = LineChecker(line_number, parsed.value, config, errors).Check();
-    if (!ids.insert(job.id).second)
-      errors.push_back({line_number, "id", "duplicate id " + QuoteBounded(job.id)});
-    if (errors.size() == errors_before) jobs.push_back(std::move(job));
   }
-  if (warnings != nullptr && duplicate_fields > kMaxPrintedJobErrors)
-    warnings->push_back("and " + std::to_string(duplicate_fields - kMaxPrintedJobErrors) +
-                        " more fields given more than once");
-  if (!errors.empty()) return errors;
-  if (jobs.empty()) return std::vector<JobError>{{0, "", "the job file has no jobs"}};
-  return jobs;
+  return std::move(parser).Finish();
 }
 
 Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& path,
                                                             const Config& config,
                                                             std::vector<std::string>* warnings) {
-  std::string text, error;
-  if (!internal::ReadInputFile(path, &text, &error, /*allow_stdin=*/true))
-    return std::vector<JobError>{{0, "", error}};
-  return ParseJobs(text, config, warnings);
+  const internal::InputCaps caps = {
+      .max_bytes = kMaxJobFileBytes,
+      .what = "job file",
+      .advice = "split the jobs into several files and run a batch for each",
+      .max_line_bytes = kMaxJobLineBytes,
+      .line_advice =
+          "a job is a command and a few fields; put large data in a file the job "
+          "names (in cmd, env or cwd)",
+  };
+  // Warnings go to a scratch list: a file that cannot be read whole has no warnings worth telling.
+  std::vector<std::string> own_warnings;
+  JobFileParser parser(config, warnings != nullptr ? &own_warnings : nullptr);
+  internal::InputError error;
+  size_t lines = 0;
+  auto add_line = [&](int number, std::string_view line) {
+    if (line.find_first_not_of(" \t\r") == std::string_view::npos) return true;
+    if (++lines > kMaxJobsPerFile) {
+      error = {number, "more than " + std::to_string(kMaxJobsPerFile) +
+                           " jobs, the limit for a job file (stopped reading there): " +
+                           std::string(caps.advice)};
+      return false;
+    }
+    parser.AddLine(number, line);
+    return true;
+  };
+  if (!internal::ReadInputLines(path, caps, /*allow_stdin=*/true, &error, add_line))
+    return std::vector<JobError>{{error.line, "", std::move(error.message)}};
+  auto jobs = std::move(parser).Finish();
+  if (warnings != nullptr)
+    for (std::string& w : own_warnings) warnings->push_back(std::move(w));
+  return jobs;
 }
 
 }  // namespace laneguard::cli

@@ -48,12 +48,31 @@ struct JobError {
 
 // Validates every line before anything runs; blank lines are skipped. Returns every error found
 // (not just the first), so a user fixes the file in one go. Values in messages are shortened to
-// about 80 characters. Warnings (when `warnings` is given; the jobs still load): a field given
+// about 80 characters. `text` is already in memory, so no size cap applies: the caps are on
+// reading (LoadJobFile). Warnings (when `warnings` is given; the jobs still load): a field given
 // twice on one line (the last value is used), at most kMaxPrintedJobErrors of them.
 Result<std::vector<Job>, std::vector<JobError>> ParseJobs(
     std::string_view text, const Config& config, std::vector<std::string>* warnings = nullptr);
-// Reads the file at `path` ("-": standard input); an unreadable file is one error with line 0,
-// with the system's reason (no such file, permission denied, is a directory).
+// A job file (or standard input) is read at most this far: 256 MiB is millions of small jobs,
+// and `batch -` fed forever (or `batch /dev/zero`) stops here instead of reading until
+// memory runs out. More jobs than that go in several files, one batch each.
+inline constexpr size_t kMaxJobFileBytes = size_t{256} << 20;
+// One line of a job file is at most this long: a job is a command and a few fields, and without a
+// line cap a stream with no newline (/dev/zero) would be held whole before any check. Large data
+// belongs in files the job names.
+inline constexpr size_t kMaxJobLineBytes = size_t{1} << 20;
+// At most this many jobs (non-blank lines) in one job file: each checked job costs about 600
+// bytes, so 256 MiB of the smallest jobs ({"cmd":"true"}) would still cost some 10 GB. A million
+// jobs is hours of work for one batch, and about 600 MB.
+inline constexpr size_t kMaxJobsPerFile = 1'000'000;
+
+// Reads the file at `path` ("-": standard input) line by line as it arrives, checking each line
+// as ParseJobs does. Errors that stop the reading are the only error returned: an unreadable
+// file (line 0, the message starts with the path and has the system's reason: no such file,
+// permission denied, is a directory), an input larger than kMaxJobFileBytes (line 0, with the
+// path), a line longer than kMaxJobLineBytes or the job past kMaxJobsPerFile (that line's
+// number). A FIFO or a pipe
+// (`batch <(...)`, `batch -`) works like a file.
 Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(
     const std::string& path, const Config& config, std::vector<std::string>* warnings = nullptr);
 

@@ -257,7 +257,9 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
 Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base,
                                            std::vector<std::string>* warnings) {
   std::string text, error;
-  if (!internal::ReadInputFile(path, &text, &error)) return Error("", "", error);
+  // At most kMaxConfigFileBytes is read, and the error says so and names the path.
+  if (!internal::ReadInputFile(path, &text, &error, internal::InputCaps{}))
+    return Error("", "", error);
   std::vector<std::string> own_warnings;
   auto result = ParseConfigJson(text, base, warnings != nullptr ? &own_warnings : nullptr);
   if (!result.ok()) {

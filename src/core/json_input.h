@@ -1,5 +1,5 @@
 // Reading untrusted input files and JSON (config files, job files) without letting the input
-// decide how much we print, how deep we recurse or how much we allocate for a message. Shared by
+// decide how much we read, print, recurse or allocate for a message. Shared by
 // the config loader (core) and the job file (cli), so both report the same way.
 //
 // nlohmann's parser and its destructor are iterative; its dump(), copy and comparison are not.
@@ -239,33 +239,134 @@ std::string DidYouMean(std::string_view word, const Range& candidates) {
   return match ? "; did you mean '" + *match + "'?" : "";
 }
 
-// Reads the whole file at `path` (fd 0 when `path` is "-" and `allow_stdin`). On failure returns
-// false and sets `error` to "<path>: <reason>" with the system's reason (no such file, permission
-// denied, is a directory).
-inline bool ReadInputFile(const std::string& path, std::string* text, std::string* error,
-                          bool allow_stdin = false) {
+// A config is a few hundred bytes of JSON; 1 MiB leaves room for thousands of lanes and stops
+// `config check /dev/zero` (or the wrong file) from reading until memory runs out.
+inline constexpr size_t kMaxConfigFileBytes = size_t{1} << 20;
+
+// "1 MiB", "256 MiB", "64 KiB", "100 bytes": caps as a user would write them.
+inline std::string ByteSize(size_t bytes) {
+  if (bytes >= (size_t{1} << 20) && bytes % (size_t{1} << 20) == 0)
+    return std::to_string(bytes >> 20) + " MiB";
+  if (bytes >= 1024 && bytes % 1024 == 0) return std::to_string(bytes >> 10) + " KiB";
+  return std::to_string(bytes) + " bytes";
+}
+
+// How much of an input is read before giving up, and what the error then says. An input may be
+// a pipe, a FIFO or a character device (/dev/fd/N from `<(...)`, /dev/zero): its size is known
+// only by reading, so the caps are counted while reading, never taken from stat.
+struct InputCaps {
+  size_t max_bytes = kMaxConfigFileBytes;  // the whole input
+  std::string_view what = "config file";   // names the cap: "the limit for a <what>"
+  std::string_view advice = "a config is a small JSON object; check that this is the right file";
+  // One line, without its '\n' (ReadInputLines only), and what to do about a longer one.
+  size_t max_line_bytes = std::numeric_limits<size_t>::max();
+  std::string_view line_advice = "";
+};
+
+// Why an input could not be read: `line` > 0 when that line passed caps.max_line_bytes, and then
+// `message` does not name the input (the caller prefixes it, as for other line errors); with
+// `line` 0 the message starts with "<path>: ".
+struct InputError {
+  int line = 0;
+  std::string message;
+};
+
+namespace json_input_detail {
+
+// Hands what each read() returns to `on_chunk` (which returns false to stop) until end of input.
+// Never asks for more than caps.max_bytes + 1 bytes in all, so an endless input costs at most
+// that much reading. False with `error` set on a system error or once the cap is passed.
+template <typename OnChunk>
+bool ReadChunks(const std::string& path, bool allow_stdin, const InputCaps& caps, InputError* error,
+                OnChunk on_chunk) {
   const bool use_stdin = allow_stdin && path == "-";
   const std::string name = use_stdin ? "<stdin>" : path;
   const int fd = use_stdin ? STDIN_FILENO : ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  auto fail = [&](const std::string& why) {
+  auto done = [&](bool ok) {
     if (fd >= 0 && !use_stdin) ::close(fd);
-    *error = name + ": " + why;
-    return false;
+    return ok;
+  };
+  auto fail = [&](const std::string& why) {
+    *error = {0, name + ": " + why};
+    return done(false);
   };
   if (fd < 0) return fail(std::string("cannot read: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) return fail("is a directory, not a file");
-  text->clear();
   char buffer[65536];
+  size_t total = 0;
   for (;;) {
-    const ssize_t n = ::read(fd, buffer, sizeof buffer);
-    if (n == 0) break;
+    const size_t left = caps.max_bytes - total;  // one byte more tells "over the cap" from "at it"
+    const size_t want = left >= sizeof buffer ? sizeof buffer : left + 1;
+    const ssize_t n = ::read(fd, buffer, want);
+    if (n == 0) return done(true);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return fail(std::string("cannot read: ") + std::strerror(errno));
-    text->append(buffer, static_cast<size_t>(n));
+    total += static_cast<size_t>(n);
+    if (total > caps.max_bytes)
+      return fail("larger than " + ByteSize(caps.max_bytes) + ", the limit for a " +
+                  std::string(caps.what) + " (stopped reading there): " + std::string(caps.advice));
+    if (!on_chunk(std::string_view(buffer, static_cast<size_t>(n)))) return done(false);
   }
-  if (!use_stdin) ::close(fd);
-  return true;
+}
+
+}  // namespace json_input_detail
+
+// Reads the whole input at `path` (fd 0 when `path` is "-" and `allow_stdin`), at most
+// caps.max_bytes of it. On failure returns false and sets `error` to "<path>: <reason>": the
+// system's reason (no such file, permission denied, is a directory) or the cap and what to do.
+inline bool ReadInputFile(const std::string& path, std::string* text, std::string* error,
+                          const InputCaps& caps = {}, bool allow_stdin = false) {
+  text->clear();
+  InputError failure;
+  const bool ok =
+      json_input_detail::ReadChunks(path, allow_stdin, caps, &failure, [&](std::string_view c) {
+        text->append(c);
+        return true;
+      });
+  if (!ok) *error = std::move(failure.message);
+  return ok;
+}
+
+// Calls `on_line(number, line)` (numbered from 1, without the '\n') for each line as it is read,
+// so only one line is held at a time; on_line returns false to stop (and sets `error` itself).
+// Stops with `error` set at the first read failure, once the
+// input passes caps.max_bytes, or at a line longer than caps.max_line_bytes (an endless line, as
+// from /dev/zero, is refused after that many bytes). A last line without '\n' counts.
+template <typename OnLine>
+bool ReadInputLines(const std::string& path, const InputCaps& caps, bool allow_stdin,
+                    InputError* error, OnLine on_line) {
+  std::string pending;  // the start of a line that a read() cut
+  int number = 0;
+  const bool ok =
+      json_input_detail::ReadChunks(path, allow_stdin, caps, error, [&](std::string_view chunk) {
+        while (!chunk.empty()) {
+          const size_t eol = chunk.find('\n');
+          const std::string_view part = chunk.substr(0, eol);
+          if (pending.size() + part.size() > caps.max_line_bytes) {
+            *error = {number + 1, "longer than " + ByteSize(caps.max_line_bytes) +
+                                      ", the limit for one line of a " + std::string(caps.what) +
+                                      " (stopped reading there): " + std::string(caps.line_advice)};
+            return false;
+          }
+          if (eol == std::string_view::npos) {
+            pending.append(part);
+            return true;
+          }
+          ++number;
+          if (pending.empty()) {
+            if (!on_line(number, part)) return false;
+          } else {
+            pending.append(part);
+            if (!on_line(number, std::string_view(pending))) return false;
+            pending.clear();
+          }
+          chunk.remove_prefix(eol + 1);
+        }
+        return true;
+      });
+  if (ok && !pending.empty()) return on_line(number + 1, std::string_view(pending));
+  return ok;
 }
 
 }  // namespace laneguard::internal

@@ -557,7 +557,7 @@ TEST_F(CliInputTest, DeeplyNestedInputIsAnErrorNotACrash) {
 }
 
 TEST_F(CliInputTest, HugeValuesAreNotEchoedInFull) {
-  const std::string huge(8 << 20, 'x');
+  const std::string huge(1'000'000, 'x');  // the config file's cap is 1 MiB
   EXPECT_EQ(Cli({"config", "check", Write("huge.json", "{\"unknown\": \"" + huge + "\"}")}), 1);
   EXPECT_THAT(err_, HasSubstr("unknown"));
   EXPECT_LT(err_.size(), 1000u);
@@ -625,6 +625,53 @@ TEST_F(CliInputTest, BatchDashReadsStandardInput) {
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 0) << Slurp(Path("err"));
   EXPECT_THAT(Slurp(Path("out")), HasSubstr("from-stdin"));
+}
+
+// An endless input (/dev/zero, `batch -` fed forever) read until memory ran out. Each run gets
+// 30 s and 200 MB of RSS, so a regression fails here instead of taking the machine's memory.
+TEST_F(CliInputTest, EndlessInputStopsAtTheCapPromptly) {
+  auto wait_bounded = [this](pid_t pid) {
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    siginfo_t info{};
+    while (waitid(P_PID, pid, &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == 0) {
+      std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+      std::string word;
+      long rss_kb = 0;
+      while (status >> word)
+        if (word == "VmRSS:" && status >> rss_kb) break;
+      if (std::chrono::steady_clock::now() > deadline || rss_kb > 200'000) kill(pid, SIGKILL);
+      std::this_thread::sleep_for(10ms);
+    }
+    return Wait(pid);
+  };
+  EXPECT_EQ(wait_bounded(Start({"config", "check", "/dev/zero"})), 1);
+  EXPECT_THAT(err_, HasSubstr("/dev/zero: larger than 1 MiB, the limit for a config file"));
+  EXPECT_EQ(wait_bounded(Start({"run", "--config", "/dev/zero", "--", "true"})), 2);
+  EXPECT_THAT(err_, HasSubstr("larger than 1 MiB"));
+  EXPECT_EQ(wait_bounded(Start({"batch", "/dev/zero"})), 2);
+  EXPECT_THAT(err_, HasSubstr("/dev/zero: line 1: longer than 1 MiB"));
+
+  // `batch -` on a pipe that never ends: blank lines of 4 KB, until laneguard stops reading.
+  int fds[2];
+  ASSERT_EQ(pipe2(fds, O_CLOEXEC), 0);
+  const auto old_sigpipe = ::signal(SIGPIPE, SIG_IGN);
+  const int saved_stdin = dup(STDIN_FILENO);
+  dup2(fds[0], STDIN_FILENO);  // the child's stdin (dup2 clears close-on-exec)
+  const pid_t pid = Start({"batch", "-"});
+  dup2(saved_stdin, STDIN_FILENO);
+  close(saved_stdin);
+  close(fds[0]);
+  std::thread writer([fd = fds[1]] {
+    const std::string blank_line = std::string(4095, ' ') + "\n";
+    while (write(fd, blank_line.data(), blank_line.size()) > 0) {
+    }
+    close(fd);
+  });
+  EXPECT_EQ(wait_bounded(pid), 2);
+  writer.join();  // EPIPE once laneguard is gone
+  ::signal(SIGPIPE, old_sigpipe);
+  EXPECT_THAT(err_, HasSubstr("<stdin>: larger than 256 MiB, the limit for a job file"));
+  EXPECT_THAT(err_, HasSubstr("nothing was run"));
 }
 
 // A batch holds a few descriptors per running job. Under a low hard limit, running out is

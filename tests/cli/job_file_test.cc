@@ -2,12 +2,19 @@
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <functional>
 #include <set>
+#include <thread>
 
 namespace laneguard::cli {
 namespace {
@@ -287,6 +294,116 @@ TEST(JobFileTest, DashReadsStandardInput) {
   unlink(path);
   ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
   EXPECT_EQ((*jobs)[0].id, "from-stdin");
+}
+
+// A pipe that a thread fills with `chunk` `times` times (or until the reader goes away), read
+// through /dev/fd/N as a user's `batch <(...)` would be. The input's size is known only by
+// reading it.
+class PipeFeeder {
+ public:
+  PipeFeeder(std::string head, std::string chunk, size_t times) {
+    old_sigpipe_ = std::signal(SIGPIPE, SIG_IGN);  // a reader that stops early is expected
+    EXPECT_EQ(pipe(fds_), 0);
+    writer_ = std::thread([this, head = std::move(head), chunk = std::move(chunk), times] {
+      if (WriteAll(head))
+        for (size_t i = 0; i < times && WriteAll(chunk); ++i) {
+        }
+      close(fds_[1]);
+    });
+  }
+  ~PipeFeeder() {
+    close(fds_[0]);  // the writer, if still blocked, gets EPIPE
+    writer_.join();
+    std::signal(SIGPIPE, old_sigpipe_);
+  }
+  std::string path() const { return "/dev/fd/" + std::to_string(fds_[0]); }
+
+ private:
+  bool WriteAll(std::string_view data) {
+    while (!data.empty()) {
+      const ssize_t n = write(fds_[1], data.data(), data.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      data.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  int fds_[2] = {-1, -1};
+  std::thread writer_;
+  void (*old_sigpipe_)(int) = SIG_DFL;
+};
+
+// A job line of exactly `bytes` bytes (without the newline).
+std::string JobLineOfSize(size_t bytes) {
+  const std::string head = R"({"cmd":"true","id":")", tail = R"("})";
+  return head + std::string(bytes - head.size() - tail.size(), 'x') + tail;
+}
+
+TEST(JobFileCapsTest, AJobLineLongerThanTheCapIsRefusedWhileReading) {
+  {
+    PipeFeeder feeder(JobLineOfSize(kMaxJobLineBytes + 1) + "\n", "", 0);
+    auto jobs = LoadJobFile(feeder.path(), Config{});
+    ASSERT_FALSE(jobs.ok());
+    ASSERT_EQ(jobs.error().size(), 1u);
+    EXPECT_EQ(jobs.error()[0].line, 1);
+    EXPECT_THAT(jobs.error()[0].message, HasSubstr("longer than 1 MiB"));
+    EXPECT_THAT(jobs.error()[0].message, HasSubstr("put large data in a file"));
+  }
+  // At the cap exactly, after a good line: still a job.
+  PipeFeeder feeder("{\"cmd\":\"true\"}\n" + JobLineOfSize(kMaxJobLineBytes) + "\n", "", 0);
+  auto jobs = LoadJobFile(feeder.path(), Config{});
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  EXPECT_EQ(jobs->size(), 2u);
+}
+
+// `batch -` fed forever: blank lines hold nothing, so only the cap on the whole input stops it.
+TEST(JobFileCapsTest, AnInputLargerThanTheCapIsRefusedWhileReading) {
+  const std::string blank_line(4095, ' ');
+  const size_t lines_past_the_cap = kMaxJobFileBytes / 4096 + 16;
+  PipeFeeder feeder("{\"cmd\":\"true\"}\n", blank_line + "\n", lines_past_the_cap);
+  auto jobs = LoadJobFile(feeder.path(), Config{});
+  ASSERT_FALSE(jobs.ok());
+  ASSERT_EQ(jobs.error().size(), 1u);
+  EXPECT_EQ(jobs.error()[0].line, 0);
+  EXPECT_THAT(jobs.error()[0].message, HasSubstr(feeder.path() + ": larger than 256 MiB"));
+  EXPECT_THAT(jobs.error()[0].message, HasSubstr("split the jobs into several files"));
+}
+
+// A small FIFO or pipe (`batch <(generate-jobs)`) reads like a file: no size from stat.
+TEST(JobFileCapsTest, ASmallPipeWorksLikeAFile) {
+  PipeFeeder feeder("{\"id\":\"a\",\"cmd\":\"true\"}\n{\"id\":\"b\",\"cmd\":\"true\"}", "", 0);
+  auto jobs = LoadJobFile(feeder.path(), Config{});
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_EQ(jobs->size(), 2u);
+  EXPECT_EQ((*jobs)[1].id, "b");
+  EXPECT_EQ((*jobs)[1].line, 2);
+}
+
+// Lets the calling process grow its address space by at most `bytes` more (a regression that
+// reads without bound then fails here instead of taking the machine's memory) and gives it 20 s.
+void LimitGrowth(size_t bytes) {
+  std::ifstream status("/proc/self/status");
+  std::string word;
+  size_t vm_kb = 0;
+  while (status >> word)
+    if (word == "VmSize:" && status >> vm_kb) break;
+  const rlim_t limit = vm_kb * 1024 + bytes;
+  const rlimit r{limit, limit};
+  setrlimit(RLIMIT_AS, &r);
+  alarm(20);
+}
+
+// /dev/zero never ends and has no newline: the line cap stops it after 1 MiB.
+TEST(JobFileCapsTest, DevZeroIsRefusedPromptly) {
+  EXPECT_EXIT(
+      {
+        LimitGrowth(size_t{512} << 20);
+        auto jobs = LoadJobFile("/dev/zero", Config{});
+        std::fprintf(stderr, "%s\n", jobs.ok() ? "loaded" : jobs.error()[0].ToString().c_str());
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "line 1: longer than 1 MiB");
 }
 
 }  // namespace

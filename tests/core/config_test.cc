@@ -1,11 +1,14 @@
 #include "laneguard/config.h"
 
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -14,6 +17,9 @@
 #include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
+#include <thread>
+
+#include "core/json_input.h"
 
 namespace laneguard {
 namespace {
@@ -710,6 +716,86 @@ TEST(ConfigInput, PermissionDeniedSaysSo) {
         std::_Exit(0);
       },
       ::testing::ExitedWithCode(0), std::strerror(EACCES));
+}
+
+// A pipe holding `text` (written by a thread, as it may exceed the pipe's buffer), opened through
+// /dev/fd/N as `--config <(...)` would be.
+class PipeWithText {
+ public:
+  explicit PipeWithText(std::string text) {
+    EXPECT_EQ(pipe2(fds_, O_CLOEXEC), 0);
+    writer_ = std::thread([this, text = std::move(text)] {
+      std::string_view rest = text;
+      while (!rest.empty()) {
+        const ssize_t n = write(fds_[1], rest.data(), rest.size());
+        if (n <= 0) break;  // the reader is gone (SIGPIPE ignored)
+        rest.remove_prefix(static_cast<size_t>(n));
+      }
+      close(fds_[1]);
+    });
+  }
+  ~PipeWithText() {
+    close(fds_[0]);
+    writer_.join();
+  }
+  std::string path() const { return "/dev/fd/" + std::to_string(fds_[0]); }
+
+ private:
+  int fds_[2] = {-1, -1};
+  std::thread writer_;
+};
+
+// Spaces are valid JSON: the only thing wrong with this config is its size.
+TEST(ConfigInput, AConfigLargerThanTheCapIsRefusedWhileReading) {
+  const auto old_sigpipe = std::signal(SIGPIPE, SIG_IGN);
+  {
+    PipeWithText pipe(std::string(internal::kMaxConfigFileBytes - 2, ' ') + "{}");
+    auto r = LoadConfigFile(pipe.path());
+    EXPECT_TRUE(r.ok()) << r.error().message;  // exactly at the cap: fine
+  }
+  {
+    PipeWithText pipe(std::string(internal::kMaxConfigFileBytes - 1, ' ') + "{}");  // 1 byte over
+    auto r = LoadConfigFile(pipe.path());
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().key, "");
+    EXPECT_THAT(r.error().message, HasSubstr(pipe.path() + ": larger than 1 MiB"));
+    EXPECT_THAT(r.error().message, HasSubstr("check that this is the right file"));
+  }
+  std::signal(SIGPIPE, old_sigpipe);
+}
+
+// `--config <(echo '{}')`: a pipe has no size to stat, and reads like a file.
+TEST(ConfigInput, ASmallPipeWorksLikeAFile) {
+  PipeWithText pipe(R"({"timerTickMs": 5})");
+  auto r = LoadConfigFile(pipe.path());
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r->timer_tick_ms, 5);
+}
+
+// Lets this process grow its address space by at most `bytes` more and gives it 20 s: a
+// regression that reads without bound fails in its child rather than taking the machine's memory.
+void LimitGrowth(size_t bytes) {
+  std::ifstream status("/proc/self/status");
+  std::string word;
+  size_t vm_kb = 0;
+  while (status >> word)
+    if (word == "VmSize:" && status >> vm_kb) break;
+  const rlim_t limit = vm_kb * 1024 + bytes;
+  const rlimit r{limit, limit};
+  setrlimit(RLIMIT_AS, &r);
+  alarm(20);
+}
+
+// `config check /dev/zero` read until memory ran out.
+TEST(ConfigInput, DevZeroIsRefusedPromptly) {
+  EXPECT_EXIT(
+      {
+        LimitGrowth(size_t{512} << 20);
+        auto loaded = LoadConfigFile("/dev/zero");
+        std::fprintf(stderr, "%s\n", loaded.ok() ? "loaded" : loaded.error().message.c_str());
+        std::_Exit(0);
+      },
+      ::testing::ExitedWithCode(0), "/dev/zero: larger than 1 MiB, the limit for a config file");
 }
 
 }  // namespace
