@@ -99,7 +99,8 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view json, const Config&
 
 // Reads the file at `path` and parses it as above. Every error message starts with the path; an
 // unreadable file (missing, no permission, a directory) is an error with key "" and the system's
-// reason. Warnings are prefixed with the path too.
+// reason. Warnings are prefixed with the path too. At most 1 MiB is read (a pipe or /dev/zero
+// included); a larger input is an error naming the path.
 Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base = Config{},
                                            std::vector<std::string>* warnings = nullptr);
 
