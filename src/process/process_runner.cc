@@ -323,7 +323,13 @@ struct ChildPlan {
   bool take_terminal = false;
   int in_fd = -1, out_fd = -1, err_fd = -1;  // -1: inherited
   int64_t nofile_soft = -1;                  // restored when >= 0
-  // Written by the child when a step fails (the parent reads them after the vfork returns).
+  // Why the child failed before exec: the child writes it to `report` (memory shared with the
+  // child however it was made), Spawn copies it here.
+  struct Report {
+    int error = 0;
+    bool chdir_failed = false;
+  };
+  Report* report = nullptr;
   int error = 0;
   bool chdir_failed = false;
 };
@@ -370,21 +376,33 @@ int ChildMain(void* arg) {
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);  // NOLINT(concurrency-mt-unsafe): the child's own
   if (plan.cwd != nullptr && chdir(plan.cwd) != 0) {
-    plan.error = errno;
-    plan.chdir_failed = true;
+    plan.report->error = errno;
+    plan.report->chdir_failed = true;
     _exit(127);
   }
   execvpe(plan.file, plan.argv, plan.envp);
-  plan.error = errno;
+  plan.report->error = errno;
   _exit(127);
 }
 
 // The stack the child runs on until exec (the parent's thread is suspended meanwhile, so one per
-// thread is enough). A guard page below it.
+// thread is enough), with a guard page below it, and a page shared with the child for its report.
 class ChildStack {
  public:
   ~ChildStack() {
     if (base_ != nullptr) munmap(base_, size_);
+    if (report_ != nullptr) munmap(report_, sizeof(ChildPlan::Report));
+  }
+  // Null if it cannot be mapped.
+  ChildPlan::Report* Report() {
+    if (report_ == nullptr) {
+      void* page = mmap(nullptr, sizeof(ChildPlan::Report), PROT_READ | PROT_WRITE,
+                        MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+      if (page == MAP_FAILED) return nullptr;
+      report_ = static_cast<ChildPlan::Report*>(page);
+    }
+    *report_ = {};
+    return report_;
   }
   // Top of a stack of at least `need` bytes; null if it cannot be mapped.
   void* Top(size_t need) {
@@ -408,7 +426,18 @@ class ChildStack {
  private:
   void* base_ = nullptr;
   size_t size_ = 0;
+  ChildPlan::Report* report_ = nullptr;
 };
+
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__) || \
+    defined(LANEGUARD_SPAWN_COPIES_MEMORY)
+// The sanitizers keep per-thread state that a child running in our memory would change under the
+// suspended parent thread: there the child gets a copy of our memory (fork's cost; CLONE_VFORK
+// still resumes us only after its exec).
+constexpr int kShareMemory = 0;
+#else
+constexpr int kShareMemory = CLONE_VM;
+#endif
 
 // Starts the child: clone(CLONE_VM | CLONE_VFORK), so nothing of our memory is copied (a fork of
 // a large laneguard copied its page tables, and the child's ru_maxrss counted our memory), and
@@ -419,16 +448,19 @@ pid_t Spawn(ChildPlan& plan, int* pidfd) {
   size_t argc = 0;
   while (plan.argv[argc] != nullptr) ++argc;
   // execvpe needs room for PATH + name and, for a script, a copy of argv.
-  void* top = stack.Top(size_t{256} << 10 | (argc + 3) * sizeof(char*) * 2);
-  if (top == nullptr) return -errno;
+  void* top = stack.Top(std::max(size_t{256} << 10, (argc + 3) * sizeof(char*) * 2 + (64 << 10)));
+  plan.report = stack.Report();
+  if (top == nullptr || plan.report == nullptr) return -errno;
   // All signals blocked (glibc's internal ones too, hence the raw call): no handler of ours may
   // run in the child before it resets them.
   uint64_t all = ~uint64_t{0}, old = 0;
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof all);
   const pid_t pid =
-      clone(ChildMain, top, CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, pidfd);
+      clone(ChildMain, top, kShareMemory | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, &plan, pidfd);
   const int clone_errno = errno;
   syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, nullptr, sizeof old);
+  plan.error = plan.report->error;
+  plan.chdir_failed = plan.report->chdir_failed;
   return pid < 0 ? -clone_errno : pid;
 }
 

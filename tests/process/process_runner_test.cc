@@ -658,7 +658,9 @@ TEST_F(ProcessRunnerTest, ChildStoppedAtTheHardDeadlineIsReportedAsStopped) {
   Build({}, /*manual_clock=*/true);
   const std::string pidfile = Path("pid");
   auto run = std::async(std::launch::async, [&] {
-    return Run(Shell("trap '' TERM; " + WritePidThen(pidfile, "while :; do sleep 1; done")),
+    // `exec`: a shell that keeps forking could be stopped in the middle of a vfork, never
+    // reaching the stopped state itself. The ignored SIGTERM is inherited across exec.
+    return Run(Shell("trap '' TERM; " + WritePidThen(pidfile, "exec sleep 60")),
                {.timeout_ms = 1000});
   });
   ASSERT_TRUE(WaitForFile(pidfile));
