@@ -266,7 +266,19 @@ struct Runtime {
 
 void PrintWarnings(const std::vector<std::string>& warnings) {
   for (const std::string& warning : warnings)
-    std::fprintf(stderr, "laneguard: warning: %s\n", warning.c_str());
+    std::fprintf(stderr, "laneguard: warning: %s\n", EscapeForTerminal(warning).c_str());
+}
+
+// Lines for a human that quote what the user's files hold (a key, an id, a lane name): each line
+// is escaped on its own, so the newlines between them stay newlines.
+void PrintEscapedLines(const std::string& text, std::FILE* out) {
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t end = text.find('\n', start);
+    if (end == std::string::npos) end = text.size();
+    std::fprintf(out, "%s\n", EscapeForTerminal(text.substr(start, end - start)).c_str());
+    start = end + 1;
+  }
 }
 
 // The message already starts with the path (after `flag`, when one is given); the warnings
@@ -296,8 +308,7 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   resource.service_name = "laneguard";
   const EnvLookup env = ProcessEnvironment();
   OtlpEnvResult otel = ReadOtlpEnvironment(OtlpSettingsFromConfig(config, resource), env);
-  for (const std::string& warning : otel.warnings)
-    std::fprintf(stderr, "laneguard: warning: %s\n", warning.c_str());
+  PrintWarnings(otel.warnings);
   // Export is on when the user names a collector; the default endpoint alone does not turn it on.
   const bool otel_endpoint_set = env("OTEL_EXPORTER_OTLP_ENDPOINT").has_value() ||
                                  env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").has_value() ||
@@ -433,7 +444,7 @@ struct RunFlags {
 int RunCommand(const RunFlags& flags) {
   auto config = LoadConfig(flags.common.config_file);
   if (!config.ok()) {
-    std::fprintf(stderr, "laneguard run: %s\n", config.error().c_str());
+    std::fprintf(stderr, "laneguard run: %s\n", EscapeForTerminal(config.error()).c_str());
     return kUsageError;
   }
   if (flags.escalation) {
@@ -464,7 +475,7 @@ int RunCommand(const RunFlags& flags) {
     for (const auto& [lane, limit] : config->lane_concurrency_limits)
       lanes += (lanes.empty() ? "" : ", ") + lane;
     std::fprintf(stderr, "laneguard run: --lane: unknown lane '%s' (configured: %s)\n",
-                 flags.lane.c_str(), lanes.c_str());
+                 EscapeForTerminal(flags.lane).c_str(), EscapeForTerminal(lanes).c_str());
     return kUsageError;
   }
   SignalWatcher signals;
@@ -534,7 +545,7 @@ std::string PrepareOutputDir(const std::string& dir) {
 int BatchCommand(const BatchFlags& flags) {
   auto config = LoadConfig(flags.common.config_file);
   if (!config.ok()) {
-    std::fprintf(stderr, "laneguard batch: %s\n", config.error().c_str());
+    std::fprintf(stderr, "laneguard batch: %s\n", EscapeForTerminal(config.error()).c_str());
     return kUsageError;
   }
   std::vector<std::string> warnings;
@@ -547,7 +558,7 @@ int BatchCommand(const BatchFlags& flags) {
     const bool names_file = jobs.error().size() == 1 && jobs.error()[0].line == 0 &&
                             jobs.error()[0].message.starts_with(file + ": ");
     const std::string prefix = "laneguard batch: " + (names_file ? "" : file + ": ");
-    std::fputs(FormatJobErrors(jobs.error(), prefix).c_str(), stderr);
+    PrintEscapedLines(FormatJobErrors(jobs.error(), prefix), stderr);
     std::fprintf(stderr, "laneguard batch: nothing was run\n");
     return kUsageError;
   }
@@ -758,7 +769,8 @@ int Main(int argc, char** argv) {
     std::vector<std::string> warnings;
     auto config = LoadConfigFile(check_file, Config{}, &warnings);
     if (!config.ok()) {  // the message starts with the file name
-      std::fprintf(stderr, "laneguard config check: %s\n", Describe(config.error()).c_str());
+      std::fprintf(stderr, "laneguard config check: %s\n",
+                   EscapeForTerminal(Describe(config.error())).c_str());
       return 1;
     }
     PrintWarnings(warnings);
@@ -769,7 +781,8 @@ int Main(int argc, char** argv) {
   if (print->parsed()) {
     auto config = LoadConfig(print_file, "");
     if (!config.ok()) {
-      std::fprintf(stderr, "laneguard config print: %s\n", config.error().c_str());
+      std::fprintf(stderr, "laneguard config print: %s\n",
+                   EscapeForTerminal(config.error()).c_str());
       return 1;
     }
     std::printf("%s\n", ConfigToJson(*config).c_str());

@@ -440,6 +440,25 @@ TEST_F(CliTest, HumanOutputEscapesControlCharactersFromJobsAndIds) {
   EXPECT_THAT(summary["results"][0]["reason"].get<std::string>(), HasSubstr("\x1b[31mred"));
 }
 
+// What the user's files hold is quoted in errors and warnings too: a duplicate id, an unknown lane,
+// a config key, each with an escape sequence in it.
+TEST_F(CliTest, ErrorsAndWarningsEscapeControlCharactersFromTheFiles) {
+  const std::string jobs =
+      Write("bad.jsonl", R"({"id": "x\u001b[2J", "cmd": "true"})"
+                         "\n"
+                         R"({"id": "x\u001b[2J", "lane": "l\u001b]0;t\u0007", "cmd": "true"})"
+                         "\n");
+  EXPECT_EQ(Cli({"batch", jobs}), 2);
+  EXPECT_EQ(err_.find('\x1b'), std::string::npos) << err_;
+  EXPECT_THAT(err_, HasSubstr("\\x1b[2J"));
+  EXPECT_THAT(err_, HasSubstr("line 2"));  // the lines between errors stay lines
+  const std::string config =
+      Write("c.json", R"({"laneConcurrencyLimits": {"critc\u001b[1m": 2}, "bogus\u001b[5m": 1})");
+  EXPECT_EQ(Cli({"config", "check", config}), 1);
+  EXPECT_EQ(err_.find('\x1b'), std::string::npos) << err_;
+  EXPECT_THAT(err_, HasSubstr("bogus\\x1b[5m"));
+}
+
 TEST_F(CliTest, BatchOutputDirKeepsEveryJobsOutputUnderSafeNames) {
   const std::string jobs = Write("jobs.jsonl", R"({"id": "plain", "cmd": "echo out; echo err >&2"})"
                                                "\n"
