@@ -10,7 +10,9 @@ DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchm
 DEBIAN_COMMANDS := npm
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prometheus exposition (laneguard::prometheus) and the tools its interop tests run.
-DEBIAN_PACKAGES += prometheus-cpp-dev libcpp-httplib-dev prometheus python3-prometheus-client
+# Boost.Asio/Beast (libboost-dev) for its /metrics server; cpp-httplib for the tests' HTTP client.
+DEBIAN_PACKAGES += prometheus-cpp-dev libboost-dev libcpp-httplib-dev prometheus \
+	python3-prometheus-client
 # script(1), for the test that runs `laneguard run` on a pseudo-terminal.
 DEBIAN_PACKAGES += bsdutils
 

@@ -133,9 +133,10 @@ Result<MetricsServerOptions, ConfigError> ParseListenAddress(
 // An HTTP server answering GET and HEAD of `path` with the collector's exposition (other paths:
 // 404; other methods: 405 with "Allow: GET, HEAD"). One thread serves every connection without
 // ever waiting on one, so slow or idle clients cannot starve a scrape: a client has 5 s in all to
-// send its request head and 10 s to take the response; at most 16 connections per client address
-// and 256 in all, the oldest one still sending its head closed to make room for a new one. One
-// request per connection (Connection: close). Runs until Stop() or destruction.
+// send its request and 10 s to take the response; a request head over 8 KiB is answered 431, a
+// body over 8 KiB 413, a malformed request 400. At most 16 connections per client address and 256
+// in all, the oldest one still sending its request closed to make room for a new one. One request
+// per connection (Connection: close). Runs until Stop() or destruction.
 class MetricsServer {
  public:
   // Binds and starts serving before it returns. Errors name the host or port: not an address,

@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <fstream>
@@ -374,6 +376,171 @@ TEST_F(PrometheusTest, ServerAnswersOtherMethodsWith405AndHeadWithoutABody) {
   auto other = client.Post("/other", "", "text/plain");
   ASSERT_TRUE(other);
   EXPECT_EQ(other->status, 404);
+}
+
+// A socket connected to 127.0.0.1:port from the loopback address 127.0.0.`host` (every
+// 127.0.0.0/8 address is local on Linux, so each is another client address), or -1.
+int ConnectFrom(int port, int host) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in from{};
+  from.sin_family = AF_INET;
+  from.sin_addr.s_addr = htonl((127U << 24) | static_cast<uint32_t>(host));
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(static_cast<uint16_t>(port));
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof from) != 0 ||
+      connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Everything the server sends on `fd` until it closes the connection or `timeout` passes.
+// `closed` tells which.
+std::string ReadUntilClosed(int fd, std::chrono::milliseconds timeout, bool* closed = nullptr) {
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0))) <= 0) break;
+    char buf[4096];
+    const ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) {  // 0: closed; < 0: reset, closed too
+      if (closed != nullptr) *closed = true;
+      return out;
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+  if (closed != nullptr) *closed = false;
+  return out;
+}
+
+constexpr std::string_view kHalfHead = "GET /metrics HTTP/1.1\r\n";
+constexpr std::string_view kWholeRequest = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+
+// 16 connections from one address that sent half a request: a 17th from the same address closes
+// the oldest of them (not one from another address) and is answered; the others stay open.
+TEST_F(PrometheusTest, ServerBoundsConnectionsPerAddressClosingTheOldestHalfSentOne) {
+  auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  const int port = (*server)->port();
+  const int other = ConnectFrom(port, 3);  // older than all of them, but another address
+  ASSERT_GE(other, 0);
+  ASSERT_GT(send(other, kHalfHead.data(), kHalfHead.size(), MSG_NOSIGNAL), 0);
+  std::vector<int> idle;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = ConnectFrom(port, 2);
+    ASSERT_GE(fd, 0);
+    ASSERT_GT(send(fd, kHalfHead.data(), kHalfHead.size(), MSG_NOSIGNAL), 0);
+    idle.push_back(fd);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // accepted in this order
+  }
+  bool closed = false;
+  ReadUntilClosed(idle[0], std::chrono::milliseconds(300), &closed);
+  EXPECT_FALSE(closed) << "16 connections per address are allowed";
+
+  const int fresh = ConnectFrom(port, 2);
+  ASSERT_GE(fresh, 0);
+  ASSERT_GT(send(fresh, kWholeRequest.data(), kWholeRequest.size(), MSG_NOSIGNAL), 0);
+  const std::string answer = ReadUntilClosed(fresh, std::chrono::seconds(3), &closed);
+  EXPECT_TRUE(closed);
+  EXPECT_THAT(answer, StartsWith("HTTP/1.1 200"));
+  ReadUntilClosed(idle[0], std::chrono::seconds(3), &closed);
+  EXPECT_TRUE(closed) << "the oldest half-sent connection from that address was not closed";
+  for (size_t i = 1; i < idle.size(); ++i) {
+    ReadUntilClosed(idle[i], std::chrono::milliseconds(i == 1 ? 200 : 0), &closed);
+    EXPECT_FALSE(closed) << "connection " << i << " was closed too";
+  }
+  ReadUntilClosed(other, std::chrono::milliseconds(0), &closed);
+  EXPECT_FALSE(closed) << "a connection from another address was closed";
+  // Stop() closes every connection still open.
+  (*server)->Stop();
+  ReadUntilClosed(other, std::chrono::seconds(3), &closed);
+  EXPECT_TRUE(closed) << "Stop() left a connection open";
+  for (int fd : idle) close(fd);
+  close(other);
+  close(fresh);
+}
+
+// 256 connections in all (16 addresses, 16 each) that sent half a request: one more, from a new
+// address, closes the oldest of them all and is answered.
+TEST_F(PrometheusTest, ServerBoundsConnectionsInTotalClosingTheOldestHalfSentOne) {
+  auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  const int port = (*server)->port();
+  std::vector<int> idle;
+  for (int host = 2; host < 18; ++host) {
+    for (int i = 0; i < 16; ++i) {
+      const int fd = ConnectFrom(port, host);
+      ASSERT_GE(fd, 0);
+      ASSERT_GT(send(fd, kHalfHead.data(), kHalfHead.size(), MSG_NOSIGNAL), 0);
+      idle.push_back(fd);
+      if (idle.size() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // all accepted
+  const int fresh = ConnectFrom(port, 18);
+  ASSERT_GE(fresh, 0);
+  ASSERT_GT(send(fresh, kWholeRequest.data(), kWholeRequest.size(), MSG_NOSIGNAL), 0);
+  bool closed = false;
+  const std::string answer = ReadUntilClosed(fresh, std::chrono::seconds(3), &closed);
+  EXPECT_TRUE(closed);
+  EXPECT_THAT(answer, StartsWith("HTTP/1.1 200"));
+  ReadUntilClosed(idle[0], std::chrono::seconds(3), &closed);
+  EXPECT_TRUE(closed) << "the oldest half-sent connection was not closed";
+  ReadUntilClosed(idle[1], std::chrono::milliseconds(100), &closed);
+  EXPECT_FALSE(closed) << "more than one connection was closed";
+  for (int fd : idle) close(fd);
+  close(fresh);
+}
+
+// A request head over the limit (8 KiB) is answered 431, a body over it 413; neither waits for
+// the rest of the request, and the connection is closed after the answer.
+TEST_F(PrometheusTest, ServerRefusesOversizedRequestHeadsAndBodies) {
+  auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
+  ASSERT_TRUE(server.ok()) << server.error().message;
+  const int port = (*server)->port();
+  {
+    const int fd = Connect(port);
+    ASSERT_GE(fd, 0);
+    const std::string head =
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(20000, 'a');
+    ASSERT_GT(send(fd, head.data(), head.size(), MSG_NOSIGNAL), 0);  // and never the end of it
+    bool closed = false;
+    const std::string answer = ReadUntilClosed(fd, std::chrono::seconds(3), &closed);
+    EXPECT_TRUE(closed);
+    EXPECT_THAT(answer, StartsWith("HTTP/1.1 431"));
+    close(fd);
+  }
+  {
+    const int fd = Connect(port);
+    ASSERT_GE(fd, 0);
+    const std::string head = "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+    ASSERT_GT(send(fd, head.data(), head.size(), MSG_NOSIGNAL), 0);
+    bool closed = false;
+    const std::string answer = ReadUntilClosed(fd, std::chrono::seconds(3), &closed);
+    EXPECT_TRUE(closed);
+    EXPECT_THAT(answer, StartsWith("HTTP/1.1 413"));
+    close(fd);
+  }
+  {
+    const int fd = Connect(port);
+    ASSERT_GE(fd, 0);
+    const std::string garbage = "NOT HTTP AT ALL\r\n\r\n";
+    ASSERT_GT(send(fd, garbage.data(), garbage.size(), MSG_NOSIGNAL), 0);
+    const std::string answer = ReadUntilClosed(fd, std::chrono::seconds(3));
+    EXPECT_THAT(answer, StartsWith("HTTP/1.1 400"));
+    close(fd);
+  }
+  // And the server still answers.
+  httplib::Client client("127.0.0.1", port);
+  auto res = client.Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
 }
 
 TEST_F(PrometheusTest, ServerErrorsNameTheValue) {
