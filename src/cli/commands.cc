@@ -659,6 +659,9 @@ int Main(int argc, char** argv) {
   // and orphan the jobs: writes fail with EPIPE instead, and we stop printing. Programs we start
   // get SIGPIPE back at its default (ProcessRunner resets it before exec).
   std::signal(SIGPIPE, SIG_IGN);
+  // Likewise a file-size limit (`ulimit -f`) reached by a spans or log file: the write fails with
+  // EFBIG and the lines are counted as lost, rather than SIGXFSZ killing us mid-batch.
+  std::signal(SIGXFSZ, SIG_IGN);
   // A batch holds a few descriptors per running job: up to the hard limit (jobs get the original
   // soft limit back). A laneguard killed with SIGKILL left its jobs running in its cgroups: they
   // are stopped now, and the user told.

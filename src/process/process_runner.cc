@@ -356,7 +356,7 @@ int ChildMain(void* arg) {
     struct sigaction sa {};
     if (sigaction(sig, nullptr, &sa) != 0) continue;
     const bool reset = sig == SIGINT || sig == SIGTERM || sig == SIGPIPE || sig == SIGCHLD ||
-                       sig == SIGHUP || sig == SIGQUIT;
+                       sig == SIGHUP || sig == SIGQUIT || sig == SIGXFSZ;
     if (!reset && (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN)) continue;
     sa = {};
     sa.sa_handler = SIG_DFL;

@@ -219,36 +219,43 @@ TEST_F(CliTelemetryTest, ADiskFillingMidBatchKeepsWholeLinesAndCountsEveryLoss) 
   for (int i = 0; i < kJobs; ++i)
     jobs += "{\"id\": \"j" + std::to_string(i) + "\", \"cmd\": [\"true\"]}\n";
   const std::string job_file = Write("jobs.jsonl", jobs);
-  const std::string spans = Path("spans.jsonl"), log = Path("log.jsonl");
-  std::vector<std::string> args = {LANEGUARD_CLI_PATH, "batch", job_file, "--quiet",
-                                   "--spans",          spans,   "--log",  log};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const std::string out_path = Path("stdout"), err_path = Path("stderr");
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(out, 1);
-    dup2(err, 2);
-    const rlimit limit{16 * 1024, 16 * 1024};  // a few dozen lines of each file
-    setrlimit(RLIMIT_FSIZE, &limit);
-    signal(SIGXFSZ, SIG_IGN);  // write() then fails with EFBIG instead of killing the process
-    execv(argv[0], argv.data());
-    _exit(127);
+  // Run with SIGXFSZ ignored by whoever started laneguard, and at its default, as under a user's
+  // `ulimit -f`: laneguard ignores it itself, so a write past the limit fails with EFBIG (as a full
+  // disk's fails with ENOSPC) instead of killing laneguard and orphaning the jobs.
+  for (const bool parent_ignores_sigxfsz : {true, false}) {
+    SCOPED_TRACE(parent_ignores_sigxfsz ? "SIGXFSZ ignored by the parent" : "SIGXFSZ at default");
+    const std::string tag = parent_ignores_sigxfsz ? "ignored" : "default";
+    const std::string spans = Path("spans-" + tag + ".jsonl"), log = Path("log-" + tag + ".jsonl");
+    std::vector<std::string> args = {LANEGUARD_CLI_PATH, "batch", job_file, "--quiet",
+                                     "--spans",          spans,   "--log",  log};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const std::string out_path = Path("stdout"), err_path = Path("stderr");
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int out = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(out, 1);
+      dup2(err, 2);
+      const rlimit limit{16 * 1024, 16 * 1024};  // a few dozen lines of each file
+      setrlimit(RLIMIT_FSIZE, &limit);
+      signal(SIGXFSZ, parent_ignores_sigxfsz ? SIG_IGN : SIG_DFL);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    EXPECT_EQ(Wait(pid), 0) << err_;
+    const size_t spans_kept = JsonLines(spans).size();
+    const size_t lines_kept = JsonLines(log).size();
+    EXPECT_GT(spans_kept, 0u);
+    EXPECT_LT(spans_kept, static_cast<size_t>(kJobs));
+    EXPECT_EQ(spans_kept + LostCount(err_, "spans"), static_cast<size_t>(kJobs)) << err_;
+    EXPECT_THAT(err_, HasSubstr("spans (--spans " + spans + ": File too large)"));
+    EXPECT_GT(LostCount(err_, "log lines"), 0u) << err_;
+    EXPECT_GT(lines_kept, 0u);
+    EXPECT_THAT(err_, HasSubstr("log lines (--log " + log + ": File too large)"));
   }
-  EXPECT_EQ(Wait(pid), 0) << err_;
-  const size_t spans_kept = JsonLines(spans).size();
-  const size_t lines_kept = JsonLines(log).size();
-  EXPECT_GT(spans_kept, 0u);
-  EXPECT_LT(spans_kept, static_cast<size_t>(kJobs));
-  EXPECT_EQ(spans_kept + LostCount(err_, "spans"), static_cast<size_t>(kJobs)) << err_;
-  EXPECT_THAT(err_, HasSubstr("spans (--spans " + spans + ": File too large)"));
-  EXPECT_GT(LostCount(err_, "log lines"), 0u) << err_;
-  EXPECT_GT(lines_kept, 0u);
-  EXPECT_THAT(err_, HasSubstr("log lines (--log " + log + ": File too large)"));
 }
 
 // ---- a dead collector costs at most the flush timeout at exit ------------------------------

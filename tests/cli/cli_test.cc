@@ -371,6 +371,13 @@ TEST_F(CliTest, ClosedOutputPipeStopsThePrintingNotTheJobs) {
 TEST_F(CliTest, CommandsStartWithSigpipeAtItsDefault) {
   EXPECT_EQ(Cli({"run", "--", "sh", "-c", "yes | head -1 > /dev/null"}), 0);
   EXPECT_THAT(err_, Not(HasSubstr("Broken pipe")));
+  // laneguard ignores SIGPIPE and SIGXFSZ itself; the kernel's word on what the command ignores.
+  EXPECT_EQ(Cli({"run", "--", "cat", "/proc/self/status"}), 0) << err_;
+  const size_t at = out_.find("SigIgn:");
+  ASSERT_NE(at, std::string::npos) << out_;
+  const uint64_t ignored = std::stoull(out_.substr(at + 7), nullptr, 16);
+  EXPECT_EQ(ignored & (uint64_t{1} << (SIGPIPE - 1)), 0u) << out_.substr(at, 30);
+  EXPECT_EQ(ignored & (uint64_t{1} << (SIGXFSZ - 1)), 0u) << out_.substr(at, 30);
 }
 
 TEST_F(CliTest, MaxRssOutsideTheRunnersRangeIsAUsageError) {
