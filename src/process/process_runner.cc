@@ -218,32 +218,33 @@ int64_t GroupRssBytes(pid_t pgid) {
   return total;
 }
 
+// Reads /proc/<pid>/<file> (its start: the fields wanted are near it) into `buf`, NUL-terminated.
+// False when it cannot be read (the process is gone).
+template <size_t N>
+bool ReadProcFile(pid_t pid, const char* file, char (&buf)[N]) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/%s", static_cast<int>(pid), file);
+  const int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const ssize_t n = read(fd, buf, N - 1);
+  close(fd);
+  if (n <= 0) return false;
+  buf[n] = '\0';
+  return true;
+}
+
 // The program's own peak RSS so far (VmHWM: its image's, reset by exec); 0 when unknown.
 int64_t ProgramPeakBytes(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/status", static_cast<int>(pid));
-  const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
   char buf[4096];
-  const ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
+  if (!ReadProcFile(pid, "status", buf)) return 0;
   const char* hwm = std::strstr(buf, "VmHWM:");
   return hwm == nullptr ? 0 : std::atoll(hwm + 6) * 1024;
 }
 
 // The process state letter from /proc/<pid>/stat ('T': stopped), 0 when unknown.
 char ProcessState(pid_t pid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
-  const int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return 0;
   char buf[512];
-  const ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return 0;
-  buf[n] = '\0';
+  if (!ReadProcFile(pid, "stat", buf)) return 0;
   const char* p = std::strrchr(buf, ')');
   return p != nullptr && p[1] == ' ' ? p[2] : 0;
 }

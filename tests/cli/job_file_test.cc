@@ -16,6 +16,8 @@
 #include <set>
 #include <thread>
 
+#include "support/limit_growth.h"
+
 namespace laneguard::cli {
 namespace {
 
@@ -380,19 +382,7 @@ TEST(JobFileCapsTest, ASmallPipeWorksLikeAFile) {
   EXPECT_EQ((*jobs)[1].line, 2);
 }
 
-// Lets the calling process grow its address space by at most `bytes` more (a regression that
-// reads without bound then fails here instead of taking the machine's memory) and gives it 20 s.
-void LimitGrowth(size_t bytes) {
-  std::ifstream status("/proc/self/status");
-  std::string word;
-  size_t vm_kb = 0;
-  while (status >> word)
-    if (word == "VmSize:" && status >> vm_kb) break;
-  const rlim_t limit = vm_kb * 1024 + bytes;
-  const rlimit r{limit, limit};
-  setrlimit(RLIMIT_AS, &r);
-  alarm(20);
-}
+using testing_support::LimitGrowth;
 
 // /dev/zero never ends and has no newline: the line cap stops it after 1 MiB.
 TEST(JobFileCapsTest, DevZeroIsRefusedPromptly) {

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "core/json_input.h"
+#include "support/limit_growth.h"
 
 namespace laneguard {
 namespace {
@@ -772,19 +773,7 @@ TEST(ConfigInput, ASmallPipeWorksLikeAFile) {
   EXPECT_EQ(r->timer_tick_ms, 5);
 }
 
-// Lets this process grow its address space by at most `bytes` more and gives it 20 s: a
-// regression that reads without bound fails in its child rather than taking the machine's memory.
-void LimitGrowth(size_t bytes) {
-  std::ifstream status("/proc/self/status");
-  std::string word;
-  size_t vm_kb = 0;
-  while (status >> word)
-    if (word == "VmSize:" && status >> vm_kb) break;
-  const rlim_t limit = vm_kb * 1024 + bytes;
-  const rlimit r{limit, limit};
-  setrlimit(RLIMIT_AS, &r);
-  alarm(20);
-}
+using testing_support::LimitGrowth;
 
 // `config check /dev/zero` read until memory ran out.
 TEST(ConfigInput, DevZeroIsRefusedPromptly) {
