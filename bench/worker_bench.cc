@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "alloc_counter.h"
@@ -26,8 +27,8 @@ class DiscardExporter final : public SpanExporter {
 double Fastest(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
 
 struct Runtime {
-  explicit Runtime(bool enabled, double rate, bool batch) {
-    manager = ResourceBudgetManager::Create(Config{}).value();
+  explicit Runtime(bool enabled, double rate, bool batch, Config config = {}) {
+    manager = ResourceBudgetManager::Create(std::move(config)).value();
     TracerOptions o;
     o.enabled = enabled;
     o.sample_rate = rate;
@@ -86,8 +87,17 @@ BENCHMARK(BM_WithWorkerCall_SampledInSimple)->ComputeStatistics("min", Fastest);
 // tasks on a 2-thread ThreadPool.
 constexpr int kAsyncBatch = 64;
 
+// Room for the whole batch at once: 64 threads started together may all hold a slot (with the
+// default tool_call limit of 8 a loaded machine overlaps more than 8, and the refusal throws).
+Config RoomForTheBatch() {
+  Config c;
+  c.global_concurrency_limit = kAsyncBatch;
+  c.lane_concurrency_limits["tool_call"] = kAsyncBatch;
+  return c;
+}
+
 void BM_CallAsync_ThreadPerCall(benchmark::State& state) {
-  Runtime rt(false, 0, false);
+  Runtime rt(false, 0, false, RoomForTheBatch());
   std::vector<std::future<void>> futures(kAsyncBatch);
   for (auto _ : state) {
     for (auto& f : futures) f = rt.calls->CallAsync("task-1234", [] {});
@@ -98,7 +108,7 @@ void BM_CallAsync_ThreadPerCall(benchmark::State& state) {
 BENCHMARK(BM_CallAsync_ThreadPerCall)->UseRealTime();
 
 void BM_CallAsync_ThreadPool(benchmark::State& state) {
-  Runtime rt(false, 0, false);
+  Runtime rt(false, 0, false, RoomForTheBatch());
   ThreadPool pool(2);
   std::vector<std::future<void>> futures(kAsyncBatch);
   for (auto _ : state) {

@@ -105,7 +105,8 @@ FastClock::FastClock(bool kernel_uses_tsc) {
 // program) takes the fallback on a tsc machine, or the TSC where the kernel does not use it.
 const FastClock& FastClock::Get() {
   static const FastClock clock([] {
-    const char* forced = std::getenv("LANEGUARD_CLOCKSOURCE");
+    // Read once, under the static's initialization; laneguard never sets the environment.
+    const char* forced = std::getenv("LANEGUARD_CLOCKSOURCE");  // NOLINT(concurrency-mt-unsafe)
     return internal::IsTscClocksource(forced != nullptr && *forced != '\0'
                                           ? std::string(forced)
                                           : internal::CurrentClocksource());

@@ -246,7 +246,7 @@ char ProcessState(pid_t pid) {
   char buf[512];
   if (!ReadProcFile(pid, "stat", buf)) return 0;
   const char* p = std::strrchr(buf, ')');
-  return p != nullptr && p[1] == ' ' ? p[2] : 0;
+  return p != nullptr && p[1] == ' ' ? p[2] : '\0';
 }
 
 struct Pipe {
