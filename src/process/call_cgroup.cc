@@ -141,6 +141,22 @@ void CallCgroup::CloseFds() {
   }
 }
 
+// memory.peak takes writes (a reset, per open file) only from Linux 6.12; from 5.19 it is
+// read-only, and before that it is missing. Neither costs the call its cgroup: read-only, the
+// peak is right for a new cgroup (which is then not reused); missing, the peak comes from sampling.
+// Only running out of descriptors fails, so that the caller can wait for them.
+bool CallCgroup::OpenPeak() {
+  if (!v2_memory_) return true;
+  v2_peak_fd_ = OpenMemoryPeak(v2_dir_ + "/memory.peak");
+  return v2_peak_fd_ >= 0 || (errno != EMFILE && errno != ENFILE);
+}
+
+int OpenMemoryPeak(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd >= 0 || errno == EMFILE || errno == ENFILE) return fd;
+  return open(path.c_str(), O_RDONLY | O_CLOEXEC);
+}
+
 bool CallCgroup::Begin(std::optional<int64_t> limit_bytes) {
   // Opened per call, not kept while idle: a pool of idle cgroups must not hold descriptors that
   // running calls need.
@@ -149,8 +165,7 @@ bool CallCgroup::Begin(std::optional<int64_t> limit_bytes) {
     return dir.empty() || *fd >= 0;
   };
   if (!open_file(v2_dir_, "/cgroup.procs", O_WRONLY, &v2_procs_fd_) ||
-      !open_file(v1_dir_, "/cgroup.procs", O_WRONLY, &v1_procs_fd_) ||
-      !open_file(v2_memory_ ? v2_dir_ : "", "/memory.peak", O_RDWR, &v2_peak_fd_)) {
+      !open_file(v1_dir_, "/cgroup.procs", O_WRONLY, &v1_procs_fd_) || !OpenPeak()) {
     const int error = errno;
     CloseFds();
     errno = error;  // EMFILE: the caller may wait for descriptors

@@ -53,6 +53,8 @@ class CallCgroup {
   // when a file cannot be opened.
   bool Begin(std::optional<int64_t> limit_bytes);
   void CloseFds();
+  // Opens memory.peak where there is one; false only when out of descriptors.
+  bool OpenPeak();
   int64_t MemoryInUse() const;
 
   std::string v2_dir_, v1_dir_;
@@ -98,6 +100,11 @@ class CgroupPool {
   std::mutex mu_;
   std::vector<std::unique_ptr<CallCgroup>> idle_;  // guarded by mu_
 };
+
+// Opens a v2 cgroup's memory.peak: read-write where the kernel takes the per-file reset (Linux
+// 6.12), else read-only (5.19 to 6.11). -1 when it cannot be opened at all; errno says why
+// (ENOENT: a kernel before 5.19; EMFILE or ENFILE: out of descriptors).
+int OpenMemoryPeak(const std::string& path);
 
 }  // namespace laneguard::internal
 

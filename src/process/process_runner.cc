@@ -516,17 +516,20 @@ void SetTerminalGroup(pid_t group) {
 // it owns it.
 class TerminalLease {
  public:
-  TerminalLease(bool active, pid_t child) : active_(active) {
+  TerminalLease(bool active, pid_t child) : active_(active), child_(child) {
     if (active_) SetTerminalGroup(child);
   }
+  // Only from the command's group: after Ctrl-Z and `bg` the shell holds the terminal, and taking
+  // it from the shell at its prompt would make its next read fail.
   ~TerminalLease() {
-    if (active_) SetTerminalGroup(getpgrp());
+    if (active_ && tcgetpgrp(STDIN_FILENO) == child_) SetTerminalGroup(getpgrp());
   }
   TerminalLease(const TerminalLease&) = delete;
   TerminalLease& operator=(const TerminalLease&) = delete;
 
  private:
   bool active_;
+  pid_t child_;
 };
 
 std::vector<std::string> BuildEnvironment(const ProcessSpec& spec) {
@@ -1017,6 +1020,7 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
           return error;
         };
         failed_call = "cgroup.procs";
+        plan.cgroup_fds[0] = plan.cgroup_fds[1] = -1;  // not an earlier attempt's, closed since
         if (cgroups_->enabled()) {
           lease.cgroup = cgroups_->Acquire(limit_bytes);
           if (lease.cgroup == nullptr && OutOfResources(errno)) return give_back(errno);
@@ -1065,6 +1069,9 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
   getrusage(RUSAGE_SELF, &own);
   const int64_t own_peak_bytes = static_cast<int64_t>(own.ru_maxrss) * 1024;
   result.pid = pid;
+  // Before the exec's result: the child took the terminal before it tried, so a failed exec must
+  // hand it back too.
+  const TerminalLease terminal(plan.take_terminal, pid);
   if (plan.error != 0) {
     // The child has exited with 127; reap it and report.
     siginfo_t ignored{};
@@ -1076,7 +1083,6 @@ ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_vie
                   (command.program.empty() ? " (searched the PATH of its environment)" : "");
     return result;
   }
-  const TerminalLease terminal(plan.take_terminal, pid);
   if (span.recording()) span.AddEvent("process_started", {{"process.pid", int64_t{pid}}});
 
   // Shared with the timeout hooks, which may still be running on the timer thread when this

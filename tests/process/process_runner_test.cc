@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "laneguard/process.h"
+#include "process/call_cgroup.h"
 #include "support/processes.h"
 
 extern char** environ;
@@ -795,6 +796,30 @@ TEST_F(ProcessRunnerTest, TwoRunnersNeverShareACgroup) {
   for (const auto& entry : std::filesystem::directory_iterator(parent))
     dirs += entry.path().filename().string().starts_with(ours) ? 1 : 0;
   EXPECT_EQ(dirs, 2);
+}
+
+// memory.peak is writable (for the per-file reset) only from Linux 6.12; on 5.19-6.11 it is
+// read-only, before that missing. Neither may cost a call its cgroup (a failed read-write open once
+// made every call on Debian 12's kernel run without one). A directory stands in for the file a
+// kernel refuses to open for writing.
+TEST(OpenMemoryPeakTest, FallsBackToReadOnlyAndToNoneButNotOnOtherErrors) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("laneguard-peak-test-" + std::to_string(getpid()));
+  std::filesystem::create_directories(dir / "read-only");
+  std::ofstream(dir / "writable") << "4096\n";
+  const int writable = internal::OpenMemoryPeak((dir / "writable").string());
+  ASSERT_GE(writable, 0);
+  EXPECT_EQ(fcntl(writable, F_GETFL) & O_ACCMODE, O_RDWR);
+  EXPECT_NE(fcntl(writable, F_GETFD) & FD_CLOEXEC, 0);
+  close(writable);
+  const int read_only = internal::OpenMemoryPeak((dir / "read-only").string());
+  ASSERT_GE(read_only, 0) << "a file the kernel will not open for writing is still read";
+  EXPECT_EQ(fcntl(read_only, F_GETFL) & O_ACCMODE, O_RDONLY);
+  close(read_only);
+  errno = 0;
+  EXPECT_EQ(internal::OpenMemoryPeak((dir / "missing").string()), -1);
+  EXPECT_EQ(errno, ENOENT);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
