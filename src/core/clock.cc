@@ -13,9 +13,12 @@
 
 namespace laneguard {
 
+// The process's clocks are never destroyed: the default manager (GetResourceBudgetManager) is
+// never destroyed either, and its timer thread reads its clock until the process is gone, after
+// static destructors have run.
 const SystemClock& SystemClock::Get() {
-  static const SystemClock clock;
-  return clock;
+  static const SystemClock* const clock = new SystemClock;
+  return *clock;
 }
 
 int64_t SystemClock::MonotonicNanos() const {
@@ -104,14 +107,14 @@ FastClock::FastClock(bool kernel_uses_tsc) {
 // LANEGUARD_CLOCKSOURCE, when set, stands in for the kernel's answer: a whole test run (or a
 // program) takes the fallback on a tsc machine, or the TSC where the kernel does not use it.
 const FastClock& FastClock::Get() {
-  static const FastClock clock([] {
+  static const FastClock* const clock = new FastClock([] {
     // Read once, under the static's initialization; laneguard never sets the environment.
     const char* forced = std::getenv("LANEGUARD_CLOCKSOURCE");  // NOLINT(concurrency-mt-unsafe)
     return internal::IsTscClocksource(forced != nullptr && *forced != '\0'
                                           ? std::string(forced)
                                           : internal::CurrentClocksource());
   }());
-  return clock;
+  return *clock;
 }
 
 int64_t FastClock::MonotonicNanos() const {

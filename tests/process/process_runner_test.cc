@@ -710,6 +710,12 @@ TEST_F(ProcessRunnerTest, TimeoutReasonCountsFromTheGrantAsTheTimeoutDoes) {
 // Out of descriptors (EMFILE) is back-pressure: the start waits for descriptors to come back
 // instead of failing the call.
 TEST_F(ProcessRunnerTest, OutOfDescriptorsIsWaitedOutNotAFailure) {
+#ifdef __SANITIZE_ADDRESS__
+  // The ASan build carries UBSan, whose vptr check probes memory through a pipe: with every
+  // descriptor taken, the probe fails and it reports a valid object as invalid. The plain and the
+  // ThreadSanitizer builds run this test.
+  GTEST_SKIP() << "UBSan's vptr check needs free descriptors, and this test takes them all";
+#endif
   rlimit saved{};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &saved), 0);
   const int lowest_free = open("/dev/null", O_RDONLY | O_CLOEXEC);
