@@ -811,6 +811,8 @@ TEST_F(ProcessRunnerTest, TwoRunnersNeverShareACgroup) {
 TEST(OpenMemoryPeakTest, FallsBackToReadOnlyAndToNoneButNotOnOtherErrors) {
   const std::filesystem::path dir =
       std::filesystem::temp_directory_path() / ("laneguard-peak-test-" + std::to_string(getpid()));
+  // Removed on every way out, a failed assertion included.
+  const std::shared_ptr<void> cleanup(nullptr, [&dir](void*) { std::filesystem::remove_all(dir); });
   std::filesystem::create_directories(dir / "read-only");
   std::ofstream(dir / "writable") << "4096\n";
   const int writable = internal::OpenMemoryPeak((dir / "writable").string());
@@ -825,7 +827,6 @@ TEST(OpenMemoryPeakTest, FallsBackToReadOnlyAndToNoneButNotOnOtherErrors) {
   errno = 0;
   EXPECT_EQ(internal::OpenMemoryPeak((dir / "missing").string()), -1);
   EXPECT_EQ(errno, ENOENT);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
