@@ -12,7 +12,7 @@
 #include "alloc_counter.h"
 #include "laneguard/clock.h"
 #include "laneguard/manager.h"
-#include "laneguard/timer_queue.h"
+#include "core/timer_queue.h"
 
 namespace laneguard {
 namespace {

@@ -8,7 +8,7 @@
 #include <chrono>
 #include <thread>
 
-#include "laneguard/otlp.h"
+#include "laneguard/exporters/otlp.h"
 
 namespace laneguard {
 namespace {

@@ -15,8 +15,8 @@
 #include <string>
 
 #include "alloc_counter.h"
-#include "export/prometheus_internal.h"
-#include "laneguard/prometheus.h"
+#include "exporters/prometheus_internal.h"
+#include "laneguard/exporters/prometheus.h"
 
 namespace laneguard {
 namespace {

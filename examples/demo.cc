@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "laneguard/config.h"
-#include "laneguard/json_logger.h"
+#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
-#include "laneguard/trace.h"
+#include "laneguard/trace/trace.h"
 #include "laneguard/worker.h"
 
 namespace {

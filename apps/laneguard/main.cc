@@ -1,4 +1,4 @@
 // laneguard: run programs as budgeted worker calls. See `laneguard --help`.
-#include "cli/commands.h"
+#include "commands.h"
 
 int main(int argc, char** argv) { return laneguard::cli::Main(argc, argv); }

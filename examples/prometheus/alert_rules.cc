@@ -3,7 +3,7 @@
 #include <cstdio>
 #include <string>
 
-#include "laneguard/prometheus.h"
+#include "laneguard/exporters/prometheus.h"
 
 int main() {
   const std::string yaml = laneguard::GenerateAlertRulesYaml();

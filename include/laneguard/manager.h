@@ -94,14 +94,17 @@ struct ReleaseOutcome {
   double duration_ms = 0;
 };
 
-// Told of a call's timeouts on the manager's timer thread: `hard` false at the timeout (just
-// after the stop request), true at the hard deadline. Release() waits for a running OnTimeout.
-class TimeoutListener {
+// Told of a call's two timeout phases on the manager's timer thread: OnWarning at the timeout
+// (just after the stop request), OnEscalation at the hard deadline (timeout x
+// timeoutEscalationFactor); each at most once, in that order. Release() waits for a running
+// handler, so it may touch what the call owns; it must not release the slot itself.
+class TimeoutHandler {
  public:
-  virtual void OnTimeout(bool hard) = 0;
+  virtual void OnWarning() = 0;
+  virtual void OnEscalation() = 0;
 
  protected:
-  ~TimeoutListener() = default;
+  ~TimeoutHandler() = default;
 };
 
 // A granted place in a lane. Move-only. Releasing twice is harmless (the second call returns
@@ -161,10 +164,10 @@ class Slot {
   void SetHardTimeoutHook(std::function<void()> hook);
   // The same for the timeout (warning phase), run just after the stop request.
   void SetTimeoutWarningHook(std::function<void()> hook);
-  // Both phases to one listener, on the same terms as the hooks (which run after it); null
+  // Both phases to one handler, on the same terms as the hooks (which run after it); null
   // removes it. A pointer, which costs a store where a hook is a std::function to build, move and
   // free: the worker-call wrapper installs one for a call that sets a hard-timeout hook.
-  void SetTimeoutListener(TimeoutListener* listener);
+  void SetTimeoutHandler(TimeoutHandler* handler);
 
   // The global and lane counts right after this slot was granted (the spec's acquired_slot
   // globalConcurrency and laneConcurrency).

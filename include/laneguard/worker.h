@@ -42,9 +42,9 @@
 #include <utility>
 
 #include "laneguard/executor.h"
-#include "laneguard/json_logger.h"
+#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
-#include "laneguard/trace.h"
+#include "laneguard/trace/trace.h"
 
 namespace laneguard {
 
@@ -114,7 +114,7 @@ class CallContext {
 namespace internal {
 
 // Everything around fn that does not depend on fn's type, so it is compiled once.
-class CallGuard final : private TimeoutListener {
+class CallGuard final : private TimeoutHandler {
  public:
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
   // `task_id` and `options` must outlive the guard: it keeps views of the task id and the lane
@@ -156,7 +156,8 @@ class CallGuard final : private TimeoutListener {
   // A reading of the manager's clock as a reading of the tracer's.
   int64_t SpanTime(int64_t manager_mono) const;
   // On the manager's timer thread, installed only for a user's hard-timeout hook: runs it.
-  void OnTimeout(bool hard) override;
+  void OnWarning() override {}
+  void OnEscalation() override;
   void ListenForTimeouts();
   double ElapsedMs() const;
 
@@ -166,7 +167,7 @@ class CallGuard final : private TimeoutListener {
   int64_t start_mono_ = 0;  // before span_, which is made from it
   Span span_;
   CallContext context_{this};
-  bool listening_ = false;  // the slot's TimeoutListener is this
+  bool listening_ = false;  // the slot's TimeoutHandler is this
   std::mutex hook_mu_;
   std::function<void()> user_hard_hook_;  // guarded by hook_mu_
   // Last, so it is destroyed (released) first: Release() waits for a running timeout hook, and

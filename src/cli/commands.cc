@@ -21,11 +21,11 @@
 
 #include "cli/batch.h"
 #include "cli/job_file.h"
-#include "laneguard/json_logger.h"
-#include "laneguard/otlp.h"
+#include "laneguard/observe/json_logger.h"
+#include "laneguard/exporters/otlp.h"
 #include "laneguard/process.h"
-#include "laneguard/prometheus.h"
-#include "laneguard/trace.h"
+#include "laneguard/exporters/prometheus.h"
+#include "laneguard/trace/trace.h"
 #include "laneguard/worker.h"
 
 namespace laneguard::cli {

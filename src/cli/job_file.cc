@@ -8,7 +8,7 @@
 #include <set>
 #include <system_error>
 
-#include "core/json_input.h"
+#include "base/json_input.h"
 
 namespace laneguard::cli {
 namespace {

@@ -4,7 +4,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "core/json_input.h"
+#include "base/json_input.h"
 
 namespace laneguard {
 namespace {

@@ -11,12 +11,12 @@
 #include <thread>
 #include <type_traits>
 
-#include "admission_word.h"
-#include "lane_index.h"
-#include "laneguard/timer_queue.h"
-#include "shard_count.h"
-#include "spin_lock.h"
-#include "thread_counters.h"
+#include "core/admission_word.h"
+#include "core/lane_index.h"
+#include "core/timer_queue.h"
+#include "base/shard_count.h"
+#include "base/spin_lock.h"
+#include "base/thread_counters.h"
 
 namespace laneguard {
 
@@ -148,7 +148,7 @@ struct CallEntry {
   std::stop_source stop{std::nostopstate};
   std::function<void()> hook;           // at the hard deadline
   std::function<void()> warning_hook;   // at the timeout
-  TimeoutListener* listener = nullptr;  // both, before the hooks
+  TimeoutHandler* listener = nullptr;  // both, before the hooks
   std::thread::id hook_thread;
 };
 
@@ -705,7 +705,7 @@ struct ManagerState {
     shard->lock.unlock();
   }
 
-  void SetListener(const Slot& slot, TimeoutListener* listener) {
+  void SetListener(const Slot& slot, TimeoutHandler* listener) {
     Shard* shard = nullptr;
     CallEntry* c = LockEntry(slot, &shard);
     if (c == nullptr) return;
@@ -726,7 +726,7 @@ struct ManagerState {
     std::string task_id;
     std::stop_source stop{std::nostopstate};
     std::function<void()> hook;
-    TimeoutListener* listener = nullptr;
+    TimeoutHandler* listener = nullptr;
   };
 
   // Arms the timers of the shard's calls that are still running; called with the shard locked.
@@ -824,7 +824,13 @@ struct ManagerState {
         }
         // A failing hook must not take down the timer thread; the call stays counted.
         try {
-          if (f.listener != nullptr) f.listener->OnTimeout(f.kind == EventKind::kTimeoutEscalation);
+          if (f.listener != nullptr) {
+            if (f.kind == EventKind::kTimeoutEscalation) {
+              f.listener->OnEscalation();
+            } else {
+              f.listener->OnWarning();
+            }
+          }
         } catch (...) {
         }
         try {
@@ -1187,7 +1193,7 @@ void Slot::SetTimeoutWarningHook(std::function<void()> hook) {
   if (state_ != nullptr) state_->SetHook(*this, std::move(hook), /*hard=*/false);
 }
 
-void Slot::SetTimeoutListener(TimeoutListener* listener) {
+void Slot::SetTimeoutHandler(TimeoutHandler* listener) {
   if (state_ != nullptr) state_->SetListener(*this, listener);
 }
 

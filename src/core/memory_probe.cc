@@ -6,7 +6,7 @@
 #include <optional>
 #include <string>
 
-#include "core/cgroup_paths.h"
+#include "base/cgroup_paths.h"
 #include "core/proc_memory_probe.h"
 #include "laneguard/memory.h"
 

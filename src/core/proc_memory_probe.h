@@ -7,7 +7,7 @@
 
 #include <memory>
 
-#include "core/cgroup_paths.h"
+#include "base/cgroup_paths.h"
 #include "laneguard/memory.h"
 
 namespace laneguard::internal {

@@ -1,4 +1,4 @@
-#include "laneguard/timer_queue.h"
+#include "core/timer_queue.h"
 
 #include <cassert>
 

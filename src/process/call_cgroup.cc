@@ -14,7 +14,7 @@
 #include <sstream>
 #include <thread>
 
-#include "core/cgroup_paths.h"
+#include "base/cgroup_paths.h"
 
 namespace laneguard {
 namespace internal {

@@ -156,7 +156,7 @@ void CallGuard::Refused(const Rejection& rejection, const CallOptions& options) 
 }
 
 CallGuard::~CallGuard() {
-  // Released before any member goes: the user's hard-timeout hook, run by OnTimeout on the timer
+  // Released before any member goes: the user's hard-timeout hook, run by OnEscalation on the timer
   // thread, uses them, and Release() waits for it. A no-op once the call has settled.
   slot_.Release(false, "abandoned");
 }
@@ -164,11 +164,10 @@ CallGuard::~CallGuard() {
 void CallGuard::ListenForTimeouts() {
   if (!slot_.valid() || listening_) return;
   listening_ = true;
-  slot_.SetTimeoutListener(this);
+  slot_.SetTimeoutHandler(this);
 }
 
-void CallGuard::OnTimeout(bool hard) {
-  if (!hard) return;
+void CallGuard::OnEscalation() {
   std::function<void()> user;
   {
     std::lock_guard<std::mutex> lock(hook_mu_);

@@ -1,5 +1,5 @@
 // Links the installed laneguard::prometheus component and serializes one call.
-#include <laneguard/prometheus.h>
+#include <laneguard/exporters/prometheus.h>
 
 #include <cstdio>
 #include <string>

@@ -19,7 +19,7 @@
 #include <string>
 #include <thread>
 
-#include "core/json_input.h"
+#include "base/json_input.h"
 #include "support/limit_growth.h"
 
 namespace laneguard {

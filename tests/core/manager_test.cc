@@ -13,7 +13,7 @@
 #include <type_traits>
 
 #include "core/admission_word.h"
-#include "core/shard_count.h"
+#include "base/shard_count.h"
 #include "support/fake_memory_probe.h"
 
 namespace laneguard {
@@ -842,12 +842,16 @@ TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
   });
 }
 
-class RecordingListener final : public TimeoutListener {
+class RecordingListener final : public TimeoutHandler {
  public:
-  void OnTimeout(bool hard) override {
+  void OnWarning() override {
     std::lock_guard<std::mutex> lock(mu);
-    heard.push_back(hard ? "hard" : "warning");
-    if (on_hard && hard) on_hard();
+    heard.push_back("warning");
+  }
+  void OnEscalation() override {
+    std::lock_guard<std::mutex> lock(mu);
+    heard.push_back("hard");
+    if (on_hard) on_hard();
   }
   std::vector<std::string> Heard() {
     std::lock_guard<std::mutex> lock(mu);
@@ -864,7 +868,7 @@ TEST_F(ManagerTest, ATimeoutListenerHearsBothPhasesBeforeTheHooks) {
   auto m = Make();  // escalation factor 1.5
   RecordingListener listener;
   Slot s = m->TryAcquire("slow", "tool_call", 1000).value();
-  s.SetTimeoutListener(&listener);
+  s.SetTimeoutHandler(&listener);
   s.SetTimeoutWarningHook([&] { listener.heard.push_back("warning hook"); });
   s.SetHardTimeoutHook([&] { listener.heard.push_back("hard hook"); });
   clock_.AdvanceMs(1000);
@@ -878,8 +882,8 @@ TEST_F(ManagerTest, ATimeoutListenerHearsBothPhasesBeforeTheHooks) {
   Slot reused = m->TryAcquire("reused", "tool_call", 10).value();  // s's entry, from the free list
   RecordingListener removed;
   Slot t = m->TryAcquire("removed", "tool_call", 10).value();
-  t.SetTimeoutListener(&removed);
-  t.SetTimeoutListener(nullptr);
+  t.SetTimeoutHandler(&removed);
+  t.SetTimeoutHandler(nullptr);
   clock_.AdvanceMs(100);
   m->Tick();
   EXPECT_TRUE(removed.Heard().empty());
@@ -892,7 +896,7 @@ TEST_F(ManagerTest, ReleaseWaitsForARunningTimeoutListener) {
   RecordingListener listener;
   ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 15, [&](std::function<void()> on_hard) {
     listener.on_hard = std::move(on_hard);
-    s.SetTimeoutListener(&listener);
+    s.SetTimeoutHandler(&listener);
   });
 }
 

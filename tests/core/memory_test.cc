@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/cgroup_paths.h"
+#include "base/cgroup_paths.h"
 #include "core/proc_memory_probe.h"
 #include "laneguard/clock.h"
 

@@ -8,7 +8,7 @@
 #include <memory>
 #include <string_view>
 
-#include "laneguard/json_logger.h"
+#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
 #include "support/fake_memory_probe.h"
 #include "support/tmp_stream.h"
