@@ -38,7 +38,8 @@ int Run(std::string_view name, long n) {
   TracerOptions o;
   o.enabled = spans;
   o.sample_rate = 1.0;
-  if (spans) o.processor = std::make_shared<BatchSpanProcessor>(std::make_unique<DiscardExporter>());
+  if (spans)
+    o.processor = std::make_shared<BatchSpanProcessor>(std::make_unique<DiscardExporter>());
   Tracer tracer(std::move(o));
   WorkerCalls calls(*manager, tracer);
   // Warm the call slab, the metrics ring and the span pool, as the benchmarks' first iterations do.

@@ -10,9 +10,9 @@
 #include <string>
 
 #include "alloc_counter.h"
+#include "core/timer_queue.h"
 #include "laneguard/clock.h"
 #include "laneguard/manager.h"
-#include "core/timer_queue.h"
 
 namespace laneguard {
 namespace {

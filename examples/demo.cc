@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "laneguard/config.h"
-#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
+#include "laneguard/observe/json_logger.h"
 #include "laneguard/trace/trace.h"
 #include "laneguard/worker.h"
 

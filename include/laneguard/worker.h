@@ -42,8 +42,8 @@
 #include <utility>
 
 #include "laneguard/executor.h"
-#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
+#include "laneguard/observe/json_logger.h"
 #include "laneguard/trace/trace.h"
 
 namespace laneguard {

@@ -21,10 +21,10 @@
 
 #include "cli/batch.h"
 #include "cli/job_file.h"
-#include "laneguard/observe/json_logger.h"
 #include "laneguard/exporters/otlp.h"
-#include "laneguard/process.h"
 #include "laneguard/exporters/prometheus.h"
+#include "laneguard/observe/json_logger.h"
+#include "laneguard/process.h"
 #include "laneguard/trace/trace.h"
 #include "laneguard/worker.h"
 

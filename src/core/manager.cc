@@ -11,12 +11,12 @@
 #include <thread>
 #include <type_traits>
 
-#include "core/admission_word.h"
-#include "core/lane_index.h"
-#include "core/timer_queue.h"
 #include "base/shard_count.h"
 #include "base/spin_lock.h"
 #include "base/thread_counters.h"
+#include "core/admission_word.h"
+#include "core/lane_index.h"
+#include "core/timer_queue.h"
 
 namespace laneguard {
 
@@ -146,8 +146,8 @@ struct CallEntry {
   TaskId task_id;
   Metadata metadata;
   std::stop_source stop{std::nostopstate};
-  std::function<void()> hook;           // at the hard deadline
-  std::function<void()> warning_hook;   // at the timeout
+  std::function<void()> hook;          // at the hard deadline
+  std::function<void()> warning_hook;  // at the timeout
   TimeoutHandler* listener = nullptr;  // both, before the hooks
   std::thread::id hook_thread;
 };

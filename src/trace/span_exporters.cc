@@ -3,8 +3,8 @@
 #include <string>
 #include <system_error>
 
-#include "laneguard/trace/trace.h"
 #include "base/line_file.h"
+#include "laneguard/trace/trace.h"
 #include "trace/otlp_json.h"
 
 namespace laneguard {

@@ -1,6 +1,6 @@
 // Links the installed libraries, takes and releases one slot, and sets up an OTLP exporter.
-#include <laneguard/manager.h>
 #include <laneguard/exporters/otlp.h>
+#include <laneguard/manager.h>
 
 #include <cstdio>
 

@@ -12,8 +12,8 @@
 #include <tuple>
 #include <type_traits>
 
-#include "core/admission_word.h"
 #include "base/shard_count.h"
+#include "core/admission_word.h"
 #include "support/fake_memory_probe.h"
 
 namespace laneguard {

@@ -11,9 +11,9 @@
 #include <cstring>
 #include <string>
 
-#include "laneguard/observe/json_logger.h"
-#include "laneguard/manager.h"
 #include "laneguard/exporters/prometheus.h"
+#include "laneguard/manager.h"
+#include "laneguard/observe/json_logger.h"
 
 namespace {
 

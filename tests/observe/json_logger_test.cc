@@ -15,8 +15,8 @@
 #include "laneguard/clock.h"
 #include "laneguard/metrics.h"
 #include "laneguard/observer.h"
-#include "support/tmp_stream.h"
 #include "support/file_size_limit.h"
+#include "support/tmp_stream.h"
 
 namespace laneguard {
 namespace {

@@ -8,8 +8,8 @@
 #include <memory>
 #include <string_view>
 
-#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
+#include "laneguard/observe/json_logger.h"
 #include "support/fake_memory_probe.h"
 #include "support/tmp_stream.h"
 

@@ -19,8 +19,8 @@
 
 #include "laneguard/clock.h"
 #include "laneguard/trace/trace.h"
-#include "support/tmp_stream.h"
 #include "support/file_size_limit.h"
+#include "support/tmp_stream.h"
 
 namespace laneguard {
 namespace {

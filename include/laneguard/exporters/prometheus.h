@@ -41,9 +41,9 @@
 #include <string_view>
 #include <vector>
 
+#include "laneguard/manager.h"
 #include "laneguard/observe/alerts.h"
 #include "laneguard/observe/json_logger.h"
-#include "laneguard/manager.h"
 #include "laneguard/result.h"
 
 namespace laneguard {

@@ -35,8 +35,8 @@
 #include <vector>
 
 #include "laneguard/clock.h"
-#include "laneguard/observe/json_logger.h"
 #include "laneguard/manager.h"
+#include "laneguard/observe/json_logger.h"
 #include "laneguard/result.h"
 
 namespace laneguard {
