@@ -3,6 +3,8 @@ SHELL := /bin/bash
 BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
+# Warnings as errors (.ci/run sets WERROR=ON; off for a user whose newer compiler warns more).
+WERROR ?= OFF
 DEBIAN_PACKAGES := cmake g++ make pkg-config libgtest-dev libgmock-dev libbenchmark-dev \
 	nlohmann-json3-dev libcli11-dev clang-format libcurl4-openssl-dev nodejs
 # Packages whose command may come from another package (NodeSource's nodejs ships npm): installed
@@ -16,7 +18,7 @@ DEBIAN_PACKAGES += prometheus-cpp-dev libboost-dev libcpp-httplib-dev prometheus
 # script(1), for the test that runs `laneguard run` on a pseudo-terminal.
 DEBIAN_PACKAGES += bsdutils
 
-.PHONY: all deps configure build test demo demo-library bench tsan asan format format-check tidy install clean
+.PHONY: all deps configure build test demo demo-library bench callgrind tsan asan thread-safety format format-check tidy install clean
 
 all: build
 
@@ -32,7 +34,7 @@ deps:
 	fi
 
 configure: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_WERROR=$(WERROR) $(CMAKE_FLAGS)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
@@ -62,14 +64,29 @@ BENCH_FLAGS := --benchmark_out_format=json --benchmark_repetitions=3 --benchmark
 bench: build
 	$(BUILD)/bin/laneguard_bench --benchmark_out=$(BUILD)/bench.json $(BENCH_FLAGS)
 
+# Instructions per call on the calling thread (valgrind's callgrind), for regressions: BENCHMARKS.md.
+callgrind: configure
+	dpkg-query -W valgrind >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq valgrind
+	cmake --build $(BUILD) -j $(JOBS) --target laneguard_callgrind_calls
+	bench/callgrind.sh $(BUILD)
+
+# clang's -Wthread-safety over the libraries, the CLI and the examples: every GUARDED_BY and
+# REQUIRES is checked, and a finding fails the build (warnings are errors here whatever WERROR says).
+# A debug build without link-time optimization: this checks, it does not run.
+thread-safety: deps
+	dpkg-query -W clang-14 >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq clang-14
+	CC=clang-14 CXX=clang++-14 cmake -S . -B build-tsa -DCMAKE_BUILD_TYPE=Debug -DLANEGUARD_LTO=OFF \
+	  -DLANEGUARD_BUILD_TESTS=OFF -DLANEGUARD_BUILD_BENCH=OFF -DLANEGUARD_WERROR=ON
+	cmake --build build-tsa -j $(JOBS)
+
 # The sanitizer builds are for the tests; the benchmarks are not built there.
 tsan: deps
-	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_SANITIZE=thread -DLANEGUARD_BUILD_BENCH=OFF
+	cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_SANITIZE=thread -DLANEGUARD_BUILD_BENCH=OFF -DLANEGUARD_WERROR=$(WERROR)
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$(CURDIR)/tests/tsan.supp" ctest --output-on-failure -j $(JOBS)
 
 asan: deps
-	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_SANITIZE=address,undefined -DLANEGUARD_BUILD_BENCH=OFF
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_SANITIZE=address,undefined -DLANEGUARD_BUILD_BENCH=OFF -DLANEGUARD_WERROR=$(WERROR)
 	cmake --build build-asan -j $(JOBS)
 	cd build-asan && ASAN_OPTIONS="detect_leaks=1" UBSAN_OPTIONS="print_stacktrace=1" ctest --output-on-failure -j $(JOBS)
 
@@ -93,4 +110,4 @@ install: build
 	cmake --install $(BUILD)
 
 clean:
-	rm -rf build build-tsan build-asan
+	rm -rf build build-tsan build-asan build-tsa
