@@ -19,9 +19,11 @@
 // Tick() without one; not after Shutdown()), so admission makes no syscall.
 //
 // Timeouts: at the call's timeout the manager requests a stop on the slot's stop_token and reports
-// kTimeoutWarning; at timeout x timeoutEscalationFactor it reports kTimeoutEscalation and runs the
-// slot's hard-timeout hook. Neither releases the slot: a call past its hard deadline stays counted
-// (as "overrunning") until it is released, because its work may still be running.
+// kTimeoutWarning; at timeout x timeoutEscalationFactor it reports kTimeoutEscalation. A call that
+// set a TimeoutHandler (Slot::SetTimeoutHandler) hears each phase too, after the observers: that
+// and the stop token are the only ways a call learns of its timeout. Neither phase releases the
+// slot: a call past its hard deadline stays counted (as "overrunning") until it is released,
+// because its work may still be running.
 //
 // Thread safety: every method of ResourceBudgetManager is safe to call from any thread. A Slot is
 // owned by one thread at a time (move it to hand it over); its methods must not race with each
@@ -29,10 +31,10 @@
 // is safe: the slots stay valid and releasable, and the internal state is freed with the last one.
 // The clock passed in ManagerOptions must outlive the manager and its slots.
 //
-// Hooks and observers run on the timer thread (inside Tick()), one after another. They must not
-// call Tick(), Shutdown() or destroy the manager, and should be quick: a slow hook delays every
-// other timer. They may release slots (Release() then does not wait for hooks of its own thread,
-// and a hook of a call released that way does not run).
+// Timeout handlers and observers run on the timer thread (inside Tick()), one after another. They
+// must not call Tick(), Shutdown() or destroy the manager, and should be quick: a slow handler
+// delays every other timer. They may release other calls' slots (Release() then does not wait
+// for handlers of its own thread, and the handler of a call released that way does not run).
 #ifndef LANEGUARD_MANAGER_H_
 #define LANEGUARD_MANAGER_H_
 
@@ -55,7 +57,8 @@
 namespace laneguard {
 
 namespace internal {
-struct ManagerState;
+class ManagerState;
+struct SlotGrant;
 }  // namespace internal
 
 // Why TryAcquire said no. The message is built on demand, so a rejection costs no formatting
@@ -158,15 +161,9 @@ class Slot {
   int64_t deadline_mono_nanos() const { return deadline_; }
   int64_t hard_deadline_mono_nanos() const { return hard_deadline_; }
 
-  // Runs on the manager's timer thread when the hard deadline passes (at most once). Release()
-  // waits for a running hook to return, so the hook may touch what the call owns; it must not
-  // release the slot itself. Replaces any earlier hook.
-  void SetHardTimeoutHook(std::function<void()> hook);
-  // The same for the timeout (warning phase), run just after the stop request.
-  void SetTimeoutWarningHook(std::function<void()> hook);
-  // Both phases to one handler, on the same terms as the hooks (which run after it); null
-  // removes it. A pointer, which costs a store where a hook is a std::function to build, move and
-  // free: the worker-call wrapper installs one for a call that sets a hard-timeout hook.
+  // Tells `handler` of the call's two timeout phases (see TimeoutHandler), on the manager's timer
+  // thread; replaces any earlier handler, and null removes it. The handler must outlive the call
+  // or be removed first. A phase that has already fired is not told again.
   void SetTimeoutHandler(TimeoutHandler* handler);
 
   // The global and lane counts right after this slot was granted (the spec's acquired_slot
@@ -177,24 +174,15 @@ class Slot {
   // Only the manager can make a Key, so only the manager can use the constructor below; it is
   // public so that TryAcquire's Result can construct the Slot in place instead of moving one in.
   class Key {
-    friend struct internal::ManagerState;
+    friend class internal::ManagerState;
     Key() = default;
   };
-  Slot(Key /*unused*/, internal::ManagerState* state, uint32_t index, uint32_t generation,
-       uint64_t call_id, int64_t start, int64_t deadline, int64_t hard_deadline, int global_active,
-       int lane_active)
-      : state_(state),
-        index_(index),
-        generation_(generation),
-        call_id_(call_id),
-        start_(start),
-        deadline_(deadline),
-        hard_deadline_(hard_deadline),
-        global_active_at_start_(global_active),
-        lane_active_at_start_(lane_active) {}
+  // Inline, and from a struct the manager fills in the same expression: the compiler stores the
+  // figures straight into the Result, as it did with one argument each.
+  inline Slot(Key /*unused*/, const internal::SlotGrant& grant);
 
  private:
-  friend struct internal::ManagerState;
+  friend class internal::ManagerState;
   friend class ResourceBudgetManager;
 
   // Member-wise copies for the moves above; private, so a Slot cannot be copied from outside.
@@ -212,6 +200,32 @@ class Slot {
   int global_active_at_start_ = 0;
   int lane_active_at_start_ = 0;
 };
+
+namespace internal {
+// What the manager fills in to grant a Slot (see Slot's members of the same names).
+struct SlotGrant {
+  ManagerState* state = nullptr;
+  uint32_t index = 0;
+  uint32_t generation = 0;
+  uint64_t call_id = 0;
+  int64_t start = 0;
+  int64_t deadline = 0;
+  int64_t hard_deadline = 0;
+  int global_active = 0;
+  int lane_active = 0;
+};
+}  // namespace internal
+
+inline Slot::Slot(Key /*unused*/, const internal::SlotGrant& grant)
+    : state_(grant.state),
+      index_(grant.index),
+      generation_(grant.generation),
+      call_id_(grant.call_id),
+      start_(grant.start),
+      deadline_(grant.deadline),
+      hard_deadline_(grant.hard_deadline),
+      global_active_at_start_(grant.global_active),
+      lane_active_at_start_(grant.lane_active) {}
 
 struct ManagerOptions {
   // Defaults to FastClock::Get(). Must outlive the manager and its slots.

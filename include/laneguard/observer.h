@@ -3,8 +3,8 @@
 //
 // Thread safety: OnEvent() is called from the thread that caused the event (the caller of
 // TryAcquire/Release) or from the manager's background thread (timeouts, memory). Implementations
-// must be thread-safe. On the timer thread the rules for hooks apply (see manager.h): no Tick(),
-// Shutdown() or destruction of the manager from an observer.
+// must be thread-safe. On the timer thread the rules for timeout handlers apply (see manager.h): no
+// Tick(), Shutdown() or destruction of the manager from an observer.
 #ifndef LANEGUARD_OBSERVER_H_
 #define LANEGUARD_OBSERVER_H_
 
@@ -27,7 +27,7 @@ enum class EventKind {
   kRejected,           // an acquisition was refused (reason, message)
   kReleased,           // a slot was released (record)
   kTimeoutWarning,     // the call passed its timeout: stop requested
-  kTimeoutEscalation,  // the call passed timeout x escalation: its hard-timeout hook runs next
+  kTimeoutEscalation,  // the call passed timeout x escalation: its timeout handler hears next
   kHeapWarning,        // admitted while the heap is above heapWarningMb (memory)
 };
 std::string_view ToString(EventKind kind);  // "acquired", "rejected", ...

@@ -59,10 +59,10 @@ void ThreadCounters::IncrementSlow(size_t i) {
       if (it == held.end()) {
         auto block = std::make_shared<Block>(width_);
         {
-          std::lock_guard<std::mutex> lock(mu_);
+          MutexLock lock(mu_);
           // Fold the blocks of threads that have exited. The acquire pairs with the exiting
           // thread's release, so its last counts are the ones read here.
-          std::erase_if(blocks_, [this](const std::shared_ptr<Block>& b) {
+          std::erase_if(blocks_, [this](const std::shared_ptr<Block>& b) REQUIRES(mu_) {
             if (!b->retired.load(std::memory_order_acquire)) return false;
             for (size_t k = 0; k < width_; ++k)
               folded_[k] += b->counts[k].load(std::memory_order_relaxed);
@@ -96,7 +96,7 @@ ThreadCounters::~ThreadCounters() = default;
 
 std::vector<int64_t> ThreadCounters::Sums() const {
   std::vector<int64_t> sums(width_);
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (size_t k = 0; k < width_; ++k)
     sums[k] = folded_[k] + shared_[k].load(std::memory_order_relaxed);
   for (const std::shared_ptr<Block>& b : blocks_)
@@ -105,7 +105,7 @@ std::vector<int64_t> ThreadCounters::Sums() const {
 }
 
 size_t ThreadCounters::BlockCount() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   return blocks_.size();
 }
 

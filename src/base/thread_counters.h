@@ -23,8 +23,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <vector>
+
+#include "laneguard/internal/mutex.h"
+#include "laneguard/internal/thread_annotations.h"
 
 namespace laneguard::internal {
 
@@ -47,10 +49,10 @@ class ThreadCounters {
   }
 
   // Every counter, each summed over every thread that ever added to it.
-  std::vector<int64_t> Sums() const;
+  std::vector<int64_t> Sums() const EXCLUDES(mu_);
 
   // For tests: blocks held for threads (live ones, and exited ones not yet folded).
-  size_t BlockCount() const;
+  size_t BlockCount() const EXCLUDES(mu_);
 
  private:
   struct Block;
@@ -65,13 +67,13 @@ class ThreadCounters {
     return cached;
   }
   // Finds or registers this thread's block, caches it and adds.
-  [[gnu::noinline]] void IncrementSlow(size_t i);
+  [[gnu::noinline]] void IncrementSlow(size_t i) EXCLUDES(mu_);
 
   const uint64_t serial_;
   const size_t width_;
-  mutable std::mutex mu_;
-  std::vector<std::shared_ptr<Block>> blocks_;  // guarded by mu_
-  std::unique_ptr<int64_t[]> folded_;           // exited threads' counts; guarded by mu_
+  mutable Mutex mu_;
+  std::vector<std::shared_ptr<Block>> blocks_ GUARDED_BY(mu_);
+  const std::unique_ptr<int64_t[]> folded_ GUARDED_BY(mu_);  // exited threads' counts
   // Increments that found no block of their own (a thread past its thread-locals' destruction).
   std::unique_ptr<std::atomic<int64_t>[]> shared_;
 };

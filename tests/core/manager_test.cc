@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
 #include <set>
+#include <stdexcept>
 #include <thread>
 #include <tuple>
 #include <type_traits>
@@ -663,16 +665,35 @@ TEST_F(ManagerTest, SnapshotAndPerCallMemoryFigures) {
 // ---- timeouts
 // -------------------------------------------------------------------------------------
 
+// A TimeoutHandler made of two callbacks; either may be empty.
+class CallbackHandler final : public TimeoutHandler {
+ public:
+  void OnWarning() override {
+    if (on_warning) on_warning();
+  }
+  void OnEscalation() override {
+    if (on_escalation) on_escalation();
+  }
+  std::function<void()> on_warning, on_escalation;
+};
+
 TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   auto m = Make();  // escalation factor 1.5
   Slot s = m->TryAcquire("slow", "tool_call", 1000).value();
   std::stop_token token = s.stop_token();
-  std::atomic<int> hook_runs{0}, warning_hook_runs{0};
-  s.SetHardTimeoutHook([&] { ++hook_runs; });
-  s.SetTimeoutWarningHook([&] {
-    EXPECT_TRUE(token.stop_requested()) << "the warning hook runs after the stop request";
-    ++warning_hook_runs;
-  });
+  std::atomic<int> escalation_runs{0}, warning_runs{0};
+  CallbackHandler handler;
+  handler.on_escalation = [&] {
+    EXPECT_EQ(observer_->kinds().size(), 2u) << "observers hear of the escalation first";
+    ++escalation_runs;
+  };
+  handler.on_warning = [&] {
+    EXPECT_TRUE(token.stop_requested()) << "the warning handler runs after the stop request";
+    EXPECT_THAT(observer_->kinds(), ElementsAre(EventKind::kTimeoutWarning))
+        << "observers hear of the warning first";
+    ++warning_runs;
+  };
+  s.SetTimeoutHandler(&handler);
   EXPECT_EQ(s.global_active_at_start(), 1);
   EXPECT_EQ(s.lane_active_at_start(), 1);
   observer_->clear();
@@ -686,8 +707,8 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   m->Tick();
   EXPECT_THAT(observer_->kinds(), ElementsAre(EventKind::kTimeoutWarning));
   EXPECT_TRUE(token.stop_requested());
-  EXPECT_EQ(warning_hook_runs.load(), 1);
-  EXPECT_EQ(hook_runs.load(), 0);
+  EXPECT_EQ(warning_runs.load(), 1);
+  EXPECT_EQ(escalation_runs.load(), 0);
   EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 0);
 
   clock_.AdvanceMs(499);
@@ -698,7 +719,7 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   m->Tick();
   EXPECT_THAT(observer_->kinds(),
               ElementsAre(EventKind::kTimeoutWarning, EventKind::kTimeoutEscalation));
-  EXPECT_EQ(hook_runs.load(), 1);
+  EXPECT_EQ(escalation_runs.load(), 1);
   // Still counted: the work may still be running.
   auto status = m->GetConcurrencyStatus();
   EXPECT_EQ(status.global.active, 1);
@@ -709,8 +730,8 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
   clock_.AdvanceMs(10000);
   m->Tick();
   EXPECT_EQ(observer_->kinds().size(), 2u) << "each phase fires once";
-  EXPECT_EQ(hook_runs.load(), 1);
-  EXPECT_EQ(warning_hook_runs.load(), 1);
+  EXPECT_EQ(escalation_runs.load(), 1);
+  EXPECT_EQ(warning_runs.load(), 1);
 
   s.Release(false, "timeout");
   status = m->GetConcurrencyStatus();
@@ -728,15 +749,17 @@ TEST_F(ManagerTest, TwoPhaseTimeoutWarnsAtTAndEscalatesAtFactorT) {
 TEST_F(ManagerTest, NothingFiresAfterRelease) {
   auto m = Make();
   Slot s = m->TryAcquire("quick", "critic", 1000).value();
-  bool hook_ran = false;
-  s.SetHardTimeoutHook([&] { hook_ran = true; });
+  bool handler_ran = false;
+  CallbackHandler handler;
+  handler.on_warning = handler.on_escalation = [&] { handler_ran = true; };
+  s.SetTimeoutHandler(&handler);
   clock_.AdvanceMs(500);
   s.Release(true);
   observer_->clear();
   clock_.AdvanceMs(5000);
   m->Tick();
   EXPECT_TRUE(observer_->kinds().empty());
-  EXPECT_FALSE(hook_ran);
+  EXPECT_FALSE(handler_ran);
   EXPECT_FALSE(m->GetMetrics().at(0).timeout_reached);
 }
 
@@ -834,11 +857,13 @@ void ExpectReleaseWaitsForTheTimerThread(
   timer_thread.join();
 }
 
-TEST_F(ManagerTest, ReleaseWaitsForARunningHardTimeoutHook) {
+TEST_F(ManagerTest, ReleaseWaitsForARunningEscalationHandler) {
   auto m = Make();
+  CallbackHandler handler;
   Slot s = m->TryAcquire("t", "critic", 10).value();
-  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 15, [&](std::function<void()> hook) {
-    s.SetHardTimeoutHook(std::move(hook));
+  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 15, [&](std::function<void()> on_escalation) {
+    handler.on_escalation = std::move(on_escalation);
+    s.SetTimeoutHandler(&handler);
   });
 }
 
@@ -862,21 +887,22 @@ class RecordingListener final : public TimeoutHandler {
   std::vector<std::string> heard;
 };
 
-// The listener hears both phases, each before that phase's hook; a released call's entry does not
-// carry it into the next call.
-TEST_F(ManagerTest, ATimeoutListenerHearsBothPhasesBeforeTheHooks) {
+// The handler hears both phases, in order, each once; a released call's entry does not carry it
+// into the next call, and a removed handler hears nothing.
+TEST_F(ManagerTest, ATimeoutHandlerHearsBothPhasesInOrder) {
   auto m = Make();  // escalation factor 1.5
   RecordingListener listener;
   Slot s = m->TryAcquire("slow", "tool_call", 1000).value();
   s.SetTimeoutHandler(&listener);
-  s.SetTimeoutWarningHook([&] { listener.heard.push_back("warning hook"); });
-  s.SetHardTimeoutHook([&] { listener.heard.push_back("hard hook"); });
   clock_.AdvanceMs(1000);
   m->Tick();
-  EXPECT_THAT(listener.Heard(), ElementsAre("warning", "warning hook"));
+  EXPECT_THAT(listener.Heard(), ElementsAre("warning"));
   clock_.AdvanceMs(500);
   m->Tick();
-  EXPECT_THAT(listener.Heard(), ElementsAre("warning", "warning hook", "hard", "hard hook"));
+  EXPECT_THAT(listener.Heard(), ElementsAre("warning", "hard"));
+  clock_.AdvanceMs(5000);
+  m->Tick();
+  EXPECT_THAT(listener.Heard(), ElementsAre("warning", "hard"));
   s.Release(false, "timeout");
 
   Slot reused = m->TryAcquire("reused", "tool_call", 10).value();  // s's entry, from the free list
@@ -887,7 +913,7 @@ TEST_F(ManagerTest, ATimeoutListenerHearsBothPhasesBeforeTheHooks) {
   clock_.AdvanceMs(100);
   m->Tick();
   EXPECT_TRUE(removed.Heard().empty());
-  EXPECT_THAT(listener.Heard(), ::testing::SizeIs(4));
+  EXPECT_THAT(listener.Heard(), ::testing::SizeIs(2));
 }
 
 TEST_F(ManagerTest, ReleaseWaitsForARunningTimeoutListener) {
@@ -900,25 +926,57 @@ TEST_F(ManagerTest, ReleaseWaitsForARunningTimeoutListener) {
   });
 }
 
-TEST_F(ManagerTest, ReleaseWaitsForTheHardHookWhenBothPhasesFireInOneTick) {
+TEST_F(ManagerTest, ReleaseWaitsForTheEscalationHandlerWhenBothPhasesFireInOneTick) {
   Config c;
   c.timeout_escalation_factor = 1.0;
   auto m = Make(c);
+  CallbackHandler handler;
+  handler.on_warning = [] {};
   Slot s = m->TryAcquire("t", "critic", 10).value();
-  s.SetTimeoutWarningHook([] {});
-  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 10, [&](std::function<void()> hook) {
-    s.SetHardTimeoutHook(std::move(hook));
+  ExpectReleaseWaitsForTheTimerThread(*m, clock_, s, 10, [&](std::function<void()> on_escalation) {
+    handler.on_escalation = std::move(on_escalation);
+    s.SetTimeoutHandler(&handler);
   });
 }
 
-// An observer on the timer thread releases another call whose hook is queued in the same tick:
-// that hook must not run, and the reused entry must not keep the call's pending-hook mark.
-TEST_F(ManagerTest, ObserverReleasingACallWithAQueuedHookSkipsItAndLeavesTheEntryClean) {
+// A handler that throws is ignored: the timer thread goes on, the call stays counted, its next
+// phase still fires and other calls' handlers still run.
+TEST_F(ManagerTest, AThrowingHandlerDoesNotStopTheTimers) {
+  auto m = Make();  // escalation factor 1.5
+  CallbackHandler thrower, other;
+  int escalations = 0, other_warnings = 0;
+  thrower.on_warning = [] { throw std::runtime_error("broken handler"); };
+  thrower.on_escalation = [&] {
+    ++escalations;
+    throw std::runtime_error("broken again");
+  };
+  other.on_warning = [&] { ++other_warnings; };
+  Slot a = m->TryAcquire("a", "critic", 100).value();
+  Slot b = m->TryAcquire("b", "critic", 100).value();
+  a.SetTimeoutHandler(&thrower);
+  b.SetTimeoutHandler(&other);
+  clock_.AdvanceMs(100);
+  EXPECT_NO_THROW(m->Tick());
+  EXPECT_EQ(other_warnings, 1);
+  clock_.AdvanceMs(50);
+  EXPECT_NO_THROW(m->Tick());
+  EXPECT_EQ(escalations, 1);
+  EXPECT_EQ(m->GetConcurrencyStatus().global.active, 2);
+  EXPECT_EQ(m->GetConcurrencyStatus().global.overrunning, 2);
+  EXPECT_TRUE(a.Release(false, "timeout")) << "a throwing handler leaves no pending mark behind";
+  EXPECT_TRUE(b.Release(false, "timeout"));
+}
+
+// An observer on the timer thread releases another call whose handler is queued in the same tick:
+// that handler must not run, and the reused entry must not keep the call's pending mark.
+TEST_F(ManagerTest, ObserverReleasingACallWithAQueuedHandlerSkipsItAndLeavesTheEntryClean) {
   auto m = Make();
+  CallbackHandler b_handler, noop;
   Slot a = m->TryAcquire("a", "critic", 10).value();
   Slot b = m->TryAcquire("b", "critic", 10).value();
-  bool b_hook_ran = false;
-  b.SetTimeoutWarningHook([&] { b_hook_ran = true; });
+  bool b_handler_ran = false;
+  b_handler.on_warning = [&] { b_handler_ran = true; };
+  b.SetTimeoutHandler(&b_handler);
   struct ReleaseB : Observer {
     Slot* b;
     uint64_t a_id;
@@ -933,12 +991,12 @@ TEST_F(ManagerTest, ObserverReleasingACallWithAQueuedHookSkipsItAndLeavesTheEntr
   clock_.AdvanceMs(10);
   m->Tick();
   EXPECT_FALSE(b.valid());
-  EXPECT_FALSE(b_hook_ran);
-  // The entry b used is reused; a hang here would mean a stale pending-hook mark.
+  EXPECT_FALSE(b_handler_ran);
+  // The entry b used is reused; a hang here would mean a stale pending-handler mark.
   for (int i = 0; i < 4; ++i) {
     Slot again = m->TryAcquire("again", "critic").value();
     (void)again.stop_token();
-    again.SetHardTimeoutHook([] {});
+    again.SetTimeoutHandler(&noop);
     EXPECT_TRUE(again.Release(true));
   }
   EXPECT_TRUE(a.Release(true));
@@ -1069,11 +1127,11 @@ TEST_F(ManagerTest, TimersFireOnceEachWhileCallsChurnAndTicksRunConcurrently) {
   constexpr int kWorkers = 3;
   std::atomic<bool> stop{false};
   std::atomic<int> held_warnings{0};
-  std::atomic<int> hooks_set{0};
+  std::atomic<int> handlers_set{0};
   std::thread ticker([&] {
-    // The clock stands still until every held call has its hook: a hook set after its warning
+    // The clock stands still until every held call has its handler: a handler set after its warning
     // fired would (by design) never run.
-    while (hooks_set.load() < kWorkers) std::this_thread::yield();
+    while (handlers_set.load() < kWorkers) std::this_thread::yield();
     while (!stop.load()) {
       clock_.AdvanceMs(3);
       m->Tick();
@@ -1084,9 +1142,11 @@ TEST_F(ManagerTest, TimersFireOnceEachWhileCallsChurnAndTicksRunConcurrently) {
   std::atomic<int> granted{0};
   for (int w = 0; w < kWorkers; ++w) {
     workers.emplace_back([&, w] {
+      CallbackHandler handler;
+      handler.on_warning = [&] { held_warnings.fetch_add(1); };
       Slot held = m->TryAcquire("held-" + std::to_string(w), "file_read", 5).value();
-      held.SetTimeoutWarningHook([&] { held_warnings.fetch_add(1); });
-      hooks_set.fetch_add(1);
+      held.SetTimeoutHandler(&handler);
+      handlers_set.fetch_add(1);
       std::mt19937 rng(w);
       for (int i = 0; i < 1000; ++i) {
         auto r = m->TryAcquire("churn", "file_read", 1 + static_cast<int64_t>(rng() % 10));

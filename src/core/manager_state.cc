@@ -1,0 +1,401 @@
+#include "core/manager_state.h"
+
+#include <chrono>
+#include <exception>
+#include <new>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "base/spin_lock.h"
+
+namespace laneguard::internal {
+namespace {
+
+const Metadata kNoMetadata;
+
+// What a released call may own besides its counts, moved out of its entry to be freed outside the
+// shard lock.
+struct Leftovers {
+  explicit Leftovers(CallEntry& c)
+      : stop(std::exchange(c.stop, std::stop_source(std::nostopstate))),
+        metadata(std::exchange(c.metadata, {})) {}
+  std::stop_source stop;
+  Metadata metadata;
+};
+
+// Leftovers built in place only when a call has any. Not std::optional<Leftovers>: g++ 12 zero-
+// fills an optional's storage on construction, a `rep stos` that cost 15% of every release.
+class LeftoversHolder {
+ public:
+  LeftoversHolder() {}  // NOLINT: the storage is left uninitialized on purpose
+  LeftoversHolder(const LeftoversHolder&) = delete;
+  LeftoversHolder& operator=(const LeftoversHolder&) = delete;
+  ~LeftoversHolder() {
+    if (taken_ != nullptr) taken_->~Leftovers();
+  }
+  void TakeFrom(CallEntry& c) { taken_ = new (storage_) Leftovers(c); }
+  const Metadata& metadata() const { return taken_ != nullptr ? taken_->metadata : kNoMetadata; }
+
+ private:
+  alignas(Leftovers) unsigned char storage_[sizeof(Leftovers)];
+  Leftovers* taken_ = nullptr;
+};
+
+}  // namespace
+
+ManagerState::ManagerState(Config config, ManagerOptions options)
+    : config_(std::move(config)),
+      clock_(options.clock != nullptr ? options.clock : &FastClock::Get()),
+      unix_offset_(clock_->UnixNanos() - clock_->MonotonicNanos()),
+      admission_(config_),
+      memory_(options.memory_probe ? std::move(options.memory_probe) : NewProcMemoryProbe(),
+              config_.memory_sample_interval_ms, config_.heap_warning_mb, unix_offset_),
+      calls_(admission_.lane_count()),
+      events_(admission_, unix_offset_),
+      timers_(calls_, admission_, events_, config_.timeout_escalation_factor) {
+  if (!options.observers.empty()) events_.Set(std::move(options.observers));
+  memory_.Sample(clock_->MonotonicNanos());
+}
+
+// ---- acquire ------------------------------------------------------------------------------------
+
+template <typename M>
+[[gnu::always_inline]] inline ManagerState::OpenedCall ManagerState::OpenCall(
+    Shard& shard, std::string_view task_id, const CallStart& start, M&& metadata) {
+  // A copy is made before the lock (allocation is not admission work) and before the point past
+  // which nothing may throw.
+  std::optional<Metadata> copied;
+  if constexpr (std::is_lvalue_reference_v<M>) {
+    if (!metadata.empty()) copied.emplace(metadata);
+  }
+  SpinLockGuard guard(shard.lock);
+  CallSlab& calls = shard.calls;
+  const uint32_t entry = calls.NextFree();
+  CallEntry& c = calls.at(entry);
+  c.task_id.Assign(task_id);
+  shard.timers.MakeRoom(calls);
+  calls.Claim();  // from here on nothing throws
+  shard.timers.Queue(CallSlab::Tag(entry, c.generation));
+  c.timer = {};
+  c.in_use = true;
+  c.phase = CallPhase::kRunning;
+  c.lane = static_cast<uint32_t>(start.lane);
+  c.call_id = calls.NextCallId(calls_.call_id_blocks());
+  c.start_mono = start.now;
+  c.timeout_ms = start.timeout_ms;
+  c.hard_deadline = start.hard_deadline;
+  c.rss_start = start.rss;
+  c.heap_start = memory_.heap_used_mb();
+  c.concurrent_at_start = start.global_now;
+  if (copied) {
+    c.metadata = std::move(*copied);
+  } else if constexpr (!std::is_lvalue_reference_v<M>) {
+    if (!metadata.empty()) c.metadata = std::forward<M>(metadata);
+  }
+  // The metadata is read by NotifyAdmitted after the unlock: nothing else touches it until the
+  // slot, not yet returned, is released.
+  return {entry, c.generation, c.call_id, &c.metadata};
+}
+
+template <typename M>
+Result<Slot, Rejection> ManagerState::TryAcquire(std::string_view task_id,
+                                                 std::string_view lane_name,
+                                                 const std::optional<int64_t>& timeout_ms,
+                                                 M&& metadata) {
+  if (admission_.shutting_down())
+    return Reject({RejectReason::kShuttingDown}, task_id, lane_name, nullptr);
+  const int lane_index = admission_.FindLane(lane_name);
+  if (lane_index < 0) return Reject({RejectReason::kUnknownLane}, task_id, lane_name, nullptr);
+  const LaneState& lane = admission_.lane(lane_index);
+  const int64_t timeout = timeout_ms.value_or(config_.default_timeout_ms);
+  if (timeout <= 0 || timeout > kMaxTimeoutMs) {
+    Refusal f{RejectReason::kInvalidTimeout};
+    f.timeout_ms = timeout;
+    return Reject(f, task_id, lane_name, &lane);
+  }
+  const double rss = memory_.rss_mb();
+  if (config_.enable_memory_guards && rss > config_.max_rss_mb) {
+    Refusal f{RejectReason::kMemoryLimit};
+    f.rss_mb = rss;
+    f.max_rss_mb = config_.max_rss_mb;
+    return Reject(f, task_id, lane_name, &lane);
+  }
+  int lane_now = 0, global_now = 0;
+  if (std::optional<Refusal> f = admission_.Take(lane.index, &lane_now, &global_now))
+    return Reject(*f, task_id, lane_name, &lane);
+
+  // Everything that can throw (allocation) comes before the entry is taken, and a throw hands
+  // both counts back: no path leaks a slot, not even out-of-memory.
+  const int64_t now = clock_->MonotonicNanos();
+  const int64_t timeout_ns = timeout * kNanosPerMs;
+  const auto hard_ns =
+      static_cast<int64_t>(static_cast<double>(timeout_ns) * config_.timeout_escalation_factor);
+  const size_t shard_index = calls_.LocalShard();
+  OpenedCall call;
+  try {
+    call = OpenCall(calls_.shard(shard_index), task_id,
+                    {.lane = lane.index,
+                     .now = now,
+                     .timeout_ms = timeout,
+                     .hard_deadline = now + hard_ns,
+                     .rss = rss,
+                     .global_now = global_now},
+                    std::forward<M>(metadata));
+  } catch (...) {
+    // The manager is alive (TryAcquire runs on it): never the last release.
+    admission_.GiveBack(lane.index);
+    throw;
+  }
+  if (events_.HasObservers() || (config_.enable_memory_guards && memory_.heap_warning_pending())) {
+    NotifyAdmitted(now, call.call_id, task_id, lane.index, global_now, lane_now, timeout,
+                   *call.metadata);
+  }
+  // A prvalue, so it is built in the caller's Result: a named local would be moved there.
+  return Result<Slot, Rejection>(std::in_place_index<0>, Slot::Key(),
+                                 SlotGrant{.state = this,
+                                           .index = CallTable::PackIndex(shard_index, call.entry),
+                                           .generation = call.generation,
+                                           .call_id = call.call_id,
+                                           .start = now,
+                                           .deadline = now + timeout_ns,
+                                           .hard_deadline = now + hard_ns,
+                                           .global_active = global_now,
+                                           .lane_active = lane_now});
+}
+
+Result<Slot, Rejection> ManagerState::Reject(const Refusal& f, std::string_view task_id,
+                                             std::string_view lane_name, const LaneState* lane) {
+  admission_.CountRejection(lane != nullptr ? lane->index : admission_.lane_count(), f.reason);
+  if (events_.HasObservers()) [[unlikely]]
+    NotifyRejected(f, task_id, lane_name, lane);
+  // Built in place, lane string included: a Rejection or a std::string moved into the result
+  // would copy the lane's characters a second time.
+  return Result<Slot, Rejection>(std::in_place_index<1>, f.reason, lane_name,
+                                 static_cast<int>(f.active), static_cast<int>(f.limit), f.rss_mb,
+                                 f.max_rss_mb, f.timeout_ms);
+}
+
+// Out of line: its event and snapshot would otherwise give every rejection a large frame.
+void ManagerState::NotifyRejected(const Refusal& f, std::string_view task_id,
+                                  std::string_view lane_name, const LaneState* lane) {
+  const std::string message =
+      Rejection(f.reason, lane_name, static_cast<int>(f.active), static_cast<int>(f.limit),
+                f.rss_mb, f.max_rss_mb, f.timeout_ms)
+          .message();
+  CallEvent e;
+  e.kind = EventKind::kRejected;
+  e.time_unix_nanos = clock_->UnixNanos();
+  e.task_id = task_id;
+  e.lane = lane_name;
+  e.global_active = admission_.GlobalActive();
+  e.global_limit = config_.global_concurrency_limit;
+  if (lane != nullptr) {
+    e.lane_active = admission_.LaneActive(lane->index);
+    e.lane_limit = lane->limit;
+  }
+  e.reason = f.reason;
+  e.message = message;
+  MemorySnapshot mem;
+  if (f.reason == RejectReason::kMemoryLimit) {
+    mem = memory_.Latest();
+    e.memory = &mem;
+  }
+  events_.Notify(e);
+}
+
+// The acquired event and a pending heap warning, out of TryAcquire's fast path. noexcept: the
+// slot is already taken and no telemetry failure may lose it.
+void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_view task_id,
+                                  size_t lane, int global_now, int lane_now, int64_t timeout,
+                                  const Metadata& metadata) noexcept {
+  try {
+    if (events_.HasObservers()) {
+      CallEvent e =
+          events_.For(EventKind::kAcquired, now, call_id, task_id, lane, global_now, lane_now);
+      e.timeout_ms = timeout;
+      e.metadata = &metadata;
+      events_.Notify(e);
+    }
+    if (config_.enable_memory_guards && memory_.heap_warning_pending() &&
+        memory_.TakeHeapWarning() && events_.HasObservers()) {
+      MemorySnapshot mem = memory_.Latest();
+      std::string message = "heap " + std::to_string(mem.heap_used_mb) +
+                            " MB exceeds heapWarningMb " + std::to_string(config_.heap_warning_mb) +
+                            "; call admitted";
+      CallEvent e =
+          events_.For(EventKind::kHeapWarning, now, call_id, task_id, lane, global_now, lane_now);
+      e.message = message;
+      e.memory = &mem;
+      events_.Notify(e);
+    }
+  } catch (...) {
+    // Telemetry must never fail or leak a worker call.
+  }
+}
+
+template Result<Slot, Rejection> ManagerState::TryAcquire<const Metadata&>(
+    std::string_view, std::string_view, const std::optional<int64_t>&, const Metadata&);
+template Result<Slot, Rejection> ManagerState::TryAcquire<Metadata>(std::string_view,
+                                                                    std::string_view,
+                                                                    const std::optional<int64_t>&,
+                                                                    Metadata&&);
+
+// ---- release ------------------------------------------------------------------------------------
+
+// Inline: it is most of a release's work.
+inline void ManagerState::FillRecord(CallEntry& c, int64_t now, bool success,
+                                     std::string_view error_type, RingRecord& r) const {
+  r.call_id = c.call_id;
+  r.lane = c.lane;
+  r.success = success;
+  // By the clock as well as by the timer: a call that returns past a deadline before the next
+  // tick (or with no timer thread) still reached it.
+  r.timeout_reached = c.phase >= CallPhase::kWarned || now >= c.deadline();
+  r.escalated = c.phase == CallPhase::kEscalated || now >= c.hard_deadline;
+  r.concurrent_at_start = c.concurrent_at_start;
+  // A snapshot of the count that still includes this call (it drops after the record).
+  r.concurrent_at_end = admission_.GlobalActive();
+  r.duration_ms = static_cast<double>(now - c.start_mono) / kNanosPerMs;
+  r.rss_start = c.rss_start;
+  r.rss_end = memory_.rss_mb();
+  r.heap_start = c.heap_start;
+  r.heap_end = memory_.heap_used_mb();
+  r.timeout_ms = c.timeout_ms;
+  r.start_unix = c.start_mono + unix_offset_;
+  r.end_mono = now;
+  c.task_id.MoveTo(r.task_id);
+  if (error_type.empty()) {
+    r.error_type.clear();
+  } else {
+    r.error_type.assign(error_type);
+  }
+}
+
+ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view error_type,
+                                     bool fail_if_late, std::string_view late_error_type) {
+  const int64_t now = clock_->MonotonicNanos();
+  Shard* shard = nullptr;
+  CallEntry* c = calls_.LockEntry(slot.index_, slot.generation_, &shard);
+  slot.state_ = nullptr;
+  if (c == nullptr) return {};
+  shard->lock.AssertHeld();  // LockEntry returns with it held when it finds the call
+  ReleaseOutcome outcome{.released = true,
+                         .past_hard_deadline = fail_if_late && now >= c->hard_deadline};
+  if (outcome.past_hard_deadline) {
+    success = false;
+    error_type = late_error_type;
+  }
+  const uint32_t lane = c->lane;
+  shard->timers.Cancel(c->timer);
+  if (c->phase == CallPhase::kEscalated) shard->records.RemoveOverrunning(lane);
+  RingRecord& r = shard->records.Next(static_cast<size_t>(config_.metrics_capacity));
+  FillRecord(*c, now, success, error_type, r);
+  shard->records.Count(r);
+
+  // Destroyed after unlocking: freeing memory or a stop state is not admission work. Most calls
+  // have neither, so the holder is only built when one is present.
+  LeftoversHolder leftovers;
+  if (c->stop.stop_possible() || !c->metadata.empty()) leftovers.TakeFrom(*c);
+  shard->calls.Free(CallTable::EntryOf(slot.index_));
+
+  outcome.duration_ms = r.duration_ms;
+  outcome.timeout_reached = r.timeout_reached;
+  outcome.escalated = r.escalated;
+  // Observers hear of the release before the counts drop: once they have, this thread may no
+  // longer touch the state (a destroyed manager's last release frees it).
+  if (events_.HasObservers()) {
+    UnlockAndNotifyReleased(*shard, r, now, lane, leftovers.metadata());
+  } else {
+    shard->lock.unlock();
+  }
+  // The admission word is the last thing touched; the orphan bit in it decides who frees a
+  // destroyed manager's state.
+  if (admission_.GiveBack(lane)) delete this;
+  return outcome;
+}
+
+// Out of line, so the public record (a few hundred bytes, zeroed on construction) is only built
+// when someone listens: building it in Release cost a third of an unobserved release.
+// noexcept: whatever fails here, the shard is unlocked and the release completes.
+void ManagerState::UnlockAndNotifyReleased(Shard& shard, const RingRecord& r, int64_t now,
+                                           size_t lane, const Metadata& metadata) noexcept {
+  std::optional<WorkerCallMetrics> record;
+  try {
+    record.emplace(ToPublic(r, admission_));  // under the lock: r is reused once it is released
+  } catch (...) {
+    // Out of memory for the observers' copy: they miss this event, the call is still released.
+  }
+  const uint64_t call_id = r.call_id;
+  shard.lock.unlock();
+  if (!record) return;
+  try {
+    CallEvent e = events_.For(EventKind::kReleased, now, call_id, record->task_id, lane,
+                              admission_.GlobalActive() - 1, admission_.LaneActive(lane) - 1);
+    e.timeout_ms = record->timeout_ms;
+    e.metadata = &metadata;
+    e.record = &*record;
+    events_.Notify(e);
+  } catch (...) {
+    // Telemetry must never fail or leak a worker call.
+  }
+}
+
+// ---- the call's timeout -------------------------------------------------------------------------
+
+std::stop_token ManagerState::StopToken(const Slot& slot) {
+  std::stop_source fresh;  // allocated outside the lock, used only if the entry has none yet
+  Shard* shard = nullptr;
+  CallEntry* c = calls_.LockEntry(slot.index_, slot.generation_, &shard);
+  if (c == nullptr) return {};
+  shard->lock.AssertHeld();  // LockEntry returns with it held when it finds the call
+  if (!c->stop.stop_possible()) c->stop = std::move(fresh);
+  std::stop_source stop = c->stop;
+  const bool past_deadline = c->phase >= CallPhase::kWarned;
+  shard->lock.unlock();
+  if (past_deadline) stop.request_stop();
+  return stop.get_token();
+}
+
+void ManagerState::SetTimeoutHandler(const Slot& slot, TimeoutHandler* handler) {
+  Shard* shard = nullptr;
+  CallEntry* c = calls_.LockEntry(slot.index_, slot.generation_, &shard);
+  if (c == nullptr) return;
+  shard->lock.AssertHeld();  // LockEntry returns with it held when it finds the call
+  c->handler = handler;
+  shard->lock.unlock();
+}
+
+// ---- reads --------------------------------------------------------------------------------------
+
+std::vector<WorkerCallMetrics> ManagerState::GetMetrics() {
+  return CollectMetrics(calls_, admission_, static_cast<size_t>(config_.metrics_capacity));
+}
+
+Statistics ManagerState::GetStatistics() {
+  return CollectStatistics(calls_, admission_, static_cast<size_t>(config_.metrics_capacity));
+}
+
+ConcurrencyStatus ManagerState::GetConcurrencyStatus() {
+  return CollectConcurrencyStatus(calls_, admission_);
+}
+
+// ---- lifecycle ----------------------------------------------------------------------------------
+
+void ManagerState::StartBackground() {
+  ticker_.Start(std::chrono::milliseconds(config_.timer_tick_ms), [this] { Tick(); });
+}
+
+void ManagerState::Tick() {
+  MutexLock lock(tick_mu_);
+  const int64_t now = clock_->MonotonicNanos();
+  if (memory_.Due(now)) memory_.Sample(now);
+  timers_.FireDue(now);
+}
+
+void ManagerState::Shutdown() {
+  admission_.Shutdown();
+  ticker_.Stop();
+}
+
+}  // namespace laneguard::internal

@@ -1,0 +1,117 @@
+// ManagerState: what a ResourceBudgetManager and its Slots share, and the two paths every worker
+// call takes through it: TryAcquire (admission, then an entry in the calling CPU's shard) and
+// Release (a record, the totals, then the counts handed back). The parts each live in their own
+// file: admission.h (lanes, counts, rejections), call_table.h (shards and call entries),
+// timer_service.h (the two timeout phases), memory_sampler.h (the memory guard's figures),
+// statistics.h (records and the reads), call_events.h (observers), ticker.h (the background
+// thread).
+//
+// Lifetime: made by ResourceBudgetManager::Create. The manager's destructor shuts it down and
+// marks it orphaned; it is freed then if no call is active, else by the last call's release.
+//
+// Thread safety: every method is safe from any thread. A Slot's calls into it must not race with
+// each other (Slot is owned by one thread at a time).
+#ifndef LANEGUARD_SRC_CORE_MANAGER_STATE_H_
+#define LANEGUARD_SRC_CORE_MANAGER_STATE_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stop_token>
+#include <string_view>
+#include <vector>
+
+#include "core/admission.h"
+#include "core/call_events.h"
+#include "core/call_table.h"
+#include "core/memory_sampler.h"
+#include "core/ticker.h"
+#include "core/timer_service.h"
+#include "laneguard/internal/mutex.h"
+#include "laneguard/manager.h"
+
+namespace laneguard::internal {
+
+class ManagerState {
+ public:
+  // `config` must be valid (ValidateConfig).
+  ManagerState(Config config, ManagerOptions options);
+  ManagerState(const ManagerState&) = delete;
+  ManagerState& operator=(const ManagerState&) = delete;
+
+  // `metadata` is a const Metadata& (copied into the call when not empty) or a Metadata&&
+  // (moved). The timeout by reference: an optional passed by value is often written in two parts
+  // and read back whole, a store-forwarding stall of about 5 ns in the caller.
+  template <typename M>
+  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
+                                     const std::optional<int64_t>& timeout_ms, M&& metadata);
+  // With `fail_if_late`, Slot::ReleaseUnlessLate; without, Slot::Release. May free this state
+  // (the last release of a destroyed manager's call).
+  ReleaseOutcome Release(Slot& slot, bool success, std::string_view error_type,
+                         bool fail_if_late = false, std::string_view late_error_type = {});
+  std::stop_token StopToken(const Slot& slot);
+  void SetTimeoutHandler(const Slot& slot, TimeoutHandler* handler);
+
+  std::vector<WorkerCallMetrics> GetMetrics();
+  Statistics GetStatistics();
+  ConcurrencyStatus GetConcurrencyStatus();
+  MemorySnapshot LatestSnapshot() const { return memory_.Latest(); }
+  MemorySnapshot SampleMemoryNow() { return memory_.Sample(clock_->MonotonicNanos()); }
+  void AddObserver(std::shared_ptr<Observer> observer) { events_.Add(std::move(observer)); }
+  const Config& config() const { return config_; }
+  const Clock& clock() const { return *clock_; }
+
+  void StartBackground();
+  void Tick() EXCLUDES(tick_mu_);
+  void Shutdown();
+  // Called by ~ResourceBudgetManager (after Shutdown). Returns true if the state can be freed
+  // now; otherwise the last outstanding slot frees it.
+  bool Orphan() { return admission_.Orphan(); }
+
+ private:
+  // What a call starts with, besides its task id and metadata.
+  struct CallStart {
+    size_t lane = 0;
+    int64_t now = 0, timeout_ms = 0, hard_deadline = 0;
+    double rss = 0;
+    int global_now = 0;
+  };
+
+  Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,
+                                 std::string_view lane_name, const LaneState* lane);
+  [[gnu::noinline]] void NotifyRejected(const Refusal& f, std::string_view task_id,
+                                        std::string_view lane_name, const LaneState* lane);
+  // Where a call was set up in its shard.
+  struct OpenedCall {
+    uint32_t entry = 0, generation = 0;
+    uint64_t call_id = 0;
+    const Metadata* metadata = nullptr;  // the call's own, untouched until it is released
+  };
+  // Takes an entry in `shard` for a call admitted into start.lane. Throws only std::bad_alloc,
+  // and then has taken nothing.
+  template <typename M>
+  OpenedCall OpenCall(Shard& shard, std::string_view task_id, const CallStart& start, M&& metadata);
+  [[gnu::noinline]] void NotifyAdmitted(int64_t now, uint64_t call_id, std::string_view task_id,
+                                        size_t lane, int global_now, int lane_now, int64_t timeout,
+                                        const Metadata& metadata) noexcept;
+  [[gnu::always_inline]] void FillRecord(CallEntry& c, int64_t now, bool success,
+                                         std::string_view error_type, RingRecord& r) const;
+  [[gnu::noinline]] void UnlockAndNotifyReleased(Shard& shard, const RingRecord& r, int64_t now,
+                                                 size_t lane, const Metadata& metadata) noexcept
+      RELEASE(shard.lock);
+
+  const Config config_;
+  const Clock* const clock_;
+  const int64_t unix_offset_;  // wall time = monotonic + offset: one clock read per event
+  Admission admission_;
+  MemorySampler memory_;
+  CallTable calls_;
+  CallEvents events_;
+  TimerService timers_;
+  Mutex tick_mu_;  // one Tick() at a time
+  Ticker ticker_;
+};
+
+}  // namespace laneguard::internal
+
+#endif  // LANEGUARD_SRC_CORE_MANAGER_STATE_H_
