@@ -10,14 +10,14 @@
 #ifndef LANEGUARD_EXECUTOR_H_
 #define LANEGUARD_EXECUTOR_H_
 
-#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "laneguard/internal/mutex.h"
 
 namespace laneguard {
 
@@ -70,12 +70,13 @@ class ThreadPool final : public Executor {
  private:
   void Work();
 
-  mutable std::mutex mu_;
-  std::condition_variable ready_;
-  std::deque<std::function<void()>> queue_;  // guarded by mu_
-  bool stopping_ = false;                    // guarded by mu_
-  uint64_t completed_ = 0;                   // guarded by mu_
-  std::mutex join_mu_;                       // one Shutdown() joins at a time
+  mutable internal::Mutex mu_;
+  internal::CondVar ready_;
+  std::deque<std::function<void()>> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  uint64_t completed_ GUARDED_BY(mu_) = 0;
+  internal::Mutex join_mu_;  // one Shutdown() joins at a time
+  // Started by the constructor and joined by Shutdown() under join_mu_; never resized after.
   std::vector<std::thread> threads_;
 };
 

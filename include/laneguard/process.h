@@ -210,7 +210,8 @@ struct ProcessRunnerOptions {
 
 namespace internal {
 class CgroupPool;
-}
+class ProcessRun;
+}  // namespace internal
 
 // Thread safety: Run() may be called from many threads at once. The WorkerCalls (and its manager,
 // tracer, logger) must outlive the runner. PR_SET_PDEATHSIG is tied to the thread that started
@@ -240,9 +241,7 @@ class ProcessRunner {
   WorkerCalls& calls() { return calls_; }
 
  private:
-  ProcessResult Execute(internal::CallGuard& guard, std::string_view task_id,
-                        const ProcessSpec& spec, const std::stop_token& cancel,
-                        int64_t grant_mono_nanos);
+  friend class internal::ProcessRun;  // one run (src/process/process_runner.cc)
 
   WorkerCalls& calls_;
   ProcessRunnerOptions options_;

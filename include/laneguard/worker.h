@@ -29,10 +29,10 @@
 #define LANEGUARD_WORKER_H_
 
 #include <atomic>
+#include <cstddef>
 #include <functional>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
@@ -84,7 +84,8 @@ struct CallOptions {
 class WorkerCalls;
 namespace internal {
 class CallGuard;
-}
+class GuardedCall;
+}  // namespace internal
 
 // What a running call can see and do.
 class CallContext {
@@ -100,79 +101,43 @@ class CallContext {
   bool guarded() const;
   // "call-<n>", or "" when unguarded.
   std::string call_id() const;
-  // Runs on the timer thread at the hard deadline. (The span's timeout events are written when the
-  // call ends, stamped with the deadlines; the exported span lists them by time, before what hooks
-  // recorded as the deadlines passed, such as the process runner's signal_sent.)
+  // Runs on the timer thread at the hard deadline, just after the span's escalation event
+  // (replaces an earlier hook). Release waits for it, so it may use what the call owns.
   void OnHardTimeout(std::function<void()> hook);
 
  private:
   friend class internal::CallGuard;
+  friend class internal::GuardedCall;
   explicit CallContext(internal::CallGuard* guard) : guard_(guard) {}
   internal::CallGuard* guard_;
 };
 
 namespace internal {
 
-// Everything around fn that does not depend on fn's type, so it is compiled once.
-class CallGuard final : private TimeoutHandler {
+// The part of a call that does not depend on fn's type (src/worker/call_guard.h), held in place
+// on the caller's stack so that a call allocates nothing: the templates below see only this.
+class GuardedCall {
  public:
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
-  // `task_id` and `options` must outlive the guard: it keeps views of the task id and the lane
-  // (copying them cost a tenth of an unobserved call).
-  // Inline: the acquisition's result is then made in the caller's frame, not in one more.
-  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options);
-  // Adopts a slot the caller acquired (options.lane must be its lane); never throws for a refusal.
-  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options, Slot slot);
-  ~CallGuard();  // releases as abandoned if neither Succeeded, Failed nor Settle released it
-  CallGuard(const CallGuard&) = delete;
-  CallGuard& operator=(const CallGuard&) = delete;
+  // `task_id` and `options` must outlive it.
+  GuardedCall(WorkerCalls& calls, std::string_view task_id, const CallOptions& options);
+  ~GuardedCall();  // releases as abandoned if neither Succeeded nor Failed released it
+  GuardedCall(const GuardedCall&) = delete;
+  GuardedCall& operator=(const GuardedCall&) = delete;
 
   CallContext& context() { return context_; }
   // fn returned. Releases; throws WorkerCallTimeout when past the hard deadline.
   void Succeeded();
   // fn threw the exception currently being handled. Releases as a failure.
   void Failed();
-  // Releases with the given outcome, without the timeout check (batches settle this way).
-  void Settle(bool success, std::string_view error_type);
-  Span& span() { return span_; }
+
+  // sizeof(CallGuard) at most (checked where it is defined).
+  static constexpr size_t kStorageBytes = 256;
 
  private:
-  friend class laneguard::CallContext;
-  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-            Result<Slot, Rejection>&& acquired);
-  // The call's span (tracing enabled) with its first attributes and events.
-  // Named worker_call:<lane>, as the spec names it.
-  Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options) const;
-  // Throws ResourceLimitExceeded, or lets the call run unguarded (counted and logged).
-  void Refused(const Rejection& rejection, const CallOptions& options);
-  // The recording span's closing events and status, after the slot is released: its record says
-  // which deadlines passed. The duration is the release's own figure when `release` says it
-  // released; otherwise the clock is read. The status is the call's: an escalated call ends as a
-  // failure anyway (WorkerCallTimeout, or what it threw). (By reference: an
-  // optional<double> by value was written in parts and read back whole, a store-forwarding stall on
-  // every call.) A non-empty `exception_type` adds the exception event, `message` its message.
-  void EndSpan(bool success, std::string_view message, const ReleaseOutcome& release,
-               std::string_view exception_type = {});
-  // A reading of the manager's clock as a reading of the tracer's.
-  int64_t SpanTime(int64_t manager_mono) const;
-  // On the manager's timer thread, installed only for a user's hard-timeout hook: runs it.
-  void OnWarning() override {}
-  void OnEscalation() override;
-  void ListenForTimeouts();
-  double ElapsedMs() const;
-
-  WorkerCalls& calls_;
-  std::string_view task_id_;
-  std::string_view lane_;
-  int64_t start_mono_ = 0;  // before span_, which is made from it
-  Span span_;
-  CallContext context_{this};
-  bool listening_ = false;  // the slot's TimeoutHandler is this
-  std::mutex hook_mu_;
-  std::function<void()> user_hard_hook_;  // guarded by hook_mu_
-  // Last, so it is destroyed (released) first: Release() waits for a running timeout hook, and
-  // the hooks use the members above.
-  Slot slot_;
+  CallGuard& guard();
+  alignas(16) unsigned char storage_[kStorageBytes];
+  CallContext context_;
 };
 
 }  // namespace internal
@@ -367,19 +332,12 @@ decltype(auto) InvokeWithContext(Fn& fn, CallContext& context) {
 }
 template <typename Fn>
 using CallResult = decltype(InvokeWithContext(std::declval<Fn&>(), std::declval<CallContext&>()));
-
-inline CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id,
-                            const CallOptions& options)
-    : CallGuard(
-          calls, task_id, options,
-          calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata)) {
-}
 }  // namespace internal
 
 template <typename Fn>
 auto WorkerCalls::Call(std::string_view task_id, Fn&& fn, const CallOptions& options) {
   using R = internal::CallResult<Fn>;
-  internal::CallGuard guard(*this, task_id, options);
+  internal::GuardedCall guard(*this, task_id, options);
   if constexpr (std::is_void_v<R>) {
     try {
       internal::InvokeWithContext(fn, guard.context());

@@ -256,7 +256,7 @@ int64_t CallCgroup::MemoryInUse() const {
 CgroupPool::CgroupPool(const IsolationSupport& support) : support_(support) {}
 
 CgroupPool::~CgroupPool() {
-  std::lock_guard<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   for (auto& cgroup : idle_) Remove(std::move(cgroup));
 }
 
@@ -284,7 +284,7 @@ std::unique_ptr<CallCgroup> CgroupPool::Acquire(std::optional<int64_t> limit_byt
   if (!enabled()) return nullptr;
   std::unique_ptr<CallCgroup> cg;
   if (!limit_bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (!idle_.empty()) {
       cg = std::move(idle_.back());
       idle_.pop_back();
@@ -304,7 +304,7 @@ std::unique_ptr<CallCgroup> CgroupPool::Acquire(std::optional<int64_t> limit_byt
 void CgroupPool::Return(std::unique_ptr<CallCgroup> cg) {
   cg->CloseFds();
   if (!cg->limited_ && (cg->uses_ == 0 || cg->peak_resets_)) {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (idle_.size() < kMaxIdle) {
       idle_.push_back(std::move(cg));
       return;

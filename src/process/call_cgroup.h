@@ -12,11 +12,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "laneguard/internal/mutex.h"
 #include "laneguard/process.h"
 
 namespace laneguard::internal {
@@ -97,8 +97,8 @@ class CgroupPool {
   static void Remove(std::unique_ptr<CallCgroup> cgroup);
 
   const IsolationSupport support_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<CallCgroup>> idle_;  // guarded by mu_
+  internal::Mutex mu_;
+  std::vector<std::unique_ptr<CallCgroup>> idle_ GUARDED_BY(mu_);
 };
 
 // Opens a v2 cgroup's memory.peak: read-write where the kernel takes the per-file reset (Linux

@@ -29,8 +29,10 @@
 #include <thread>
 #include <vector>
 
+#include "laneguard/internal/mutex.h"
 #include "laneguard/process.h"
 #include "process/call_cgroup.h"
+#include "worker/call_guard.h"
 
 extern char** environ;
 
@@ -273,34 +275,37 @@ struct Pipe {
   ~Pipe() { Close(); }
 };
 
-// What the timer thread (timeout hooks), the cancel callback and the waiting thread share.
+// What the timer thread (the timeout handler) and the waiting thread share. pid, pidfd and cgroup
+// are set before the handler is installed and not changed while it can run, except cgroup,
+// cleared under `mu` with `reaped`.
 struct Tree {
-  std::mutex mu;
+  internal::Mutex mu;
   pid_t pid = -1;
   int pidfd = -1;
-  bool reaped = false;  // under mu: once set, no signal may be sent (the pid may be reused)
-  internal::CallCgroup* cgroup = nullptr;
-  TimeoutPhase phase = TimeoutPhase::kNone;  // under mu
-  int last_stop_signal = 0;                  // under mu: the last stop the owner thread took
-  int stopped_at_deadline = 0;               // under mu: the stop signal, when it was stopped
+  bool reaped GUARDED_BY(mu) = false;  // once set, no signal may be sent (the pid may be reused)
+  internal::CallCgroup* cgroup GUARDED_BY(mu) = nullptr;
+  bool warned GUARDED_BY(mu) = false;  // the warning's SIGTERM was sent (it is sent once)
+  TimeoutPhase phase GUARDED_BY(mu) = TimeoutPhase::kNone;
+  int last_stop_signal GUARDED_BY(mu) = 0;     // the last stop the owner thread took
+  int stopped_at_deadline GUARDED_BY(mu) = 0;  // the stop signal, when it was stopped
 
-  void SignalGroup(int sig) {  // caller holds mu
+  void SignalGroup(int sig) REQUIRES(mu) {
     if (reaped || pid <= 0) return;
     kill(-pid, sig);
     if (pidfd >= 0) PidfdSignal(pidfd, sig);  // in case it left its group
   }
   // SIGTERM, then SIGCONT as timeout(1) does: a stopped program acts on neither until continued.
-  void Terminate() {  // caller holds mu
+  void Terminate() REQUIRES(mu) {
     SignalGroup(SIGTERM);
     SignalGroup(SIGCONT);
   }
-  void KillAll() {  // caller holds mu
+  void KillAll() REQUIRES(mu) {
     if (reaped || pid <= 0) return;
     if (cgroup != nullptr) cgroup->Kill(3);
     SignalGroup(SIGKILL);
   }
-  // The signal that stopped the program, if it is stopped now (0 if not). caller holds mu.
-  int StopSignal() const {
+  // The signal that stopped the program, if it is stopped now (0 if not).
+  int StopSignal() const REQUIRES(mu) {
     if (reaped || pid <= 0) return 0;
     siginfo_t info{};
     if (waitid(P_PIDFD, static_cast<id_t>(pidfd), &info, WSTOPPED | WNOHANG | WNOWAIT) == 0 &&
@@ -769,7 +774,7 @@ void FollowStoppedChild(Tree& tree) {
       info.si_pid == 0 || info.si_code != CLD_STOPPED)
     return;
   {
-    std::lock_guard<std::mutex> lock(tree.mu);
+    internal::MutexLock lock(tree.mu);
     tree.last_stop_signal = info.si_status;
   }
   SetTerminalGroup(getpgrp());
@@ -782,7 +787,7 @@ void FollowStoppedChild(Tree& tree) {
   raise(SIGTSTP);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (tcgetpgrp(STDIN_FILENO) == getpgrp()) SetTerminalGroup(tree.pid);  // fg, not bg
-  std::lock_guard<std::mutex> lock(tree.mu);
+  internal::MutexLock lock(tree.mu);
   tree.SignalGroup(SIGCONT);
 }
 
@@ -805,7 +810,7 @@ void SampleMemory(const WatchPlan& plan, Tree& tree, Watch* watch) {
   watch->sampled_peak = std::max({watch->sampled_peak, rss, ProgramPeakBytes(plan.pid)});
   if (plan.enforce_by_sampling && rss > *plan.limit_bytes && !watch->sampler_killed) {
     watch->sampler_killed = true;
-    std::lock_guard<std::mutex> lock(tree.mu);
+    internal::MutexLock lock(tree.mu);
     tree.KillAll();
   }
 }
@@ -829,7 +834,7 @@ void WaitForExit(const WatchPlan& plan, const Clock& clock, int cancel_fd, Tree&
       if (!watch->cancelled) {
         watch->cancelled = true;
         watch->cancel_kill_at = clock.MonotonicNanos() + plan.grace;
-        std::lock_guard<std::mutex> lock(tree.mu);
+        internal::MutexLock lock(tree.mu);
         tree.Terminate();
       }
     }
@@ -838,7 +843,7 @@ void WaitForExit(const WatchPlan& plan, const Clock& clock, int cancel_fd, Tree&
     const int64_t now = clock.MonotonicNanos();
     if (watch->cancel_kill_at > 0 && now >= watch->cancel_kill_at) {
       watch->cancel_kill_at = 0;
-      std::lock_guard<std::mutex> lock(tree.mu);
+      internal::MutexLock lock(tree.mu);
       tree.KillAll();
     }
     if ((plan.enforce_by_sampling || plan.sample_peak) && now >= watch->next_sample) {
@@ -949,6 +954,380 @@ Result<ProcessResult, Rejection> ProcessRunner::Run(std::string_view task_id,
   return RunWithSlot(std::move(slot).value(), task_id, spec, options, cancel);
 }
 
+namespace internal {
+namespace {
+
+// A cgroup of the pool, held for one call and given back on every way out.
+struct CgroupLease {
+  explicit CgroupLease(CgroupPool& p) : pool(p) {}
+  CgroupPool& pool;
+  std::unique_ptr<CallCgroup> cgroup;
+  CgroupLease(const CgroupLease&) = delete;
+  CgroupLease& operator=(const CgroupLease&) = delete;
+  ~CgroupLease() { pool.Release(std::move(cgroup)); }
+};
+
+}  // namespace
+
+// One run of a program under a worker call's slot and span, in the order it happens: prepare what
+// to run, start it (waiting while out of descriptors or processes), arm the timeouts and the
+// cancel, watch it until it exits, settle what it left behind, say what happened.
+//
+// It is the slot's TimeoutHandler while the program runs: at the timeout the process group gets
+// SIGTERM and SIGCONT, at the hard deadline the whole tree SIGKILL, each after the call guard's
+// own handler has put the timeout event on the span.
+//
+// Thread safety: owned by the thread that calls Run(), which is the thread that started the
+// program (PR_SET_PDEATHSIG) and waits for it. OnWarning and OnEscalation run on the manager's
+// timer thread and share only tree_ (under its mutex) and the span (under its own lock) with it.
+class ProcessRun final : public TimeoutHandler {
+ public:
+  ProcessRun(ProcessRunner& runner, std::string_view task_id, const ProcessSpec& spec,
+             const CallOptions& options, const std::stop_token& cancel, Slot slot)
+      : runner_(runner),
+        task_id_(task_id),
+        spec_(spec),
+        cancel_(cancel),
+        grant_(slot.start_mono_nanos()),
+        clock_(runner.calls_.manager().clock()),
+        lease_(*runner.cgroups_),
+        guard_(runner.calls_, task_id, options, std::move(slot)) {}
+  ProcessRun(const ProcessRun&) = delete;
+  ProcessRun& operator=(const ProcessRun&) = delete;
+  ~ProcessRun() = default;
+
+  // Runs the program to its end and settles the slot with the outcome.
+  ProcessResult Run();
+
+  void OnWarning() override;
+  void OnEscalation() override;
+
+ private:
+  // The warning's SIGTERM and SIGCONT, once, from the handler or from ArmTimeouts.
+  void TerminateForTimeout();
+  // Everything up to the exit status, into result_.
+  void Execute();
+  // What to run, all of it prepared before the child exists. False: result_.error says why not.
+  bool Prepare();
+  // Starts the child in a cgroup of the pool (if any) with the descriptors it needs; short of
+  // descriptors or processes, waits for running calls to give some back. 0, or the errno.
+  int StartWithBackPressure();
+  // One attempt of the above. Everything it took goes back before a wait: calls holding part of
+  // what they need while waiting for the rest could all wait for each other.
+  int TryStart();
+  // The mechanisms the run uses, on the result and the span.
+  void RecordIsolation();
+  std::string StartFailure(int error) const;
+  // The child has exited with 127 without exec'ing: reaps it and says why.
+  void ReportExecFailure();
+  // The timeout phases (this object becomes the slot's handler; a phase that passed while the
+  // program was starting acts now) and the caller's cancel, which writes to the cancel eventfd.
+  void ArmTimeouts();
+  WatchPlan MakeWatchPlan() const;
+  // After the direct child exited: kills what it left in its cgroup or group (a call leaves
+  // nothing running behind it), collects the output and what the kernel recorded, and reaps.
+  // Returns wait4's result; `wstatus`, `usage` and `wait_errno` are its figures.
+  pid_t CollectAndReap(int* wstatus, rusage* usage, int* wait_errno);
+  // The figures and the outcome, from the exit status and what the watch saw.
+  void Conclude(pid_t reaped, int wstatus, const rusage& usage, int wait_errno, const Watch& watch,
+                int64_t end, int64_t own_peak_bytes);
+  // The outcome's attributes on the span.
+  void RecordOutcome();
+
+  ProcessRunner& runner_;
+  std::string_view task_id_;
+  const ProcessSpec& spec_;
+  const std::stop_token& cancel_;
+  const int64_t grant_;  // the slot's grant: the timeout counts from it
+  const Clock& clock_;
+  ProcessResult result_;
+  Command command_;
+  std::optional<int64_t> limit_bytes_;
+  CgroupLease lease_;
+  ChildPlan plan_;
+  CallFds fds_;
+  const char* failed_call_ = "";
+  pid_t pid_ = -1;
+  int64_t start_ = 0;
+  bool had_cgroup_peak_ = false;  // result_.peak_rss_bytes is the memory cgroup's
+  Tree tree_;
+  // Last, so it is destroyed (the slot released) first: the release waits for a running timeout
+  // handler, which uses the members above.
+  CallGuard guard_;
+};
+
+ProcessResult ProcessRun::Run() {
+  Execute();
+  RecordOutcome();
+  guard_.Settle(result_.success(), result_.ErrorType());
+  return std::move(result_);
+}
+
+void ProcessRun::Execute() {
+  CallContext& context = guard_.context();
+  result_.call_id = context.call_id();
+  if (context.deadline_mono_nanos() > 0)
+    result_.timeout_ms = (context.deadline_mono_nanos() - grant_) / 1000000;
+  if (!Prepare()) return;
+  const int start_error = StartWithBackPressure();
+  RecordIsolation();
+  if (start_error != 0) {
+    result_.error = StartFailure(start_error);
+    return;
+  }
+  fds_.out.CloseWrite();
+  fds_.err.CloseWrite();
+  // The exec is done (or failed) by now: CLONE_VFORK resumed us only then. Our own peak now is
+  // at least what exec recorded into the child's ru_maxrss from the image it replaced.
+  rusage own{};
+  getrusage(RUSAGE_SELF, &own);
+  const int64_t own_peak_bytes = static_cast<int64_t>(own.ru_maxrss) * 1024;
+  result_.pid = pid_;
+  // Before the exec's result: the child took the terminal before it tried, so a failed exec must
+  // hand it back too.
+  const TerminalLease terminal(plan_.take_terminal, pid_);
+  if (plan_.error != 0) {
+    ReportExecFailure();
+    return;
+  }
+  Span& span = guard_.span();
+  if (span.recording()) span.AddEvent("process_started", {{"process.pid", int64_t{pid_}}});
+  ArmTimeouts();
+  // Reset before fds_.cancel is closed: a cancel from another thread must not write to a closed
+  // (or reused) descriptor.
+  std::optional<std::stop_callback<std::function<void()>>> on_cancel;
+  on_cancel.emplace(cancel_, [fd = fds_.cancel] {
+    const uint64_t one = 1;
+    if (write(fd, &one, sizeof one) < 0) {
+    }
+  });
+  const WatchPlan watch_plan = MakeWatchPlan();
+  Watch watch;
+  watch.next_sample = start_ + watch_plan.sample_every;
+  Outputs outputs{Capture(spec_.stdout_keep, spec_.max_capture_bytes),
+                  Capture(spec_.stderr_keep, spec_.max_capture_bytes), fds_.out.read,
+                  fds_.err.read};
+  WaitForExit(watch_plan, clock_, fds_.cancel, tree_, &outputs, &watch);
+  const int64_t end = clock_.MonotonicNanos();
+  {
+    MutexLock lock(tree_.mu);
+    tree_.KillAll();
+  }
+  outputs.Finish(clock_);
+  result_.stdout_data = outputs.out.Take();
+  result_.stderr_data = outputs.err.Take();
+  result_.dropped_output_bytes = outputs.dropped;
+  int wstatus = 0;
+  int wait_errno = 0;
+  rusage usage{};
+  const pid_t reaped = CollectAndReap(&wstatus, &usage, &wait_errno);
+  on_cancel.reset();
+  Conclude(reaped, wstatus, usage, wait_errno, watch, end, own_peak_bytes);
+}
+
+bool ProcessRun::Prepare() {
+  if (std::string error = SpecError(spec_); !error.empty()) {
+    result_.error = std::move(error);
+    return false;
+  }
+  PrepareCommand(spec_, &command_);
+  if (spec_.max_rss_mb) limit_bytes_ = *spec_.max_rss_mb << 20;
+  if (spec_.stdin_null && runner_.null_fd_ < 0) {
+    result_.error = SystemError("/dev/null", EBADF);
+    return false;
+  }
+  plan_ = MakePlan(command_, spec_, runner_.null_fd_);
+  return true;
+}
+
+int ProcessRun::StartWithBackPressure() {
+  return RetryWhileOutOfResources([this] { return TryStart(); }, runner_.options_.resource_wait,
+                                  cancel_);
+}
+
+int ProcessRun::TryStart() {
+  CgroupPool& pool = *runner_.cgroups_;
+  auto give_back = [&](int error) {
+    fds_.Close();
+    if (lease_.cgroup != nullptr) pool.Return(std::move(lease_.cgroup));
+    return error;
+  };
+  failed_call_ = "cgroup.procs";
+  plan_.cgroup_fds[0] = plan_.cgroup_fds[1] = -1;  // not an earlier attempt's, closed since
+  if (pool.enabled()) {
+    lease_.cgroup = pool.Acquire(limit_bytes_);
+    if (lease_.cgroup == nullptr && OutOfResources(errno)) return give_back(errno);
+  }
+  failed_call_ = "pipe";
+  if (const int error = fds_.Open(spec_.capture_output); error != 0) return give_back(error);
+  if (lease_.cgroup != nullptr) {
+    plan_.cgroup_fds[0] = lease_.cgroup->v2_procs_fd();
+    plan_.cgroup_fds[1] = lease_.cgroup->v1_procs_fd();
+  }
+  plan_.out_fd = fds_.out.write;
+  plan_.err_fd = fds_.err.write;
+  plan_.error = 0;
+  start_ = clock_.MonotonicNanos();
+  pid_ = Spawn(plan_, &fds_.pidfd);
+  failed_call_ = "clone";
+  return pid_ < 0 ? give_back(-pid_) : 0;
+}
+
+void ProcessRun::RecordIsolation() {
+  const CallCgroup* cgroup = lease_.cgroup.get();
+  result_.memory_mechanism = cgroup != nullptr ? cgroup->memory_mechanism()
+                             : limit_bytes_    ? MemoryMechanism::kRssSampling
+                                               : MemoryMechanism::kNone;
+  result_.kill_mechanism =
+      cgroup != nullptr ? cgroup->kill_mechanism() : KillMechanism::kProcessGroup;
+  Span& span = guard_.span();
+  if (!span.recording()) return;
+  span.SetAttribute("process.command", JoinCommand(command_.args));
+  span.SetAttribute("laneguard.memory_mechanism", std::string(ToString(result_.memory_mechanism)));
+  span.SetAttribute("laneguard.kill_mechanism", std::string(ToString(result_.kill_mechanism)));
+  if (limit_bytes_) span.SetAttribute("laneguard.max_rss_mb", *spec_.max_rss_mb);
+}
+
+std::string ProcessRun::StartFailure(int error) const {
+  std::string message = SystemError(failed_call_, error);
+  if (OutOfResources(error) && cancel_.stop_requested())
+    message += " (cancelled while waiting for running calls to give some back)";
+  else if (OutOfResources(error))
+    message += " (still after waiting " + std::to_string(runner_.options_.resource_wait.count()) +
+               " ms for running calls to end)";
+  return message;
+}
+
+void ProcessRun::ReportExecFailure() {
+  siginfo_t ignored{};
+  waitid(P_PIDFD, static_cast<id_t>(fds_.pidfd), &ignored, WEXITED);
+  result_.error =
+      plan_.chdir_failed
+          ? SystemError("cwd '" + spec_.cwd + "'", plan_.error)
+          : SystemError("'" + command_.args[0] + "'", plan_.error) +
+                (command_.program.empty() ? " (searched the PATH of its environment)" : "");
+}
+
+void ProcessRun::ArmTimeouts() {
+  tree_.pid = pid_;
+  tree_.pidfd = fds_.pidfd;
+  {
+    MutexLock lock(tree_.mu);
+    tree_.cgroup = lease_.cgroup.get();
+  }
+  guard_.SetTimeoutHandler(this);
+  // The timer reports each phase once, to the handler installed then: a phase that passed while
+  // the program was starting (the call guard heard of it) acts now.
+  CallContext& context = guard_.context();
+  if (context.stop_token().stop_requested()) TerminateForTimeout();
+  if (clock_.MonotonicNanos() >= context.hard_deadline_mono_nanos()) {
+    MutexLock lock(tree_.mu);
+    tree_.phase = TimeoutPhase::kEscalation;
+    tree_.KillAll();
+  }
+}
+
+void ProcessRun::OnWarning() {
+  guard_.OnWarning();
+  TerminateForTimeout();
+}
+
+void ProcessRun::TerminateForTimeout() {
+  MutexLock lock(tree_.mu);
+  if (tree_.reaped || tree_.warned) return;
+  tree_.warned = true;
+  if (tree_.phase == TimeoutPhase::kNone) tree_.phase = TimeoutPhase::kWarning;
+  tree_.Terminate();
+  Span& span = guard_.span();
+  if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGTERM")}});
+}
+
+void ProcessRun::OnEscalation() {
+  guard_.OnEscalation();
+  MutexLock lock(tree_.mu);
+  if (tree_.reaped) return;
+  tree_.phase = TimeoutPhase::kEscalation;
+  tree_.stopped_at_deadline = tree_.StopSignal();
+  tree_.KillAll();
+  Span& span = guard_.span();
+  if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGKILL")}});
+}
+
+WatchPlan ProcessRun::MakeWatchPlan() const {
+  const CallCgroup* cgroup = lease_.cgroup.get();
+  WatchPlan plan;
+  plan.pid = pid_;
+  plan.limit_bytes = limit_bytes_;
+  plan.enforce_by_sampling =
+      limit_bytes_ && result_.memory_mechanism == MemoryMechanism::kRssSampling;
+  // Without a memory cgroup the peak is sampled too (the kernel's ru_maxrss may be ours).
+  plan.sample_peak = cgroup == nullptr || !cgroup->CountsMemory();
+  plan.follow_stops = plan_.take_terminal;
+  plan.sample_every = runner_.options_.memory_sample_interval.count() * 1000000;
+  plan.grace = runner_.options_.cancel_grace.count() * 1000000;
+  return plan;
+}
+
+pid_t ProcessRun::CollectAndReap(int* wstatus, rusage* usage, int* wait_errno) {
+  CallCgroup* cgroup = lease_.cgroup.get();
+  std::optional<int64_t> cgroup_peak;
+  if (cgroup != nullptr) {
+    result_.oom_killed = limit_bytes_ && cgroup->OomKills() > 0;
+    cgroup_peak = cgroup->PeakBytes();
+  }
+  pid_t reaped = -1;
+  {
+    // Reap under the lock, so no handler signals a pid that may be reused from here on.
+    MutexLock lock(tree_.mu);
+    tree_.reaped = true;
+    tree_.cgroup = nullptr;
+    result_.timeout_phase = tree_.phase;
+    result_.stopped_by_signal =
+        tree_.phase == TimeoutPhase::kEscalation ? tree_.stopped_at_deadline : 0;
+    while ((reaped = wait4(pid_, wstatus, 0, usage)) < 0 && errno == EINTR) {
+    }
+  }
+  *wait_errno = errno;
+  lease_.pool.Release(std::move(lease_.cgroup));
+  had_cgroup_peak_ = cgroup_peak.has_value();
+  if (cgroup_peak) result_.peak_rss_bytes = *cgroup_peak;
+  return reaped;
+}
+
+void ProcessRun::Conclude(pid_t reaped, int wstatus, const rusage& usage, int wait_errno,
+                          const Watch& watch, int64_t end, int64_t own_peak_bytes) {
+  result_.duration_ms = static_cast<double>(end - start_) / 1e6;
+  result_.since_grant_ms = static_cast<double>(end - grant_) / 1e6;
+  // ru_maxrss counts the image exec replaced, which for our child was our own memory: it says
+  // something about the program only when it is above our own peak. A memory cgroup's peak,
+  // when there was one, is already in the result.
+  const int64_t kernel_peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;
+  const int64_t trusted_kernel_peak = kernel_peak > own_peak_bytes ? kernel_peak : 0;
+  if (!had_cgroup_peak_) result_.peak_rss_bytes = std::max(watch.sampled_peak, trusted_kernel_peak);
+  if (reaped < 0) {
+    // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
+    // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
+    result_.outcome = ProcessOutcome::kSpawnFailed;
+    result_.error = "the exit status was lost (" + SystemError("wait4", wait_errno) + ")";
+    return;
+  }
+  Classify(wstatus, watch, &result_);
+  LogFinished(runner_.calls_.logger(), task_id_, result_);
+}
+
+void ProcessRun::RecordOutcome() {
+  Span& span = guard_.span();
+  if (!span.recording()) return;
+  span.SetAttribute("laneguard.outcome", std::string(ToString(result_.outcome)));
+  span.SetAttribute("process.exit_code", int64_t{result_.exit_code});
+  if (result_.term_signal != 0) span.SetAttribute("process.signal", int64_t{result_.term_signal});
+  span.SetAttribute("laneguard.peak_rss_bytes", result_.peak_rss_bytes);
+  span.SetAttribute("laneguard.oom_killed", result_.oom_killed);
+  span.SetAttribute("laneguard.timeout_phase", std::string(ToString(result_.timeout_phase)));
+}
+
+}  // namespace internal
+
 ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
                                          const ProcessSpec& spec, const CallOptions& options,
                                          const std::stop_token& cancel) {
@@ -957,247 +1336,8 @@ ProcessResult ProcessRunner::RunWithSlot(Slot slot, std::string_view task_id,
     refused.error = "RunWithSlot needs a valid slot (this one was released or moved from)";
     return refused;
   }
-  const int64_t grant = slot.start_mono_nanos();
-  internal::CallGuard guard(calls_, task_id, options, std::move(slot));
-  ProcessResult result = Execute(guard, task_id, spec, cancel, grant);
-  Span& span = guard.span();
-  if (span.recording()) {
-    span.SetAttribute("laneguard.outcome", std::string(ToString(result.outcome)));
-    span.SetAttribute("process.exit_code", int64_t{result.exit_code});
-    if (result.term_signal != 0) span.SetAttribute("process.signal", int64_t{result.term_signal});
-    span.SetAttribute("laneguard.peak_rss_bytes", result.peak_rss_bytes);
-    span.SetAttribute("laneguard.oom_killed", result.oom_killed);
-    span.SetAttribute("laneguard.timeout_phase", std::string(ToString(result.timeout_phase)));
-  }
-  guard.Settle(result.success(), result.ErrorType());
-  return result;
-}
-
-ProcessResult ProcessRunner::Execute(internal::CallGuard& guard, std::string_view task_id,
-                                     const ProcessSpec& spec, const std::stop_token& cancel,
-                                     int64_t grant_mono_nanos) {
-  ProcessResult result;
-  CallContext& context = guard.context();
-  result.call_id = context.call_id();
-  if (context.deadline_mono_nanos() > 0)
-    result.timeout_ms = (context.deadline_mono_nanos() - grant_mono_nanos) / 1000000;
-  Span& span = guard.span();
-  const Clock& clock = calls_.manager().clock();
-
-  // 1. What to run, all of it prepared before the child exists.
-  if (std::string error = SpecError(spec); !error.empty()) {
-    result.error = std::move(error);
-    return result;
-  }
-  Command command;
-  PrepareCommand(spec, &command);
-  const std::optional<int64_t> limit_bytes =
-      spec.max_rss_mb ? std::optional<int64_t>(*spec.max_rss_mb << 20) : std::nullopt;
-
-  // 2. Where it runs: a cgroup from the pool (if any), the descriptors it needs; then start it.
-  // Short of descriptors or processes, wait for running calls to give some back.
-  if (spec.stdin_null && null_fd_ < 0) {
-    result.error = SystemError("/dev/null", EBADF);
-    return result;
-  }
-  struct CgroupLease {
-    internal::CgroupPool& pool;
-    std::unique_ptr<internal::CallCgroup> cgroup;
-    ~CgroupLease() { pool.Release(std::move(cgroup)); }
-  } lease{*cgroups_, nullptr};
-  ChildPlan plan = MakePlan(command, spec, null_fd_);
-  CallFds fds;
-  const char* failed_call = "";
-  pid_t pid = -1;
-  int64_t start = 0;
-  const int start_error = RetryWhileOutOfResources(
-      [&] {
-        // Short, everything this attempt took goes back before the wait: calls holding part of
-        // what they need while waiting for the rest could all wait for each other.
-        auto give_back = [&](int error) {
-          fds.Close();
-          if (lease.cgroup != nullptr) cgroups_->Return(std::move(lease.cgroup));
-          return error;
-        };
-        failed_call = "cgroup.procs";
-        plan.cgroup_fds[0] = plan.cgroup_fds[1] = -1;  // not an earlier attempt's, closed since
-        if (cgroups_->enabled()) {
-          lease.cgroup = cgroups_->Acquire(limit_bytes);
-          if (lease.cgroup == nullptr && OutOfResources(errno)) return give_back(errno);
-        }
-        failed_call = "pipe";
-        if (const int error = fds.Open(spec.capture_output); error != 0) return give_back(error);
-        if (lease.cgroup != nullptr) {
-          plan.cgroup_fds[0] = lease.cgroup->v2_procs_fd();
-          plan.cgroup_fds[1] = lease.cgroup->v1_procs_fd();
-        }
-        plan.out_fd = fds.out.write;
-        plan.err_fd = fds.err.write;
-        plan.error = 0;
-        start = clock.MonotonicNanos();
-        pid = Spawn(plan, &fds.pidfd);
-        failed_call = "clone";
-        return pid < 0 ? give_back(-pid) : 0;
-      },
-      options_.resource_wait, cancel);
-  internal::CallCgroup* cgroup = lease.cgroup.get();
-  result.memory_mechanism = cgroup != nullptr ? cgroup->memory_mechanism()
-                            : limit_bytes     ? MemoryMechanism::kRssSampling
-                                              : MemoryMechanism::kNone;
-  result.kill_mechanism =
-      cgroup != nullptr ? cgroup->kill_mechanism() : KillMechanism::kProcessGroup;
-  if (span.recording()) {
-    span.SetAttribute("process.command", JoinCommand(command.args));
-    span.SetAttribute("laneguard.memory_mechanism", std::string(ToString(result.memory_mechanism)));
-    span.SetAttribute("laneguard.kill_mechanism", std::string(ToString(result.kill_mechanism)));
-    if (limit_bytes) span.SetAttribute("laneguard.max_rss_mb", *spec.max_rss_mb);
-  }
-  if (start_error != 0) {
-    result.error = SystemError(failed_call, start_error);
-    if (OutOfResources(start_error) && cancel.stop_requested())
-      result.error += " (cancelled while waiting for running calls to give some back)";
-    else if (OutOfResources(start_error))
-      result.error += " (still after waiting " + std::to_string(options_.resource_wait.count()) +
-                      " ms for running calls to end)";
-    return result;
-  }
-  fds.out.CloseWrite();
-  fds.err.CloseWrite();
-  // The exec is done (or failed) by now: CLONE_VFORK resumed us only then. Our own peak now is
-  // at least what exec recorded into the child's ru_maxrss from the image it replaced.
-  rusage own{};
-  getrusage(RUSAGE_SELF, &own);
-  const int64_t own_peak_bytes = static_cast<int64_t>(own.ru_maxrss) * 1024;
-  result.pid = pid;
-  // Before the exec's result: the child took the terminal before it tried, so a failed exec must
-  // hand it back too.
-  const TerminalLease terminal(plan.take_terminal, pid);
-  if (plan.error != 0) {
-    // The child has exited with 127; reap it and report.
-    siginfo_t ignored{};
-    waitid(P_PIDFD, static_cast<id_t>(fds.pidfd), &ignored, WEXITED);
-    result.error =
-        plan.chdir_failed
-            ? SystemError("cwd '" + spec.cwd + "'", plan.error)
-            : SystemError("'" + command.args[0] + "'", plan.error) +
-                  (command.program.empty() ? " (searched the PATH of its environment)" : "");
-    return result;
-  }
-  if (span.recording()) span.AddEvent("process_started", {{"process.pid", int64_t{pid}}});
-
-  // Shared with the timeout hooks, which may still be running on the timer thread when this
-  // function returns (the slot is settled only afterwards); `reaped` keeps them from acting then.
-  auto shared_tree = std::make_shared<Tree>();
-  Tree& tree = *shared_tree;
-  tree.pid = pid;
-  tree.pidfd = fds.pidfd;
-  tree.cgroup = cgroup;
-
-  // 4. The two timeout phases (on the manager's timer thread) and the caller's cancel.
-  std::stop_callback on_timeout(context.stop_token(), [shared_tree, &span] {
-    Tree& tree = *shared_tree;
-    std::lock_guard<std::mutex> lock(tree.mu);
-    if (tree.reaped) return;
-    if (tree.phase == TimeoutPhase::kNone) tree.phase = TimeoutPhase::kWarning;
-    tree.Terminate();
-    if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGTERM")}});
-  });
-  context.OnHardTimeout([shared_tree, &span] {
-    Tree& tree = *shared_tree;
-    std::lock_guard<std::mutex> lock(tree.mu);
-    if (tree.reaped) return;
-    tree.phase = TimeoutPhase::kEscalation;
-    tree.stopped_at_deadline = tree.StopSignal();
-    tree.KillAll();
-    if (span.recording()) span.AddEvent("signal_sent", {{"signal", std::string("SIGKILL")}});
-  });
-  // The timer fires once: if the hard deadline passed while the program was being started, the
-  // hook above will never run, so act now.
-  if (clock.MonotonicNanos() >= context.hard_deadline_mono_nanos()) {
-    std::lock_guard<std::mutex> lock(tree.mu);
-    tree.phase = TimeoutPhase::kEscalation;
-    tree.KillAll();
-  }
-  // Reset before fds.cancel is closed: a cancel from another thread must not write to a closed
-  // (or reused) descriptor.
-  std::optional<std::stop_callback<std::function<void()>>> on_cancel;
-  on_cancel.emplace(cancel, [fd = fds.cancel] {
-    const uint64_t one = 1;
-    if (write(fd, &one, sizeof one) < 0) {
-    }
-  });
-
-  // 5. Wait for the exit.
-  WatchPlan watch_plan;
-  watch_plan.pid = pid;
-  watch_plan.limit_bytes = limit_bytes;
-  watch_plan.enforce_by_sampling =
-      limit_bytes && result.memory_mechanism == MemoryMechanism::kRssSampling;
-  // Without a memory cgroup the peak is sampled too (the kernel's ru_maxrss may be ours).
-  watch_plan.sample_peak = cgroup == nullptr || !cgroup->CountsMemory();
-  watch_plan.follow_stops = plan.take_terminal;
-  watch_plan.sample_every = options_.memory_sample_interval.count() * 1000000;
-  watch_plan.grace = options_.cancel_grace.count() * 1000000;
-  Watch watch;
-  watch.next_sample = start + watch_plan.sample_every;
-  Outputs outputs{Capture(spec.stdout_keep, spec.max_capture_bytes),
-                  Capture(spec.stderr_keep, spec.max_capture_bytes), fds.out.read, fds.err.read};
-  WaitForExit(watch_plan, clock, fds.cancel, tree, &outputs, &watch);
-
-  // 6. The direct child has exited (a zombie until reaped below). Kill what it left in its cgroup
-  // or group: a call leaves nothing running behind it. Then what the kernel recorded, read
-  // before the cgroup goes back to the pool, and the reaping.
-  const int64_t end = clock.MonotonicNanos();
-  {
-    std::lock_guard<std::mutex> lock(tree.mu);
-    tree.KillAll();
-  }
-  outputs.Finish(clock);
-  result.stdout_data = outputs.out.Take();
-  result.stderr_data = outputs.err.Take();
-  result.dropped_output_bytes = outputs.dropped;
-  std::optional<int64_t> cgroup_peak;
-  if (cgroup != nullptr) {
-    result.oom_killed = limit_bytes && cgroup->OomKills() > 0;
-    cgroup_peak = cgroup->PeakBytes();
-  }
-  int wstatus = 0;
-  pid_t reaped = -1;
-  rusage usage{};
-  {
-    // Reap under the lock, so no hook signals a pid that may be reused from here on.
-    std::lock_guard<std::mutex> lock(tree.mu);
-    tree.reaped = true;
-    tree.cgroup = nullptr;
-    result.timeout_phase = tree.phase;
-    result.stopped_by_signal =
-        tree.phase == TimeoutPhase::kEscalation ? tree.stopped_at_deadline : 0;
-    while ((reaped = wait4(pid, &wstatus, 0, &usage)) < 0 && errno == EINTR) {
-    }
-  }
-  const int wait_errno = errno;
-  on_cancel.reset();
-  lease.pool.Release(std::move(lease.cgroup));
-
-  // 7. What happened.
-  result.duration_ms = static_cast<double>(end - start) / 1e6;
-  result.since_grant_ms = static_cast<double>(end - grant_mono_nanos) / 1e6;
-  // ru_maxrss counts the image exec replaced, which for our child was our own memory: it says
-  // something about the program only when it is above our own peak.
-  const int64_t kernel_peak = static_cast<int64_t>(usage.ru_maxrss) * 1024;
-  const int64_t trusted_kernel_peak = kernel_peak > own_peak_bytes ? kernel_peak : 0;
-  result.peak_rss_bytes =
-      cgroup_peak ? *cgroup_peak : std::max(watch.sampled_peak, trusted_kernel_peak);
-  if (reaped < 0) {
-    // Someone else collected the status (SIGCHLD ignored since the check above, or a stray
-    // waitpid(-1)): we cannot say how the program ended, so say that rather than "exited 0".
-    result.outcome = ProcessOutcome::kSpawnFailed;
-    result.error = "the exit status was lost (" + SystemError("wait4", wait_errno) + ")";
-    return result;
-  }
-  Classify(wstatus, watch, &result);
-  LogFinished(calls_.logger(), task_id, result);
-  return result;
+  internal::ProcessRun run(*this, task_id, spec, options, cancel, std::move(slot));
+  return run.Run();
 }
 
 }  // namespace laneguard

@@ -13,14 +13,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
+#include <mutex>  // std::once_flag
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "laneguard/internal/mutex.h"
 #include "laneguard/trace/trace.h"
 
 namespace laneguard::internal {
@@ -86,7 +86,7 @@ class BatchWorker {
   template <typename Fill>
   bool PushWith(const Fill& fill) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       ++stats_.queued;
       if (stopping_) {
         ++stats_.dropped_after_shutdown;
@@ -109,22 +109,23 @@ class BatchWorker {
     // After unlocking: woken under the lock, the export thread would at once sleep again on the
     // mutex, and this thread's unlock would have to wake it a second time (two futex wakes, each
     // an IPI on a VM, where one will do).
-    work_cv_.notify_one();
+    work_cv_.NotifyOne();
     return true;
   }
 
   bool ForceFlush(std::chrono::milliseconds timeout) {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     const uint64_t target = enqueued_;
     if (done_ >= target) return true;
     // now() + milliseconds::max() would overflow: a year is as good as forever here.
     timeout = std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365));
     if (target > flush_target_) {
       flush_target_ = target;
-      work_cv_.notify_one();
+      work_cv_.NotifyOne();
     }
-    return done_cv_.wait_for(lock, timeout, [&] { return done_ >= target || exited_; }) &&
-           done_ >= target;
+    return done_cv_.WaitFor(lock, timeout, [&]() REQUIRES(mu_) {
+      return done_ >= target || exited_;
+    }) && done_ >= target;
   }
 
   // Drains the queue within shutdown_timeout; past it, calls `cancel` (which should make the
@@ -133,17 +134,17 @@ class BatchWorker {
   bool Shutdown(const std::function<void()>& cancel) {
     bool cancelled = false;
     std::call_once(shutdown_once_, [&] {
-      std::unique_lock<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       stopping_ = true;
-      work_cv_.notify_one();
-      if (!done_cv_.wait_for(lock, shutdown_timeout_, [this] { return exited_; })) {
+      work_cv_.NotifyOne();
+      if (!done_cv_.WaitFor(lock, shutdown_timeout_, [this]() REQUIRES(mu_) { return exited_; })) {
         abandon_ = true;
-        work_cv_.notify_one();
-        lock.unlock();
+        work_cv_.NotifyOne();
+        lock.Unlock();
         cancelled = true;
         cancel();
       } else {
-        lock.unlock();
+        lock.Unlock();
       }
       thread_.join();
     });
@@ -151,24 +152,27 @@ class BatchWorker {
   }
 
   BatchExportStats stats() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     BatchExportStats s = stats_;
     s.pending = queue_.size() + in_flight_;
     return s;
   }
 
   std::string last_error() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return last_error_;
   }
 
  private:
-  bool Urgent() const { return stopping_ || queue_.size() >= max_batch_ || flush_target_ > taken_; }
+  bool Urgent() const REQUIRES(mu_) {
+    return stopping_ || queue_.size() >= max_batch_ || flush_target_ > taken_;
+  }
 
   void Run() {
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     for (;;) {
-      const bool timed_out = !work_cv_.wait_for(lock, delay_, [this] { return Urgent(); });
+      const bool timed_out =
+          !work_cv_.WaitFor(lock, delay_, [this]() REQUIRES(mu_) { return Urgent(); });
       // On the timer, everything queued goes; otherwise full batches, and what a flush asked for.
       // Items already taken off the queue always go.
       while (BacklogLeft() > 0 || (!queue_.empty() && (timed_out || Urgent()))) {
@@ -176,17 +180,17 @@ class BatchWorker {
           DropQueue();
           break;
         }
-        ExportBatch(lock);
+        ExportBatch();
       }
       if (stopping_ && queue_.empty() && BacklogLeft() == 0) break;
     }
     exited_ = true;
-    done_cv_.notify_all();
+    done_cv_.NotifyAll();
   }
 
   size_t BacklogLeft() const { return backlog_.size() - backlog_next_; }
 
-  void DropQueue() {
+  void DropQueue() REQUIRES(mu_) {
     const uint64_t n = queue_.size();
     const uint64_t left = BacklogLeft();
     queue_.clear();
@@ -196,7 +200,7 @@ class BatchWorker {
     taken_ += n;
     done_ += n + left;
     stats_.dropped_shutdown_timeout += n + left;
-    done_cv_.notify_all();
+    done_cv_.NotifyAll();
   }
 
   // Exports at most max_batch items without the lock. The lock is held only for constant work,
@@ -204,7 +208,7 @@ class BatchWorker {
   // in one batch is swapped out whole; a longer one is taken whole into the backlog, which is cut
   // into batches here outside the lock. The vectors are handed back and forth, so once warm no
   // push or export allocates (a deque would allocate a block every few items).
-  void ExportBatch(std::unique_lock<std::mutex>& lock) {
+  void ExportBatch() REQUIRES(mu_) {
     std::vector<Item> batch = std::move(spare_);
     spare_ = std::vector<Item>();
     if (BacklogLeft() == 0) {
@@ -219,7 +223,7 @@ class BatchWorker {
       }
     }
     in_flight_ = batch.size() + BacklogLeft();
-    lock.unlock();
+    mu_.unlock();  // the caller's lock, taken back below
     if (batch.empty()) {
       const auto first = backlog_.begin() + static_cast<std::ptrdiff_t>(backlog_next_);
       const size_t take = std::min(BacklogLeft(), max_batch_);
@@ -240,13 +244,13 @@ class BatchWorker {
     }
     batch.clear();  // freed before retaking the lock
     if (batch.capacity() > spare_.capacity()) spare_ = std::move(batch);
-    lock.lock();
+    mu_.lock();
     in_flight_ = BacklogLeft();
     done_ += n;
     CountExportResult(result, n, stats_);
     // Moved, not copied, under the lock: a failure's text costs no allocation here.
     if (!result.error.empty()) last_error_ = std::move(result.error);
-    done_cv_.notify_all();
+    done_cv_.NotifyAll();
   }
 
   const ExportFn export_fn_;
@@ -255,24 +259,28 @@ class BatchWorker {
   const std::chrono::milliseconds delay_;
   const std::chrono::milliseconds shutdown_timeout_;
 
-  mutable std::mutex mu_;
-  std::condition_variable work_cv_;  // wakes the export thread
-  std::condition_variable done_cv_;  // wakes ForceFlush and Shutdown callers
-  std::vector<Item> queue_;
+  mutable Mutex mu_;
+  CondVar work_cv_;  // wakes the export thread
+  CondVar done_cv_;  // wakes ForceFlush and Shutdown callers
+  std::vector<Item> queue_ GUARDED_BY(mu_);
   // The export thread's own: not guarded by mu_.
   std::vector<Item> spare_;    // an empty vector with capacity, the next batch's storage
   std::vector<Item> backlog_;  // taken off the queue, not yet exported from backlog_next_ on
   size_t backlog_next_ = 0;
-  BatchExportStats stats_;
-  std::string last_error_;     // ExportResult::error of the last export that had one
-  size_t in_flight_ = 0;       // taken off the queue and not yet done
-  uint64_t enqueued_ = 0;      // items ever pushed on the queue
-  uint64_t taken_ = 0;         // items ever taken off it
-  uint64_t done_ = 0;          // items ever exported or dropped after leaving the queue
-  uint64_t flush_target_ = 0;  // export at least up to here without waiting for the delay
-  bool stopping_ = false;      // Shutdown began: Push drops; the thread drains and exits
-  bool abandon_ = false;       // shutdown_timeout ran out: drop the queue rather than export it
-  bool exited_ = false;
+  // Guarded by mu_ from here on.
+  BatchExportStats stats_ GUARDED_BY(mu_);
+  // ExportResult::error of the last export that had one.
+  std::string last_error_ GUARDED_BY(mu_);
+  size_t in_flight_ GUARDED_BY(mu_) = 0;   // taken off the queue and not yet done
+  uint64_t enqueued_ GUARDED_BY(mu_) = 0;  // items ever pushed on the queue
+  uint64_t taken_ GUARDED_BY(mu_) = 0;     // items ever taken off it
+  uint64_t done_ GUARDED_BY(mu_) = 0;      // items ever exported or dropped after leaving the queue
+  // Export at least up to here without waiting for the delay.
+  uint64_t flush_target_ GUARDED_BY(mu_) = 0;
+  bool stopping_ GUARDED_BY(mu_) = false;  // Shutdown began: Push drops; the thread drains, exits
+  // shutdown_timeout ran out: drop the queue rather than export it.
+  bool abandon_ GUARDED_BY(mu_) = false;
+  bool exited_ GUARDED_BY(mu_) = false;
 
   std::once_flag shutdown_once_;
   std::thread thread_;  // last: started once everything above is constructed

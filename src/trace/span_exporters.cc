@@ -12,18 +12,18 @@ namespace laneguard {
 // ---- in memory ----------------------------------------------------------------------------------
 
 bool InMemorySpanExporter::Export(const std::vector<SpanData>& batch, const Resource&) {
-  std::lock_guard<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   spans_.insert(spans_.end(), batch.begin(), batch.end());
   return true;
 }
 
 std::vector<SpanData> InMemorySpanExporter::spans() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   return spans_;
 }
 
 void InMemorySpanExporter::Clear() {
-  std::lock_guard<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   spans_.clear();
 }
 
@@ -53,7 +53,7 @@ class JsonLinesSpanExporter final : public SpanExporter {
     } catch (...) {
       return {ExportResult::Code::kFailed, 0, 0, "out of memory while formatting spans"};
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (stream_ == nullptr) return {ExportResult::Code::kFailed};
     const internal::AppendResult written = internal::AppendLines(stream_, text);
     if (written.error == 0) return {};
@@ -62,7 +62,7 @@ class JsonLinesSpanExporter final : public SpanExporter {
   }
 
   void Shutdown() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (stream_ != nullptr) std::fflush(stream_);
   }
 
@@ -83,8 +83,8 @@ class JsonLinesSpanExporter final : public SpanExporter {
     return text;
   }
 
-  std::mutex mu_;
-  std::FILE* stream_;
+  internal::Mutex mu_;
+  std::FILE* const stream_ PT_GUARDED_BY(mu_);  // its writes go one batch at a time
   const bool owns_stream_;
 };
 

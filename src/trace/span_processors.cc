@@ -35,7 +35,7 @@ class SimpleSpanProcessor final : public SpanProcessor {
   ~SimpleSpanProcessor() override { Shutdown(); }
 
   void OnEnd(SpanData&& span) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (shutdown_ || !exporter_) return;
     batch_.push_back(std::move(span));
     SafeExport(*exporter_, batch_, resource_);
@@ -45,23 +45,23 @@ class SimpleSpanProcessor final : public SpanProcessor {
   bool ForceFlush(std::chrono::milliseconds) override { return true; }
 
   void Shutdown() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (shutdown_) return;
     shutdown_ = true;
     if (exporter_) SafeShutdown(*exporter_);
   }
 
   void SetResource(const Resource& resource) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     resource_ = resource;
   }
 
  private:
-  std::mutex mu_;  // one export at a time, as SpanExporter requires
-  std::unique_ptr<SpanExporter> exporter_;
-  std::vector<SpanData> batch_;  // always empty between calls
-  Resource resource_;
-  bool shutdown_ = false;
+  internal::Mutex mu_;  // one export at a time, as SpanExporter requires
+  const std::unique_ptr<SpanExporter> exporter_ PT_GUARDED_BY(mu_);
+  std::vector<SpanData> batch_ GUARDED_BY(mu_);  // always empty between calls
+  Resource resource_ GUARDED_BY(mu_);
+  bool shutdown_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace
@@ -86,8 +86,9 @@ struct QueuedSpan {
 
 struct BatchSpanProcessor::Impl {
   std::unique_ptr<SpanExporter> exporter;
-  std::mutex resource_mu;
-  std::shared_ptr<const Resource> resource = std::make_shared<const Resource>();
+  internal::Mutex resource_mu;
+  std::shared_ptr<const Resource> resource GUARDED_BY(resource_mu) =
+      std::make_shared<const Resource>();
   std::once_flag exporter_shutdown_once;
   // The export thread's own: the batch's spans, rebuilt in place for every batch so that their
   // buffers are reused, and spans kept aside while a batch is smaller.
@@ -119,7 +120,7 @@ struct BatchSpanProcessor::Impl {
     }
     std::shared_ptr<const Resource> r;
     {
-      std::lock_guard<std::mutex> lock(resource_mu);
+      internal::MutexLock lock(resource_mu);
       r = resource;
     }
     ExportResult result;
@@ -173,7 +174,7 @@ void BatchSpanProcessor::Shutdown() {
 
 void BatchSpanProcessor::SetResource(const Resource& resource) {
   auto r = std::make_shared<const Resource>(resource);
-  std::lock_guard<std::mutex> lock(impl_->resource_mu);
+  internal::MutexLock lock(impl_->resource_mu);
   impl_->resource = std::move(r);
 }
 

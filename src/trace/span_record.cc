@@ -192,7 +192,8 @@ void SpanBuilder::Finish(const SpanRecord& header) {
   std::vector<SpanEvent>& events = data_->events;
   events.resize(events_used_);
   // Events are recorded as they are learnt of, not always as they happen: a worker call's timeout
-  // events are written when it ends, after what hooks recorded as the deadlines passed. Nearly
+  // events are stamped with the deadlines, and written when its timer fires (a tick after the
+  // deadline) or, when the call ends before that, at its end. Nearly
   // every span is in order already, so the check is all it costs; a sort swaps the events with
   // their buffers, which a recycled span keeps either way.
   const auto earlier = [](const SpanEvent& a, const SpanEvent& b) {
@@ -200,6 +201,15 @@ void SpanBuilder::Finish(const SpanRecord& header) {
   };
   if (!std::is_sorted(events.begin(), events.end(), earlier))
     std::stable_sort(events.begin(), events.end(), earlier);
+}
+
+SpanBuilder SpanBuilder::ForkTo(SpanData& copy) const {
+  copy = *data_;
+  copy.attributes.resize(attributes_used_);
+  copy.events.resize(events_used_);
+  SpanBuilder fork = *this;
+  fork.data_ = &copy;
+  return fork;
 }
 
 void ReplaySpanRecord(const SpanRecord& record, SpanData& out) {

@@ -20,6 +20,7 @@
 #include <type_traits>
 
 #include "laneguard/trace/trace.h"
+#include "trace/span_fast_path.h"
 
 namespace laneguard::internal {
 
@@ -196,6 +197,9 @@ class SpanBuilder {
   void Apply(const std::byte* log, size_t size);
   // Trims what a recycled SpanData left behind and sets the header's end time.
   void Finish(const SpanRecord& header);
+  // What this builder has built so far, copied into `copy`, and a builder that goes on there
+  // (a snapshot of a span being recorded, which this builder keeps building).
+  SpanBuilder ForkTo(SpanData& copy) const;
 
  private:
   void SetAttribute(std::string_view key, const AttributeValueView& value);

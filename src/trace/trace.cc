@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "base/spin_lock.h"
+#include "trace/span_fast_path.h"
 #include "trace/span_pool.h"
 #include "trace/span_record.h"
 
@@ -309,17 +310,17 @@ Span& Span::operator=(Span&& other) noexcept {
 }
 
 void Span::SetAttribute(std::string_view key, const AttributeValue& value) {
-  if (state_) Edit().SetAttribute(key, value);
+  if (state_) internal::SpanEditor(state_.get()).SetAttribute(key, value);
 }
 
 void Span::SetAttributes(std::initializer_list<AttributeView> attributes) {
-  if (state_) Edit().SetAttributes(attributes);
+  if (state_) internal::SpanEditor(state_.get()).SetAttributes(attributes);
 }
 
 void Span::AddEvent(std::string_view name, Attributes attributes) {
   if (!state_) return;
   const int64_t time = state_->UnixNow();
-  SpanEditor editor(state_.get());
+  internal::SpanEditor editor(state_.get());
   if (editor.state_ == nullptr) return;
   editor.state_->Append([&](auto sink) {
     return internal::PutEvent(sink, time, name, attributes.data(), attributes.size());
@@ -327,33 +328,69 @@ void Span::AddEvent(std::string_view name, Attributes attributes) {
 }
 
 void Span::AddEvent(std::string_view name, std::initializer_list<AttributeView> attributes) {
-  if (state_) AddEventAt(state_->tracer->options_.clock->MonotonicNanos(), name, attributes);
+  if (state_) {
+    internal::SpanFastPath::AddEventAt(*this, state_->tracer->options_.clock->MonotonicNanos(),
+                                       name, attributes);
+  }
 }
-
-void Span::AddEventAt(int64_t mono_nanos, std::string_view name,
-                      std::initializer_list<AttributeView> attributes) {
-  if (state_) Edit().AddEventAt(mono_nanos, name, attributes);
-}
-
-void Span::AddLiteralEventAt(int64_t mono_nanos, Literal name,
-                             std::initializer_list<LiteralAttribute> attributes) {
-  if (state_) Edit().AddLiteralEventAt(mono_nanos, name, attributes);
-}
-
-int64_t Span::start_mono_nanos() const { return state_ ? state_->start_mono : 0; }
 
 void Span::SetStatus(StatusCode code, std::string_view message) {
-  if (state_) Edit().SetStatus(code, message);
+  if (state_) internal::SpanEditor(state_.get()).SetStatus(code, message);
 }
 
 // The clock is read only once the span is known not to have ended.
-void Span::EndRecording(int64_t mono_nanos) { Edit().EndAt(mono_nanos); }
+void Span::EndRecording(int64_t mono_nanos) {
+  internal::SpanEditor(state_.get()).EndAt(mono_nanos);
+}
 
-SpanEditor Span::Edit() { return SpanEditor(state_.get()); }
+// ---- fast path ----------------------------------------------------------------------------------
 
-SpanEditor Span::EditNew() { return {state_.get(), SpanEditor::NewSpan()}; }
+namespace internal {
+
+Span SpanFastPath::StartSpanAt(Tracer& tracer, int64_t start_mono_nanos, std::string_view name,
+                               const SpanContext* parent, SpanKind kind) {
+  return tracer.Start(start_mono_nanos, name, parent, kind, {});
+}
+
+SpanEditor SpanFastPath::Edit(Span& span) { return SpanEditor(span.state_.get()); }
+
+SpanEditor SpanFastPath::EditNew(Span& span) { return {span.state_.get(), SpanEditor::NewSpan()}; }
+
+void SpanFastPath::AddEventAt(Span& span, int64_t mono_nanos, std::string_view name,
+                              std::initializer_list<AttributeView> attributes) {
+  if (span.state_) Edit(span).AddEventAt(mono_nanos, name, attributes);
+}
+
+void SpanFastPath::AddLiteralEventAt(Span& span, int64_t mono_nanos, Literal name,
+                                     std::initializer_list<LiteralAttribute> attributes) {
+  if (span.state_) Edit(span).AddLiteralEventAt(mono_nanos, name, attributes);
+}
+
+int64_t SpanFastPath::StartMonoNanos(const Span& span) {
+  return span.state_ ? span.state_->start_mono : 0;
+}
+
+std::optional<SpanData> SpanFastPath::Snapshot(Span& span) {
+  SpanEditor edit = Edit(span);
+  if (edit.state_ == nullptr) return std::nullopt;
+  const Span::State& state = *edit.state_;
+  SpanData snapshot;
+  if (!state.spilled) {
+    ReplaySpanRecord(state.record, snapshot);
+  } else {
+    SpanBuilder builder = state.builder.ForkTo(snapshot);
+    builder.Apply(state.record.log, state.record.size);
+    builder.Finish(state.record);
+  }
+  snapshot.end_unix_nanos = 0;
+  return snapshot;
+}
+
+}  // namespace internal
 
 // ---- editor -------------------------------------------------------------------------------------
+
+namespace internal {
 
 SpanEditor::SpanEditor(Span::State* state) : state_(state) {
   if (state_ == nullptr) return;
@@ -416,7 +453,9 @@ SpanEditor& SpanEditor::SetStatus(StatusCode code, std::string_view message) {
   return *this;
 }
 
-void SpanEditor::EndAt(int64_t mono_nanos) {
+// The span's lock was taken by this editor's constructor and is released here, which the analysis
+// cannot follow across the two functions.
+void SpanEditor::EndAt(int64_t mono_nanos) NO_THREAD_SAFETY_ANALYSIS {
   if (state_ == nullptr) return;
   Span::State& state = *std::exchange(state_, nullptr);
   state.record.end_unix_nanos =
@@ -451,6 +490,8 @@ void SpanEditor::EndAt(int64_t mono_nanos) {
   }
 }
 
+}  // namespace internal
+
 // ---- tracer -------------------------------------------------------------------------------------
 
 Tracer::Tracer(TracerOptions options)
@@ -464,11 +505,6 @@ Tracer::~Tracer() { Shutdown(); }
 Span Tracer::StartSpan(std::string_view name, const SpanContext* parent, SpanKind kind,
                        const Attributes& attributes) {
   return Start(Span::kReadClock, name, parent, kind, attributes);
-}
-
-Span Tracer::StartSpanAt(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
-                         SpanKind kind) {
-  return Start(start_mono_nanos, name, parent, kind, {});
 }
 
 Span Tracer::Start(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,

@@ -26,48 +26,48 @@ ThreadPool::~ThreadPool() { Shutdown(); }
 
 void ThreadPool::Submit(std::function<void()> task) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     if (stopping_ && running_in != this)
       throw std::logic_error("ThreadPool: Submit after Shutdown; the task was not accepted");
     queue_.push_back(std::move(task));
   }
-  ready_.notify_one();
+  ready_.NotifyOne();
 }
 
 void ThreadPool::Shutdown() {
-  std::lock_guard<std::mutex> join_lock(join_mu_);
+  internal::MutexLock join_lock(join_mu_);
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     stopping_ = true;
   }
-  ready_.notify_all();
+  ready_.NotifyAll();
   for (std::thread& t : threads_)
     if (t.joinable()) t.join();
 }
 
 size_t ThreadPool::queued() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   return queue_.size();
 }
 
 uint64_t ThreadPool::completed() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   return completed_;
 }
 
 void ThreadPool::Work() {
   running_in = this;
-  std::unique_lock<std::mutex> lock(mu_);
+  internal::MutexLock lock(mu_);
   for (;;) {
-    ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    ready_.Wait(lock, [this]() REQUIRES(mu_) { return stopping_ || !queue_.empty(); });
     if (queue_.empty()) return;  // stopping, and nothing left
     std::function<void()> task = std::move(queue_.front());
     queue_.pop_front();
-    lock.unlock();
+    lock.Unlock();
     // noexcept: a throwing task terminates, as a std::thread's function would.
     [&task]() noexcept { task(); }();
     task = nullptr;  // its captures die here, outside the lock
-    lock.lock();
+    lock.Lock();
     ++completed_;
   }
 }

@@ -7,7 +7,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <typeinfo>
+
+#include "trace/span_fast_path.h"
+#include "worker/call_guard.h"
 
 namespace laneguard {
 namespace {
@@ -66,17 +70,27 @@ std::string CallContext::call_id() const {
   return guard_->slot_.valid() ? guard_->slot_.call_id_string() : std::string();
 }
 void CallContext::OnHardTimeout(std::function<void()> hook) {
-  {
-    std::lock_guard<std::mutex> lock(guard_->hook_mu_);
-    guard_->user_hard_hook_ = std::move(hook);
-  }
-  guard_->ListenForTimeouts();
+  guard_->SetHardTimeoutHook(std::move(hook));
 }
 
 // ---- CallGuard
 // -------------------------------------------------------------------------------------
 
 namespace internal {
+
+static_assert(sizeof(CallGuard) <= GuardedCall::kStorageBytes);
+static_assert(alignof(CallGuard) <= 16);
+
+GuardedCall::GuardedCall(WorkerCalls& calls, std::string_view task_id, const CallOptions& options)
+    : context_(new (storage_) CallGuard(calls, task_id, options)) {}
+
+GuardedCall::~GuardedCall() { guard().~CallGuard(); }
+
+CallGuard& GuardedCall::guard() { return *std::launder(reinterpret_cast<CallGuard*>(storage_)); }
+
+void GuardedCall::Succeeded() { guard().Succeeded(); }
+
+void GuardedCall::Failed() { guard().Failed(); }
 
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      Slot slot)
@@ -94,7 +108,13 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
                                 : calls.manager().clock().MonotonicNanos()),
       span_(calls.tracer().enabled() ? StartSpan(acquired, options) : Span()),
       slot_(acquired.ok() ? std::move(acquired.value()) : Slot()) {
-  if (!acquired.ok()) Refused(acquired.error(), options);
+  if (!acquired.ok()) {
+    Refused(acquired.error(), options);
+    return;
+  }
+  // The span's timeout events are written as the phases happen, which takes a handler on the
+  // slot (a store under the slot's shard lock); a span that does not record needs none.
+  if (span_.recording()) SetTimeoutHandler(this);
 }
 
 Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired,
@@ -119,26 +139,28 @@ Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired,
   // On one clock, the span starts when the slot was granted (or refused): one read fewer. The
   // first events are stamped with the span's start: the moment the slot was handed over.
   const int64_t start = calls_.shared_clock_ ? start_mono_ : tracer.clock().MonotonicNanos();
-  return tracer.StartSpanAt(start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
-    edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
-    for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
-    const bool refused_and_throws = !acquired.ok() && options.throw_on_resource_limit_exceeded;
-    if (acquired.ok()) {
-      edit.AddLiteralEventAt(start, "acquired_slot",
-                             {{"globalConcurrency", int64_t{acquired->global_active_at_start()}},
-                              {"laneConcurrency", int64_t{acquired->lane_active_at_start()}}});
-    } else {
-      const Rejection& rejection = acquired.error();
-      edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection.reason)}});
-      if (refused_and_throws) {
-        edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
-      } else {
-        edit.SetAttributes({{"laneguard.unguarded", true}});
-      }
-    }
-    if (!refused_and_throws)
-      edit.AddLiteralEventAt(start, "execution_started", {{"taskId", task_id_}});
-  });
+  return SpanFastPath::StartSpanAt(
+      tracer, start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
+        edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
+        for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
+        const bool refused_and_throws = !acquired.ok() && options.throw_on_resource_limit_exceeded;
+        if (acquired.ok()) {
+          edit.AddLiteralEventAt(
+              start, "acquired_slot",
+              {{"globalConcurrency", int64_t{acquired->global_active_at_start()}},
+               {"laneConcurrency", int64_t{acquired->lane_active_at_start()}}});
+        } else {
+          const Rejection& rejection = acquired.error();
+          edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection.reason)}});
+          if (refused_and_throws) {
+            edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());
+          } else {
+            edit.SetAttributes({{"laneguard.unguarded", true}});
+          }
+        }
+        if (!refused_and_throws)
+          edit.AddLiteralEventAt(start, "execution_started", {{"taskId", task_id_}});
+      });
 }
 
 void CallGuard::Refused(const Rejection& rejection, const CallOptions& options) {
@@ -156,21 +178,44 @@ void CallGuard::Refused(const Rejection& rejection, const CallOptions& options) 
 }
 
 CallGuard::~CallGuard() {
-  // Released before any member goes: the user's hard-timeout hook, run by OnEscalation on the timer
-  // thread, uses them, and Release() waits for it. A no-op once the call has settled.
+  // Released before any member goes: the timeout handler, on the timer thread, uses them, and
+  // Release() waits for it. A no-op once the call has settled.
   slot_.Release(false, "abandoned");
 }
 
-void CallGuard::ListenForTimeouts() {
-  if (!slot_.valid() || listening_) return;
-  listening_ = true;
-  slot_.SetTimeoutHandler(this);
+void CallGuard::SetTimeoutHandler(TimeoutHandler* handler) {
+  if (!slot_.valid()) return;
+  handler_ = handler != nullptr ? handler : this;
+  slot_.SetTimeoutHandler(handler_);
+}
+
+void CallGuard::SetHardTimeoutHook(std::function<void()> hook) {
+  {
+    MutexLock lock(hook_mu_);
+    user_hard_hook_ = std::move(hook);
+  }
+  // Another handler on the slot passes the escalation on to this guard.
+  if (handler_ == nullptr) SetTimeoutHandler(this);
+}
+
+// The span's lock orders this event with what the owner records meanwhile; the owner ends the
+// span only after the release, which waits for this handler.
+void CallGuard::OnWarning() {
+  if (!span_.recording()) return;
+  SpanFastPath::AddLiteralEventAt(span_, SpanTime(slot_.deadline_mono_nanos()), "timeout",
+                                  {{"phase", "warning"}});
+  warning_written_.store(true, std::memory_order_relaxed);
 }
 
 void CallGuard::OnEscalation() {
+  if (span_.recording()) {
+    SpanFastPath::AddLiteralEventAt(span_, SpanTime(slot_.hard_deadline_mono_nanos()), "timeout",
+                                    {{"phase", "escalation"}});
+    escalation_written_.store(true, std::memory_order_relaxed);
+  }
   std::function<void()> user;
   {
-    std::lock_guard<std::mutex> lock(hook_mu_);
+    MutexLock lock(hook_mu_);
     user = user_hard_hook_;
   }
   if (user) user();
@@ -179,7 +224,7 @@ void CallGuard::OnEscalation() {
 int64_t CallGuard::SpanTime(int64_t manager_mono) const {
   if (calls_.shared_clock_) return manager_mono;
   // The same distance from the span's start as from the slot's, on the tracer's clock.
-  return span_.start_mono_nanos() + (manager_mono - start_mono_);
+  return SpanFastPath::StartMonoNanos(span_) + (manager_mono - start_mono_);
 }
 
 double CallGuard::ElapsedMs() const {
@@ -222,16 +267,14 @@ void CallGuard::EndSpan(bool success, std::string_view message, const ReleaseOut
       release.released && calls_.shared_clock_
           ? start_mono_ + std::llround(release.duration_ms * static_cast<double>(kNanosPerMs))
           : calls_.tracer().clock().MonotonicNanos();
-  SpanEditor edit = span_.Edit();
-  // The timeout events are written here, from the record, rather than by the timer thread as
-  // the deadlines pass: a span is exported only once it ends, so they are no later for it, and
-  // a call whose deadlines do not pass (nearly all) installs no listener, which took the shard's
-  // lock once more per call. They are stamped with the deadlines themselves.
-  if (release.timeout_reached) {
+  SpanEditor edit = SpanFastPath::Edit(span_);
+  // A deadline the record says passed, but whose event the timer thread did not write (the call
+  // was released before the tick that would have reported it): its event now, stamped the same.
+  if (release.timeout_reached && !warning_written_.load(std::memory_order_relaxed)) {
     edit.AddLiteralEventAt(SpanTime(slot_.deadline_mono_nanos()), "timeout",
                            {{"phase", "warning"}});
   }
-  if (release.escalated) {
+  if (release.escalated && !escalation_written_.load(std::memory_order_relaxed)) {
     edit.AddLiteralEventAt(SpanTime(slot_.hard_deadline_mono_nanos()), "timeout",
                            {{"phase", "escalation"}});
   }
@@ -378,9 +421,9 @@ void RequestScope::Failed() {
 // --------------------------------------------------------------------------------------
 
 namespace {
-std::mutex g_default_mu;
+internal::Mutex g_default_mu;
 // Never destroyed: calls may run during static destruction of other objects.
-WorkerCalls* g_default_calls = nullptr;
+WorkerCalls* g_default_calls GUARDED_BY(g_default_mu) = nullptr;
 
 WorkerCalls* MakeDefault(std::shared_ptr<SpanProcessor> processor, Resource resource,
                          std::shared_ptr<JsonLogger> logger) {
@@ -398,7 +441,7 @@ WorkerCalls* MakeDefault(std::shared_ptr<SpanProcessor> processor, Resource reso
 Result<bool, ConfigError> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProcessor> processor,
                                                       Resource resource,
                                                       std::shared_ptr<JsonLogger> logger) {
-  std::lock_guard<std::mutex> lock(g_default_mu);
+  internal::MutexLock lock(g_default_mu);
   if (g_default_calls != nullptr)
     return ConfigError{"", "",
                        "the default worker calls are already in use; configure them before the "
@@ -408,7 +451,7 @@ Result<bool, ConfigError> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProces
 }
 
 WorkerCalls& DefaultWorkerCalls() {
-  std::lock_guard<std::mutex> lock(g_default_mu);
+  internal::MutexLock lock(g_default_mu);
   if (g_default_calls == nullptr) g_default_calls = MakeDefault(nullptr, {}, nullptr);
   return *g_default_calls;
 }

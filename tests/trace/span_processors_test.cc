@@ -21,9 +21,13 @@
 #include "laneguard/trace/trace.h"
 #include "support/file_size_limit.h"
 #include "support/tmp_stream.h"
+#include "trace/span_fast_path.h"
 
 namespace laneguard {
 namespace {
+
+// The fast path the worker wrappers record with.
+using internal::SpanFastPath;
 
 using nlohmann::json;
 using std::chrono::milliseconds;
@@ -443,10 +447,10 @@ TEST(BatchSpanProcessorTest, ReplaysRecordedSpansOnTheExportThread) {
   Tracer tracer(std::move(o));
   {
     Span span = tracer.StartSpan("s");
-    const int64_t start = span.start_mono_nanos();
-    span.AddLiteralEventAt(start + 2, "completed", {{"status", "success"}});
-    span.AddLiteralEventAt(start, "acquired", {{"n", int64_t{4}}});
-    span.AddEventAt(start + 1, "custom");
+    const int64_t start = SpanFastPath::StartMonoNanos(span);
+    SpanFastPath::AddLiteralEventAt(span, start + 2, "completed", {{"status", "success"}});
+    SpanFastPath::AddLiteralEventAt(span, start, "acquired", {{"n", int64_t{4}}});
+    SpanFastPath::AddEventAt(span, start + 1, "custom");
   }
   ASSERT_TRUE(tracer.ForceFlush());
   const auto spans = exporter->spans();

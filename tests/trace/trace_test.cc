@@ -13,9 +13,13 @@
 #include <vector>
 
 #include "laneguard/clock.h"
+#include "trace/span_fast_path.h"
 
 namespace laneguard {
 namespace {
+
+// The fast path the worker wrappers record with.
+using internal::SpanFastPath;
 
 constexpr int64_t kStart = 1'767'225'600'000'000'000;  // ManualClock's default start
 
@@ -390,12 +394,13 @@ TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
   TracerFixture f;
   f.clock.AdvanceMs(100);
   Span span = f.tracer->StartSpan("s");
-  ASSERT_EQ(span.start_mono_nanos(), 100'000'000);
+  ASSERT_EQ(SpanFastPath::StartMonoNanos(span), 100'000'000);
   f.clock.AdvanceMs(50);
-  span.AddEventAt(span.start_mono_nanos() + 2'000'000, "at_two_ms", {{"k", int64_t{1}}});
-  span.AddEventAt(0, "before_the_start");
-  span.EndAt(span.start_mono_nanos() + 3'000'000);
-  span.AddEventAt(span.start_mono_nanos() + 4'000'000, "after_the_end");
+  SpanFastPath::AddEventAt(span, SpanFastPath::StartMonoNanos(span) + 2'000'000, "at_two_ms",
+                           {{"k", int64_t{1}}});
+  SpanFastPath::AddEventAt(span, 0, "before_the_start");
+  SpanFastPath::EndAt(span, SpanFastPath::StartMonoNanos(span) + 3'000'000);
+  SpanFastPath::AddEventAt(span, SpanFastPath::StartMonoNanos(span) + 4'000'000, "after_the_end");
   span.End();
 
   auto spans = f.processor->spans();
@@ -414,9 +419,9 @@ TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
 
   TracerFixture off(0.0);
   Span quiet = off.tracer->StartSpan("q");
-  EXPECT_EQ(quiet.start_mono_nanos(), 0);
-  quiet.AddEventAt(5, "e");
-  quiet.EndAt(5);
+  EXPECT_EQ(SpanFastPath::StartMonoNanos(quiet), 0);
+  SpanFastPath::AddEventAt(quiet, 5, "e");
+  SpanFastPath::EndAt(quiet, 5);
   EXPECT_TRUE(off.processor->spans().empty());
 }
 
@@ -426,8 +431,8 @@ TEST(SpanTest, EventsAndEndAtGivenTimesUseThoseTimes) {
 TEST(SpanTest, StartSpanAtWithAFillRecordsBeforeTheSpanIsReturned) {
   TracerFixture f;
   f.clock.AdvanceMs(10);
-  Span span =
-      f.tracer->StartSpanAt(5'000'000, "filled", nullptr, SpanKind::kServer, [](SpanEditor& edit) {
+  Span span = SpanFastPath::StartSpanAt(
+      *f.tracer, 5'000'000, "filled", nullptr, SpanKind::kServer, [](internal::SpanEditor& edit) {
         edit.SetAttributes({{"k", int64_t{7}}}).AddLiteralEventAt(6'000'000, "first");
       });
   ASSERT_TRUE(span.recording());
@@ -447,8 +452,8 @@ TEST(SpanTest, StartSpanAtWithAFillRecordsBeforeTheSpanIsReturned) {
 
   TracerFixture off(0.0);
   bool filled = false;
-  Span quiet = off.tracer->StartSpanAt(0, "q", nullptr, SpanKind::kInternal,
-                                       [&](SpanEditor&) { filled = true; });
+  Span quiet = SpanFastPath::StartSpanAt(*off.tracer, 0, "q", nullptr, SpanKind::kInternal,
+                                         [&](internal::SpanEditor&) { filled = true; });
   EXPECT_FALSE(quiet.recording());
   EXPECT_FALSE(filled);
 }
@@ -466,19 +471,20 @@ TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
   TracerFixture f;
   f.clock.AdvanceMs(10);
   Span span = f.tracer->StartSpan("s");
-  const int64_t t0 = span.start_mono_nanos();
-  span.AddLiteralEventAt(t0 + 1, "first", {{"n", int64_t{1}}, {"text", std::string("one")}});
+  const int64_t t0 = SpanFastPath::StartMonoNanos(span);
+  SpanFastPath::AddLiteralEventAt(span, t0 + 1, "first",
+                                  {{"n", int64_t{1}}, {"text", std::string("one")}});
   f.clock.AdvanceNanos(2);
   span.AddEvent("second");
-  span.AddLiteralEventAt(t0 + 3, "third");
-  span.AddLiteralEventAt(t0 + 4, "fourth", {{"ok", true}});
+  SpanFastPath::AddLiteralEventAt(span, t0 + 3, "third");
+  SpanFastPath::AddLiteralEventAt(span, t0 + 4, "fourth", {{"ok", true}});
   f.clock.AdvanceNanos(3);
   span.AddEvent("fifth", {{"k", 2.5}});
-  span.AddLiteralEventAt(t0 + 6, "sixth",
-                         {{"a", int64_t{1}}, {"b", int64_t{2}}, {"c", int64_t{3}}});
-  span.AddLiteralEventAt(t0 + 7, "seventh", {{"d", 1.5}});
+  SpanFastPath::AddLiteralEventAt(span, t0 + 6, "sixth",
+                                  {{"a", int64_t{1}}, {"b", int64_t{2}}, {"c", int64_t{3}}});
+  SpanFastPath::AddLiteralEventAt(span, t0 + 7, "seventh", {{"d", 1.5}});
   span.End();
-  span.AddLiteralEventAt(t0 + 8, "after_the_end");
+  SpanFastPath::AddLiteralEventAt(span, t0 + 8, "after_the_end");
 
   auto spans = f.processor->spans();
   ASSERT_EQ(spans.size(), 1u);
@@ -508,10 +514,10 @@ TEST(SpanTest, LiteralEventsTakeTheirPlaceAmongOrdinaryEvents) {
 TEST(SpanTest, LiteralAndOrdinaryEventsShareTheEventLimit) {
   TracerFixture f(1.0, SpanLimits{.max_events = 3});
   Span span = f.tracer->StartSpan("s");
-  span.AddLiteralEventAt(0, "a");
+  SpanFastPath::AddLiteralEventAt(span, 0, "a");
   span.AddEvent("b");
-  span.AddLiteralEventAt(0, "c");
-  span.AddLiteralEventAt(0, "dropped");
+  SpanFastPath::AddLiteralEventAt(span, 0, "c");
+  SpanFastPath::AddLiteralEventAt(span, 0, "dropped");
   span.AddEvent("dropped too");
   span.End();
   auto spans = f.processor->spans();
@@ -525,7 +531,7 @@ TEST(SpanTest, LiteralAndOrdinaryEventsShareTheEventLimit) {
 TEST(SpanTest, LiteralEventsKeepThePerEventAttributeLimit) {
   TracerFixture f(1.0, SpanLimits{.max_attributes_per_event = 1});
   Span span = f.tracer->StartSpan("s");
-  span.AddLiteralEventAt(0, "e", {{"a", int64_t{1}}, {"b", int64_t{2}}});
+  SpanFastPath::AddLiteralEventAt(span, 0, "e", {{"a", int64_t{1}}, {"b", int64_t{2}}});
   span.End();
   auto spans = f.processor->spans();
   ASSERT_EQ(spans.size(), 1u);
@@ -855,7 +861,8 @@ TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
       big.AddEvent("an-event-name-past-sixteen",
                    {{"k1", long_text}, {"k2", int64_t{e}}, {"k3", 2.5}, {"k4", true}});
     for (int e = 0; e < 3; ++e)
-      big.AddLiteralEventAt(clock.MonotonicNanos(), "literal", {{"k", long_text}, {"n", 2.5}});
+      SpanFastPath::AddLiteralEventAt(big, clock.MonotonicNanos(), "literal",
+                                      {{"k", long_text}, {"n", 2.5}});
     big.SetStatus(StatusCode::kError, long_text);
   }
   exported->Clear();
@@ -864,7 +871,7 @@ TEST(SpanTest, ARecycledSpanCarriesNothingOfTheSpanBefore) {
   small.SetAttribute("only", int64_t{1});
   small.AddEvent("one", {{"k2", "text"}});
   small.AddEvent("two");
-  small.AddLiteralEventAt(clock.MonotonicNanos(), "three", {{"k3", int64_t{3}}});
+  SpanFastPath::AddLiteralEventAt(small, clock.MonotonicNanos(), "three", {{"k3", int64_t{3}}});
   small.End();
   const auto spans = exported->spans();
   ASSERT_EQ(spans.size(), 1u);
@@ -947,7 +954,8 @@ void RecordScenario(Tracer& tracer, ManualClock& clock, size_t pad) {
   span.SetAttribute("a", int64_t{1});
   span.SetAttributes({{"b", "two"}, {"c", 3.5}, {"a", true}});  // "a" is overwritten
   clock.AdvanceMs(1);
-  span.AddLiteralEventAt(clock.MonotonicNanos(), "literal", {{"n", int64_t{1}}, {"s", "text"}});
+  SpanFastPath::AddLiteralEventAt(span, clock.MonotonicNanos(), "literal",
+                                  {{"n", int64_t{1}}, {"s", "text"}});
   span.AddEvent("three-attributes", {{"k1", int64_t{1}}, {"k2", int64_t{2}}, {"k3", int64_t{3}}});
   for (int i = 0; i < 5; ++i) {
     clock.AdvanceMs(1);

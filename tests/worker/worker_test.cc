@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "support/tmp_stream.h"
+#include "trace/span_fast_path.h"
 
 namespace laneguard {
 namespace {
@@ -340,7 +342,8 @@ TEST_F(WorkerTest, TimeoutEventsAreStampedWithTheDeadlinesInTimeOrder) {
 }
 
 // An event recorded live after the warning passed (as the process runner's signal_sent is) comes
-// after the warning in the exported span, though the warning is written only when the call ends.
+// after the warning in the exported span, though with no timer tick the warning is written only
+// when the call ends.
 TEST_F(WorkerTest, ALiveEventAfterTheDeadlineFollowsTheTimeoutEvent) {
   calls_->Call("t",
                [&](CallContext& ctx) {
@@ -353,6 +356,41 @@ TEST_F(WorkerTest, ALiveEventAfterTheDeadlineFollowsTheTimeoutEvent) {
                                             "seen_late", "execution_succeeded", "call_completed"));
   EXPECT_EQ(span.events[2].time_unix_nanos, clock_.UnixAt(100'000'000));
   EXPECT_EQ(span.events[3].time_unix_nanos, clock_.UnixAt(120'000'000));
+}
+
+// The timer thread puts the timeout events on the span as the phases happen: the warning is there
+// while fn still runs, stamped with the deadline, and the exported span has it once.
+TEST_F(WorkerTest, TimeoutEventsAreOnTheSpanBeforeTheCallIsReleased) {
+  EXPECT_THROW(
+      calls_->Call(
+          "t",
+          [&](CallContext& ctx) {
+            clock_.AdvanceMs(120);
+            const std::optional<SpanData> before = internal::SpanFastPath::Snapshot(ctx.span());
+            ASSERT_TRUE(before.has_value());
+            EXPECT_THAT(EventNames(*before), ElementsAre("acquired_slot", "execution_started"));
+            manager_->Tick();  // the warning (deadline 100 ms)
+            const std::optional<SpanData> warned = internal::SpanFastPath::Snapshot(ctx.span());
+            ASSERT_TRUE(warned.has_value());
+            EXPECT_THAT(EventNames(*warned),
+                        ElementsAre("acquired_slot", "execution_started", "timeout"));
+            EXPECT_EQ(StrAttr(warned->events[2].attributes, "phase"), "warning");
+            EXPECT_EQ(warned->events[2].time_unix_nanos, clock_.UnixAt(100'000'000));
+            clock_.AdvanceMs(30);
+            manager_->Tick();  // the escalation (hard deadline 150 ms)
+            const std::optional<SpanData> escalated = internal::SpanFastPath::Snapshot(ctx.span());
+            ASSERT_TRUE(escalated.has_value());
+            ASSERT_EQ(escalated->events.size(), 4u);
+            EXPECT_EQ(StrAttr(escalated->events[3].attributes, "phase"), "escalation");
+            EXPECT_EQ(escalated->events[3].time_unix_nanos, clock_.UnixAt(150'000'000));
+          },
+          {.timeout_ms = 100}),
+      WorkerCallTimeout);
+  const SpanData span = Spans().at(0);
+  EXPECT_THAT(EventNames(span), ElementsAre("acquired_slot", "execution_started", "timeout",
+                                            "timeout", "call_completed"));
+  EXPECT_EQ(StrAttr(span.events[2].attributes, "phase"), "warning");
+  EXPECT_EQ(StrAttr(span.events[3].attributes, "phase"), "escalation");
 }
 
 // On a tracer clock of its own, a deadline keeps its distance from the span's start.

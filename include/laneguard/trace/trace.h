@@ -11,15 +11,15 @@
 //   span.AddEvent("acquired_slot", {{"globalConcurrency", int64_t{4}}});
 //   span.End();
 //
-// A recording span keeps what is set on it as a compact log (src/telemetry/span_record.h); the
+// A recording span keeps what is set on it as a compact log (src/trace/span_record.h); the
 // batch processor turns it into SpanData on its export thread, applying the limits and rules
 // below there, in the order things were recorded. The events then go in time order (see
 // SpanData::events).
 //
 // Thread safety: Tracer, the processors and the exporters are thread-safe. A Span may be used from
 // several threads (events from the timer thread land on a span the caller is also writing); its
-// methods lock a per-span lock, taken only by recording spans (SpanEditor takes it once for
-// several changes). SpanContext, SpanData and the id types are plain values.
+// methods lock a per-span lock, taken only by recording spans (the worker-call wrappers take it
+// once for several changes). SpanContext, SpanData and the id types are plain values.
 #ifndef LANEGUARD_TRACE_TRACE_H_
 #define LANEGUARD_TRACE_TRACE_H_
 
@@ -30,7 +30,6 @@
 #include <cstdio>
 #include <initializer_list>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,12 +38,17 @@
 #include <vector>
 
 #include "laneguard/clock.h"
+#include "laneguard/internal/mutex.h"
 #include "laneguard/result.h"
 
 namespace laneguard {
 
 namespace internal {
 struct SpanRecord;
+// The worker wrappers' fast path (src/trace/span_fast_path.h): literal events, several changes
+// under one lock, times the caller read.
+class SpanEditor;
+class SpanFastPath;
 }  // namespace internal
 
 // ---- ids and context ----------------------------------------------------------------------------
@@ -127,28 +131,6 @@ struct AttributeView {
   AttributeValueView value;
 };
 
-// A string literal, checked at compile time (the constructor only takes a constant array, so a
-// local buffer does not compile): a span keeps its address instead of a copy.
-class Literal {
- public:
-  constexpr Literal() = default;  // ""
-  template <size_t N>
-  consteval Literal(const char (&text)[N])  // NOLINT(google-explicit-constructor): "text" reads
-      : text_(text), size_(N - 1) {}        // as a Literal wherever one is expected
-  constexpr std::string_view view() const { return {text_, size_}; }
-  constexpr operator std::string_view() const { return view(); }  // NOLINT(google-explicit-*)
-
- private:
-  const char* text_ = "";
-  size_t size_ = 0;
-};
-
-// An attribute whose key is a literal; a string value is copied.
-struct LiteralAttribute {
-  Literal key;
-  AttributeValueView value;
-};
-
 struct SpanEvent {
   std::string name;
   int64_t time_unix_nanos = 0;
@@ -170,7 +152,7 @@ struct SpanData {
   int64_t end_unix_nanos = 0;
   Attributes attributes;
   // In time order; events at the same time in the order they were recorded. (An event given an
-  // earlier time, such as a worker call's timeout event written when the call ends, takes its
+  // earlier time, such as a worker call's timeout event, stamped with its deadline, takes its
   // place by time.) Past max_events, the first ones recorded are kept.
   std::vector<SpanEvent> events;
   StatusCode status = StatusCode::kUnset;
@@ -246,8 +228,8 @@ class InMemorySpanExporter final : public SpanExporter {
   void Clear();
 
  private:
-  mutable std::mutex mu_;
-  std::vector<SpanData> spans_;
+  mutable internal::Mutex mu_;
+  std::vector<SpanData> spans_ GUARDED_BY(mu_);
 };
 
 // One JSON object per span per line, with OTLP/JSON field names (traceId and spanId as lower-case
@@ -271,7 +253,7 @@ class SpanProcessor {
   virtual void SetResource(const Resource& resource) = 0;
 
  private:
-  friend class SpanEditor;
+  friend class internal::SpanEditor;
   friend class BatchSpanProcessor;
   using RecordSink = void (*)(SpanProcessor& self, const internal::SpanRecord& record);
   // The tracer hands most spans over in the form it recorded them in (see span_record.h). With no
@@ -362,7 +344,6 @@ struct TracerOptions {
 };
 
 class Tracer;
-class SpanEditor;
 
 // A span being recorded, or a non-recording one (not sampled: it still has a context to hand on),
 // or an empty one (tracing disabled). Move-only; ends itself when destroyed.
@@ -396,33 +377,12 @@ class Span {
     if (state_) EndRecording(kReadClock);
   }
 
-  // AddEvent and End at a time the caller already read from the tracer's clock
-  // (Clock::MonotonicNanos), for a caller that stamps several things at one moment: every clock
-  // read is a TSC read, about 11 ns on a virtual machine. A time before the span's start counts as
-  // its start.
-  void AddEventAt(int64_t mono_nanos, std::string_view name,
-                  std::initializer_list<AttributeView> attributes = {});
-  void EndAt(int64_t mono_nanos) {
-    if (state_) EndRecording(mono_nanos);
-  }
-  // When the span started, on the tracer's monotonic clock; 0 for a span that does not record.
-  int64_t start_mono_nanos() const;
-
-  // AddEventAt for the events a program records on every call: the name and the keys are
-  // literals, so the span keeps their addresses and copies no string but a string value.
-  void AddLiteralEventAt(int64_t mono_nanos, Literal name,
-                         std::initializer_list<LiteralAttribute> attributes = {});
-
-  // Several changes under one lock (see SpanEditor): span.Edit().SetAttributes(...).AddEvent...
-  SpanEditor Edit();
-
  private:
   friend class Tracer;
-  friend class SpanEditor;
+  friend class internal::SpanEditor;
+  friend class internal::SpanFastPath;
   static constexpr int64_t kReadClock = INT64_MIN;
   void EndRecording(int64_t mono_nanos);
-  // Edit() on a span its tracer has just made, which no other thread can see yet.
-  SpanEditor EditNew();
   struct State;
   // Keeps a few ended states per thread for the next spans instead of freeing them.
   struct StateDeleter {
@@ -430,40 +390,6 @@ class Span {
   };
   SpanContext context_;
   std::unique_ptr<State, StateDeleter> state_;
-};
-
-// Changes to one span under one acquisition of its lock. Each Span method takes the lock; a caller
-// that records several things at one moment (the worker-call wrapper: attributes and two events
-// when a call starts; two events, the status and the end when it ends) takes it once. The methods
-// are Span's, with its rules; on a span that does not record, or has ended, they do nothing.
-// The lock is held until the editor is destroyed: keep it short-lived, and do not call the same
-// span's own methods meanwhile (they would wait for it). EndAt releases the lock and hands the
-// span to the processor; the editor does nothing after it.
-class SpanEditor {
- public:
-  SpanEditor(const SpanEditor&) = delete;
-  SpanEditor& operator=(const SpanEditor&) = delete;
-  ~SpanEditor();
-
-  SpanEditor& SetAttribute(std::string_view key, const AttributeValue& value);
-  SpanEditor& SetAttributes(std::initializer_list<AttributeView> attributes);
-  SpanEditor& AddEventAt(int64_t mono_nanos, std::string_view name,
-                         std::initializer_list<AttributeView> attributes = {});
-  SpanEditor& AddLiteralEventAt(int64_t mono_nanos, Literal name,
-                                std::initializer_list<LiteralAttribute> attributes = {});
-  SpanEditor& SetStatus(StatusCode code, std::string_view message = {});
-  void EndAt(int64_t mono_nanos);
-
- private:
-  friend class Span;
-  explicit SpanEditor(Span::State* state);  // null: nothing to edit
-  struct NewSpan {};
-  SpanEditor(Span::State* state, NewSpan);  // a recording span no other thread can see yet
-  // AddEventAt and AddLiteralEventAt: a name is a string_view or a Literal, an attribute an
-  // AttributeView or a LiteralAttribute (the span log keeps literals as addresses).
-  template <typename Name, typename Attr>
-  SpanEditor& AddAnyEventAt(int64_t mono_nanos, Name name, std::initializer_list<Attr> attributes);
-  Span::State* state_;  // null when not recording or ended
 };
 
 // Spans point at their tracer: a Tracer must outlive every Span it started, so it is neither
@@ -478,25 +404,6 @@ class Tracer {
   // `parent` may be null or invalid: a new trace starts. The span is recording only if sampled.
   Span StartSpan(std::string_view name, const SpanContext* parent = nullptr,
                  SpanKind kind = SpanKind::kInternal, const Attributes& attributes = {});
-  // StartSpan at a time the caller already read from the tracer's clock (Clock::MonotonicNanos):
-  // the worker-call wrapper starts a call's span when the manager granted its slot, when the two
-  // share a clock.
-  Span StartSpanAt(int64_t start_mono_nanos, std::string_view name,
-                   const SpanContext* parent = nullptr, SpanKind kind = SpanKind::kInternal);
-  // StartSpanAt, then `fill(SpanEditor&)` records the span's first attributes and events before
-  // the span is returned; not called for a span that does not record. No other thread can see the
-  // span yet, so the editor takes its lock with a plain store (an atomic exchange there waits for
-  // the stores that just wrote the span's start to drain).
-  template <typename Fill>
-  Span StartSpanAt(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
-                   SpanKind kind, const Fill& fill) {
-    Span span = StartSpanAt(start_mono_nanos, name, parent, kind);
-    if (span.recording()) {
-      SpanEditor edit = span.EditNew();
-      fill(edit);
-    }
-    return span;
-  }
   bool enabled() const { return options_.enabled; }
   const Resource& resource() const { return options_.resource; }
   const Clock& clock() const { return *options_.clock; }
@@ -505,7 +412,8 @@ class Tracer {
 
  private:
   friend class Span;
-  friend class SpanEditor;
+  friend class internal::SpanEditor;
+  friend class internal::SpanFastPath;
   Span Start(int64_t start_mono_nanos, std::string_view name, const SpanContext* parent,
              SpanKind kind, const Attributes& attributes);
   TracerOptions options_;
