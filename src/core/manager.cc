@@ -20,24 +20,6 @@
 
 namespace laneguard {
 
-std::string_view ToString(RejectReason reason) {
-  switch (reason) {
-    case RejectReason::kLaneLimit:
-      return "lane_limit";
-    case RejectReason::kGlobalLimit:
-      return "global_limit";
-    case RejectReason::kMemoryLimit:
-      return "memory_limit";
-    case RejectReason::kUnknownLane:
-      return "unknown_lane";
-    case RejectReason::kShuttingDown:
-      return "shutting_down";
-    case RejectReason::kInvalidTimeout:
-      return "invalid_timeout";
-  }
-  return "unknown";
-}
-
 std::string_view ToString(EventKind kind) {
   switch (kind) {
     case EventKind::kAcquired:
@@ -1130,36 +1112,6 @@ struct ManagerState {
 
 }  // namespace internal
 
-std::string Rejection::message() const {
-  std::string m(ToString(reason));
-  m += ": ";
-  switch (reason) {
-    case RejectReason::kLaneLimit:
-      m += "lane '" + lane + "' is at its limit (" + std::to_string(active) + "/" +
-           std::to_string(limit) + " active)";
-      break;
-    case RejectReason::kGlobalLimit:
-      m += "global concurrency is at its limit (" + std::to_string(active) + "/" +
-           std::to_string(limit) + " active); lane '" + lane + "' has room";
-      break;
-    case RejectReason::kMemoryLimit:
-      m += "RSS " + std::to_string(rss_mb) + " MB is above maxRssMb " + std::to_string(max_rss_mb) +
-           " (lane '" + lane + "')";
-      break;
-    case RejectReason::kUnknownLane:
-      m += "lane '" + lane + "' is not configured in laneConcurrencyLimits";
-      break;
-    case RejectReason::kShuttingDown:
-      m += "the resource budget manager is shutting down (lane '" + lane + "')";
-      break;
-    case RejectReason::kInvalidTimeout:
-      m += "timeoutMs must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
-           std::to_string(timeout_ms) + " (lane '" + lane + "')";
-      break;
-  }
-  return m;
-}
-
 // ---- Slot -------------------------------------------------------------------------------------
 
 void Slot::ReleaseAbandoned() { Release(false, "abandoned"); }
@@ -1199,7 +1151,7 @@ void Slot::SetTimeoutHandler(TimeoutHandler* listener) {
 
 // ---- ResourceBudgetManager --------------------------------------------------------------------
 
-Result<std::unique_ptr<ResourceBudgetManager>, ConfigError> ResourceBudgetManager::Create(
+Result<std::unique_ptr<ResourceBudgetManager>> ResourceBudgetManager::Create(
     Config config, ManagerOptions options) {
   auto valid = ValidateConfig(std::move(config));
   if (!valid.ok()) return valid.error();
@@ -1263,13 +1215,13 @@ ResourceBudgetManager* g_default =
     nullptr;  // intentionally never destroyed: slots may outlive main
 }  // namespace
 
-Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(std::optional<Config> config) {
+Result<ResourceBudgetManager*> GetResourceBudgetManager(std::optional<Config> config) {
   std::lock_guard<std::mutex> guard(g_default_mu);
   if (g_default != nullptr) {
     if (config && !(*config == g_default->config()))
-      return ConfigError{"", "",
-                         "the default resource budget manager already exists with a different "
-                         "config; create an explicit ResourceBudgetManager instead"};
+      return Error{ErrorCode::kFailedPrecondition, "", "",
+                   "the default resource budget manager already exists with a different "
+                   "config; create an explicit ResourceBudgetManager instead"};
     return g_default;
   }
   auto created = ResourceBudgetManager::Create(config.value_or(Config{}));
@@ -1278,8 +1230,7 @@ Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(std::option
   return g_default;
 }
 
-Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManagerFromJson(
-    std::string_view partial_json) {
+Result<ResourceBudgetManager*> GetResourceBudgetManagerFromJson(std::string_view partial_json) {
   auto config = ParseConfigJson(partial_json);
   if (!config.ok()) return config.error();
   return GetResourceBudgetManager(std::move(config).value());
