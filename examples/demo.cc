@@ -73,7 +73,7 @@ int main(int argc, char** argv) {
   if (!config_path.empty()) {
     auto loaded = laneguard::LoadConfigFile(config_path);
     if (!loaded.ok()) {
-      std::fprintf(stderr, "laneguard_demo: %s\n", loaded.error().message.c_str());
+      std::fprintf(stderr, "laneguard_demo: %s\n", loaded.error().message().c_str());
       return 2;
     }
     config = loaded.value();
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
   auto logger =
       laneguard::JsonLogger::OpenFile({.min_level = laneguard::LogLevel::kInfo}, log_path);
   if (!logger.ok()) {
-    std::fprintf(stderr, "laneguard_demo: %s\n", logger.error().message.c_str());
+    std::fprintf(stderr, "laneguard_demo: %s\n", logger.error().message().c_str());
     return 2;
   }
   std::shared_ptr<laneguard::JsonLogger> log = std::move(logger).value();
@@ -93,14 +93,14 @@ int main(int argc, char** argv) {
   options.observers.push_back(std::make_shared<laneguard::LoggingObserver>(log));
   auto created = ResourceBudgetManager::Create(config, std::move(options));
   if (!created.ok()) {
-    std::fprintf(stderr, "laneguard_demo: %s\n", created.error().message.c_str());
+    std::fprintf(stderr, "laneguard_demo: %s\n", created.error().message().c_str());
     return 2;
   }
   std::unique_ptr<ResourceBudgetManager> manager = std::move(created).value();
 
   auto exporter = laneguard::NewJsonLinesFileSpanExporter(spans_path);
   if (!exporter.ok()) {
-    std::fprintf(stderr, "laneguard_demo: %s\n", exporter.error().message.c_str());
+    std::fprintf(stderr, "laneguard_demo: %s\n", exporter.error().message().c_str());
     return 2;
   }
   auto processor = std::make_shared<laneguard::BatchSpanProcessor>(std::move(exporter).value());

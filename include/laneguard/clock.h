@@ -15,6 +15,12 @@
 
 namespace laneguard {
 
+// Bounds that keep deadline arithmetic (nanoseconds in int64) far from overflow: 30 days, and a
+// hard deadline at most 100x the timeout. The bounds of the config's defaultTimeoutMs and
+// timeoutEscalationFactor and of every per-call timeout.
+inline constexpr int64_t kMaxTimeoutMs = 30LL * 24 * 3600 * 1000;
+inline constexpr double kMaxEscalationFactor = 100;
+
 class Clock {
  public:
   virtual ~Clock() = default;

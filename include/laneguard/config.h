@@ -22,14 +22,13 @@
 #include <string_view>
 #include <vector>
 
+#include "laneguard/clock.h"
 #include "laneguard/result.h"
 
 namespace laneguard {
 
-// Bounds that keep deadline arithmetic (nanoseconds in int64) far from overflow: 30 days, and a
-// hard deadline at most 100x the timeout.
-inline constexpr int64_t kMaxTimeoutMs = 30LL * 24 * 3600 * 1000;
-inline constexpr double kMaxEscalationFactor = 100;
+// kMaxTimeoutMs and kMaxEscalationFactor, the bounds of defaultTimeoutMs and
+// timeoutEscalationFactor, are in laneguard/clock.h (a rejection's message names the first).
 // Upper bound of globalConcurrencyLimit and of every lane limit.
 inline constexpr int kMaxConcurrencyLimit = 1'000'000;
 // Upper bound of maxRssMb, heapWarningMb and a job's maxRssMb: 1 PiB, beyond any machine, and far
@@ -85,7 +84,7 @@ struct Config {
 // defaultTimeoutMs within [1, kMaxTimeoutMs], maxRssMb and heapWarningMb within (0, kMaxMemoryMb],
 // metricsCapacity, memorySampleIntervalMs and timerTickMs within [1, their kMax...], lane names
 // non-empty. Every numeric key has an upper bound, so a value that passes runs.
-Result<Config, ConfigError> ValidateConfig(Config config);
+Result<Config> ValidateConfig(Config config);
 
 // Parses `json` (an object with camelCase keys) and merges it over `base`. Errors name the key and
 // the value: unknown key (with a "did you mean"), wrong type, impossible value, malformed JSON (key
@@ -94,15 +93,15 @@ Result<Config, ConfigError> ValidateConfig(Config config);
 // Warnings (when `warnings` is given; the config still loads): a key given twice (the last value
 // wins, as in JavaScript), and a lane name that looks like a misspelled known lane ("critc" would
 // silently add a sixth lane).
-Result<Config, ConfigError> ParseConfigJson(std::string_view json, const Config& base = Config{},
-                                            std::vector<std::string>* warnings = nullptr);
+Result<Config> ParseConfigJson(std::string_view json, const Config& base = Config{},
+                               std::vector<std::string>* warnings = nullptr);
 
 // Reads the file at `path` and parses it as above. Every error message starts with the path; an
 // unreadable file (missing, no permission, a directory) is an error with key "" and the system's
 // reason. Warnings are prefixed with the path too. At most 1 MiB is read (a pipe or /dev/zero
 // included); a larger input is an error naming the path.
-Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base = Config{},
-                                           std::vector<std::string>* warnings = nullptr);
+Result<Config> LoadConfigFile(const std::string& path, const Config& base = Config{},
+                              std::vector<std::string>* warnings = nullptr);
 
 // The complete config as a JSON object with camelCase keys, every field present (the effective
 // config). Round trip: ParseConfigJson(ConfigToJson(c), base) == c whenever base's lanes are a

@@ -49,6 +49,7 @@
 
 #include "laneguard/clock.h"
 #include "laneguard/config.h"
+#include "laneguard/error.h"
 #include "laneguard/memory.h"
 #include "laneguard/metrics.h"
 #include "laneguard/observer.h"
@@ -60,33 +61,6 @@ namespace internal {
 class ManagerState;
 struct SlotGrant;
 }  // namespace internal
-
-// Why TryAcquire said no. The message is built on demand, so a rejection costs no formatting
-// unless someone reads it.
-struct Rejection {
-  Rejection() = default;
-  // The lane is copied straight into place: a rejection is built inside its Result, once.
-  Rejection(RejectReason reason_in, std::string_view lane_in, int active_in = 0, int limit_in = 0,
-            double rss_mb_in = 0, double max_rss_mb_in = 0, int64_t timeout_ms_in = 0)
-      : reason(reason_in),
-        lane(lane_in),
-        active(active_in),
-        limit(limit_in),
-        rss_mb(rss_mb_in),
-        max_rss_mb(max_rss_mb_in),
-        timeout_ms(timeout_ms_in) {}
-
-  RejectReason reason = RejectReason::kLaneLimit;
-  std::string lane;                   // as asked for
-  int active = 0;                     // lane_limit/global_limit: the count seen
-  int limit = 0;                      // lane_limit/global_limit: the limit hit
-  double rss_mb = 0, max_rss_mb = 0;  // memory_limit
-  int64_t timeout_ms = 0;             // invalid_timeout
-
-  // A sentence naming the reason, the lane and the numbers, e.g.
-  // "lane_limit: lane 'file_write' is at its limit (4/4 active)".
-  std::string message() const;
-};
 
 // What Slot::ReleaseUnlessLate or Slot::ReleaseWithOutcome found, as the record says it.
 struct ReleaseOutcome {
@@ -241,8 +215,8 @@ struct ManagerOptions {
 class ResourceBudgetManager {
  public:
   // Validates `config` (see ValidateConfig) and starts the background thread.
-  static Result<std::unique_ptr<ResourceBudgetManager>, ConfigError> Create(
-      Config config, ManagerOptions options = {});
+  static Result<std::unique_ptr<ResourceBudgetManager>> Create(Config config,
+                                                               ManagerOptions options = {});
   ~ResourceBudgetManager();
   ResourceBudgetManager(const ResourceBudgetManager&) = delete;
   ResourceBudgetManager& operator=(const ResourceBudgetManager&) = delete;
@@ -298,11 +272,10 @@ class ResourceBudgetManager {
 // call creates it from `config` (defaults when omitted); later calls return the same instance, and
 // are an error if they pass a config different from the one it was created with (rather than
 // silently ignoring it). The instance lives until the process exits.
-Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(
+Result<ResourceBudgetManager*> GetResourceBudgetManager(
     std::optional<Config> config = std::nullopt);
 // As above, with a partial JSON config merged over the defaults.
-Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManagerFromJson(
-    std::string_view partial_json);
+Result<ResourceBudgetManager*> GetResourceBudgetManagerFromJson(std::string_view partial_json);
 
 }  // namespace laneguard
 

@@ -9,20 +9,9 @@
 #include <string>
 #include <string_view>
 
-namespace laneguard {
+#include "laneguard/error.h"
 
-// Why an acquisition was refused.
-enum class RejectReason {
-  kLaneLimit,       // the lane is at its concurrency limit
-  kGlobalLimit,     // all lanes together are at the global limit
-  kMemoryLimit,     // sampled RSS is above maxRssMb (memory guards on)
-  kUnknownLane,     // the lane is not configured
-  kShuttingDown,    // Shutdown() was called
-  kInvalidTimeout,  // a per-call timeout <= 0 or above kMaxTimeoutMs was asked for
-};
-inline constexpr int kRejectReasonCount = 6;
-// "lane_limit", "global_limit", "memory_limit", "unknown_lane", "shutting_down", "invalid_timeout".
-std::string_view ToString(RejectReason reason);
+namespace laneguard {
 
 // The spec's WorkerCallMetrics, one per released call.
 struct WorkerCallMetrics {

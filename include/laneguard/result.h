@@ -1,5 +1,6 @@
-// Result types used across laneguard's core API. The core never throws: admission and configuration
-// return one of these, carrying a machine-readable reason and a human-readable message.
+// Result: what laneguard's API returns where it can fail. The core never throws: admission and
+// configuration return one of these, carrying an Error (laneguard/error.h): a code, the field and
+// value at fault and a human-readable message.
 //
 // Thread safety: plain values; distinct objects may be used from different threads freely, one
 // object needs external synchronization like any std:: value type.
@@ -12,20 +13,13 @@
 #include <utility>
 #include <variant>
 
+#include "laneguard/error.h"
+
 namespace laneguard {
 
-// An error found in a configuration. `key` is the dotted camelCase path of the offending field
-// ("laneConcurrencyLimits.file_write"), `value` the offending value as JSON text ("" when the key
-// itself is the problem, e.g. a missing file), `message` a full sentence naming both.
-struct ConfigError {
-  std::string key;
-  std::string value;
-  std::string message;
-};
-
-// Either a value or an error. A small stand-in for C++23 std::expected, which g++ 12 only offers in
-// C++23 mode.
-template <typename T, typename E>
+// Either a value or an error (an Error unless said otherwise). A small stand-in for C++23
+// std::expected, which g++ 12 only offers in C++23 mode.
+template <typename T, typename E = Error>
 class [[nodiscard]] Result {
  public:
   Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design

@@ -301,9 +301,9 @@ class RequestScope {
 // The default manager (GetResourceBudgetManager()) with a tracer built from its config
 // (enableSpanEmission, spanSampleRate) and `processor`, which may be null (spans go nowhere).
 // Configure before the first default call; later calls return an error and change nothing.
-Result<bool, ConfigError> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProcessor> processor,
-                                                      Resource resource = {},
-                                                      std::shared_ptr<JsonLogger> logger = nullptr);
+Result<bool> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProcessor> processor,
+                                         Resource resource = {},
+                                         std::shared_ptr<JsonLogger> logger = nullptr);
 WorkerCalls& DefaultWorkerCalls();
 
 template <typename Fn>

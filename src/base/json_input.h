@@ -29,6 +29,8 @@
 #include <system_error>
 #include <vector>
 
+#include "laneguard/error.h"
+
 namespace laneguard::internal {
 
 // How much of any value an error message shows.
@@ -272,6 +274,9 @@ struct InputCaps {
 struct InputError {
   int line = 0;
   std::string message;
+  // kNotFound, kPermissionDenied, ... from the system's errno; kFailedPrecondition for a
+  // directory; kInvalidArgument for an input past a cap.
+  ErrorCode code = ErrorCode::kInvalidArgument;
 };
 
 namespace json_input_detail {
@@ -289,13 +294,18 @@ bool ReadChunks(const std::string& path, bool allow_stdin, const InputCaps& caps
     if (fd >= 0 && !use_stdin) ::close(fd);
     return ok;
   };
-  auto fail = [&](const std::string& why) {
-    *error = {0, name + ": " + why};
+  auto fail = [&](const std::string& why, ErrorCode code = ErrorCode::kInvalidArgument) {
+    *error = {0, name + ": " + why, code};
     return done(false);
   };
-  if (fd < 0) return fail("cannot read: " + std::generic_category().message(errno));
+  auto fail_errno = [&](int errno_value) {
+    return fail("cannot read: " + std::generic_category().message(errno_value),
+                ErrorCodeForErrno(errno_value));
+  };
+  if (fd < 0) return fail_errno(errno);
   struct stat st {};
-  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) return fail("is a directory, not a file");
+  if (::fstat(fd, &st) == 0 && S_ISDIR(st.st_mode))
+    return fail("is a directory, not a file", ErrorCode::kFailedPrecondition);
   char buffer[65536];
   size_t total = 0;
   for (;;) {
@@ -304,7 +314,7 @@ bool ReadChunks(const std::string& path, bool allow_stdin, const InputCaps& caps
     const ssize_t n = ::read(fd, buffer, want);
     if (n == 0) return done(true);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return fail("cannot read: " + std::generic_category().message(errno));
+    if (n < 0) return fail_errno(errno);
     total += static_cast<size_t>(n);
     if (total > caps.max_bytes)
       return fail("larger than " + ByteSize(caps.max_bytes) + ", the limit for a " +
@@ -316,19 +326,15 @@ bool ReadChunks(const std::string& path, bool allow_stdin, const InputCaps& caps
 }  // namespace json_input_detail
 
 // Reads the whole input at `path` (fd 0 when `path` is "-" and `allow_stdin`), at most
-// caps.max_bytes of it. On failure returns false and sets `error` to "<path>: <reason>": the
-// system's reason (no such file, permission denied, is a directory) or the cap and what to do.
-inline bool ReadInputFile(const std::string& path, std::string* text, std::string* error,
+// caps.max_bytes of it. On failure returns false and sets `error`'s message to "<path>: <reason>":
+// the system's reason (no such file, permission denied, is a directory) or the cap and what to do.
+inline bool ReadInputFile(const std::string& path, std::string* text, InputError* error,
                           const InputCaps& caps = {}, bool allow_stdin = false) {
   text->clear();
-  InputError failure;
-  const bool ok =
-      json_input_detail::ReadChunks(path, allow_stdin, caps, &failure, [&](std::string_view c) {
-        text->append(c);
-        return true;
-      });
-  if (!ok) *error = std::move(failure.message);
-  return ok;
+  return json_input_detail::ReadChunks(path, allow_stdin, caps, error, [&](std::string_view c) {
+    text->append(c);
+    return true;
+  });
 }
 
 // Calls `on_line(number, line)` (numbered from 1, without the '\n') for each line as it is read,

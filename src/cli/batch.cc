@@ -7,15 +7,15 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
-#include <condition_variable>
 #include <deque>
 #include <map>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <system_error>
 #include <thread>
 #include <utility>
+
+#include "laneguard/internal/mutex.h"
 
 namespace laneguard::cli {
 namespace {
@@ -199,7 +199,7 @@ class BatchExecution {
     std::vector<std::thread> threads;
     threads.reserve(thread_count);
     for (size_t i = 0; i < thread_count; ++i) threads.emplace_back([this] { WorkerLoop(); });
-    std::unique_lock<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     Steady::time_point next_progress = Steady::now();
     for (;;) {
       const bool stopping = stop_.stop_requested();
@@ -213,14 +213,14 @@ class BatchExecution {
       // Woken by a finished job; the timeout re-checks a memory-limit refusal, the progress and
       // a progress request.
       const int seen = finished_;
-      dispatcher_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] {
+      dispatcher_cv_.WaitFor(lock, std::chrono::milliseconds(50), [&]() REQUIRES(mu_) {
         return finished_ != seen || stop_.stop_requested() != stopping;
       });
     }
     closing_ = true;
     PrintProgress(/*final_line=*/true, /*forced=*/false);
-    lock.unlock();
-    worker_cv_.notify_all();
+    lock.Unlock();
+    worker_cv_.NotifyAll();
     for (std::thread& t : threads) t.join();
     report_.elapsed_ms = MsSince(start_);
     report_.cancelled = cancel_.stop_requested();
@@ -231,14 +231,14 @@ class BatchExecution {
  private:
   // One pass over the lanes: each hands out places in file order until its limit; a global
   // refusal ends the pass. Caller holds mu_.
-  void DispatchPass() {
+  void DispatchPass() REQUIRES(mu_) {
     for (const std::string& lane : lane_order_)
       if (!DispatchLane(pending_[lane])) break;
   }
 
   // False when the refusal was global (all lanes full, or our own memory above maxRssMb), so
   // other lanes need not be tried. Caller holds mu_.
-  bool DispatchLane(std::deque<size_t>& queue) {
+  bool DispatchLane(std::deque<size_t>& queue) REQUIRES(mu_) {
     while (!queue.empty()) {
       const size_t index = queue.front();
       const Job& job = jobs_[index];
@@ -262,7 +262,7 @@ class BatchExecution {
         work_.emplace_back(index, std::move(slot).value());
         ++running_;
         ++running_by_lane_[job.lane];
-        worker_cv_.notify_one();
+        worker_cv_.NotifyOne();
       }
       outcome.started = true;
       queue.pop_front();
@@ -272,23 +272,23 @@ class BatchExecution {
   }
 
   void WorkerLoop() {
-    std::unique_lock<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     for (;;) {
-      worker_cv_.wait(lock, [&] { return closing_ || !work_.empty(); });
+      worker_cv_.Wait(lock, [&]() REQUIRES(mu_) { return closing_ || !work_.empty(); });
       if (work_.empty()) return;
       auto [index, slot] = std::move(work_.front());
       work_.pop_front();
-      lock.unlock();
+      lock.Unlock();
       if (stop_.stop_requested()) {
         // Granted just before a cancel or a fail-fast stop: hand the place back, run nothing.
         slot.Release(false, "cancelled");
-        lock.lock();
+        lock.Lock();
         report_.jobs[index].started = false;
         JobDone(jobs_[index], /*ran=*/false);
         continue;
       }
       ProcessResult result = RunJob(index, std::move(slot));
-      lock.lock();
+      lock.Lock();
       JobOutcome& outcome = report_.jobs[index];
       outcome.result = std::move(result);
       JobDone(jobs_[index], /*ran=*/true);
@@ -338,20 +338,20 @@ class BatchExecution {
     return result;
   }
 
-  void JobDone(const Job& job, bool ran) {  // caller holds mu_
+  void JobDone(const Job& job, bool ran) REQUIRES(mu_) {
     --running_;
     --running_by_lane_[job.lane];
     if (ran) ++finished_;
-    dispatcher_cv_.notify_all();
+    dispatcher_cv_.NotifyAll();
   }
 
   // A line among the progress output (the bar is cleared first); `always` even without progress.
-  void PrintLine(const std::string& text, bool always = false) {  // caller holds mu_
+  void PrintLine(const std::string& text, bool always = false) REQUIRES(mu_) {
     if (options_.progress == BatchOptions::Progress::kNone && !always) return;
     Emit((options_.progress == BatchOptions::Progress::kBar ? "\r\033[K" : "") + text + "\n");
   }
 
-  void PrintProgress(bool final_line, bool forced) {  // caller holds mu_
+  void PrintProgress(bool final_line, bool forced) REQUIRES(mu_) {
     BatchOptions::Progress mode = options_.progress;
     if (mode == BatchOptions::Progress::kNone) {
       if (!forced) return;
@@ -387,7 +387,7 @@ class BatchExecution {
   }
 
   // A failed write (EPIPE from `| head`, a full disk) ends our printing, never the jobs.
-  void Emit(const std::string& text) {  // caller holds mu_
+  void Emit(const std::string& text) REQUIRES(mu_) {
     if (progress_broken_) return;
     std::fputs(text.c_str(), options_.progress_stream);
     std::fflush(options_.progress_stream);
@@ -402,21 +402,27 @@ class BatchExecution {
   std::atomic<bool>& progress_requested_;
   const Steady::time_point start_ = Steady::now();
   std::vector<std::string> output_names_;  // empty without an output directory
+  // Not under mu_: a job's outcome is written by the dispatcher before it is queued and by the
+  // one worker running it after (the queue under mu_ hands it over); the rest after the join.
   BatchReport report_;
   // Stops the running jobs: the caller's cancel (a signal) or the first failure with fail_fast.
   std::stop_source stop_;
   std::stop_callback<std::function<void()>> forward_;
 
-  std::mutex mu_;
-  std::condition_variable dispatcher_cv_, worker_cv_;
-  std::deque<std::pair<size_t, Slot>> work_;  // granted, waiting for a worker thread
-  std::map<std::string, int, std::less<>> running_by_lane_;
-  int running_ = 0, finished_ = 0, failed_ = 0, cancelled_ = 0;
-  size_t undispatched_;
-  bool closing_ = false;
-  bool progress_broken_ = false;
+  internal::Mutex mu_;
+  internal::CondVar dispatcher_cv_, worker_cv_;
+  std::deque<std::pair<size_t, Slot>> work_ GUARDED_BY(mu_);  // granted, waiting for a worker
+  std::map<std::string, int, std::less<>> running_by_lane_ GUARDED_BY(mu_);
+  int running_ GUARDED_BY(mu_) = 0;
+  int finished_ GUARDED_BY(mu_) = 0;
+  int failed_ GUARDED_BY(mu_) = 0;
+  int cancelled_ GUARDED_BY(mu_) = 0;
+  size_t undispatched_ GUARDED_BY(mu_);
+  bool closing_ GUARDED_BY(mu_) = false;
+  bool progress_broken_ GUARDED_BY(mu_) = false;
+  // Set up by the constructor, then read by the dispatcher only.
   std::vector<std::string> lane_order_;
-  std::map<std::string, std::deque<size_t>, std::less<>> pending_;
+  std::map<std::string, std::deque<size_t>, std::less<>> pending_ GUARDED_BY(mu_);
 };
 
 }  // namespace

@@ -15,7 +15,6 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <system_error>
 #include <thread>
 
@@ -23,6 +22,7 @@
 #include "cli/job_file.h"
 #include "laneguard/exporters/otlp.h"
 #include "laneguard/exporters/prometheus.h"
+#include "laneguard/internal/mutex.h"
 #include "laneguard/observe/json_logger.h"
 #include "laneguard/process.h"
 #include "laneguard/trace/trace.h"
@@ -45,9 +45,6 @@ constexpr int64_t kMaxRssMbFlag = int64_t{1} << 30;  // ProcessSpec::max_rss_mb'
 // statuses timeout(1) and the shell give a meaning to, and rarely a command's own.
 constexpr int kTelemetryLost = 122;
 
-// ConfigError messages already name the key and the value.
-std::string Describe(const ConfigError& e) { return e.message; }
-
 // Signals that would kill us become a cancel request instead (SIGINT, SIGTERM, SIGHUP from a
 // closed terminal or ssh session, SIGQUIT, SIGALRM), so the children are stopped through the
 // escalation, spans are flushed and the summary printed; the exit status is still 128+N. SIGUSR1
@@ -68,7 +65,7 @@ class SignalWatcher {
       while (!done_.load()) {
         const int sig = sigtimedwait(&set_, nullptr, &tick);
         if (sig == SIGUSR1) {
-          std::lock_guard<std::mutex> lock(mu_);
+          internal::MutexLock lock(mu_);
           if (on_usr1_) on_usr1_();
         } else if (sig > 0 && signal_.exchange(sig) == 0) {
           stop_.request_stop();
@@ -85,7 +82,7 @@ class SignalWatcher {
   int signal() const { return signal_.load(); }
   // Called on the watcher's thread at each SIGUSR1 (before this, SIGUSR1 does nothing).
   void OnUsr1(std::function<void()> callback) {
-    std::lock_guard<std::mutex> lock(mu_);
+    internal::MutexLock lock(mu_);
     on_usr1_ = std::move(callback);
   }
 
@@ -94,8 +91,8 @@ class SignalWatcher {
   std::stop_source stop_;
   std::atomic<int> signal_{0};
   std::atomic<bool> done_{false};
-  std::mutex mu_;
-  std::function<void()> on_usr1_;
+  internal::Mutex mu_;
+  std::function<void()> on_usr1_ GUARDED_BY(mu_);
   std::thread thread_;
 };
 
@@ -283,32 +280,40 @@ void PrintEscapedLines(const std::string& text, std::FILE* out) {
 
 // The message already starts with the path (after `flag`, when one is given); the warnings
 // (duplicate keys, a lane name that looks misspelled) go to stderr and the config still loads.
-Result<Config, std::string> LoadConfig(const std::string& path,
-                                       const std::string& flag = "--config") {
+Result<Config> LoadConfig(const std::string& path, const std::string& flag = "--config") {
   if (path.empty()) return Config{};
   std::vector<std::string> warnings;
   auto config = LoadConfigFile(path, Config{}, &warnings);
-  if (!config.ok()) return (flag.empty() ? "" : flag + ": ") + Describe(config.error());
+  if (!config.ok()) return flag.empty() ? config.error() : config.error().WithContext(flag);
   PrintWarnings(warnings);
   return std::move(config).value();
 }
 
-Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& flags,
-                                                          const Config& config) {
-  auto rt = std::make_unique<Runtime>();
-  rt->config = config;
-  auto level = ParseLogLevel(flags.log_level);
-  if (!level.ok()) return "--log-level: " + Describe(level.error());
-  auto flush_ms = ParseDurationMs(flags.flush_timeout, "--flush-timeout");
-  if (!flush_ms.ok()) return flush_ms.error();
-  const std::chrono::milliseconds flush_timeout(*flush_ms);
+// An error of the flag `flag` given as `value`: "<flag> <value>: <what went wrong>".
+Error FlagError(const std::string& flag, const std::string& value, const Error& error) {
+  return Error(error.code(), flag, value, flag + " " + value + ": " + error.message());
+}
 
-  // OTLP: our config, then the OTEL_* variables, then --otlp (the most specific word wins).
+// What a failed system call on `value` (a file the flag names) means for the flag.
+Error FlagErrno(const std::string& flag, const std::string& value, int errno_value) {
+  return Error(ErrorCodeForErrno(errno_value), flag, value,
+               flag + " " + value + ": " + std::generic_category().message(errno_value));
+}
+
+// Where spans and logs go over OTLP: our config, then the OTEL_* variables, then --otlp (the
+// most specific word wins). Names the destinations in `rt` for the loss report.
+struct OtlpChoice {
+  OtlpEnvResult otel;
+  bool enabled = false;
+};
+OtlpChoice ChooseOtlp(const CommonFlags& flags, const Config& config,
+                      std::chrono::milliseconds flush_timeout, Runtime& rt) {
   Resource resource;
   resource.service_name = "laneguard";
   const EnvLookup env = ProcessEnvironment();
-  OtlpEnvResult otel = ReadOtlpEnvironment(OtlpSettingsFromConfig(config, resource), env);
-  PrintWarnings(otel.warnings);
+  OtlpChoice choice{ReadOtlpEnvironment(OtlpSettingsFromConfig(config, resource), env)};
+  OtlpSettings& settings = choice.otel.settings;
+  PrintWarnings(choice.otel.warnings);
   // Export is on when the user names a collector; the default endpoint alone does not turn it on.
   const bool otel_endpoint_set = env("OTEL_EXPORTER_OTLP_ENDPOINT").has_value() ||
                                  env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").has_value() ||
@@ -316,69 +321,79 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
   if (!flags.otlp.empty()) {
     std::string base = flags.otlp;
     while (!base.empty() && base.back() == '/') base.pop_back();
-    otel.settings.traces.endpoint = base + "/v1/traces";
-    otel.settings.logs.endpoint = base + "/v1/logs";
+    settings.traces.endpoint = base + "/v1/traces";
+    settings.logs.endpoint = base + "/v1/logs";
   }
-  const bool use_otlp = otel.settings.enabled && (!flags.otlp.empty() || otel_endpoint_set);
-  otel.settings.batch.shutdown_timeout = flush_timeout;
-  otel.settings.log_batch.shutdown_timeout = flush_timeout;
+  choice.enabled = settings.enabled && (!flags.otlp.empty() || otel_endpoint_set);
+  settings.batch.shutdown_timeout = flush_timeout;
+  settings.log_batch.shutdown_timeout = flush_timeout;
   // The exporters' own warnings (one per failed batch) would go to stderr as JSON; the loss
   // report at exit says the same in one line. (They warn only: an error-level filter drops all.)
   const auto quiet =
       std::make_shared<JsonLogger>(JsonLogger::Options{.min_level = LogLevel::kError});
-  otel.settings.traces.logger = quiet;
-  otel.settings.logs.logger = quiet;
-  rt->otlp_spans_label =
-      flags.otlp.empty() ? "OTLP " + otel.settings.traces.endpoint : "--otlp " + flags.otlp;
-  rt->otlp_logs_label =
-      flags.otlp.empty() ? "OTLP " + otel.settings.logs.endpoint : "--otlp " + flags.otlp;
-  if (use_otlp) {
-    auto logs = OtlpHttpLogExporter::Create(otel.settings.logs);
-    if (!logs.ok()) return "--otlp " + flags.otlp + ": " + Describe(logs.error());
-    rt->otlp_logs = std::make_shared<BatchLogRecordProcessor>(
-        std::move(logs).value(), otel.settings.resource, otel.settings.log_batch);
-  }
+  settings.traces.logger = quiet;
+  settings.logs.logger = quiet;
+  rt.otlp_spans_label =
+      flags.otlp.empty() ? "OTLP " + settings.traces.endpoint : "--otlp " + flags.otlp;
+  rt.otlp_logs_label =
+      flags.otlp.empty() ? "OTLP " + settings.logs.endpoint : "--otlp " + flags.otlp;
+  return choice;
+}
 
-  JsonLogger::Options log_options{.min_level = *level};
-  log_options.sink = rt->otlp_logs;
+// The OTLP log exporter (when OTLP is on) and the JSON logger: to --log's file, else to
+// /dev/null with the records going to the collector only, else none.
+std::optional<Error> SetUpLogs(const CommonFlags& flags, const OtlpChoice& otlp, LogLevel level,
+                               Runtime& rt) {
+  if (otlp.enabled) {
+    auto logs = OtlpHttpLogExporter::Create(otlp.otel.settings.logs);
+    if (!logs.ok()) return FlagError("--otlp", flags.otlp, logs.error());
+    rt.otlp_logs = std::make_shared<BatchLogRecordProcessor>(
+        std::move(logs).value(), otlp.otel.settings.resource, otlp.otel.settings.log_batch);
+  }
+  JsonLogger::Options log_options{.min_level = level};
+  log_options.sink = rt.otlp_logs;
   if (!flags.log_file.empty()) {
     auto logger = JsonLogger::OpenFile(log_options, flags.log_file);
-    if (!logger.ok()) return "--log " + flags.log_file + ": " + logger.error().message;
-    rt->logger = std::move(logger).value();
-    rt->log_label = "--log " + flags.log_file;
-  } else if (rt->otlp_logs) {
-    rt->null_log = std::fopen("/dev/null", "we");
-    if (rt->null_log == nullptr)
-      return std::string("/dev/null: ") + std::generic_category().message(errno);
-    rt->logger = std::make_shared<JsonLogger>(log_options, rt->null_log);
+    if (!logger.ok()) return FlagError("--log", flags.log_file, logger.error());
+    rt.logger = std::move(logger).value();
+    rt.log_label = "--log " + flags.log_file;
+  } else if (rt.otlp_logs) {
+    rt.null_log = std::fopen("/dev/null", "we");
+    if (rt.null_log == nullptr) {
+      const int error = errno;
+      return Error(ErrorCodeForErrno(error), "", "/dev/null",
+                   "/dev/null: " + std::generic_category().message(error));
+    }
+    rt.logger = std::make_shared<JsonLogger>(log_options, rt.null_log);
   }
+  return std::nullopt;
+}
 
-  ManagerOptions options;
-  if (rt->logger) options.observers.push_back(std::make_shared<LoggingObserver>(rt->logger));
-  auto manager = ResourceBudgetManager::Create(config, std::move(options));
-  if (!manager.ok()) return "config: " + Describe(manager.error());
-  rt->manager = std::move(manager).value();
-
+// The span processors (--spans' file, OTLP) and the tracer, worker calls and process runner over
+// them and the manager.
+std::optional<Error> SetUpCalls(const CommonFlags& flags, const Config& config,
+                                const OtlpChoice& otlp, std::chrono::milliseconds flush_timeout,
+                                Runtime& rt) {
   std::vector<std::shared_ptr<SpanProcessor>> processors;
   if (!flags.spans_file.empty()) {
     auto exporter = NewJsonLinesFileSpanExporter(flags.spans_file);
-    if (!exporter.ok()) return "--spans " + flags.spans_file + ": " + exporter.error().message;
-    rt->file_spans = std::make_shared<BatchSpanProcessor>(
+    if (!exporter.ok()) return FlagError("--spans", flags.spans_file, exporter.error());
+    rt.file_spans = std::make_shared<BatchSpanProcessor>(
         std::move(exporter).value(), BatchProcessorOptions{.shutdown_timeout = flush_timeout});
-    rt->spans_label = "--spans " + flags.spans_file;
-    processors.push_back(rt->file_spans);
+    rt.spans_label = "--spans " + flags.spans_file;
+    processors.push_back(rt.file_spans);
   }
-  if (use_otlp) {
-    auto exporter = OtlpHttpSpanExporter::Create(otel.settings.traces);
-    if (!exporter.ok()) return "--otlp " + flags.otlp + ": " + Describe(exporter.error());
-    rt->otlp_spans =
-        std::make_shared<BatchSpanProcessor>(std::move(exporter).value(), otel.settings.batch);
-    processors.push_back(rt->otlp_spans);
+  if (otlp.enabled) {
+    auto exporter = OtlpHttpSpanExporter::Create(otlp.otel.settings.traces);
+    if (!exporter.ok()) return FlagError("--otlp", flags.otlp, exporter.error());
+    rt.otlp_spans =
+        std::make_shared<BatchSpanProcessor>(std::move(exporter).value(), otlp.otel.settings.batch);
+    processors.push_back(rt.otlp_spans);
   }
   std::shared_ptr<SpanProcessor> processor;
   if (processors.size() == 1) processor = processors[0];
   if (processors.size() > 1) processor = std::make_shared<FanOutSpanProcessor>(processors);
-  TracerOptions tracing = otel.settings.TracerOptionsWith(processor);
+  TracerOptions tracing = otlp.otel.settings.TracerOptionsWith(processor);
   // The explicit flag wins over the config's enableSpanEmission (and OTEL_SDK_DISABLED): an
   // empty spans file the user asked for would only look like a run that did nothing.
   if (!flags.spans_file.empty() && !tracing.enabled) {
@@ -390,40 +405,64 @@ Result<std::unique_ptr<Runtime>, std::string> MakeRuntime(const CommonFlags& fla
     tracing.enabled = true;
   }
   tracing.enabled = tracing.enabled && processor != nullptr;  // nowhere to go: no span work
-  rt->tracer = std::make_unique<Tracer>(std::move(tracing));
-  rt->calls = std::make_unique<WorkerCalls>(*rt->manager, *rt->tracer, rt->logger);
-  rt->runner = std::make_unique<ProcessRunner>(*rt->calls);
+  rt.tracer = std::make_unique<Tracer>(std::move(tracing));
+  rt.calls = std::make_unique<WorkerCalls>(*rt.manager, *rt.tracer, rt.logger);
+  rt.runner = std::make_unique<ProcessRunner>(*rt.calls);
+  return std::nullopt;
+}
 
+// The Prometheus collector (for --metrics-file or --metrics-listen) and the /metrics server.
+std::optional<Error> SetUpMetrics(const CommonFlags& flags, Runtime& rt) {
   if (!flags.metrics_file.empty()) {
     // Checked now, as --spans is: finding out at the end of a long run would lose its metrics.
     const int fd = open(flags.metrics_file.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-      return "--metrics-file " + flags.metrics_file + ": " + std::generic_category().message(errno);
+    if (fd < 0) return FlagErrno("--metrics-file", flags.metrics_file, errno);
     close(fd);
   }
   if (!flags.metrics_file.empty() || !flags.metrics_listen.empty()) {
     PrometheusOptions prom;
-    prom.logger = rt->logger;
-    const BatchSpanProcessor* counted =
-        rt->otlp_spans ? rt->otlp_spans.get() : rt->file_spans.get();
+    prom.logger = rt.logger;
+    const BatchSpanProcessor* counted = rt.otlp_spans ? rt.otlp_spans.get() : rt.file_spans.get();
     if (counted != nullptr) prom.span_counts = SpanCountsFrom(counted);
-    auto collector = PrometheusCollector::Create(rt->manager.get(), std::move(prom));
-    if (!collector.ok()) return "metrics: " + Describe(collector.error());
-    rt->metrics = std::move(collector).value();
-    rt->metrics_file = flags.metrics_file;
+    auto collector = PrometheusCollector::Create(rt.manager.get(), std::move(prom));
+    if (!collector.ok()) return collector.error().WithContext("metrics");
+    rt.metrics = std::move(collector).value();
+    rt.metrics_file = flags.metrics_file;
   }
-  if (!flags.metrics_listen.empty()) {
-    auto address = ParseListenAddress(flags.metrics_listen, "--metrics-listen");
-    if (!address.ok()) return Describe(address.error());
-    auto server = MetricsServer::Start(rt->metrics, *address);
-    if (!server.ok()) return Describe(server.error());
-    rt->metrics_server = std::move(server).value();
-    // An IPv6 host goes in brackets, or the URL cannot be pasted.
-    const std::string host =
-        address->host.find(':') == std::string::npos ? address->host : "[" + address->host + "]";
-    std::fprintf(stderr, "laneguard: serving metrics on http://%s:%d%s\n", host.c_str(),
-                 rt->metrics_server->port(), address->path.c_str());
-  }
+  if (flags.metrics_listen.empty()) return std::nullopt;
+  auto address = ParseListenAddress(flags.metrics_listen, "--metrics-listen");
+  if (!address.ok()) return address.error();
+  auto server = MetricsServer::Start(rt.metrics, *address);
+  if (!server.ok()) return server.error();
+  rt.metrics_server = std::move(server).value();
+  // An IPv6 host goes in brackets, or the URL cannot be pasted.
+  const std::string host =
+      address->host.find(':') == std::string::npos ? address->host : "[" + address->host + "]";
+  std::fprintf(stderr, "laneguard: serving metrics on http://%s:%d%s\n", host.c_str(),
+               rt.metrics_server->port(), address->path.c_str());
+  return std::nullopt;
+}
+
+// Builds the runtime in the order its parts depend on each other: exporters and logger, manager
+// (observed by the logger), calls (traced), metrics (of the manager and the span counts).
+Result<std::unique_ptr<Runtime>> MakeRuntime(const CommonFlags& flags, const Config& config) {
+  auto rt = std::make_unique<Runtime>();
+  rt->config = config;
+  auto level = ParseLogLevel(flags.log_level);
+  if (!level.ok()) return level.error().WithContext("--log-level");
+  auto flush_ms = ParseDurationMs(flags.flush_timeout, "--flush-timeout");
+  if (!flush_ms.ok()) return flush_ms.error();
+  const std::chrono::milliseconds flush_timeout(*flush_ms);
+
+  const OtlpChoice otlp = ChooseOtlp(flags, config, flush_timeout, *rt);
+  if (auto error = SetUpLogs(flags, otlp, *level, *rt)) return *std::move(error);
+  ManagerOptions options;
+  if (rt->logger) options.observers.push_back(std::make_shared<LoggingObserver>(rt->logger));
+  auto manager = ResourceBudgetManager::Create(config, std::move(options));
+  if (!manager.ok()) return manager.error().WithContext("config");
+  rt->manager = std::move(manager).value();
+  if (auto error = SetUpCalls(flags, config, otlp, flush_timeout, *rt)) return *std::move(error);
+  if (auto error = SetUpMetrics(flags, *rt)) return *std::move(error);
   return rt;
 }
 
@@ -441,49 +480,44 @@ struct RunFlags {
   std::vector<std::string> command;
 };
 
-int RunCommand(const RunFlags& flags) {
-  auto config = LoadConfig(flags.common.config_file);
-  if (!config.ok()) {
-    std::fprintf(stderr, "laneguard run: %s\n", EscapeForTerminal(config.error()).c_str());
-    return kUsageError;
-  }
+// Checks run's flags against the config and applies --escalation to it; prints what is wrong.
+bool CheckRunFlags(const RunFlags& flags, Config& config, std::optional<int64_t>* timeout_ms) {
   if (flags.escalation) {
     if (!(*flags.escalation >= 1 && *flags.escalation <= kMaxEscalationFactor)) {
       std::fprintf(stderr, "laneguard run: --escalation: %g must be within [1, %g]\n",
                    *flags.escalation, kMaxEscalationFactor);
-      return kUsageError;
+      return false;
     }
-    config->timeout_escalation_factor = *flags.escalation;
+    config.timeout_escalation_factor = *flags.escalation;
   }
-  std::optional<int64_t> timeout_ms;
   if (flags.timeout_given) {
     auto parsed = ParseDurationMs(flags.timeout, "--timeout");
     if (!parsed.ok()) {
-      std::fprintf(stderr, "laneguard run: %s\n", parsed.error().c_str());
-      return kUsageError;
+      std::fprintf(stderr, "laneguard run: %s\n", parsed.error().message().c_str());
+      return false;
     }
-    timeout_ms = *parsed;
+    *timeout_ms = *parsed;
   }
   // The runner's own bound, checked here so a bad value is a usage error, not "could not start".
   if (flags.max_rss_mb && (*flags.max_rss_mb < 1 || *flags.max_rss_mb > kMaxRssMbFlag)) {
     std::fprintf(stderr, "laneguard run: --max-rss: %lld must be within [1, %lld] MB\n",
                  static_cast<long long>(*flags.max_rss_mb), static_cast<long long>(kMaxRssMbFlag));
-    return kUsageError;
+    return false;
   }
-  if (!config->lane_concurrency_limits.count(flags.lane)) {
+  if (!config.lane_concurrency_limits.count(flags.lane)) {
     std::string lanes;
-    for (const auto& [lane, limit] : config->lane_concurrency_limits)
+    for (const auto& [lane, limit] : config.lane_concurrency_limits)
       lanes += (lanes.empty() ? "" : ", ") + lane;
     std::fprintf(stderr, "laneguard run: --lane: unknown lane '%s' (configured: %s)\n",
                  EscapeForTerminal(flags.lane).c_str(), EscapeForTerminal(lanes).c_str());
-    return kUsageError;
+    return false;
   }
-  SignalWatcher signals;
-  auto rt = MakeRuntime(flags.common, *config);
-  if (!rt.ok()) {
-    std::fprintf(stderr, "laneguard run: %s\n", rt.error().c_str());
-    return kUsageError;
-  }
+  return true;
+}
+
+// Runs the command as one worker call: its shell status, or none when refused (said on stderr).
+std::optional<int> RunOneCall(const RunFlags& flags, std::optional<int64_t> timeout_ms, Runtime& rt,
+                              SignalWatcher& signals) {
   ProcessSpec spec;
   spec.argv = flags.command;
   spec.max_rss_mb = flags.max_rss_mb;
@@ -498,12 +532,12 @@ int RunCommand(const RunFlags& flags) {
     std::fprintf(stderr, "laneguard run: %s: running for %.1f s\n", EscapeForTerminal(task).c_str(),
                  seconds.count());
   });
-  auto result = (*rt)->runner->Run(task, spec, call, signals.token());
+  auto result = rt.runner->Run(task, spec, call, signals.token());
   signals.OnUsr1(nullptr);
   if (!result.ok()) {
     std::fprintf(stderr, "laneguard run: refused: %s\n",
                  EscapeForTerminal(result.error().message()).c_str());
-    return kCouldNotRun;
+    return std::nullopt;
   }
   int status = result->ShellStatus();
   if (result->outcome == ProcessOutcome::kCancelled && signals.signal() != 0)
@@ -511,6 +545,27 @@ int RunCommand(const RunFlags& flags) {
   if (status != 0)
     std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", EscapeForTerminal(task).c_str(),
                  EscapeForTerminal(result->Reason()).c_str(), status);
+  return status;
+}
+
+int RunCommand(const RunFlags& flags) {
+  auto config = LoadConfig(flags.common.config_file);
+  if (!config.ok()) {
+    std::fprintf(stderr, "laneguard run: %s\n",
+                 EscapeForTerminal(config.error().message()).c_str());
+    return kUsageError;
+  }
+  std::optional<int64_t> timeout_ms;
+  if (!CheckRunFlags(flags, *config, &timeout_ms)) return kUsageError;
+  SignalWatcher signals;
+  auto rt = MakeRuntime(flags.common, *config);
+  if (!rt.ok()) {
+    std::fprintf(stderr, "laneguard run: %s\n", rt.error().message().c_str());
+    return kUsageError;
+  }
+  const std::optional<int> ran = RunOneCall(flags, timeout_ms, **rt, signals);
+  if (!ran) return kCouldNotRun;
+  int status = *ran;
   // A metrics file that could not be written at the end is reported by Finish (it was checked
   // before the run); the command's own status stands (--strict-telemetry: 122 instead of 0).
   (*rt)->Finish();
@@ -545,7 +600,8 @@ std::string PrepareOutputDir(const std::string& dir) {
 int BatchCommand(const BatchFlags& flags) {
   auto config = LoadConfig(flags.common.config_file);
   if (!config.ok()) {
-    std::fprintf(stderr, "laneguard batch: %s\n", EscapeForTerminal(config.error()).c_str());
+    std::fprintf(stderr, "laneguard batch: %s\n",
+                 EscapeForTerminal(config.error().message()).c_str());
     return kUsageError;
   }
   std::vector<std::string> warnings;
@@ -554,9 +610,9 @@ int BatchCommand(const BatchFlags& flags) {
   for (std::string& warning : warnings) warning = file + ": " + warning;
   PrintWarnings(warnings);
   if (!jobs.ok()) {
-    // A line-0 error (an unreadable file) names the file itself.
-    const bool names_file = jobs.error().size() == 1 && jobs.error()[0].line == 0 &&
-                            jobs.error()[0].message.starts_with(file + ": ");
+    // An error of the whole file (no line: an unreadable file) names the file itself.
+    const bool names_file = jobs.error().size() == 1 && jobs.error()[0].field().empty() &&
+                            jobs.error()[0].message().starts_with(file + ": ");
     const std::string prefix = "laneguard batch: " + (names_file ? "" : file + ": ");
     PrintEscapedLines(FormatJobErrors(jobs.error(), prefix), stderr);
     std::fprintf(stderr, "laneguard batch: nothing was run\n");
@@ -573,7 +629,7 @@ int BatchCommand(const BatchFlags& flags) {
   SignalWatcher signals;
   auto rt = MakeRuntime(flags.common, *config);
   if (!rt.ok()) {
-    std::fprintf(stderr, "laneguard batch: %s\n", rt.error().c_str());
+    std::fprintf(stderr, "laneguard batch: %s\n", rt.error().message().c_str());
     return kUsageError;
   }
   BatchOptions options;
@@ -650,6 +706,100 @@ void PrintRunHint(CLI::App& run, int argc, char** argv) {
                EscapeForTerminal(options).c_str(), EscapeForTerminal(command).c_str());
 }
 
+CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
+  CLI::App* run = app.add_subcommand("run", "Run one command under a lane's budget");
+  run->add_option("--lane", flags.lane, "Lane (default tool_call)");
+  run->add_option("--task", flags.task, "Task id for logs and spans (default run-<cmd>)");
+  run->add_option("--timeout", flags.timeout,
+                  "SIGTERM after this (500ms, 30s, 1m30s, 2h; a bare number is seconds; "
+                  "default: the config's defaultTimeoutMs)");
+  run->add_option("--escalation", flags.escalation,
+                  "SIGKILL to the whole tree at timeout x this (default: the config's, 1.5)");
+  run->add_option("--max-rss", flags.max_rss_mb,
+                  "Memory limit of the whole tree, in MB (1 to 1073741824)");
+  AddCommonFlags(run, flags.common);
+  run->add_option("command", flags.command, "The command and its arguments, after --")->required();
+  run->footer(
+      "Exit status: the command's; 124 when stopped for time; 137 when killed for memory; 128+N "
+      "when killed by signal N; 128+N when laneguard got signal N (see Signals); 125 when refused; "
+      "127 "
+      "when the command could not start; 2 for bad flags; 122 with --strict-telemetry when the "
+      "command succeeded but spans, log lines or metrics were lost.\n" +
+      std::string(kSignalsHelp) +
+      "Examples:\n"
+      "  laneguard run --timeout 30s -- ./tool --input data.csv\n"
+      "  laneguard run --lane forecast_model --timeout 5m --escalation 2 --max-rss 2048 "
+      "--spans spans.jsonl -- ./forecast");
+
+  return run;
+}
+
+CLI::App* AddBatchCommand(CLI::App& app, BatchFlags& flags) {
+  CLI::App* batch = app.add_subcommand("batch", "Run a JSON-lines file of jobs under the limits");
+  batch
+      ->add_option("jobs", flags.jobs_file,
+                   "Job file: one JSON object per line (- reads standard input)")
+      ->required();
+  batch->add_option("--summary", flags.summary, "table (default) or json")
+      ->check(CLI::IsMember({"table", "json"}));
+  batch->add_flag("--fail-fast", flags.fail_fast,
+                  "Stop everything at the first failure (running jobs are cancelled)");
+  batch->add_flag("--quiet", flags.quiet, "No progress output");
+  batch->add_option("--output", flags.output_dir,
+                    "Save each job's stdout and stderr as DIR/<id>.stdout and .stderr (the "
+                    "directory is created if need be)");
+  batch
+      ->add_option("--stdout-lines", flags.stdout_lines,
+                   "Keep each job's last N lines of stdout in the JSON summary (stdoutLines)")
+      ->check(CLI::Range(0, kMaxStdoutLines));
+  AddCommonFlags(batch, flags.common);
+  batch->footer(
+      "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
+      "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
+      "\"cwd\": \"/tmp\"}\n"
+      "The whole file is checked before anything runs. Exit status: 0 when every job succeeded, "
+      "1 when some failed, 2 for a bad file or flags, 128+N on signal N (see Signals), 122 with "
+      "--strict-telemetry when every job succeeded but spans, log lines or metrics were lost.\n"
+      "Output: by default a job's stdout is discarded and its stderr kept only for the last line "
+      "shown with a failure; --stdout-lines N puts its last N lines of stdout in the JSON summary; "
+      "with --output DIR every job that ran gets DIR/<id>.stdout and "
+      "DIR/<id>.stderr (up to 8 MB each, the rest dropped and counted as outputDroppedBytes; an "
+      "id that is not a plain file name is sanitized, and the JSON summary names each job's "
+      "files). Cancelled jobs (a signal, or --fail-fast) are counted apart from failed ones.\n" +
+      std::string(kSignalsHelp) +
+      "Examples:\n"
+      "  laneguard batch examples/upgrade-jobs.jsonl --spans spans.jsonl\n"
+      "  laneguard batch jobs.jsonl --otlp http://127.0.0.1:4318 --metrics-listen 127.0.0.1:9464\n"
+      "  laneguard batch jobs.jsonl --summary json --fail-fast > summary.json");
+
+  return batch;
+}
+
+int ConfigCheckCommand(const std::string& file) {
+  std::vector<std::string> warnings;
+  auto config = LoadConfigFile(file, Config{}, &warnings);
+  if (!config.ok()) {  // the message starts with the file name
+    std::fprintf(stderr, "laneguard config check: %s\n",
+                 EscapeForTerminal(config.error().message()).c_str());
+    return 1;
+  }
+  PrintWarnings(warnings);
+  std::printf("%s: ok (%zu lanes, global limit %d)\n", file.c_str(),
+              config->lane_concurrency_limits.size(), config->global_concurrency_limit);
+  return 0;
+}
+
+int ConfigPrintCommand(const std::string& file) {
+  auto config = LoadConfig(file, "");
+  if (!config.ok()) {
+    std::fprintf(stderr, "laneguard config print: %s\n",
+                 EscapeForTerminal(config.error().message()).c_str());
+    return 1;
+  }
+  std::printf("%s\n", ConfigToJson(*config).c_str());
+  return 0;
+}
+
 }  // namespace
 
 int Main(int argc, char** argv) {
@@ -680,69 +830,9 @@ int Main(int argc, char** argv) {
       "  laneguard config check prod.json");
 
   RunFlags run_flags;
-  CLI::App* run = app.add_subcommand("run", "Run one command under a lane's budget");
-  run->add_option("--lane", run_flags.lane, "Lane (default tool_call)");
-  run->add_option("--task", run_flags.task, "Task id for logs and spans (default run-<cmd>)");
-  run->add_option("--timeout", run_flags.timeout,
-                  "SIGTERM after this (500ms, 30s, 1m30s, 2h; a bare number is seconds; "
-                  "default: the config's defaultTimeoutMs)");
-  run->add_option("--escalation", run_flags.escalation,
-                  "SIGKILL to the whole tree at timeout x this (default: the config's, 1.5)");
-  run->add_option("--max-rss", run_flags.max_rss_mb,
-                  "Memory limit of the whole tree, in MB (1 to 1073741824)");
-  AddCommonFlags(run, run_flags.common);
-  run->add_option("command", run_flags.command, "The command and its arguments, after --")
-      ->required();
-  run->footer(
-      "Exit status: the command's; 124 when stopped for time; 137 when killed for memory; 128+N "
-      "when killed by signal N; 128+N when laneguard got signal N (see Signals); 125 when refused; "
-      "127 "
-      "when the command could not start; 2 for bad flags; 122 with --strict-telemetry when the "
-      "command succeeded but spans, log lines or metrics were lost.\n" +
-      std::string(kSignalsHelp) +
-      "Examples:\n"
-      "  laneguard run --timeout 30s -- ./tool --input data.csv\n"
-      "  laneguard run --lane forecast_model --timeout 5m --escalation 2 --max-rss 2048 "
-      "--spans spans.jsonl -- ./forecast");
-
+  CLI::App* run = AddRunCommand(app, run_flags);
   BatchFlags batch_flags;
-  CLI::App* batch = app.add_subcommand("batch", "Run a JSON-lines file of jobs under the limits");
-  batch
-      ->add_option("jobs", batch_flags.jobs_file,
-                   "Job file: one JSON object per line (- reads standard input)")
-      ->required();
-  batch->add_option("--summary", batch_flags.summary, "table (default) or json")
-      ->check(CLI::IsMember({"table", "json"}));
-  batch->add_flag("--fail-fast", batch_flags.fail_fast,
-                  "Stop everything at the first failure (running jobs are cancelled)");
-  batch->add_flag("--quiet", batch_flags.quiet, "No progress output");
-  batch->add_option("--output", batch_flags.output_dir,
-                    "Save each job's stdout and stderr as DIR/<id>.stdout and .stderr (the "
-                    "directory is created if need be)");
-  batch
-      ->add_option("--stdout-lines", batch_flags.stdout_lines,
-                   "Keep each job's last N lines of stdout in the JSON summary (stdoutLines)")
-      ->check(CLI::Range(0, kMaxStdoutLines));
-  AddCommonFlags(batch, batch_flags.common);
-  batch->footer(
-      "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
-      "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
-      "\"cwd\": \"/tmp\"}\n"
-      "The whole file is checked before anything runs. Exit status: 0 when every job succeeded, "
-      "1 when some failed, 2 for a bad file or flags, 128+N on signal N (see Signals), 122 with "
-      "--strict-telemetry when every job succeeded but spans, log lines or metrics were lost.\n"
-      "Output: by default a job's stdout is discarded and its stderr kept only for the last line "
-      "shown with a failure; --stdout-lines N puts its last N lines of stdout in the JSON summary; "
-      "with --output DIR every job that ran gets DIR/<id>.stdout and "
-      "DIR/<id>.stderr (up to 8 MB each, the rest dropped and counted as outputDroppedBytes; an "
-      "id that is not a plain file name is sanitized, and the JSON summary names each job's "
-      "files). Cancelled jobs (a signal, or --fail-fast) are counted apart from failed ones.\n" +
-      std::string(kSignalsHelp) +
-      "Examples:\n"
-      "  laneguard batch examples/upgrade-jobs.jsonl --spans spans.jsonl\n"
-      "  laneguard batch jobs.jsonl --otlp http://127.0.0.1:4318 --metrics-listen 127.0.0.1:9464\n"
-      "  laneguard batch jobs.jsonl --summary json --fail-fast > summary.json");
-
+  CLI::App* batch = AddBatchCommand(app, batch_flags);
   CLI::App* config_cmd = app.add_subcommand("config", "Check or print a config");
   config_cmd->require_subcommand(1);
   std::string check_file, print_file;
@@ -768,29 +858,8 @@ int Main(int argc, char** argv) {
   run_flags.timeout_given = run->count("--timeout") > 0;
   if (run->parsed()) return RunCommand(run_flags);
   if (batch->parsed()) return BatchCommand(batch_flags);
-  if (check->parsed()) {
-    std::vector<std::string> warnings;
-    auto config = LoadConfigFile(check_file, Config{}, &warnings);
-    if (!config.ok()) {  // the message starts with the file name
-      std::fprintf(stderr, "laneguard config check: %s\n",
-                   EscapeForTerminal(Describe(config.error())).c_str());
-      return 1;
-    }
-    PrintWarnings(warnings);
-    std::printf("%s: ok (%zu lanes, global limit %d)\n", check_file.c_str(),
-                config->lane_concurrency_limits.size(), config->global_concurrency_limit);
-    return 0;
-  }
-  if (print->parsed()) {
-    auto config = LoadConfig(print_file, "");
-    if (!config.ok()) {
-      std::fprintf(stderr, "laneguard config print: %s\n",
-                   EscapeForTerminal(config.error()).c_str());
-      return 1;
-    }
-    std::printf("%s\n", ConfigToJson(*config).c_str());
-    return 0;
-  }
+  if (check->parsed()) return ConfigCheckCommand(check_file);
+  if (print->parsed()) return ConfigPrintCommand(print_file);
   return kUsageError;
 }
 

@@ -75,38 +75,46 @@ std::optional<double> DurationTermMs(std::string_view& text, bool* bare) {
 
 }  // namespace
 
-Result<int64_t, std::string> ParseDurationMs(std::string_view text, std::string_view flag) {
+Result<int64_t> ParseDurationMs(std::string_view text, std::string_view flag) {
   const std::string what = std::string(flag) + ": " + QuoteBounded(text);
-  const std::string bad =
-      what + " is not a duration (use e.g. 500ms, 30s, 1m30s, 1.5h; a bare number is seconds)";
+  const auto error = [&](std::string_view why) {
+    return Error(ErrorCode::kInvalidArgument, std::string(flag), std::string(text),
+                 what + std::string(why));
+  };
+  const auto bad = [&] {
+    return error(" is not a duration (use e.g. 500ms, 30s, 1m30s, 1.5h; a bare number is seconds)");
+  };
   std::string_view rest = text;
   double ms = 0;
   int terms = 0;
   bool bare = false;
   while (!rest.empty()) {
     auto term = DurationTermMs(rest, &bare);
-    if (!term || (bare && terms > 0)) return bad;  // "1m30" is ambiguous: 30 what?
+    if (!term || (bare && terms > 0)) return bad();  // "1m30" is ambiguous: 30 what?
     ms += *term;
     ++terms;
   }
-  if (terms == 0) return bad;
+  if (terms == 0) return bad();
   ms = std::round(ms);
-  if (ms <= 0) return what + " must be more than 0 ms";
-  if (ms > static_cast<double>(kMaxTimeoutMs)) return what + " is more than 30 days";
+  if (ms <= 0) return error(" must be more than 0 ms");
+  if (ms > static_cast<double>(kMaxTimeoutMs)) return error(" is more than 30 days");
   return static_cast<int64_t>(ms);
 }
 
-std::string JobError::ToString() const {
-  std::string out = line > 0 ? "line " + std::to_string(line) + ": " : "";
-  if (!field.empty()) out += "field '" + field + "': ";
-  return out + message;
+Error JobError(int line, std::string_view field, std::string_view message) {
+  const std::string where = line > 0 ? "line " + std::to_string(line) : "";
+  std::string position = where;
+  if (!field.empty()) position += (where.empty() ? "" : ": ") + std::string(field);
+  std::string sentence = where.empty() ? "" : where + ": ";
+  if (!field.empty()) sentence += "field '" + std::string(field) + "': ";
+  sentence += message;
+  return Error(ErrorCode::kInvalidArgument, std::move(position), "", std::move(sentence));
 }
 
-std::string FormatJobErrors(const std::vector<JobError>& errors, std::string_view prefix,
-                            size_t max) {
+std::string FormatJobErrors(const std::vector<Error>& errors, std::string_view prefix, size_t max) {
   std::string out;
   for (size_t i = 0; i < errors.size() && i < max; ++i)
-    out += std::string(prefix) + errors[i].ToString() + "\n";
+    out += std::string(prefix) + errors[i].message() + "\n";
   if (errors.size() > max)
     out += std::string(prefix) + "and " + std::to_string(errors.size() - max) + " more errors\n";
   return out;
@@ -117,7 +125,7 @@ namespace {
 // Checks one parsed line, field by field, into a Job; every problem goes to `errors`.
 class LineChecker {
  public:
-  LineChecker(int line, const json& j, const Config& config, std::vector<JobError>& errors)
+  LineChecker(int line, const json& j, const Config& config, std::vector<Error>& errors)
       : j_(j), config_(config), errors_(errors) {
     job_.line = line;
   }
@@ -125,9 +133,9 @@ class LineChecker {
   Job Check() {
     for (const auto& [key, value] : j_.items())
       if (std::find(KnownFields().begin(), KnownFields().end(), key) == KnownFields().end())
-        Error(internal::Truncate(key),
-              "unknown field (known: id, lane, cmd, timeoutMs, maxRssMb, metadata, env, cwd)" +
-                  internal::DidYouMean(key, KnownFields()));
+        AddError(internal::Truncate(key),
+                 "unknown field (known: id, lane, cmd, timeoutMs, maxRssMb, metadata, env, cwd)" +
+                     internal::DidYouMean(key, KnownFields()));
     CheckIdAndLane();
     CheckCmd();
     CheckLimits();
@@ -138,8 +146,8 @@ class LineChecker {
   }
 
  private:
-  void Error(std::string field, std::string message) {
-    errors_.push_back({job_.line, std::move(field), std::move(message)});
+  void AddError(std::string_view field, std::string_view message) {
+    errors_.push_back(JobError(job_.line, field, message));
   }
   const json* Field(const char* name) const {
     auto it = j_.find(name);
@@ -150,49 +158,50 @@ class LineChecker {
     job_.id = "line-" + std::to_string(job_.line);
     if (const json* id = Field("id")) {
       if (!id->is_string() || id->get_ref<const std::string&>().empty())
-        Error("id", "must be a non-empty string, got " + JsonPreview(*id));
+        AddError("id", "must be a non-empty string, got " + JsonPreview(*id));
       else
         job_.id = id->get<std::string>();
     }
     job_.lane = "tool_call";
     if (const json* lane = Field("lane")) {
       if (!lane->is_string())
-        Error("lane", "must be a string, got " + JsonPreview(*lane));
+        AddError("lane", "must be a string, got " + JsonPreview(*lane));
       else
         job_.lane = lane->get<std::string>();
     }
     if (!config_.lane_concurrency_limits.contains(job_.lane)) {
       std::vector<std::string> lanes;
       for (const auto& [lane, limit] : config_.lane_concurrency_limits) lanes.push_back(lane);
-      Error("lane", "unknown lane " + QuoteBounded(job_.lane) + " (configured: " +
-                        LaneList(config_) + ")" + internal::DidYouMean(job_.lane, lanes));
+      AddError("lane", "unknown lane " + QuoteBounded(job_.lane) + " (configured: " +
+                           LaneList(config_) + ")" + internal::DidYouMean(job_.lane, lanes));
     }
   }
 
   void CheckCmd() {
     const json* cmd = Field("cmd");
     if (cmd == nullptr) {
-      Error("cmd", "missing (an argv array, or a string run by /bin/sh)");
+      AddError("cmd", "missing (an argv array, or a string run by /bin/sh)");
     } else if (cmd->is_string()) {
       const std::string& text = cmd->get_ref<const std::string&>();
-      if (text.empty()) Error("cmd", "must not be empty");
-      if (HasNul(text)) Error("cmd", kNulMessage);
+      if (text.empty()) AddError("cmd", "must not be empty");
+      if (HasNul(text)) AddError("cmd", kNulMessage);
       job_.spec.argv = {text};
       job_.spec.use_shell = true;
     } else if (cmd->is_array() && !cmd->empty()) {
       for (const json& arg : *cmd) {
         if (!arg.is_string()) {
-          Error("cmd", "argv items must be strings, got " + JsonPreview(arg));
+          AddError("cmd", "argv items must be strings, got " + JsonPreview(arg));
           break;
         }
         if (HasNul(arg.get_ref<const std::string&>())) {
-          Error("cmd", "argv item " + std::to_string(job_.spec.argv.size()) + " " + kNulMessage);
+          AddError("cmd", "argv item " + std::to_string(job_.spec.argv.size()) + " " + kNulMessage);
           break;
         }
         job_.spec.argv.push_back(arg.get<std::string>());
       }
     } else {
-      Error("cmd", "must be a non-empty argv array or a command string, got " + JsonPreview(*cmd));
+      AddError("cmd",
+               "must be a non-empty argv array or a command string, got " + JsonPreview(*cmd));
     }
   }
 
@@ -200,13 +209,13 @@ class LineChecker {
     int64_t number = 0;
     if (const json* timeout = Field("timeoutMs")) {
       if (auto e = CheckPositive(*timeout, kMaxTimeoutMs, &number))
-        Error("timeoutMs", *e);
+        AddError("timeoutMs", *e);
       else
         job_.timeout_ms = number;
     }
     if (const json* rss = Field("maxRssMb")) {
       if (auto e = CheckPositive(*rss, kMaxMemoryMb, &number))
-        Error("maxRssMb", *e);
+        AddError("maxRssMb", *e);
       else
         job_.spec.max_rss_mb = number;
     }
@@ -216,7 +225,7 @@ class LineChecker {
     const json* metadata = Field("metadata");
     if (metadata == nullptr) return;
     if (!metadata->is_object()) {
-      Error("metadata", "must be an object, got " + JsonPreview(*metadata));
+      AddError("metadata", "must be an object, got " + JsonPreview(*metadata));
       return;
     }
     for (const auto& [key, value] : metadata->items()) {
@@ -225,8 +234,8 @@ class LineChecker {
       else if (value.is_number() || value.is_boolean())
         job_.metadata.emplace_back(key, value.dump());  // a scalar: short, no recursion
       else
-        Error("metadata." + internal::Truncate(key),
-              "must be a string, number or boolean, got " + JsonPreview(value));
+        AddError("metadata." + internal::Truncate(key),
+                 "must be a string, number or boolean, got " + JsonPreview(value));
     }
   }
 
@@ -234,19 +243,19 @@ class LineChecker {
     const json* env = Field("env");
     if (env == nullptr) return;
     if (!env->is_object()) {
-      Error("env", "must be an object of strings, got " + JsonPreview(*env));
+      AddError("env", "must be an object of strings, got " + JsonPreview(*env));
       return;
     }
     for (const auto& [key, value] : env->items()) {
       const std::string field = "env." + internal::Truncate(key);
       if (key.empty() || key.find('=') != std::string::npos)
-        Error("env", "bad variable name " + QuoteBounded(key));
+        AddError("env", "bad variable name " + QuoteBounded(key));
       else if (HasNul(key))
-        Error("env", "variable name " + QuoteBounded(key) + " " + kNulMessage);
+        AddError("env", "variable name " + QuoteBounded(key) + " " + kNulMessage);
       else if (!value.is_string())
-        Error(field, "must be a string, got " + JsonPreview(value));
+        AddError(field, "must be a string, got " + JsonPreview(value));
       else if (HasNul(value.get_ref<const std::string&>()))
-        Error(field, kNulMessage);
+        AddError(field, kNulMessage);
       else
         job_.spec.env.emplace_back(key, value.get<std::string>());
     }
@@ -256,16 +265,16 @@ class LineChecker {
     const json* cwd = Field("cwd");
     if (cwd == nullptr) return;
     if (!cwd->is_string() || cwd->get_ref<const std::string&>().empty())
-      Error("cwd", "must be a non-empty string, got " + JsonPreview(*cwd));
+      AddError("cwd", "must be a non-empty string, got " + JsonPreview(*cwd));
     else if (HasNul(cwd->get_ref<const std::string&>()))
-      Error("cwd", kNulMessage);
+      AddError("cwd", kNulMessage);
     else
       job_.spec.cwd = cwd->get<std::string>();
   }
 
   const json& j_;
   const Config& config_;
-  std::vector<JobError>& errors_;
+  std::vector<Error>& errors_;
   Job job_;
 };
 
@@ -292,29 +301,28 @@ class JobFileParser {
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) return;
     const internal::ParsedJson parsed = internal::ParseJsonNotingDuplicates(line);
     if (!parsed.error.empty()) {
-      errors_.push_back({number, "", "not valid JSON: " + parsed.error});
+      errors_.push_back(JobError(number, "", "not valid JSON: " + parsed.error));
       return;
     }
     if (!parsed.value.is_object()) {
-      errors_.push_back(
-          {number, "",
-           "a job must be a JSON object, got " + std::string(parsed.value.type_name())});
+      errors_.push_back(JobError(
+          number, "", "a job must be a JSON object, got " + std::string(parsed.value.type_name())));
       return;
     }
     WarnAboutDuplicates(number, parsed, &duplicate_fields_, warnings_);
     const size_t errors_before = errors_.size();
     Job job = LineChecker(number, parsed.value, config_, errors_).Check();
     if (!ids_.insert(job.id).second)
-      errors_.push_back({number, "id", "duplicate id " + QuoteBounded(job.id)});
+      errors_.push_back(JobError(number, "id", "duplicate id " + QuoteBounded(job.id)));
     if (errors_.size() == errors_before) jobs_.push_back(std::move(job));
   }
 
-  Result<std::vector<Job>, std::vector<JobError>> Finish() && {
+  Result<std::vector<Job>, std::vector<Error>> Finish() && {
     if (warnings_ != nullptr && duplicate_fields_ > kMaxPrintedJobErrors)
       warnings_->push_back("and " + std::to_string(duplicate_fields_ - kMaxPrintedJobErrors) +
                            " more fields given more than once");
     if (!errors_.empty()) return std::move(errors_);
-    if (jobs_.empty()) return std::vector<JobError>{{0, "", "the job file has no jobs"}};
+    if (jobs_.empty()) return std::vector<Error>{JobError(0, "", "the job file has no jobs")};
     return std::move(jobs_);
   }
 
@@ -322,16 +330,15 @@ class JobFileParser {
   const Config& config_;
   std::vector<std::string>* warnings_;
   std::vector<Job> jobs_;
-  std::vector<JobError> errors_;
+  std::vector<Error> errors_;
   std::set<std::string, std::less<>> ids_;
   size_t duplicate_fields_ = 0;
 };
 
 }  // namespace
 
-Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
-                                                          const Config& config,
-                                                          std::vector<std::string>* warnings) {
+Result<std::vector<Job>, std::vector<Error>> ParseJobs(std::string_view text, const Config& config,
+                                                       std::vector<std::string>* warnings) {
   JobFileParser parser(config, warnings);
   int number = 0;
   size_t pos = 0;
@@ -344,9 +351,9 @@ Result<std::vector<Job>, std::vector<JobError>> ParseJobs(std::string_view text,
   return std::move(parser).Finish();
 }
 
-Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& path,
-                                                            const Config& config,
-                                                            std::vector<std::string>* warnings) {
+Result<std::vector<Job>, std::vector<Error>> LoadJobFile(const std::string& path,
+                                                         const Config& config,
+                                                         std::vector<std::string>* warnings) {
   const internal::InputCaps caps = {
       .max_bytes = kMaxJobFileBytes,
       .what = "job file",
@@ -373,7 +380,8 @@ Result<std::vector<Job>, std::vector<JobError>> LoadJobFile(const std::string& p
     return true;
   };
   if (!internal::ReadInputLines(path, caps, /*allow_stdin=*/true, &error, add_line))
-    return std::vector<JobError>{{error.line, "", std::move(error.message)}};
+    return std::vector<Error>{error.line > 0 ? JobError(error.line, "", error.message)
+                                             : Error(error.code, "", "", std::move(error.message))};
   auto jobs = std::move(parser).Finish();
   if (warnings != nullptr)
     for (std::string& w : own_warnings) warnings->push_back(std::move(w));

@@ -13,15 +13,16 @@ using internal::JsonPreview;
 using internal::Truncate;
 using nlohmann::json;
 
-// Keys and values come from the document: both are shortened before they reach a message.
-ConfigError Error(std::string key, std::string value, const std::string& why) {
+// Every config error is an invalid argument. Keys and values come from the document: both are
+// shortened before they reach a message.
+Error KeyError(std::string key, std::string value, const std::string& why) {
   key = Truncate(key);
   std::string message = key.empty() ? why : "config key '" + key + "'";
   if (!key.empty()) {
     if (!value.empty()) message += " = " + value;
     message += ": " + why;
   }
-  return ConfigError{std::move(key), std::move(value), std::move(message)};
+  return Error(ErrorCode::kInvalidArgument, std::move(key), std::move(value), std::move(message));
 }
 
 template <typename T>
@@ -53,15 +54,15 @@ const std::vector<std::string>& KnownKeys() {
   return keys;
 }
 
-std::optional<ConfigError> CheckMemoryMb(const char* key, double mb) {
+std::optional<Error> CheckMemoryMb(const char* key, double mb) {
   if (mb > 0 && mb <= static_cast<double>(kMaxMemoryMb)) return std::nullopt;
-  return Error(key, Text(mb),
-               "must be a number of megabytes > 0 and <= " + std::to_string(kMaxMemoryMb));
+  return KeyError(key, Text(mb),
+                  "must be a number of megabytes > 0 and <= " + std::to_string(kMaxMemoryMb));
 }
 
-std::optional<ConfigError> CheckCount(const char* key, int64_t value, int64_t max) {
+std::optional<Error> CheckCount(const char* key, int64_t value, int64_t max) {
   if (value >= 1 && value <= max) return std::nullopt;
-  return Error(key, Text(value), Within(1, max));
+  return KeyError(key, Text(value), Within(1, max));
 }
 
 // Lanes the document adds that look like a typo of a known lane (the defaults and the base's).
@@ -88,23 +89,24 @@ void WarnAboutDuplicateKeys(const internal::ParsedJson& parsed,
 }
 
 // Readers of one JSON value as the type a key needs; the error names the key and the value.
-Result<double, ConfigError> ReadNumber(const std::string& key, const json& v) {
-  if (!v.is_number()) return Error(key, JsonPreview(v), "must be a number, got " + TypeName(v));
+Result<double> ReadNumber(const std::string& key, const json& v) {
+  if (!v.is_number()) return KeyError(key, JsonPreview(v), "must be a number, got " + TypeName(v));
   return v.get<double>();
 }
 
-Result<int64_t, ConfigError> ReadInteger(const std::string& key, const json& v) {
-  if (!v.is_number()) return Error(key, JsonPreview(v), "must be an integer, got " + TypeName(v));
+Result<int64_t> ReadInteger(const std::string& key, const json& v) {
+  if (!v.is_number())
+    return KeyError(key, JsonPreview(v), "must be an integer, got " + TypeName(v));
   auto i = internal::JsonAsInteger(v);
   if (!i)
-    return Error(key, JsonPreview(v),
-                 internal::JsonIsIntegral(v) ? "is out of range" : "must be an integer");
+    return KeyError(key, JsonPreview(v),
+                    internal::JsonIsIntegral(v) ? "is out of range" : "must be an integer");
   return *i;
 }
 
-Result<bool, ConfigError> ReadBoolean(const std::string& key, const json& v) {
+Result<bool> ReadBoolean(const std::string& key, const json& v) {
   if (!v.is_boolean())
-    return Error(key, JsonPreview(v), "must be true or false, got " + TypeName(v));
+    return KeyError(key, JsonPreview(v), "must be true or false, got " + TypeName(v));
   return v.get<bool>();
 }
 
@@ -132,28 +134,29 @@ bool* BooleanField(std::string_view key, Config& c) {
 }
 
 // globalConcurrencyLimit is range-checked here, before it narrows to an int.
-std::optional<ConfigError> ApplyGlobalLimit(const std::string& key, const json& v, Config& c) {
+std::optional<Error> ApplyGlobalLimit(const std::string& key, const json& v, Config& c) {
   auto n = ReadInteger(key, v);
   if (!n) return n.error();
   if (*n < 1 || *n > kMaxConcurrencyLimit)
-    return Error(key, JsonPreview(v), Within(1, kMaxConcurrencyLimit));
+    return KeyError(key, JsonPreview(v), Within(1, kMaxConcurrencyLimit));
   c.global_concurrency_limit = static_cast<int>(*n);
   return std::nullopt;
 }
 
 // laneConcurrencyLimits merges lane by lane over the base's; the lanes it names are noted in
 // `explicit_lanes` (they are not clamped, and are checked for likely misspellings).
-std::optional<ConfigError> ApplyLaneLimits(const std::string& key, const json& v, Config& c,
-                                           std::set<std::string, std::less<>>& explicit_lanes) {
+std::optional<Error> ApplyLaneLimits(const std::string& key, const json& v, Config& c,
+                                     std::set<std::string, std::less<>>& explicit_lanes) {
   if (!v.is_object())
-    return Error(key, JsonPreview(v),
-                 "must be an object of lane name to limit, got " + TypeName(v));
+    return KeyError(key, JsonPreview(v),
+                    "must be an object of lane name to limit, got " + TypeName(v));
   for (const auto& [lane, limit] : v.items()) {
     std::string lane_key = key + "." + lane;
     auto n = ReadInteger(lane_key, limit);
     if (!n) return n.error();
     if (*n < 1 || *n > kMaxConcurrencyLimit)
-      return Error(lane_key, JsonPreview(limit), "lane limit " + Within(1, kMaxConcurrencyLimit));
+      return KeyError(lane_key, JsonPreview(limit),
+                      "lane limit " + Within(1, kMaxConcurrencyLimit));
     c.lane_concurrency_limits[lane] = static_cast<int>(*n);
     explicit_lanes.insert(lane);
   }
@@ -162,8 +165,8 @@ std::optional<ConfigError> ApplyLaneLimits(const std::string& key, const json& v
 
 // Sets the field `key` names from `v`. Range checks other than the ones that guard a narrowing
 // are left to ValidateConfig, which sees the whole config.
-std::optional<ConfigError> ApplyKey(const std::string& key, const json& v, Config& c,
-                                    std::set<std::string, std::less<>>& explicit_lanes) {
+std::optional<Error> ApplyKey(const std::string& key, const json& v, Config& c,
+                              std::set<std::string, std::less<>>& explicit_lanes) {
   if (double* field = NumberField(key, c)) {
     auto n = ReadNumber(key, v);
     if (!n) return n.error();
@@ -181,7 +184,7 @@ std::optional<ConfigError> ApplyKey(const std::string& key, const json& v, Confi
   } else if (key == "laneConcurrencyLimits") {
     return ApplyLaneLimits(key, v, c, explicit_lanes);
   } else {
-    return Error(key, JsonPreview(v), "unknown key" + internal::DidYouMean(key, KnownKeys()));
+    return KeyError(key, JsonPreview(v), "unknown key" + internal::DidYouMean(key, KnownKeys()));
   }
   return std::nullopt;
 }
@@ -196,7 +199,7 @@ void ClampInheritedLanes(const std::set<std::string, std::less<>>& explicit_lane
 
 }  // namespace
 
-Result<Config, ConfigError> ValidateConfig(Config c) {
+Result<Config> ValidateConfig(Config c) {
   if (auto e = CheckMemoryMb("maxRssMb", c.max_rss_mb)) return *e;
   if (auto e = CheckMemoryMb("heapWarningMb", c.heap_warning_mb)) return *e;
   // The upper bound keeps every shard's call table within the 24 bits a Slot has for it.
@@ -204,25 +207,26 @@ Result<Config, ConfigError> ValidateConfig(Config c) {
           CheckCount("globalConcurrencyLimit", c.global_concurrency_limit, kMaxConcurrencyLimit))
     return *e;
   if (c.lane_concurrency_limits.empty())
-    return Error("laneConcurrencyLimits", "{}", "must configure at least one lane");
+    return KeyError("laneConcurrencyLimits", "{}", "must configure at least one lane");
   for (const auto& [lane, limit] : c.lane_concurrency_limits) {
     std::string key = "laneConcurrencyLimits." + lane;
-    if (lane.empty()) return Error(key, Text(limit), "lane names must not be empty");
+    if (lane.empty()) return KeyError(key, Text(limit), "lane names must not be empty");
     if (limit < 1 || limit > kMaxConcurrencyLimit)
-      return Error(key, Text(limit), "lane limit " + Within(1, kMaxConcurrencyLimit));
+      return KeyError(key, Text(limit), "lane limit " + Within(1, kMaxConcurrencyLimit));
     if (limit > c.global_concurrency_limit)
-      return Error(key, Text(limit),
-                   "lane limit must not exceed globalConcurrencyLimit (" +
-                       std::to_string(c.global_concurrency_limit) + ")");
+      return KeyError(key, Text(limit),
+                      "lane limit must not exceed globalConcurrencyLimit (" +
+                          std::to_string(c.global_concurrency_limit) + ")");
   }
   if (c.default_timeout_ms <= 0 || c.default_timeout_ms > kMaxTimeoutMs)
-    return Error("defaultTimeoutMs", Text(c.default_timeout_ms),
-                 "must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + " milliseconds (30 days)");
+    return KeyError(
+        "defaultTimeoutMs", Text(c.default_timeout_ms),
+        "must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + " milliseconds (30 days)");
   if (!(c.timeout_escalation_factor >= 1 && c.timeout_escalation_factor <= kMaxEscalationFactor))
-    return Error("timeoutEscalationFactor", Text(c.timeout_escalation_factor),
-                 "must be >= 1 and <= 100");
+    return KeyError("timeoutEscalationFactor", Text(c.timeout_escalation_factor),
+                    "must be >= 1 and <= 100");
   if (!(c.span_sample_rate >= 0 && c.span_sample_rate <= 1))
-    return Error("spanSampleRate", Text(c.span_sample_rate), "must be within [0, 1]");
+    return KeyError("spanSampleRate", Text(c.span_sample_rate), "must be within [0, 1]");
   if (auto e = CheckCount("metricsCapacity", c.metrics_capacity, kMaxMetricsCapacity)) return *e;
   if (auto e = CheckCount("memorySampleIntervalMs", c.memory_sample_interval_ms,
                           kMaxMemorySampleIntervalMs))
@@ -231,14 +235,14 @@ Result<Config, ConfigError> ValidateConfig(Config c) {
   return c;
 }
 
-Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config& base,
-                                            std::vector<std::string>* warnings) {
+Result<Config> ParseConfigJson(std::string_view text, const Config& base,
+                               std::vector<std::string>* warnings) {
   internal::ParsedJson parsed = internal::ParseJsonNotingDuplicates(text);
-  if (!parsed.error.empty()) return Error("", "", "config is not valid JSON: " + parsed.error);
+  if (!parsed.error.empty()) return KeyError("", "", "config is not valid JSON: " + parsed.error);
   const json& doc = parsed.value;
   if (!doc.is_object())
-    return Error("", JsonPreview(doc),
-                 "config must be a JSON object, got " + TypeName(doc) + " " + JsonPreview(doc));
+    return KeyError("", JsonPreview(doc),
+                    "config must be a JSON object, got " + TypeName(doc) + " " + JsonPreview(doc));
 
   Config c = base;
   std::set<std::string, std::less<>> explicit_lanes;
@@ -254,19 +258,16 @@ Result<Config, ConfigError> ParseConfigJson(std::string_view text, const Config&
   return result;
 }
 
-Result<Config, ConfigError> LoadConfigFile(const std::string& path, const Config& base,
-                                           std::vector<std::string>* warnings) {
-  std::string text, error;
+Result<Config> LoadConfigFile(const std::string& path, const Config& base,
+                              std::vector<std::string>* warnings) {
+  std::string text;
+  internal::InputError error;
   // At most kMaxConfigFileBytes is read, and the error says so and names the path.
   if (!internal::ReadInputFile(path, &text, &error, internal::InputCaps{}))
-    return Error("", "", error);
+    return Error(error.code, "", "", std::move(error.message));
   std::vector<std::string> own_warnings;
   auto result = ParseConfigJson(text, base, warnings != nullptr ? &own_warnings : nullptr);
-  if (!result.ok()) {
-    ConfigError e = result.error();
-    e.message = path + ": " + e.message;
-    return e;
-  }
+  if (!result.ok()) return result.error().WithContext(path);
   for (std::string& w : own_warnings) warnings->push_back(path + ": " + std::move(w));
   return result;
 }

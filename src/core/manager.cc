@@ -14,24 +14,6 @@
 
 namespace laneguard {
 
-std::string_view ToString(RejectReason reason) {
-  switch (reason) {
-    case RejectReason::kLaneLimit:
-      return "lane_limit";
-    case RejectReason::kGlobalLimit:
-      return "global_limit";
-    case RejectReason::kMemoryLimit:
-      return "memory_limit";
-    case RejectReason::kUnknownLane:
-      return "unknown_lane";
-    case RejectReason::kShuttingDown:
-      return "shutting_down";
-    case RejectReason::kInvalidTimeout:
-      return "invalid_timeout";
-  }
-  return "unknown";
-}
-
 std::string_view ToString(EventKind kind) {
   switch (kind) {
     case EventKind::kAcquired:
@@ -56,36 +38,6 @@ const std::optional<int64_t> kDefaultTimeout;
 const Metadata kNoMetadata;
 
 }  // namespace
-
-std::string Rejection::message() const {
-  std::string m(ToString(reason));
-  m += ": ";
-  switch (reason) {
-    case RejectReason::kLaneLimit:
-      m += "lane '" + lane + "' is at its limit (" + std::to_string(active) + "/" +
-           std::to_string(limit) + " active)";
-      break;
-    case RejectReason::kGlobalLimit:
-      m += "global concurrency is at its limit (" + std::to_string(active) + "/" +
-           std::to_string(limit) + " active); lane '" + lane + "' has room";
-      break;
-    case RejectReason::kMemoryLimit:
-      m += "RSS " + std::to_string(rss_mb) + " MB is above maxRssMb " + std::to_string(max_rss_mb) +
-           " (lane '" + lane + "')";
-      break;
-    case RejectReason::kUnknownLane:
-      m += "lane '" + lane + "' is not configured in laneConcurrencyLimits";
-      break;
-    case RejectReason::kShuttingDown:
-      m += "the resource budget manager is shutting down (lane '" + lane + "')";
-      break;
-    case RejectReason::kInvalidTimeout:
-      m += "timeoutMs must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
-           std::to_string(timeout_ms) + " (lane '" + lane + "')";
-      break;
-  }
-  return m;
-}
 
 // ---- Slot -------------------------------------------------------------------------------------
 
@@ -118,7 +70,7 @@ void Slot::SetTimeoutHandler(TimeoutHandler* handler) {
 
 // ---- ResourceBudgetManager --------------------------------------------------------------------
 
-Result<std::unique_ptr<ResourceBudgetManager>, ConfigError> ResourceBudgetManager::Create(
+Result<std::unique_ptr<ResourceBudgetManager>> ResourceBudgetManager::Create(
     Config config, ManagerOptions options) {
   auto valid = ValidateConfig(std::move(config));
   if (!valid.ok()) return valid.error();
@@ -180,13 +132,13 @@ internal::Mutex g_default_mu;
 ResourceBudgetManager* g_default GUARDED_BY(g_default_mu) = nullptr;
 }  // namespace
 
-Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(std::optional<Config> config) {
+Result<ResourceBudgetManager*> GetResourceBudgetManager(std::optional<Config> config) {
   internal::MutexLock lock(g_default_mu);
   if (g_default != nullptr) {
     if (config && !(*config == g_default->config()))
-      return ConfigError{"", "",
-                         "the default resource budget manager already exists with a different "
-                         "config; create an explicit ResourceBudgetManager instead"};
+      return Error{ErrorCode::kFailedPrecondition, "", "",
+                   "the default resource budget manager already exists with a different "
+                   "config; create an explicit ResourceBudgetManager instead"};
     return g_default;
   }
   auto created = ResourceBudgetManager::Create(config.value_or(Config{}));
@@ -195,8 +147,7 @@ Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManager(std::option
   return g_default;
 }
 
-Result<ResourceBudgetManager*, ConfigError> GetResourceBudgetManagerFromJson(
-    std::string_view partial_json) {
+Result<ResourceBudgetManager*> GetResourceBudgetManagerFromJson(std::string_view partial_json) {
   auto config = ParseConfigJson(partial_json);
   if (!config.ok()) return config.error();
   return GetResourceBudgetManager(std::move(config).value());

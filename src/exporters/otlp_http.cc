@@ -202,17 +202,17 @@ void OtlpHttpClient::Wait(std::chrono::milliseconds delay) {
     options_.sleep(delay);
     return;
   }
-  std::unique_lock<std::mutex> lock(wait_mu_);
-  wait_cv_.wait_for(lock, delay, [this] { return cancelled_.load(); });
+  internal::MutexLock lock(wait_mu_);
+  wait_cv_.WaitFor(lock, delay, [this] { return cancelled_.load(); });
 }
 
 void OtlpHttpClient::Cancel() {
   {
-    std::lock_guard<std::mutex> lock(wait_mu_);
+    internal::MutexLock lock(wait_mu_);
     cancelled_.store(true);
   }
-  wait_cv_.notify_all();
-  std::lock_guard<std::mutex> lock(sockets_mu_);
+  wait_cv_.NotifyAll();
+  internal::MutexLock lock(sockets_mu_);
   for (int fd : sockets_) shutdown(fd, SHUT_RDWR);  // wakes curl's poll at once
 }
 
@@ -225,7 +225,7 @@ void OtlpHttpClient::SetSocketCallbacks(void* curl) {
 }
 
 void OtlpHttpClient::TrackSocket(int fd) {
-  std::lock_guard<std::mutex> lock(sockets_mu_);
+  internal::MutexLock lock(sockets_mu_);
   sockets_.push_back(fd);
   // Cancelled meanwhile: this connection must not wait either.
   if (cancelled_.load()) shutdown(fd, SHUT_RDWR);
@@ -233,20 +233,50 @@ void OtlpHttpClient::TrackSocket(int fd) {
 
 void OtlpHttpClient::UntrackSocket(int fd) {
   // Closed under the lock, so that Cancel() never shuts down a number already reused.
-  std::lock_guard<std::mutex> lock(sockets_mu_);
+  internal::MutexLock lock(sockets_mu_);
   sockets_.erase(std::remove(sockets_.begin(), sockets_.end(), fd), sockets_.end());
   close(fd);
 }
 
 void OtlpHttpClient::Count(uint64_t OtlpExporterStats::*field, uint64_t n, int status) {
-  std::lock_guard<std::mutex> lock(stats_mu_);
+  internal::MutexLock lock(stats_mu_);
   stats_.*field += n;
   stats_.last_http_status = status;
 }
 
 OtlpExporterStats OtlpHttpClient::stats() const {
-  std::lock_guard<std::mutex> lock(stats_mu_);
+  internal::MutexLock lock(stats_mu_);
   return stats_;
+}
+
+uint64_t OtlpHttpClient::PartiallyRejected(const Response& r, uint64_t items) const {
+  uint64_t rejected = 0;
+  const nlohmann::json reply = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  if (!reply.is_object() || !reply.contains("partialSuccess") ||
+      !reply["partialSuccess"].is_object())
+    return 0;
+  const nlohmann::json& ps = reply["partialSuccess"];
+  if (ps.contains(rejected_field_)) rejected = std::min(JsonCount(ps[rejected_field_]), items);
+  const std::string message = ps.contains("errorMessage") && ps["errorMessage"].is_string()
+                                  ? ps["errorMessage"].get<std::string>()
+                                  : "";
+  if (rejected > 0 || !message.empty())
+    options_.logger->LogWarning("OTLP export partially rejected",
+                                {{"endpoint", options_.endpoint},
+                                 {"signal", items_},
+                                 {"rejected", static_cast<int64_t>(rejected)},
+                                 {"items", static_cast<int64_t>(items)},
+                                 {"errorMessage", message}});
+  return rejected;
+}
+
+std::chrono::milliseconds OtlpHttpClient::RetryDelay(const Response& r, int attempt) {
+  if (!r.retry_after.empty()) {
+    if (auto wait = ParseRetryAfter(r.retry_after, options_.clock->UnixNanos() / 1'000'000'000))
+      return *wait;
+  }
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  return OtlpBackoff(options_.retry, attempt, options_.random ? options_.random() : unit(rng_));
 }
 
 ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
@@ -270,32 +300,14 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
     }
     r = Post(body, std::min(options_.timeout, remaining));
     {
-      std::lock_guard<std::mutex> lock(stats_mu_);
+      internal::MutexLock lock(stats_mu_);
       ++stats_.requests;
       if (attempt > 1) ++stats_.retries;
     }
     if (cancelled_.load()) break;
     if (r.status >= 200 && r.status < 300) {
-      uint64_t rejected = 0;
-      const nlohmann::json reply =
-          nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
-      if (reply.is_object() && reply.contains("partialSuccess") &&
-          reply["partialSuccess"].is_object()) {
-        const nlohmann::json& ps = reply["partialSuccess"];
-        if (ps.contains(rejected_field_))
-          rejected = std::min(JsonCount(ps[rejected_field_]), items);
-        const std::string message = ps.contains("errorMessage") && ps["errorMessage"].is_string()
-                                        ? ps["errorMessage"].get<std::string>()
-                                        : "";
-        if (rejected > 0 || !message.empty())
-          options_.logger->LogWarning("OTLP export partially rejected",
-                                      {{"endpoint", options_.endpoint},
-                                       {"signal", items_},
-                                       {"rejected", static_cast<int64_t>(rejected)},
-                                       {"items", static_cast<int64_t>(items)},
-                                       {"errorMessage", message}});
-      }
-      std::lock_guard<std::mutex> lock(stats_mu_);
+      const uint64_t rejected = PartiallyRejected(r, items);
+      internal::MutexLock lock(stats_mu_);
       stats_.items_exported += items - rejected;
       stats_.items_partial_rejected += rejected;
       stats_.last_http_status = r.status;
@@ -315,18 +327,12 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
       why = "no attempts left";
       break;
     }
-    std::optional<std::chrono::milliseconds> wait;
-    if (!r.retry_after.empty())
-      wait = ParseRetryAfter(r.retry_after, options_.clock->UnixNanos() / 1'000'000'000);
-    if (!wait) {
-      std::uniform_real_distribution<double> unit(0.0, 1.0);
-      wait = OtlpBackoff(options_.retry, attempt, options_.random ? options_.random() : unit(rng_));
-    }
-    if (NowNanos() + std::chrono::nanoseconds(*wait).count() >= deadline) {
+    const std::chrono::milliseconds wait = RetryDelay(r, attempt);
+    if (NowNanos() + std::chrono::nanoseconds(wait).count() >= deadline) {
       why = "the next retry would end past the export timeout";
       break;
     }
-    Wait(*wait);
+    Wait(wait);
   }
   if (cancelled_.load()) {
     Count(&OtlpExporterStats::items_cancelled, items, r.status);
@@ -348,15 +354,15 @@ ExportResult OtlpHttpClient::Send(const std::string& body, uint64_t items) {
 
 namespace {
 
-std::optional<ConfigError> CheckEndpoint(const std::string& endpoint) {
+std::optional<Error> CheckEndpoint(const std::string& endpoint) {
   if (endpoint.rfind("http://", 0) == 0 || endpoint.rfind("https://", 0) == 0) return std::nullopt;
-  return ConfigError{"endpoint", nlohmann::json(endpoint).dump(),
-                     "OTLP endpoint '" + endpoint + "' must be an http:// or https:// URL"};
+  return Error{ErrorCode::kInvalidArgument, "endpoint", nlohmann::json(endpoint).dump(),
+               "OTLP endpoint '" + endpoint + "' must be an http:// or https:// URL"};
 }
 
 }  // namespace
 
-Result<std::unique_ptr<OtlpHttpSpanExporter>, ConfigError> OtlpHttpSpanExporter::Create(
+Result<std::unique_ptr<OtlpHttpSpanExporter>> OtlpHttpSpanExporter::Create(
     OtlpHttpExporterOptions options) {
   if (auto error = CheckEndpoint(options.endpoint)) return *error;
   return std::unique_ptr<OtlpHttpSpanExporter>(new OtlpHttpSpanExporter(
@@ -380,7 +386,7 @@ ExportResult OtlpHttpSpanExporter::ExportWithResult(const std::vector<SpanData>&
 void OtlpHttpSpanExporter::Shutdown() { client_->Cancel(); }
 OtlpExporterStats OtlpHttpSpanExporter::stats() const { return client_->stats(); }
 
-Result<std::unique_ptr<OtlpHttpLogExporter>, ConfigError> OtlpHttpLogExporter::Create(
+Result<std::unique_ptr<OtlpHttpLogExporter>> OtlpHttpLogExporter::Create(
     OtlpHttpExporterOptions options) {
   if (auto error = CheckEndpoint(options.endpoint)) return *error;
   return std::unique_ptr<OtlpHttpLogExporter>(new OtlpHttpLogExporter(

@@ -7,14 +7,13 @@
 #define LANEGUARD_SRC_EXPORTERS_OTLP_HTTP_CLIENT_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "laneguard/exporters/otlp.h"
+#include "laneguard/internal/mutex.h"
 
 namespace laneguard {
 
@@ -49,6 +48,10 @@ class OtlpHttpClient {
   void SetSocketCallbacks(void* curl);  // CURL*
   Response Post(const std::string& body, std::chrono::milliseconds timeout);
   void Wait(std::chrono::milliseconds delay);
+  // The items a 2xx reply's partialSuccess says were rejected (logged when any, or a message).
+  uint64_t PartiallyRejected(const Response& r, uint64_t items) const;
+  // How long to wait before the next attempt: the reply's Retry-After, else the backoff.
+  std::chrono::milliseconds RetryDelay(const Response& r, int attempt);
   void Count(uint64_t OtlpExporterStats::*field, uint64_t n, int status);
   int64_t NowNanos() const { return options_.clock->MonotonicNanos(); }
 
@@ -59,12 +62,13 @@ class OtlpHttpClient {
   void* headers_ = nullptr;  // curl_slist*
   std::mt19937_64 rng_;
   std::atomic<bool> cancelled_{false};
-  std::mutex wait_mu_;
-  std::condition_variable wait_cv_;
-  std::mutex sockets_mu_;
-  std::vector<int> sockets_;  // guarded by sockets_mu_
-  mutable std::mutex stats_mu_;
-  OtlpExporterStats stats_;
+  // Guards no field: Cancel() sets cancelled_ under it, so a Wait() about to sleep sees it.
+  internal::Mutex wait_mu_;
+  internal::CondVar wait_cv_;
+  internal::Mutex sockets_mu_;
+  std::vector<int> sockets_ GUARDED_BY(sockets_mu_);
+  mutable internal::Mutex stats_mu_;
+  OtlpExporterStats stats_ GUARDED_BY(stats_mu_);
 };
 
 }  // namespace laneguard

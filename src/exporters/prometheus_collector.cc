@@ -128,8 +128,7 @@ class CountingObserver final : public Observer {
   std::shared_ptr<Counters> c_;
 };
 
-Result<std::vector<double>, ConfigError> CheckBuckets(const std::vector<double>& bounds,
-                                                      const char* key) {
+Result<std::vector<double>> CheckBuckets(const std::vector<double>& bounds, const char* key) {
   std::string listed;
   for (double b : bounds) listed += (listed.empty() ? "" : ",") + std::to_string(b);
   const std::string value = "[" + listed + "]";
@@ -138,10 +137,10 @@ Result<std::vector<double>, ConfigError> CheckBuckets(const std::vector<double>&
     ok = std::isfinite(bounds[i]) && bounds[i] > 0 && (i == 0 || bounds[i] > bounds[i - 1]);
   }
   if (!ok) {
-    return ConfigError{key, value,
-                       std::string("option '") + key + "' = " + value +
-                           ": bucket bounds must be non-empty, finite, > 0 and strictly "
-                           "increasing"};
+    return Error{ErrorCode::kInvalidArgument, key, value,
+                 std::string("option '") + key + "' = " + value +
+                     ": bucket bounds must be non-empty, finite, > 0 and strictly "
+                     "increasing"};
   }
   return bounds;
 }
@@ -187,10 +186,11 @@ struct PrometheusCollector::Impl {
 PrometheusCollector::PrometheusCollector(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 PrometheusCollector::~PrometheusCollector() = default;
 
-Result<std::shared_ptr<PrometheusCollector>, ConfigError> PrometheusCollector::Create(
+Result<std::shared_ptr<PrometheusCollector>> PrometheusCollector::Create(
     ResourceBudgetManager* manager, PrometheusOptions options) {
   if (manager == nullptr) {
-    return ConfigError{"manager", "null", "PrometheusCollector needs a manager, got null"};
+    return Error{ErrorCode::kInvalidArgument, "manager", "null",
+                 "PrometheusCollector needs a manager, got null"};
   }
   auto durations = CheckBuckets(options.duration_buckets_seconds, "durationBucketsSeconds");
   if (!durations.ok()) return durations.error();
@@ -220,15 +220,12 @@ void PrometheusCollector::ObserveQueueWait(std::string_view lane, double seconds
   c.lanes[c.LaneIndex(lane)]->queue_wait.Observe(seconds);
 }
 
-std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
-    const PrometheusCollector& collector) {
-  using prometheus::MetricType;
-  const PrometheusCollector::Impl& impl = *collector.impl_;
-  const Counters& c = *impl.counters;
-  const ResourceBudgetManager& manager = *impl.manager;
-  std::vector<prometheus::MetricFamily> out;
-  out.reserve(20);
+namespace {
 
+using prometheus::MetricType;
+
+// Per lane: calls by outcome, rejections by reason, timeouts by phase, durations, queue waits.
+void AppendCallFamilies(const Counters& c, std::vector<prometheus::MetricFamily>& out) {
   // Labels for lane i; the last index is lane "" (rejections and waits of unknown lanes only).
   const auto lane_of = [&c](size_t i) -> const std::string& {
     static const std::string kEmpty;
@@ -280,6 +277,12 @@ std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
     }
   }
 
+  for (auto* f : {&calls, &rejections, &timeouts, &durations, &waits}) out.push_back(std::move(*f));
+}
+
+// Slots held and limits, per lane and in all.
+void AppendConcurrencyFamilies(const ResourceBudgetManager& manager,
+                               std::vector<prometheus::MetricFamily>& out) {
   const ConcurrencyStatus status = manager.GetConcurrencyStatus();
   auto lane_active =
       Family("laneguard_lane_active_calls",
@@ -302,6 +305,13 @@ std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
                              "Configured global concurrency limit.", MetricType::Gauge);
   AddGauge(global_limit, {}, status.global.limit);
 
+  for (auto* f : {&lane_active, &lane_limit, &lane_overrunning, &global_active, &global_limit})
+    out.push_back(std::move(*f));
+}
+
+// The latest memory sample and the limits it is held to.
+void AppendMemoryFamilies(const ResourceBudgetManager& manager,
+                          std::vector<prometheus::MetricFamily>& out) {
   const MemorySnapshot memory = manager.GetMemorySnapshot();
   const Config& config = manager.config();
   auto rss = Family("laneguard_rss_bytes", "Resident set size at the latest memory sample.",
@@ -320,44 +330,53 @@ std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
              "heapWarningMb: admission logs a warning above this heap use.", MetricType::Gauge);
   AddGauge(heap_threshold, {}, config.heap_warning_mb * kBytesPerMb);
 
-  for (auto* f : {&calls, &rejections, &timeouts, &durations, &waits, &lane_active, &lane_limit,
-                  &lane_overrunning, &global_active, &global_limit, &rss, &heap, &rss_limit,
-                  &heap_threshold}) {
-    out.push_back(std::move(*f));
-  }
+  for (auto* f : {&rss, &heap, &rss_limit, &heap_threshold}) out.push_back(std::move(*f));
+}
 
-  if (impl.options.span_counts) {
-    const SpanCounts spans = impl.options.span_counts();
-    auto exported = Family("laneguard_spans_exported_total",
-                           "Spans handed to an exporter that accepted them.", MetricType::Counter);
-    AddCounter(exported, {}, static_cast<double>(spans.exported));
-    auto dropped = Family("laneguard_spans_dropped_total",
-                          "Spans dropped, by reason: queue_full, export_failed, rejected, "
-                          "retries_exhausted, partial_success, after_shutdown, shutdown_timeout.",
-                          MetricType::Counter);
-    const std::pair<const char*, uint64_t> reasons[] = {
-        {"queue_full", spans.dropped_queue_full},
-        {"export_failed", spans.dropped_export_failed},
-        {"rejected", spans.dropped_rejected},
-        {"retries_exhausted", spans.dropped_retries_exhausted},
-        {"partial_success", spans.dropped_partial_success},
-        {"after_shutdown", spans.dropped_after_shutdown},
-        {"shutdown_timeout", spans.dropped_shutdown_timeout}};
-    for (const auto& [reason, count] : reasons)
-      AddCounter(dropped, {{"reason", reason}}, static_cast<double>(count));
-    out.push_back(std::move(exported));
-    out.push_back(std::move(dropped));
-  }
-  if (impl.options.logger) {
-    auto lines = Family("laneguard_log_lines_total", "JSON log lines written, by level.",
+void AppendSpanFamilies(const SpanCounts& spans, std::vector<prometheus::MetricFamily>& out) {
+  auto exported = Family("laneguard_spans_exported_total",
+                         "Spans handed to an exporter that accepted them.", MetricType::Counter);
+  AddCounter(exported, {}, static_cast<double>(spans.exported));
+  auto dropped = Family("laneguard_spans_dropped_total",
+                        "Spans dropped, by reason: queue_full, export_failed, rejected, "
+                        "retries_exhausted, partial_success, after_shutdown, shutdown_timeout.",
                         MetricType::Counter);
-    for (LogLevel level :
-         {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarning, LogLevel::kError}) {
-      AddCounter(lines, {{"level", std::string(ToString(level))}},
-                 static_cast<double>(impl.options.logger->lines_written(level)));
-    }
-    out.push_back(std::move(lines));
+  const std::pair<const char*, uint64_t> reasons[] = {
+      {"queue_full", spans.dropped_queue_full},
+      {"export_failed", spans.dropped_export_failed},
+      {"rejected", spans.dropped_rejected},
+      {"retries_exhausted", spans.dropped_retries_exhausted},
+      {"partial_success", spans.dropped_partial_success},
+      {"after_shutdown", spans.dropped_after_shutdown},
+      {"shutdown_timeout", spans.dropped_shutdown_timeout}};
+  for (const auto& [reason, count] : reasons)
+    AddCounter(dropped, {{"reason", reason}}, static_cast<double>(count));
+  out.push_back(std::move(exported));
+  out.push_back(std::move(dropped));
+}
+
+void AppendLogFamilies(const JsonLogger& logger, std::vector<prometheus::MetricFamily>& out) {
+  auto lines =
+      Family("laneguard_log_lines_total", "JSON log lines written, by level.", MetricType::Counter);
+  for (LogLevel level : {LogLevel::kDebug, LogLevel::kInfo, LogLevel::kWarning, LogLevel::kError}) {
+    AddCounter(lines, {{"level", std::string(ToString(level))}},
+               static_cast<double>(logger.lines_written(level)));
   }
+  out.push_back(std::move(lines));
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
+    const PrometheusCollector& collector) {
+  const PrometheusCollector::Impl& impl = *collector.impl_;
+  std::vector<prometheus::MetricFamily> out;
+  out.reserve(20);
+  AppendCallFamilies(*impl.counters, out);
+  AppendConcurrencyFamilies(*impl.manager, out);
+  AppendMemoryFamilies(*impl.manager, out);
+  if (impl.options.span_counts) AppendSpanFamilies(impl.options.span_counts(), out);
+  if (impl.options.logger) AppendLogFamilies(*impl.options.logger, out);
   return out;
 }
 

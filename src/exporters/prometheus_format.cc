@@ -158,91 +158,107 @@ std::string SerializeText(const std::vector<prometheus::MetricFamily>& families)
   return prometheus::TextSerializer().Serialize(families);
 }
 
-std::string SerializeOpenMetrics(const std::vector<prometheus::MetricFamily>& families) {
+namespace {
+
+// OpenMetrics' name of a metric type.
+const char* OpenMetricsType(prometheus::MetricType type) {
   using prometheus::MetricType;
+  switch (type) {
+    case MetricType::Counter:
+      return "counter";
+    case MetricType::Gauge:
+      return "gauge";
+    case MetricType::Histogram:
+      return "histogram";
+    case MetricType::Summary:
+      return "summary";
+    case MetricType::Untyped:
+      return "unknown";
+  }
+  return "unknown";
+}
+
+// The family's # TYPE, # UNIT (when the name ends in one) and # HELP lines.
+void AppendOpenMetricsHeader(std::string& out, std::string_view name,
+                             const prometheus::MetricFamily& f) {
+  out += "# TYPE ";
+  out += name;
+  out += ' ';
+  out += OpenMetricsType(f.type);
+  out += '\n';
+  // A UNIT line must be a suffix of the name; only the units our families use are declared.
+  for (std::string_view unit : {"seconds", "bytes"}) {
+    if (EndsWith(name, std::string("_") + std::string(unit))) {
+      out += "# UNIT ";
+      out += name;
+      out += ' ';
+      out += unit;
+      out += '\n';
+    }
+  }
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  AppendEscaped(out, f.help);
+  out += '\n';
+}
+
+// One metric's samples: a histogram's buckets (with the +Inf one OpenMetrics requires), count
+// and sum; a summary's quantiles, count and sum; else its one value.
+void AppendOpenMetricsSamples(std::string& out, std::string_view name, prometheus::MetricType type,
+                              const prometheus::ClientMetric& m) {
+  using prometheus::MetricType;
+  switch (type) {
+    case MetricType::Counter:
+      AppendSample(out, name, "_total", m.label, "", 0, false, m.counter.value);
+      break;
+    case MetricType::Gauge:
+      AppendSample(out, name, "", m.label, "", 0, false, m.gauge.value);
+      break;
+    case MetricType::Histogram: {
+      bool has_inf = false;
+      for (const auto& b : m.histogram.bucket) {
+        has_inf = has_inf || std::isinf(b.upper_bound);
+        AppendSample(out, name, "_bucket", m.label, "le", b.upper_bound, true,
+                     static_cast<double>(b.cumulative_count));
+      }
+      if (!has_inf) {
+        AppendSample(out, name, "_bucket", m.label, "le", HUGE_VAL, true,
+                     static_cast<double>(m.histogram.sample_count));
+      }
+      AppendSample(out, name, "_count", m.label, "", 0, false,
+                   static_cast<double>(m.histogram.sample_count));
+      AppendSample(out, name, "_sum", m.label, "", 0, false, m.histogram.sample_sum);
+      break;
+    }
+    case MetricType::Summary:
+      for (const auto& q : m.summary.quantile) {
+        AppendSample(out, name, "", m.label, "quantile", q.quantile, true, q.value);
+      }
+      AppendSample(out, name, "_count", m.label, "", 0, false,
+                   static_cast<double>(m.summary.sample_count));
+      AppendSample(out, name, "_sum", m.label, "", 0, false, m.summary.sample_sum);
+      break;
+    case MetricType::Untyped:
+      AppendSample(out, name, "", m.label, "", 0, false, m.untyped.value);
+      break;
+  }
+}
+
+}  // namespace
+
+std::string SerializeOpenMetrics(const std::vector<prometheus::MetricFamily>& families) {
   std::string out;
   out.reserve(families.size() * 512);
   for (const prometheus::MetricFamily& f : families) {
     // OpenMetrics names a counter family without its _total; the samples carry it.
     std::string_view name = f.name;
-    if (f.type == MetricType::Counter && EndsWith(name, "_total")) {
+    if (f.type == prometheus::MetricType::Counter && EndsWith(name, "_total")) {
       name.remove_suffix(sizeof("_total") - 1);
     }
-    const char* type = "unknown";
-    switch (f.type) {
-      case MetricType::Counter:
-        type = "counter";
-        break;
-      case MetricType::Gauge:
-        type = "gauge";
-        break;
-      case MetricType::Histogram:
-        type = "histogram";
-        break;
-      case MetricType::Summary:
-        type = "summary";
-        break;
-      case MetricType::Untyped:
-        type = "unknown";
-        break;
-    }
-    out += "# TYPE ";
-    out += name;
-    out += ' ';
-    out += type;
-    out += '\n';
-    // A UNIT line must be a suffix of the name; only the units our families use are declared.
-    for (std::string_view unit : {"seconds", "bytes"}) {
-      if (EndsWith(name, std::string("_") + std::string(unit))) {
-        out += "# UNIT ";
-        out += name;
-        out += ' ';
-        out += unit;
-        out += '\n';
-      }
-    }
-    out += "# HELP ";
-    out += name;
-    out += ' ';
-    AppendEscaped(out, f.help);
-    out += '\n';
-    for (const prometheus::ClientMetric& m : f.metric) {
-      switch (f.type) {
-        case MetricType::Counter:
-          AppendSample(out, name, "_total", m.label, "", 0, false, m.counter.value);
-          break;
-        case MetricType::Gauge:
-          AppendSample(out, name, "", m.label, "", 0, false, m.gauge.value);
-          break;
-        case MetricType::Histogram: {
-          bool has_inf = false;
-          for (const auto& b : m.histogram.bucket) {
-            has_inf = has_inf || std::isinf(b.upper_bound);
-            AppendSample(out, name, "_bucket", m.label, "le", b.upper_bound, true,
-                         static_cast<double>(b.cumulative_count));
-          }
-          if (!has_inf) {
-            AppendSample(out, name, "_bucket", m.label, "le", HUGE_VAL, true,
-                         static_cast<double>(m.histogram.sample_count));
-          }
-          AppendSample(out, name, "_count", m.label, "", 0, false,
-                       static_cast<double>(m.histogram.sample_count));
-          AppendSample(out, name, "_sum", m.label, "", 0, false, m.histogram.sample_sum);
-          break;
-        }
-        case MetricType::Summary:
-          for (const auto& q : m.summary.quantile) {
-            AppendSample(out, name, "", m.label, "quantile", q.quantile, true, q.value);
-          }
-          AppendSample(out, name, "_count", m.label, "", 0, false,
-                       static_cast<double>(m.summary.sample_count));
-          AppendSample(out, name, "_sum", m.label, "", 0, false, m.summary.sample_sum);
-          break;
-        case MetricType::Untyped:
-          AppendSample(out, name, "", m.label, "", 0, false, m.untyped.value);
-          break;
-      }
-    }
+    AppendOpenMetricsHeader(out, name, f);
+    for (const prometheus::ClientMetric& m : f.metric)
+      AppendOpenMetricsSamples(out, name, f.type, m);
   }
   out += "# EOF\n";
   return out;

@@ -34,7 +34,6 @@
 #include <list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -42,22 +41,23 @@
 #include <utility>
 
 #include "laneguard/exporters/prometheus.h"
+#include "laneguard/internal/mutex.h"
 
 namespace laneguard {
 namespace {
 
-ConfigError HostError(std::string_view key, const std::string& host) {
+Error HostError(std::string_view key, const std::string& host) {
   const std::string value = "\"" + host + "\"";
-  return ConfigError{std::string(key), value,
-                     "option '" + std::string(key) + "' = " + value +
-                         ": not an IPv4 or IPv6 address (or \"localhost\")"};
+  return Error{ErrorCode::kInvalidArgument, std::string(key), value,
+               "option '" + std::string(key) + "' = " + value +
+                   ": not an IPv4 or IPv6 address (or \"localhost\")"};
 }
 
-ConfigError PortError(std::string_view key, std::string_view port) {
+Error PortError(std::string_view key, std::string_view port) {
   const std::string value(port);
-  return ConfigError{std::string(key), value,
-                     "option '" + std::string(key) + "' = " + value +
-                         ": port must be an integer in [0, 65535] (0 picks a free port)"};
+  return Error{ErrorCode::kInvalidArgument, std::string(key), value,
+               "option '" + std::string(key) + "' = " + value +
+                   ": port must be an integer in [0, 65535] (0 picks a free port)"};
 }
 
 // True for an IPv4 or IPv6 literal.
@@ -68,13 +68,12 @@ bool IsAddress(const std::string& host) {
 
 }  // namespace
 
-Result<MetricsServerOptions, ConfigError> ParseListenAddress(std::string_view text,
-                                                             std::string_view key) {
+Result<MetricsServerOptions> ParseListenAddress(std::string_view text, std::string_view key) {
   const std::string whole(text);
   const std::string value = "\"" + whole + "\"";
   const auto bad = [&](const std::string& why) {
-    return ConfigError{std::string(key), value,
-                       "option '" + std::string(key) + "' = " + value + ": " + why};
+    return Error{ErrorCode::kInvalidArgument, std::string(key), value,
+                 "option '" + std::string(key) + "' = " + value + ": " + why};
   };
   const size_t colon = text.rfind(':');
   if (colon == std::string_view::npos) return bad("expected HOST:PORT, e.g. 127.0.0.1:9464");
@@ -388,17 +387,18 @@ struct MetricsServer::Impl {
   Server server;
   std::string host;
   int port = 0;
-  std::thread thread;
-  std::mutex stop_mu;
+  internal::Mutex stop_mu;  // serializes Stop()
+  std::thread thread GUARDED_BY(stop_mu);
 };
 
 MetricsServer::MetricsServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 MetricsServer::~MetricsServer() { Stop(); }
 
-Result<std::unique_ptr<MetricsServer>, ConfigError> MetricsServer::Start(
+Result<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     std::shared_ptr<const PrometheusCollector> collector, MetricsServerOptions options) {
   if (collector == nullptr) {
-    return ConfigError{"collector", "null", "MetricsServer needs a collector, got null"};
+    return Error{ErrorCode::kInvalidArgument, "collector", "null",
+                 "MetricsServer needs a collector, got null"};
   }
   std::string host = options.host == "localhost" ? "127.0.0.1" : options.host;
   beast::error_code ec;
@@ -409,7 +409,8 @@ Result<std::unique_ptr<MetricsServer>, ConfigError> MetricsServer::Start(
   }
   if (options.path.empty() || options.path.front() != '/') {
     const std::string value = "\"" + options.path + "\"";
-    return ConfigError{"path", value, "option 'path' = " + value + ": must start with '/'"};
+    return Error{ErrorCode::kInvalidArgument, "path", value,
+                 "option 'path' = " + value + ": must start with '/'"};
   }
   auto impl = std::make_unique<Impl>(std::move(collector), options.path);
   impl->host = host;
@@ -417,13 +418,16 @@ Result<std::unique_ptr<MetricsServer>, ConfigError> MetricsServer::Start(
       impl->server.Listen(tcp::endpoint(address, static_cast<std::uint16_t>(options.port)), ec);
   if (ec) {
     const std::string value = host + ":" + std::to_string(options.port);
-    return ConfigError{"port", std::to_string(options.port),
-                       "metrics server could not listen on " + value + ": " + ec.message()};
+    return Error{ErrorCode::kUnavailable, "port", std::to_string(options.port),
+                 "metrics server could not listen on " + value + ": " + ec.message()};
   }
   Impl* raw = impl.get();
   // Listening already: a client that connects before the thread runs waits in the backlog.
   raw->server.Accept();
-  raw->thread = std::thread([raw] { raw->server.io().run(); });
+  {
+    internal::MutexLock lock(raw->stop_mu);  // not shared yet; for the analysis' sake
+    raw->thread = std::thread([raw] { raw->server.io().run(); });
+  }
   return std::unique_ptr<MetricsServer>(new MetricsServer(std::move(impl)));
 }
 
@@ -431,7 +435,7 @@ const std::string& MetricsServer::host() const { return impl_->host; }
 int MetricsServer::port() const { return impl_->port; }
 
 void MetricsServer::Stop() {
-  std::lock_guard<std::mutex> guard(impl_->stop_mu);
+  internal::MutexLock guard(impl_->stop_mu);
   if (!impl_->thread.joinable()) return;
   impl_->server.io().stop();
   impl_->thread.join();

@@ -3,12 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "laneguard/internal/mutex.h"
 #include "observe/periodic_thread.h"
 
 namespace laneguard {
@@ -51,9 +51,10 @@ std::string Fixed(double v) {
   return buf;
 }
 
-ConfigError BadOption(const std::string& key, double value, const std::string& rule) {
+Error BadOption(const std::string& key, double value, const std::string& rule) {
   const std::string text = Fixed(value);
-  return ConfigError{key, text, "option '" + key + "' = " + text + ": " + rule};
+  return Error{ErrorCode::kInvalidArgument, key, text,
+               "option '" + key + "' = " + text + ": " + rule};
 }
 
 }  // namespace
@@ -71,16 +72,19 @@ struct AlertEvaluator::Impl {
   const Clock* clock = nullptr;
   std::shared_ptr<WindowCounters> counters;
 
-  mutable std::mutex mu;  // guards everything below
-  std::vector<Alert> alerts;
-  int64_t last_evaluation_mono = 0;
-  uint64_t seen_calls = 0, seen_errors = 0, seen_escalations = 0;
-  int64_t seen_duration_nanos = 0;
-  std::optional<double> previous_mean_ms;  // of the previous window, when it had min_calls calls
+  mutable internal::Mutex mu;
+  std::vector<Alert> alerts GUARDED_BY(mu);
+  int64_t last_evaluation_mono GUARDED_BY(mu) = 0;
+  uint64_t seen_calls GUARDED_BY(mu) = 0;
+  uint64_t seen_errors GUARDED_BY(mu) = 0;
+  uint64_t seen_escalations GUARDED_BY(mu) = 0;
+  int64_t seen_duration_nanos GUARDED_BY(mu) = 0;
+  // Of the previous window, when it had min_calls calls.
+  std::optional<double> previous_mean_ms GUARDED_BY(mu);
 
   internal::PeriodicThread thread;
 
-  Alert& Find(std::string_view name, std::string_view lane = {}) {
+  Alert& Find(std::string_view name, std::string_view lane = {}) REQUIRES(mu) {
     for (Alert& a : alerts) {
       if (a.name == name && a.lane == lane) return a;
     }
@@ -89,7 +93,7 @@ struct AlertEvaluator::Impl {
 
   // Sets the alert's value and, when `firing` differs from its state, moves it and logs.
   void Update(Alert& a, std::optional<bool> firing, double value, double threshold,
-              std::string summary, int64_t now_unix) {
+              std::string summary, int64_t now_unix) REQUIRES(mu) {
     a.value = value;
     a.threshold = threshold;
     a.summary = std::move(summary);
@@ -109,26 +113,37 @@ struct AlertEvaluator::Impl {
                          {"summary", std::string_view(a.summary)}});
   }
 
-  void EvaluateLocked() {
+  // What the calls since the last evaluation did.
+  struct Window {
+    uint64_t calls = 0, errors = 0, escalations = 0;
+    int64_t nanos = 0;
+  };
+  // The window since the last evaluation; the next one starts now.
+  Window TakeWindow() REQUIRES(mu) {
+    const uint64_t calls = counters->calls.load(std::memory_order_relaxed);
+    const uint64_t errors = counters->errors.load(std::memory_order_relaxed);
+    const uint64_t escalations = counters->escalations.load(std::memory_order_relaxed);
+    const int64_t duration_nanos = counters->duration_nanos.load(std::memory_order_relaxed);
+    const Window w{calls - seen_calls, errors - seen_errors, escalations - seen_escalations,
+                   duration_nanos - seen_duration_nanos};
+    seen_calls = calls;
+    seen_errors = errors;
+    seen_escalations = escalations;
+    seen_duration_nanos = duration_nanos;
+    return w;
+  }
+
+  void EvaluateLocked() REQUIRES(mu) {
     const int64_t now_unix = clock->UnixNanos();
     last_evaluation_mono = clock->MonotonicNanos();
     const AlertThresholds& t = options.thresholds;
     const Config& config = manager->config();
     const MemorySnapshot memory = manager->GetMemorySnapshot();
     const ConcurrencyStatus status = manager->GetConcurrencyStatus();
-
-    const uint64_t calls = counters->calls.load(std::memory_order_relaxed);
-    const uint64_t errors = counters->errors.load(std::memory_order_relaxed);
-    const uint64_t escalations = counters->escalations.load(std::memory_order_relaxed);
-    const int64_t duration_nanos = counters->duration_nanos.load(std::memory_order_relaxed);
-    const uint64_t window_calls = calls - seen_calls;
-    const uint64_t window_errors = errors - seen_errors;
-    const uint64_t window_escalations = escalations - seen_escalations;
-    const int64_t window_nanos = duration_nanos - seen_duration_nanos;
-    seen_calls = calls;
-    seen_errors = errors;
-    seen_escalations = escalations;
-    seen_duration_nanos = duration_nanos;
+    const Window w = TakeWindow();
+    const uint64_t window_calls = w.calls;
+    const uint64_t window_errors = w.errors;
+    const uint64_t window_escalations = w.escalations;
     const bool enough_calls = window_calls >= static_cast<uint64_t>(t.min_calls);
 
     const double rss_threshold = t.rss_fraction * config.max_rss_mb;
@@ -173,10 +188,15 @@ struct AlertEvaluator::Impl {
              now_unix);
     }
 
+    UpdateDurationAlert(w, enough_calls, now_unix);
+  }
+
+  // The mean duration of this window against the previous one's (both need min_calls calls).
+  void UpdateDurationAlert(const Window& w, bool enough_calls, int64_t now_unix) REQUIRES(mu) {
+    const AlertThresholds& t = options.thresholds;
     Alert& duration = Find("LaneguardDurationIncreasing");
     std::optional<double> mean_ms;
-    if (enough_calls)
-      mean_ms = static_cast<double>(window_nanos) / 1e6 / static_cast<double>(window_calls);
+    if (enough_calls) mean_ms = static_cast<double>(w.nanos) / 1e6 / static_cast<double>(w.calls);
     if (mean_ms && previous_mean_ms) {
       const double threshold = (1 + t.duration_increase) * *previous_mean_ms;
       Update(duration, *mean_ms > threshold, *mean_ms, threshold,
@@ -194,10 +214,11 @@ struct AlertEvaluator::Impl {
 AlertEvaluator::AlertEvaluator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 AlertEvaluator::~AlertEvaluator() { Stop(); }
 
-Result<std::unique_ptr<AlertEvaluator>, ConfigError> AlertEvaluator::Create(
-    ResourceBudgetManager* manager, AlertEvaluatorOptions options) {
+Result<std::unique_ptr<AlertEvaluator>> AlertEvaluator::Create(ResourceBudgetManager* manager,
+                                                               AlertEvaluatorOptions options) {
   if (manager == nullptr) {
-    return ConfigError{"manager", "null", "AlertEvaluator needs a manager, got null"};
+    return Error{ErrorCode::kInvalidArgument, "manager", "null",
+                 "AlertEvaluator needs a manager, got null"};
   }
   const AlertThresholds& t = options.thresholds;
   for (const auto& [key, value] : {std::pair<const char*, double>{"rssFraction", t.rss_fraction},
@@ -222,16 +243,19 @@ Result<std::unique_ptr<AlertEvaluator>, ConfigError> AlertEvaluator::Create(
   impl->clock = options.clock != nullptr ? options.clock : &manager->clock();
   impl->options = std::move(options);
   impl->counters = std::make_shared<WindowCounters>();
+  // Not shared yet; locked for the analysis' sake (once, at creation).
+  internal::MutexLock lock(impl->mu);
   impl->last_evaluation_mono = impl->clock->MonotonicNanos();
   const int64_t now_unix = impl->clock->UnixNanos();
-  const auto add = [&](const char* name, AlertSeverity severity, std::string lane = {}) {
-    Alert a;
-    a.name = name;
-    a.lane = std::move(lane);
-    a.severity = severity;
-    a.since_unix_nanos = now_unix;
-    impl->alerts.push_back(std::move(a));
-  };
+  const auto add = [&](const char* name, AlertSeverity severity, std::string lane = {})
+                       REQUIRES(impl->mu) {
+                         Alert a;
+                         a.name = name;
+                         a.lane = std::move(lane);
+                         a.severity = severity;
+                         a.since_unix_nanos = now_unix;
+                         impl->alerts.push_back(std::move(a));
+                       };
   add("LaneguardRssNearLimit", AlertSeverity::kCritical);
   add("LaneguardGlobalConcurrencyHigh", AlertSeverity::kCritical);
   add("LaneguardTimeoutEscalations", AlertSeverity::kCritical);
@@ -246,13 +270,13 @@ Result<std::unique_ptr<AlertEvaluator>, ConfigError> AlertEvaluator::Create(
 }
 
 std::vector<Alert> AlertEvaluator::Evaluate() {
-  std::lock_guard<std::mutex> guard(impl_->mu);
+  internal::MutexLock guard(impl_->mu);
   impl_->EvaluateLocked();
   return impl_->alerts;
 }
 
 bool AlertEvaluator::Tick() {
-  std::lock_guard<std::mutex> guard(impl_->mu);
+  internal::MutexLock guard(impl_->mu);
   const int64_t due = impl_->last_evaluation_mono + impl_->options.interval.count() * kNanosPerMs;
   if (impl_->clock->MonotonicNanos() < due) return false;
   impl_->EvaluateLocked();
@@ -260,12 +284,12 @@ bool AlertEvaluator::Tick() {
 }
 
 std::vector<Alert> AlertEvaluator::GetAlerts() const {
-  std::lock_guard<std::mutex> guard(impl_->mu);
+  internal::MutexLock guard(impl_->mu);
   return impl_->alerts;
 }
 
 std::vector<Alert> AlertEvaluator::Firing() const {
-  std::lock_guard<std::mutex> guard(impl_->mu);
+  internal::MutexLock guard(impl_->mu);
   std::vector<Alert> out;
   for (const Alert& a : impl_->alerts) {
     if (a.state == AlertState::kFiring) out.push_back(a);

@@ -24,15 +24,14 @@ std::string_view ToString(LogLevel level) {
   return "info";
 }
 
-Result<LogLevel, ConfigError> ParseLogLevel(std::string_view text) {
+Result<LogLevel> ParseLogLevel(std::string_view text) {
   if (text == "debug") return LogLevel::kDebug;
   if (text == "info") return LogLevel::kInfo;
   if (text == "warning" || text == "warn") return LogLevel::kWarning;
   if (text == "error") return LogLevel::kError;
   std::string value = "\"" + std::string(text) + "\"";
-  return ConfigError{
-      "logLevel", value,
-      "config key 'logLevel' = " + value + ": must be one of debug, info, warning, error"};
+  return Error{ErrorCode::kInvalidArgument, "logLevel", value,
+               "config key 'logLevel' = " + value + ": must be one of debug, info, warning, error"};
 }
 
 JsonLogger::JsonLogger(Options options) : JsonLogger(std::move(options), stderr) {}
@@ -42,13 +41,12 @@ JsonLogger::JsonLogger(Options options, std::FILE* stream)
   if (options_.clock == nullptr) options_.clock = &SystemClock::Get();
 }
 
-Result<std::unique_ptr<JsonLogger>, ConfigError> JsonLogger::OpenFile(Options options,
-                                                                      const std::string& path) {
+Result<std::unique_ptr<JsonLogger>> JsonLogger::OpenFile(Options options, const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "ae");
   if (f == nullptr)
-    return ConfigError{"logFile", nlohmann::json(path).dump(),
-                       "cannot open log file '" + path +
-                           "': " + std::error_code(errno, std::generic_category()).message()};
+    return Error{ErrorCodeForErrno(errno), "logFile", nlohmann::json(path).dump(),
+                 "cannot open log file '" + path +
+                     "': " + std::error_code(errno, std::generic_category()).message()};
   auto logger = std::make_unique<JsonLogger>(std::move(options), f);
   logger->owns_stream_ = true;
   return logger;
@@ -126,7 +124,7 @@ void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields)
     // Invalid UTF-8 in a task id must not lose the line: replace it rather than throw.
     std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     text += '\n';
-    std::lock_guard<std::mutex> guard(mu_);
+    internal::MutexLock guard(mu_);
     // Whole or not at all: a line cut by a full disk would make the file invalid JSON lines.
     const internal::AppendResult written = internal::AppendLines(stream_, text);
     if (written.error != 0) {
@@ -142,7 +140,7 @@ void JsonLogger::Log(LogLevel level, std::string_view message, LogFields fields)
 }
 
 std::string JsonLogger::last_write_error() const {
-  std::lock_guard<std::mutex> guard(mu_);
+  internal::MutexLock guard(mu_);
   return last_write_error_;
 }
 

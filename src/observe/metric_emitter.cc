@@ -1,9 +1,9 @@
 #include "laneguard/observe/metric_emitter.h"
 
-#include <mutex>
 #include <string>
 #include <utility>
 
+#include "laneguard/internal/mutex.h"
 #include "observe/periodic_thread.h"
 
 namespace laneguard {
@@ -34,11 +34,11 @@ struct MetricEmitter::Impl {
   Callback callback;
   MetricEmitterOptions options;
   const Clock* clock = nullptr;
-  std::mutex mu;  // serializes emissions; guards last_emit_mono
-  int64_t last_emit_mono = 0;
+  internal::Mutex mu;  // serializes emissions
+  int64_t last_emit_mono GUARDED_BY(mu) = 0;
   internal::PeriodicThread thread;
 
-  void EmitLocked() {
+  void EmitLocked() REQUIRES(mu) {
     last_emit_mono = clock->MonotonicNanos();
     callback(CollectFlatMetrics(*manager));
   }
@@ -47,34 +47,41 @@ struct MetricEmitter::Impl {
 MetricEmitter::MetricEmitter(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 MetricEmitter::~MetricEmitter() { Stop(); }
 
-Result<std::unique_ptr<MetricEmitter>, ConfigError> MetricEmitter::Create(
-    const ResourceBudgetManager* manager, Callback callback, MetricEmitterOptions options) {
+Result<std::unique_ptr<MetricEmitter>> MetricEmitter::Create(const ResourceBudgetManager* manager,
+                                                             Callback callback,
+                                                             MetricEmitterOptions options) {
   if (manager == nullptr) {
-    return ConfigError{"manager", "null", "MetricEmitter needs a manager, got null"};
+    return Error{ErrorCode::kInvalidArgument, "manager", "null",
+                 "MetricEmitter needs a manager, got null"};
   }
   if (!callback) {
-    return ConfigError{"callback", "null", "MetricEmitter needs a callback, got an empty one"};
+    return Error{ErrorCode::kInvalidArgument, "callback", "null",
+                 "MetricEmitter needs a callback, got an empty one"};
   }
   if (options.interval.count() < 1) {
     const std::string value = std::to_string(options.interval.count());
-    return ConfigError{"intervalMs", value, "option 'intervalMs' = " + value + ": must be >= 1"};
+    return Error{ErrorCode::kInvalidArgument, "intervalMs", value,
+                 "option 'intervalMs' = " + value + ": must be >= 1"};
   }
   auto impl = std::make_unique<Impl>();
   impl->manager = manager;
   impl->callback = std::move(callback);
   impl->clock = options.clock != nullptr ? options.clock : &manager->clock();
   impl->options = options;
-  impl->last_emit_mono = impl->clock->MonotonicNanos();
+  {
+    internal::MutexLock lock(impl->mu);  // not shared yet; for the analysis' sake
+    impl->last_emit_mono = impl->clock->MonotonicNanos();
+  }
   return std::unique_ptr<MetricEmitter>(new MetricEmitter(std::move(impl)));
 }
 
 void MetricEmitter::EmitNow() {
-  std::lock_guard<std::mutex> guard(impl_->mu);
+  internal::MutexLock guard(impl_->mu);
   impl_->EmitLocked();
 }
 
 bool MetricEmitter::Tick() {
-  std::lock_guard<std::mutex> guard(impl_->mu);
+  internal::MutexLock guard(impl_->mu);
   if (impl_->clock->MonotonicNanos() - impl_->last_emit_mono <
       impl_->options.interval.count() * 1'000'000) {
     return false;

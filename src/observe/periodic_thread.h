@@ -7,11 +7,11 @@
 #define LANEGUARD_SRC_OBSERVE_PERIODIC_THREAD_H_
 
 #include <chrono>
-#include <condition_variable>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <utility>
+
+#include "laneguard/internal/mutex.h"
 
 namespace laneguard::internal {
 
@@ -24,39 +24,41 @@ class PeriodicThread {
 
   // Starts calling `fn` every `interval` (first call one interval from now). No-op if running.
   void Start(std::chrono::milliseconds interval, std::function<void()> fn) {
-    std::lock_guard<std::mutex> control(control_mu_);
+    MutexLock control(control_mu_);
     if (thread_.joinable()) return;
     {
-      std::lock_guard<std::mutex> guard(mu_);
+      MutexLock guard(mu_);
       stop_ = false;
     }
-    thread_ = std::thread([this, interval, fn = std::move(fn)] {
-      std::unique_lock<std::mutex> lock(mu_);
-      while (!cv_.wait_for(lock, interval, [this] { return stop_; })) {
-        lock.unlock();
-        fn();
-        lock.lock();
-      }
-    });
+    thread_ = std::thread([this, interval, fn = std::move(fn)] { Loop(interval, fn); });
   }
 
   void Stop() {
-    std::lock_guard<std::mutex> control(control_mu_);
+    MutexLock control(control_mu_);
     if (!thread_.joinable()) return;
     {
-      std::lock_guard<std::mutex> guard(mu_);
+      MutexLock guard(mu_);
       stop_ = true;
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     thread_.join();
   }
 
  private:
-  std::mutex control_mu_;  // serializes Start/Stop
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::thread thread_;
+  void Loop(std::chrono::milliseconds interval, const std::function<void()>& fn) {
+    MutexLock lock(mu_);
+    while (!cv_.WaitFor(lock, interval, [this]() REQUIRES(mu_) { return stop_; })) {
+      lock.Unlock();
+      fn();
+      lock.Lock();
+    }
+  }
+
+  Mutex control_mu_;  // serializes Start/Stop
+  Mutex mu_;
+  CondVar cv_;
+  bool stop_ GUARDED_BY(mu_) = false;
+  std::thread thread_ GUARDED_BY(control_mu_);
 };
 
 }  // namespace laneguard::internal

@@ -94,14 +94,13 @@ std::unique_ptr<SpanExporter> NewJsonLinesSpanExporter(std::FILE* stream) {
   return std::make_unique<JsonLinesSpanExporter>(stream, /*owns_stream=*/false);
 }
 
-Result<std::unique_ptr<SpanExporter>, ConfigError> NewJsonLinesFileSpanExporter(
-    const std::string& path) {
+Result<std::unique_ptr<SpanExporter>> NewJsonLinesFileSpanExporter(const std::string& path) {
   std::FILE* f = std::fopen(path.c_str(), "ae");
   if (f == nullptr) {
     const int error = errno;
-    return ConfigError{"spanExportFile", nlohmann::json(path).dump(),
-                       "cannot open span export file '" + path +
-                           "': " + std::error_code(error, std::generic_category()).message()};
+    return Error{ErrorCodeForErrno(error), "spanExportFile", nlohmann::json(path).dump(),
+                 "cannot open span export file '" + path +
+                     "': " + std::error_code(error, std::generic_category()).message()};
   }
   return std::unique_ptr<SpanExporter>(
       std::make_unique<JsonLinesSpanExporter>(f, /*owns_stream=*/true));

@@ -438,14 +438,13 @@ WorkerCalls* MakeDefault(std::shared_ptr<SpanProcessor> processor, Resource reso
 }
 }  // namespace
 
-Result<bool, ConfigError> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProcessor> processor,
-                                                      Resource resource,
-                                                      std::shared_ptr<JsonLogger> logger) {
+Result<bool> ConfigureDefaultWorkerCalls(std::shared_ptr<SpanProcessor> processor,
+                                         Resource resource, std::shared_ptr<JsonLogger> logger) {
   internal::MutexLock lock(g_default_mu);
   if (g_default_calls != nullptr)
-    return ConfigError{"", "",
-                       "the default worker calls are already in use; configure them before the "
-                       "first call"};
+    return Error{ErrorCode::kFailedPrecondition, "", "",
+                 "the default worker calls are already in use; configure them before the "
+                 "first call"};
   g_default_calls = MakeDefault(std::move(processor), std::move(resource), std::move(logger));
   return true;
 }

@@ -37,10 +37,10 @@ TEST(DurationTest, BadValuesNameTheFlagAndTheValue) {
   for (const char* bad : {"", "abc", "10x", "ms", "-5s", "0", "0ms", "nan", "inf", "31d"}) {
     auto parsed = ParseDurationMs(bad, "--timeout");
     ASSERT_FALSE(parsed.ok()) << bad;
-    EXPECT_THAT(parsed.error(), HasSubstr("--timeout"));
-    EXPECT_THAT(parsed.error(), HasSubstr(std::string("'") + bad + "'"));
+    EXPECT_THAT(parsed.error().message(), HasSubstr("--timeout"));
+    EXPECT_THAT(parsed.error().message(), HasSubstr(std::string("'") + bad + "'"));
   }
-  EXPECT_THAT(ParseDurationMs("31000h", "--timeout").error(), HasSubstr("30 days"));
+  EXPECT_THAT(ParseDurationMs("31000h", "--timeout").error().message(), HasSubstr("30 days"));
 }
 
 TEST(JobFileTest, ParsesEveryField) {
@@ -50,7 +50,7 @@ TEST(JobFileTest, ParsesEveryField) {
 {"cmd": "echo $HOME | wc -c"}
 )",
       Config{});
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   ASSERT_EQ(jobs->size(), 2u);
   const Job& a = (*jobs)[0];
   EXPECT_EQ(a.line, 1);
@@ -92,7 +92,7 @@ TEST(JobFileTest, BadLinesAreRejectedWithLineAndField) {
   auto jobs = ParseJobs(text, Config{});
   ASSERT_FALSE(jobs.ok());
   std::vector<std::string> errors;
-  for (const JobError& e : jobs.error()) errors.push_back(e.ToString());
+  for (const Error& e : jobs.error()) errors.push_back(e.message());
   EXPECT_THAT(errors,
               ::testing::ElementsAre(
                   HasSubstr("line 2: not valid JSON"),
@@ -113,16 +113,16 @@ TEST(JobFileTest, BadLinesAreRejectedWithLineAndField) {
 TEST(JobFileTest, TimeoutAboveThirtyDaysIsRejected) {
   auto jobs = ParseJobs("{\"cmd\": \"true\", \"timeoutMs\": 99999999999999}", Config{});
   ASSERT_FALSE(jobs.ok());
-  EXPECT_THAT(jobs.error()[0].ToString(), HasSubstr("must be at most 2592000000"));
+  EXPECT_THAT(jobs.error()[0].message(), HasSubstr("must be at most 2592000000"));
 }
 
 TEST(JobFileTest, EmptyOrMissingFileIsAnError) {
   auto empty = ParseJobs("\n\n", Config{});
   ASSERT_FALSE(empty.ok());
-  EXPECT_THAT(empty.error()[0].ToString(), HasSubstr("no jobs"));
+  EXPECT_THAT(empty.error()[0].message(), HasSubstr("no jobs"));
   auto missing = LoadJobFile("/laneguard/no/such/jobs.jsonl", Config{});
   ASSERT_FALSE(missing.ok());
-  EXPECT_THAT(missing.error()[0].ToString(), HasSubstr("/laneguard/no/such/jobs.jsonl"));
+  EXPECT_THAT(missing.error()[0].message(), HasSubstr("/laneguard/no/such/jobs.jsonl"));
 }
 
 TEST(JobFileTest, LanesComeFromTheConfig) {
@@ -135,7 +135,7 @@ TEST(JobFileTest, ShippedDemoJobsAreValid) {
   auto config = LoadConfigFile(LANEGUARD_SOURCE_DIR "/examples/config/production.json");
   ASSERT_TRUE(config.ok());
   auto jobs = LoadJobFile(LANEGUARD_SOURCE_DIR "/examples/upgrade-jobs.jsonl", *config);
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   std::set<std::string> lanes;
   for (const Job& job : *jobs) lanes.insert(job.lane);
   EXPECT_EQ(lanes.size(), 5u);
@@ -158,7 +158,7 @@ TEST(DurationTest, RejectsGarbageAroundCompoundDurations) {
                           "1m-30s", "s", "."}) {
     auto parsed = ParseDurationMs(bad, "--timeout");
     ASSERT_FALSE(parsed.ok()) << bad;
-    EXPECT_THAT(parsed.error(), HasSubstr(std::string("--timeout: '") + bad + "'"));
+    EXPECT_THAT(parsed.error().message(), HasSubstr(std::string("--timeout: '") + bad + "'"));
   }
 }
 
@@ -170,7 +170,7 @@ TEST(JobFileTest, DeeplyNestedValuesAreErrorsNotCrashes) {
                                   R"({"id":"a","cmd":)" + deep + "}", deep}) {
     auto jobs = ParseJobs(line, Config{});
     ASSERT_FALSE(jobs.ok());
-    EXPECT_LE(jobs.error()[0].ToString().size(), 400u);
+    EXPECT_LE(jobs.error()[0].message().size(), 400u);
   }
 }
 
@@ -185,7 +185,7 @@ TEST(JobFileTest, HugeValuesAreShownAsAShortPrefix) {
             R"("})"}) {
     auto jobs = ParseJobs(line, Config{});
     ASSERT_FALSE(jobs.ok());
-    const std::string message = jobs.error().back().ToString();
+    const std::string message = jobs.error().back().message();
     EXPECT_LE(message.size(), 400u) << message.substr(0, 1000);
     EXPECT_THAT(message, HasSubstr("xxxxxxxxxx"));
     EXPECT_THAT(message, HasSubstr("…"));
@@ -207,29 +207,29 @@ TEST(JobFileTest, NulInAnythingThatReachesTheProcessIsRejected) {
        }) {
     auto jobs = ParseJobs(c.line, Config{});
     ASSERT_FALSE(jobs.ok()) << c.line;
-    EXPECT_EQ(jobs.error()[0].field, c.field) << c.line;
-    EXPECT_THAT(jobs.error()[0].message, HasSubstr("NUL")) << c.line;
+    EXPECT_EQ(jobs.error()[0].field(), "line 1: " + c.field) << c.line;
+    EXPECT_THAT(jobs.error()[0].message(), HasSubstr("NUL")) << c.line;
   }
 }
 
 // The config accepts 1.0 for an integer; a job file does the same.
 TEST(JobFileTest, IntegralFloatsAreIntegers) {
   auto jobs = ParseJobs(R"({"cmd":"true","timeoutMs":1500.0,"maxRssMb":256.0})", Config{});
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   EXPECT_EQ((*jobs)[0].timeout_ms, 1500);
   EXPECT_EQ((*jobs)[0].spec.max_rss_mb, 256);
   auto fraction = ParseJobs(R"({"cmd":"true","timeoutMs":1500.5})", Config{});
   ASSERT_FALSE(fraction.ok());
-  EXPECT_THAT(fraction.error()[0].ToString(), HasSubstr("positive integer"));
+  EXPECT_THAT(fraction.error()[0].message(), HasSubstr("positive integer"));
   auto huge = ParseJobs(R"({"cmd":"true","maxRssMb":1e20})", Config{});
   ASSERT_FALSE(huge.ok());
-  EXPECT_THAT(huge.error()[0].ToString(), HasSubstr("must be at most"));
+  EXPECT_THAT(huge.error()[0].message(), HasSubstr("must be at most"));
 }
 
 TEST(JobFileTest, JsonErrorsSayWhereAndWhy) {
   auto jobs = ParseJobs("{\"cmd\": \"true\"}\n{\"cmd\": tru}\n", Config{});
   ASSERT_FALSE(jobs.ok());
-  const std::string message = jobs.error()[0].ToString();
+  const std::string message = jobs.error()[0].message();
   EXPECT_THAT(message, HasSubstr("line 2: not valid JSON"));
   EXPECT_THAT(message, HasSubstr("column"));
   EXPECT_THAT(message, HasSubstr("tru"));  // nlohmann's "last read"
@@ -239,7 +239,7 @@ TEST(JobFileTest, DuplicateFieldsAreWarnedAbout) {
   std::vector<std::string> warnings;
   auto jobs =
       ParseJobs(R"({"cmd":"false","cmd":"true","env":{"K":"1","K":"2"}})", Config{}, &warnings);
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   EXPECT_EQ((*jobs)[0].spec.argv, std::vector<std::string>{"true"});  // the last one wins
   EXPECT_THAT(warnings, ::testing::ElementsAre(HasSubstr("line 1: field 'cmd'"),
                                                HasSubstr("line 1: field 'env.K'")));
@@ -249,7 +249,7 @@ TEST(JobFileTest, MisspelledLanesAndFieldsGetASuggestion) {
   auto jobs = ParseJobs(R"({"cmd":"true","lane":"critc","timeutMs":5})", Config{});
   ASSERT_FALSE(jobs.ok());
   std::string all;
-  for (const JobError& e : jobs.error()) all += e.ToString() + "\n";
+  for (const Error& e : jobs.error()) all += e.message() + "\n";
   EXPECT_THAT(all, HasSubstr("did you mean 'critic'?"));
   EXPECT_THAT(all, HasSubstr("did you mean 'timeoutMs'?"));
 }
@@ -266,17 +266,18 @@ TEST(JobFileTest, PrintedErrorsAreCapped) {
   EXPECT_THAT(printed,
               HasSubstr("p: and " + std::to_string(jobs.error().size() - kMaxPrintedJobErrors) +
                         " more errors"));
-  EXPECT_EQ(FormatJobErrors({jobs.error()[0]}, "p: "), "p: " + jobs.error()[0].ToString() + "\n");
+  EXPECT_EQ(FormatJobErrors({jobs.error()[0]}, "p: "), "p: " + jobs.error()[0].message() + "\n");
 }
 
 TEST(JobFileTest, UnreadableFilesSayWhy) {
   auto dir = LoadJobFile("/tmp", Config{});
   ASSERT_FALSE(dir.ok());
-  EXPECT_THAT(dir.error()[0].ToString(), HasSubstr("is a directory"));
-  EXPECT_THAT(dir.error()[0].ToString(), Not(HasSubstr("JSON")));
+  EXPECT_THAT(dir.error()[0].message(), HasSubstr("is a directory"));
+  EXPECT_THAT(dir.error()[0].message(), Not(HasSubstr("JSON")));
   auto missing = LoadJobFile("/laneguard/no/such/jobs.jsonl", Config{});
   ASSERT_FALSE(missing.ok());
-  EXPECT_THAT(missing.error()[0].ToString(), HasSubstr(std::strerror(ENOENT)));
+  EXPECT_THAT(missing.error()[0].message(), HasSubstr(std::strerror(ENOENT)));
+  EXPECT_EQ(missing.error()[0].code(), ErrorCode::kNotFound);
 }
 
 // "-" is standard input, as for most Unix tools.
@@ -294,7 +295,7 @@ TEST(JobFileTest, DashReadsStandardInput) {
   close(saved);
   close(fd);
   unlink(path);
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   EXPECT_EQ((*jobs)[0].id, "from-stdin");
 }
 
@@ -348,14 +349,14 @@ TEST(JobFileCapsTest, AJobLineLongerThanTheCapIsRefusedWhileReading) {
     auto jobs = LoadJobFile(feeder.path(), Config{});
     ASSERT_FALSE(jobs.ok());
     ASSERT_EQ(jobs.error().size(), 1u);
-    EXPECT_EQ(jobs.error()[0].line, 1);
-    EXPECT_THAT(jobs.error()[0].message, HasSubstr("longer than 1 MiB"));
-    EXPECT_THAT(jobs.error()[0].message, HasSubstr("put large data in a file"));
+    EXPECT_EQ(jobs.error()[0].field(), "line 1");
+    EXPECT_THAT(jobs.error()[0].message(), HasSubstr("longer than 1 MiB"));
+    EXPECT_THAT(jobs.error()[0].message(), HasSubstr("put large data in a file"));
   }
   // At the cap exactly, after a good line: still a job.
   PipeFeeder feeder("{\"cmd\":\"true\"}\n" + JobLineOfSize(kMaxJobLineBytes) + "\n", "", 0);
   auto jobs = LoadJobFile(feeder.path(), Config{});
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   EXPECT_EQ(jobs->size(), 2u);
 }
 
@@ -367,16 +368,17 @@ TEST(JobFileCapsTest, AnInputLargerThanTheCapIsRefusedWhileReading) {
   auto jobs = LoadJobFile(feeder.path(), Config{});
   ASSERT_FALSE(jobs.ok());
   ASSERT_EQ(jobs.error().size(), 1u);
-  EXPECT_EQ(jobs.error()[0].line, 0);
-  EXPECT_THAT(jobs.error()[0].message, HasSubstr(feeder.path() + ": larger than 256 MiB"));
-  EXPECT_THAT(jobs.error()[0].message, HasSubstr("split the jobs into several files"));
+  EXPECT_EQ(jobs.error()[0].field(), "");
+  EXPECT_EQ(jobs.error()[0].code(), ErrorCode::kInvalidArgument);
+  EXPECT_THAT(jobs.error()[0].message(), HasSubstr(feeder.path() + ": larger than 256 MiB"));
+  EXPECT_THAT(jobs.error()[0].message(), HasSubstr("split the jobs into several files"));
 }
 
 // A small FIFO or pipe (`batch <(generate-jobs)`) reads like a file: no size from stat.
 TEST(JobFileCapsTest, ASmallPipeWorksLikeAFile) {
   PipeFeeder feeder("{\"id\":\"a\",\"cmd\":\"true\"}\n{\"id\":\"b\",\"cmd\":\"true\"}", "", 0);
   auto jobs = LoadJobFile(feeder.path(), Config{});
-  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].ToString();
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
   ASSERT_EQ(jobs->size(), 2u);
   EXPECT_EQ((*jobs)[1].id, "b");
   EXPECT_EQ((*jobs)[1].line, 2);
@@ -390,7 +392,7 @@ TEST(JobFileCapsTest, DevZeroIsRefusedPromptly) {
       {
         LimitGrowth(size_t{512} << 20);
         auto jobs = LoadJobFile("/dev/zero", Config{});
-        std::fprintf(stderr, "%s\n", jobs.ok() ? "loaded" : jobs.error()[0].ToString().c_str());
+        std::fprintf(stderr, "%s\n", jobs.ok() ? "loaded" : jobs.error()[0].message().c_str());
         std::_Exit(0);
       },
       ::testing::ExitedWithCode(0), "line 1: longer than 1 MiB");

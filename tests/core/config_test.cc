@@ -68,14 +68,14 @@ TEST(Config, DefaultsEqualTheSpec) {
 
 TEST(Config, EmptyObjectParsesToDefaults) {
   auto r = ParseConfigJson("{}");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(*r, Config{});
 }
 
 TEST(Config, PartialJsonMergesOverDefaults) {
   auto r = ParseConfigJson(R"({"maxRssMb": 1024, "enableSpanEmission": false,
                                "spanSampleRate": 0.25, "defaultTimeoutMs": 1000})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   Config expected;
   expected.max_rss_mb = 1024;
   expected.enable_span_emission = false;
@@ -93,7 +93,7 @@ TEST(Config, PartialJsonMergesOverGivenBase) {
   base.max_rss_mb = 2048;
   base.timeout_escalation_factor = 3;
   auto r = ParseConfigJson(R"({"heapWarningMb": 100})", base);
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->max_rss_mb, 2048);
   EXPECT_EQ(r->timeout_escalation_factor, 3);
   EXPECT_EQ(r->heap_warning_mb, 100);
@@ -101,7 +101,7 @@ TEST(Config, PartialJsonMergesOverGivenBase) {
 
 TEST(Config, CustomLaneIsAddedAndDefaultLanesStay) {
   auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"custom_lane": 5}})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   Lanes expected = kDefaultLanes;
   expected["custom_lane"] = 5;
   EXPECT_EQ(r->lane_concurrency_limits, expected);
@@ -109,7 +109,7 @@ TEST(Config, CustomLaneIsAddedAndDefaultLanesStay) {
 
 TEST(Config, LaneOverrideChangesOnlyThatLane) {
   auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"file_write": 2, "critic": 32}})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   Lanes expected = kDefaultLanes;
   expected["file_write"] = 2;
   expected["critic"] = 32;  // equal to the global limit is allowed
@@ -118,7 +118,7 @@ TEST(Config, LaneOverrideChangesOnlyThatLane) {
 
 TEST(Config, IntegralFloatIsAcceptedForIntegerField) {
   auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 40.0, "defaultTimeoutMs": 5e3})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->global_concurrency_limit, 40);
   EXPECT_EQ(r->default_timeout_ms, 5000);
 }
@@ -126,7 +126,7 @@ TEST(Config, IntegralFloatIsAcceptedForIntegerField) {
 TEST(Config, ExtensionKeysParse) {
   auto r =
       ParseConfigJson(R"({"metricsCapacity": 7, "memorySampleIntervalMs": 250, "timerTickMs": 3})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->metrics_capacity, 7);
   EXPECT_EQ(r->memory_sample_interval_ms, 250);
   EXPECT_EQ(r->timer_tick_ms, 3);
@@ -137,8 +137,8 @@ TEST(Config, ExtensionKeysParse) {
 struct ErrorCase {
   std::string name;
   std::string json;
-  std::string key;    // expected ConfigError::key
-  std::string value;  // expected ConfigError::value (JSON text)
+  std::string key;    // expected Error::field()
+  std::string value;  // expected Error::value() (JSON text)
 };
 
 void PrintTo(const ErrorCase& tc, std::ostream* os) { *os << tc.json; }
@@ -164,11 +164,12 @@ TEST_P(ConfigErrorTest, NamesKeyAndValue) {
   const ErrorCase& tc = GetParam();
   auto r = ParseConfigJson(tc.json);
   ASSERT_FALSE(r.ok()) << "accepted: " << tc.json;
-  const ConfigError& e = r.error();
-  EXPECT_EQ(e.key, tc.key);
-  EXPECT_TRUE(SameJsonValue(e.value, tc.value)) << e.value << " vs " << tc.value;
-  EXPECT_NE(e.message.find("'" + tc.key + "'"), std::string::npos) << e.message;
-  EXPECT_NE(e.message.find(e.value), std::string::npos) << e.message;
+  const Error& e = r.error();
+  EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(e.field(), tc.key);
+  EXPECT_TRUE(SameJsonValue(e.value(), tc.value)) << e.value() << " vs " << tc.value;
+  EXPECT_NE(e.message().find("'" + tc.key + "'"), std::string::npos) << e.message();
+  EXPECT_NE(e.message().find(e.value()), std::string::npos) << e.message();
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -228,51 +229,51 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Config, MalformedJsonIsAnErrorWithParserPosition) {
   auto r = ParseConfigJson(R"({"maxRssMb": 512,)");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "");
-  EXPECT_EQ(r.error().value, "");
-  EXPECT_NE(r.error().message.find("not valid JSON"), std::string::npos) << r.error().message;
+  EXPECT_EQ(r.error().field(), "");
+  EXPECT_EQ(r.error().value(), "");
+  EXPECT_NE(r.error().message().find("not valid JSON"), std::string::npos) << r.error().message();
   // nlohmann's parse_error names the position ("... at line 1, column 18 ...").
-  EXPECT_NE(r.error().message.find("column"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message().find("column"), std::string::npos) << r.error().message();
 }
 
 TEST(Config, NumberOverflowIsAnErrorNotAnException) {
   // nlohmann reports 1e400 as out_of_range, not parse_error; it must not escape as an exception.
-  Result<Config, ConfigError> r = Config{};
+  Result<Config> r = Config{};
   ASSERT_NO_THROW(r = ParseConfigJson(R"({"maxRssMb": 1e400})"));
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message.find("1e400"), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message().find("1e400"), std::string::npos) << r.error().message();
 }
 
 TEST(Config, EmptyInputIsMalformed) {
   auto r = ParseConfigJson("");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "");
-  EXPECT_NE(r.error().message.find("not valid JSON"), std::string::npos) << r.error().message;
+  EXPECT_EQ(r.error().field(), "");
+  EXPECT_NE(r.error().message().find("not valid JSON"), std::string::npos) << r.error().message();
 }
 
 TEST(Config, NonObjectJsonIsAnErrorNamingTheValue) {
   for (const std::string text : {"[1,2]", "42", "\"maxRssMb\"", "null"}) {
     auto r = ParseConfigJson(text);
     ASSERT_FALSE(r.ok()) << text;
-    EXPECT_EQ(r.error().key, "") << text;
-    EXPECT_EQ(r.error().value, text);
-    EXPECT_NE(r.error().message.find("object"), std::string::npos) << r.error().message;
-    EXPECT_NE(r.error().message.find(text), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().field(), "") << text;
+    EXPECT_EQ(r.error().value(), text);
+    EXPECT_NE(r.error().message().find("object"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find(text), std::string::npos) << r.error().message();
   }
 }
 
 TEST(Config, LaneAboveGlobalMessageNamesTheGlobalLimit) {
   auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 10, "laneConcurrencyLimits": {"x": 11}})");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "laneConcurrencyLimits.x");
-  EXPECT_NE(r.error().message.find("10"), std::string::npos) << r.error().message;
+  EXPECT_EQ(r.error().field(), "laneConcurrencyLimits.x");
+  EXPECT_NE(r.error().message().find("10"), std::string::npos) << r.error().message();
 }
 
 // --- Clamping of inherited lane limits (config.h). ---
 
 TEST(Config, InheritedLaneLimitsAreClampedToLoweredGlobalLimit) {
   auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 6})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->global_concurrency_limit, 6);
   Lanes expected = {
       {"tool_call", 6}, {"file_read", 6}, {"file_write", 4}, {"critic", 3}, {"forecast_model", 1}};
@@ -283,7 +284,7 @@ TEST(Config, ClampingAppliesOnlyToInheritedLanes) {
   // file_write is explicit and within the limit; file_read is inherited and clamped.
   auto r = ParseConfigJson(
       R"({"globalConcurrencyLimit": 5, "laneConcurrencyLimits": {"file_write": 5}})");
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->lane_concurrency_limits.at("file_write"), 5);
   EXPECT_EQ(r->lane_concurrency_limits.at("file_read"), 5);
   EXPECT_EQ(r->lane_concurrency_limits.at("tool_call"), 5);
@@ -295,7 +296,7 @@ TEST(Config, InheritedCustomLaneFromBaseIsClamped) {
   base.global_concurrency_limit = 100;
   base.lane_concurrency_limits["bulk"] = 90;
   auto r = ParseConfigJson(R"({"globalConcurrencyLimit": 20})", base);
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->lane_concurrency_limits.at("bulk"), 20);
   EXPECT_EQ(r->lane_concurrency_limits.at("file_read"), 16);
 }
@@ -305,10 +306,10 @@ TEST(Config, ValidateConfigRejectsLaneAboveGlobal) {
   c.lane_concurrency_limits["tool_call"] = 33;
   auto r = ValidateConfig(c);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "laneConcurrencyLimits.tool_call");
-  EXPECT_EQ(r.error().value, "33");
-  EXPECT_NE(r.error().message.find("laneConcurrencyLimits.tool_call"), std::string::npos);
-  EXPECT_NE(r.error().message.find("33"), std::string::npos);
+  EXPECT_EQ(r.error().field(), "laneConcurrencyLimits.tool_call");
+  EXPECT_EQ(r.error().value(), "33");
+  EXPECT_NE(r.error().message().find("laneConcurrencyLimits.tool_call"), std::string::npos);
+  EXPECT_NE(r.error().message().find("33"), std::string::npos);
 }
 
 TEST(Config, ValidateConfigRejectsOtherImpossibleValues) {
@@ -317,29 +318,29 @@ TEST(Config, ValidateConfigRejectsOtherImpossibleValues) {
     c.lane_concurrency_limits.clear();
     auto r = ValidateConfig(c);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().key, "laneConcurrencyLimits");
+    EXPECT_EQ(r.error().field(), "laneConcurrencyLimits");
   }
   {
     Config c;
     c.lane_concurrency_limits[""] = 1;
     auto r = ValidateConfig(c);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().key, "laneConcurrencyLimits.");
+    EXPECT_EQ(r.error().field(), "laneConcurrencyLimits.");
   }
   {
     Config c;
     c.metrics_capacity = 0;
     auto r = ValidateConfig(c);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().key, "metricsCapacity");
-    EXPECT_EQ(r.error().value, "0");
+    EXPECT_EQ(r.error().field(), "metricsCapacity");
+    EXPECT_EQ(r.error().value(), "0");
   }
   {
     Config c;
     c.heap_warning_mb = -1;
     auto r = ValidateConfig(c);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().key, "heapWarningMb");
+    EXPECT_EQ(r.error().field(), "heapWarningMb");
   }
 }
 
@@ -363,7 +364,7 @@ TEST(Config, ConfigToJsonRoundTrips) {
   ASSERT_TRUE(ValidateConfig(c).ok());
   const std::string text = ConfigToJson(c);
   auto r = ParseConfigJson(text);
-  ASSERT_TRUE(r.ok()) << r.error().message << "\n" << text;
+  ASSERT_TRUE(r.ok()) << r.error().message() << "\n" << text;
   EXPECT_EQ(*r, c) << text;
   // Compact form too.
   auto compact = ParseConfigJson(ConfigToJson(c, -1));
@@ -394,7 +395,7 @@ TEST(Config, RoundTripOfConfigWithoutDefaultLanesNeedsLaneFreeBase) {
   Config lane_free;
   lane_free.lane_concurrency_limits.clear();
   auto exact = ParseConfigJson(text, lane_free);
-  ASSERT_TRUE(exact.ok()) << exact.error().message;
+  ASSERT_TRUE(exact.ok()) << exact.error().message();
   EXPECT_EQ(*exact, c);
 }
 
@@ -404,18 +405,18 @@ TEST(Config, LoadConfigFileMissingPathNamesThePath) {
   const std::string path = "/nonexistent/laneguard/no-such-config.json";
   auto r = LoadConfigFile(path);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "");
-  EXPECT_NE(r.error().message.find(path), std::string::npos) << r.error().message;
+  EXPECT_EQ(r.error().field(), "");
+  EXPECT_NE(r.error().message().find(path), std::string::npos) << r.error().message();
 }
 
 TEST(Config, LoadConfigFileErrorNamesPathKeyAndValue) {
   TempFile f(R"({"spanSampleRate": 2})");
   auto r = LoadConfigFile(f.path());
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "spanSampleRate");
-  EXPECT_TRUE(SameJsonValue(r.error().value, "2")) << r.error().value;
-  EXPECT_NE(r.error().message.find(f.path()), std::string::npos) << r.error().message;
-  EXPECT_NE(r.error().message.find("spanSampleRate"), std::string::npos) << r.error().message;
+  EXPECT_EQ(r.error().field(), "spanSampleRate");
+  EXPECT_TRUE(SameJsonValue(r.error().value(), "2")) << r.error().value();
+  EXPECT_NE(r.error().message().find(f.path()), std::string::npos) << r.error().message();
+  EXPECT_NE(r.error().message().find("spanSampleRate"), std::string::npos) << r.error().message();
 }
 
 TEST(Config, LoadConfigFileMergesOverBase) {
@@ -424,7 +425,7 @@ TEST(Config, LoadConfigFileMergesOverBase) {
   base.global_concurrency_limit = 4;
   base.lane_concurrency_limits = {{"a", 4}};
   auto r = LoadConfigFile(f.path(), base);
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->max_rss_mb, 64);
   EXPECT_EQ(r->global_concurrency_limit, 4);
   EXPECT_EQ(r->lane_concurrency_limits, (Lanes{{"a", 4}}));
@@ -432,7 +433,7 @@ TEST(Config, LoadConfigFileMergesOverBase) {
 
 TEST(Config, DevelopmentExampleLoads) {
   auto r = LoadConfigFile(ExamplePath("development.json"));
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->max_rss_mb, 256);
   EXPECT_EQ(r->global_concurrency_limit, 8);
   EXPECT_TRUE(r->enable_memory_guards);
@@ -449,7 +450,7 @@ TEST(Config, DevelopmentExampleLoads) {
 
 TEST(Config, StagingExampleLoads) {
   auto r = LoadConfigFile(ExamplePath("staging.json"));
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->max_rss_mb, 512);
   EXPECT_EQ(r->global_concurrency_limit, 32);
   EXPECT_TRUE(r->enable_memory_guards);
@@ -461,7 +462,7 @@ TEST(Config, StagingExampleLoads) {
 
 TEST(Config, ProductionExampleLoads) {
   auto r = LoadConfigFile(ExamplePath("production.json"));
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->max_rss_mb, 1024);
   EXPECT_EQ(r->global_concurrency_limit, 64);
   Lanes expected = {{"tool_call", 16},
@@ -489,8 +490,8 @@ TEST(Config, ValidateConfigBoundsTheGlobalLimit) {
   c.global_concurrency_limit = kMaxConcurrencyLimit + 1;
   auto r = ValidateConfig(c);
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().key, "globalConcurrencyLimit");
-  EXPECT_EQ(r.error().value, std::to_string(kMaxConcurrencyLimit + 1));
+  EXPECT_EQ(r.error().field(), "globalConcurrencyLimit");
+  EXPECT_EQ(r.error().value(), std::to_string(kMaxConcurrencyLimit + 1));
   c.global_concurrency_limit = kMaxConcurrencyLimit;
   EXPECT_TRUE(ValidateConfig(c).ok());
 }
@@ -532,12 +533,12 @@ TEST(ConfigInput, DeeplyNestedValuesAreErrorsNotCrashes) {
         "{\"laneConcurrencyLimits\":{\"x\":" + DeepArray(depth) + "}}", DeepArray(depth)}) {
     auto r = ParseConfigJson(text);
     ASSERT_FALSE(r.ok());
-    EXPECT_LE(r.error().message.size(), kMaxMessage) << r.error().message.substr(0, 1000);
-    EXPECT_LE(r.error().value.size(), kMaxMessage);
+    EXPECT_LE(r.error().message().size(), kMaxMessage) << r.error().message().substr(0, 1000);
+    EXPECT_LE(r.error().value().size(), kMaxMessage);
   }
   auto r = ParseConfigJson(DeepObject("a", depth));
-  EXPECT_EQ(r.error().key, "a");
-  EXPECT_THAT(r.error().message, HasSubstr("{\"a\":{…}}"));
+  EXPECT_EQ(r.error().field(), "a");
+  EXPECT_THAT(r.error().message(), HasSubstr("{\"a\":{…}}"));
 }
 
 TEST(ConfigInput, HugeValuesAreShownAsAShortPrefix) {
@@ -548,10 +549,10 @@ TEST(ConfigInput, HugeValuesAreShownAsAShortPrefix) {
         "{\"laneConcurrencyLimits\":{\"" + huge + "\":0}}", "[\"" + huge + "\"]"}) {
     auto r = ParseConfigJson(text);
     ASSERT_FALSE(r.ok());
-    EXPECT_LE(r.error().message.size(), kMaxMessage) << r.error().message.substr(0, 1000);
-    EXPECT_LE(r.error().key.size(), kMaxMessage);
-    EXPECT_THAT(r.error().message, HasSubstr("xxxxxxxxxx"));  // a prefix is shown
-    EXPECT_THAT(r.error().message, HasSubstr("…"));
+    EXPECT_LE(r.error().message().size(), kMaxMessage) << r.error().message().substr(0, 1000);
+    EXPECT_LE(r.error().field().size(), kMaxMessage);
+    EXPECT_THAT(r.error().message(), HasSubstr("xxxxxxxxxx"));  // a prefix is shown
+    EXPECT_THAT(r.error().message(), HasSubstr("…"));
   }
 }
 
@@ -563,28 +564,28 @@ TEST(ConfigInput, ShortenedValuesStayValidUtf8) {
   for (const std::string& text : {"{\"maxRssMb\": \"" + wide + "\"}", "{\"" + wide + "\": 1}"}) {
     auto r = ParseConfigJson(text);
     ASSERT_FALSE(r.ok());
-    EXPECT_LE(r.error().message.size(), kMaxMessage);
-    const nlohmann::json as_string = r.error().message;
-    EXPECT_NO_THROW(as_string.dump()) << "not valid UTF-8: " << r.error().message;
+    EXPECT_LE(r.error().message().size(), kMaxMessage);
+    const nlohmann::json as_string = r.error().message();
+    EXPECT_NO_THROW(as_string.dump()) << "not valid UTF-8: " << r.error().message();
   }
 }
 
 TEST(ConfigInput, ContainersArePreviewedOneLevelDeep) {
   auto r = ParseConfigJson(R"({"maxRssMb": {"a": [1, 2], "b": "c"}})");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().value, R"({"a":[…],"b":"c"})");
+  EXPECT_EQ(r.error().value(), R"({"a":[…],"b":"c"})");
   r = ParseConfigJson(R"({"maxRssMb": [1, "two", null, true]})");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().value, R"([1,"two",null,true])");
+  EXPECT_EQ(r.error().value(), R"([1,"two",null,true])");
 }
 
 // An unterminated 1 MB string: nlohmann's "last read" token is the whole string.
 TEST(ConfigInput, ParseErrorsAreBoundedAndKeepThePosition) {
   auto r = ParseConfigJson("{\"maxRssMb\": \"" + std::string(1 << 20, 'y'));
   ASSERT_FALSE(r.ok());
-  EXPECT_LE(r.error().message.size(), kMaxMessage) << r.error().message.substr(0, 1000);
-  EXPECT_THAT(r.error().message, HasSubstr("column"));
-  EXPECT_THAT(r.error().message, HasSubstr("not valid JSON"));
+  EXPECT_LE(r.error().message().size(), kMaxMessage) << r.error().message().substr(0, 1000);
+  EXPECT_THAT(r.error().message(), HasSubstr("column"));
+  EXPECT_THAT(r.error().message(), HasSubstr("not valid JSON"));
 }
 
 // Each pair: a key and the value the issue found passing `config check` and then failing `run`
@@ -607,11 +608,11 @@ TEST(ConfigInput, EveryNumericKeyHasAnUpperBound) {
        }) {
     auto r = ParseConfigJson("{\"" + b.key + "\": " + b.too_big + "}");
     ASSERT_FALSE(r.ok()) << b.key;
-    EXPECT_EQ(r.error().key, b.key);
+    EXPECT_EQ(r.error().field(), b.key);
     const nlohmann::json max = b.max;  // the bound itself is accepted, one more is not
     nlohmann::json doc = {{b.key, max}};
     auto at_bound = ParseConfigJson(doc.dump());
-    EXPECT_TRUE(at_bound.ok()) << b.key << ": " << at_bound.error().message;
+    EXPECT_TRUE(at_bound.ok()) << b.key << ": " << at_bound.error().message();
     doc[b.key] = b.max + 1;
     EXPECT_FALSE(ParseConfigJson(doc.dump()).ok()) << b.key;
   }
@@ -620,26 +621,26 @@ TEST(ConfigInput, EveryNumericKeyHasAnUpperBound) {
 TEST(ConfigInput, ValidateConfigEnforcesTheUpperBounds) {
   Config c;
   c.timer_tick_ms = kMaxTimerTickMs + 1;
-  EXPECT_EQ(ValidateConfig(c).error().key, "timerTickMs");
+  EXPECT_EQ(ValidateConfig(c).error().field(), "timerTickMs");
   c = Config{};
   c.metrics_capacity = kMaxMetricsCapacity + 1;
-  EXPECT_EQ(ValidateConfig(c).error().key, "metricsCapacity");
+  EXPECT_EQ(ValidateConfig(c).error().field(), "metricsCapacity");
   c = Config{};
   c.memory_sample_interval_ms = kMaxMemorySampleIntervalMs + 1;
-  EXPECT_EQ(ValidateConfig(c).error().key, "memorySampleIntervalMs");
+  EXPECT_EQ(ValidateConfig(c).error().field(), "memorySampleIntervalMs");
   c = Config{};
   c.max_rss_mb = static_cast<double>(kMaxMemoryMb) * 2;
-  EXPECT_EQ(ValidateConfig(c).error().key, "maxRssMb");
+  EXPECT_EQ(ValidateConfig(c).error().field(), "maxRssMb");
   c = Config{};
   c.heap_warning_mb = static_cast<double>(kMaxMemoryMb) * 2;
-  EXPECT_EQ(ValidateConfig(c).error().key, "heapWarningMb");
+  EXPECT_EQ(ValidateConfig(c).error().field(), "heapWarningMb");
 }
 
 TEST(ConfigInput, LaneLimitAboveTheBoundSaysSo) {
   auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"critic": 2000000}})");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.error().message, Not(HasSubstr(">= 1")));
-  EXPECT_THAT(r.error().message, HasSubstr(std::to_string(kMaxConcurrencyLimit)));
+  EXPECT_THAT(r.error().message(), Not(HasSubstr(">= 1")));
+  EXPECT_THAT(r.error().message(), HasSubstr(std::to_string(kMaxConcurrencyLimit)));
 }
 
 TEST(ConfigInput, DuplicateKeysAreWarnedAboutAndTheLastOneWins) {
@@ -647,7 +648,7 @@ TEST(ConfigInput, DuplicateKeysAreWarnedAboutAndTheLastOneWins) {
   auto r = ParseConfigJson(
       R"({"maxRssMb": 100, "maxRssMb": 200, "laneConcurrencyLimits": {"critic": 1, "critic": 2}})",
       Config{}, &warnings);
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->max_rss_mb, 200);
   EXPECT_EQ(r->lane_concurrency_limits.at("critic"), 2);
   EXPECT_THAT(warnings, ::testing::UnorderedElementsAre(
@@ -658,7 +659,7 @@ TEST(ConfigInput, AMisspelledLaneIsWarnedAboutWithASuggestion) {
   std::vector<std::string> warnings;
   auto r = ParseConfigJson(R"({"laneConcurrencyLimits": {"critc": 2, "custom_lane": 1}})", Config{},
                            &warnings);
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_TRUE(r->lane_concurrency_limits.contains("critc"));  // a warning, not an error
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_THAT(warnings[0], HasSubstr("critc"));
@@ -668,30 +669,35 @@ TEST(ConfigInput, AMisspelledLaneIsWarnedAboutWithASuggestion) {
 TEST(ConfigInput, AWellFormedConfigHasNoWarnings) {
   std::vector<std::string> warnings;
   auto r = LoadConfigFile(ExamplePath("production.json"), Config{}, &warnings);
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_THAT(warnings, ::testing::IsEmpty());
 }
 
 TEST(ConfigInput, UnknownKeySuggestsTheKnownOne) {
   auto r = ParseConfigJson(R"({"maxRSSMb": 100})");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.error().message, HasSubstr("did you mean 'maxRssMb'?"));
+  EXPECT_THAT(r.error().message(), HasSubstr("did you mean 'maxRssMb'?"));
   r = ParseConfigJson(R"({"timerTick": 5})");
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.error().message, HasSubstr("did you mean 'timerTickMs'?"));
+  EXPECT_THAT(r.error().message(), HasSubstr("did you mean 'timerTickMs'?"));
 }
 
 TEST(ConfigInput, UnreadableFilesSayWhy) {
   auto missing = LoadConfigFile("/nonexistent/laneguard/c.json");
   ASSERT_FALSE(missing.ok());
-  EXPECT_THAT(missing.error().message, HasSubstr(std::strerror(ENOENT)));
+  EXPECT_THAT(missing.error().message(), HasSubstr(std::strerror(ENOENT)));
   auto dir = LoadConfigFile("/tmp");
   ASSERT_FALSE(dir.ok());
-  EXPECT_THAT(dir.error().message, HasSubstr("is a directory"));
-  EXPECT_THAT(dir.error().message, Not(HasSubstr("JSON")));
+  EXPECT_THAT(dir.error().message(), HasSubstr("is a directory"));
+  EXPECT_THAT(dir.error().message(), Not(HasSubstr("JSON")));
   auto not_dir = LoadConfigFile("/etc/passwd/c.json");
   ASSERT_FALSE(not_dir.ok());
-  EXPECT_THAT(not_dir.error().message, HasSubstr(std::strerror(ENOTDIR)));
+  EXPECT_THAT(not_dir.error().message(), HasSubstr(std::strerror(ENOTDIR)));
+  // The codes a program can act on: missing is not found, a directory a failed precondition.
+  EXPECT_EQ(missing.error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(dir.error().code(), ErrorCode::kFailedPrecondition);
+  EXPECT_EQ(not_dir.error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(missing.error().field(), "");
 }
 
 // Whether a child process can become `nobody` (root in a user namespace may not map it).
@@ -713,7 +719,7 @@ TEST(ConfigInput, PermissionDeniedSaysSo) {
       {
         if (geteuid() == 0 && setuid(65534) != 0) std::_Exit(3);
         auto r = LoadConfigFile(f.path());
-        std::fprintf(stderr, "%s\n", r.ok() ? "loaded" : r.error().message.c_str());
+        std::fprintf(stderr, "%s\n", r.ok() ? "loaded" : r.error().message().c_str());
         std::_Exit(0);
       },
       ::testing::ExitedWithCode(0), std::strerror(EACCES));
@@ -752,15 +758,15 @@ TEST(ConfigInput, AConfigLargerThanTheCapIsRefusedWhileReading) {
   {
     PipeWithText pipe(std::string(internal::kMaxConfigFileBytes - 2, ' ') + "{}");
     auto r = LoadConfigFile(pipe.path());
-    EXPECT_TRUE(r.ok()) << r.error().message;  // exactly at the cap: fine
+    EXPECT_TRUE(r.ok()) << r.error().message();  // exactly at the cap: fine
   }
   {
     PipeWithText pipe(std::string(internal::kMaxConfigFileBytes - 1, ' ') + "{}");  // 1 byte over
     auto r = LoadConfigFile(pipe.path());
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().key, "");
-    EXPECT_THAT(r.error().message, HasSubstr(pipe.path() + ": larger than 1 MiB"));
-    EXPECT_THAT(r.error().message, HasSubstr("check that this is the right file"));
+    EXPECT_EQ(r.error().field(), "");
+    EXPECT_THAT(r.error().message(), HasSubstr(pipe.path() + ": larger than 1 MiB"));
+    EXPECT_THAT(r.error().message(), HasSubstr("check that this is the right file"));
   }
   std::signal(SIGPIPE, old_sigpipe);
 }
@@ -769,7 +775,7 @@ TEST(ConfigInput, AConfigLargerThanTheCapIsRefusedWhileReading) {
 TEST(ConfigInput, ASmallPipeWorksLikeAFile) {
   PipeWithText pipe(R"({"timerTickMs": 5})");
   auto r = LoadConfigFile(pipe.path());
-  ASSERT_TRUE(r.ok()) << r.error().message;
+  ASSERT_TRUE(r.ok()) << r.error().message();
   EXPECT_EQ(r->timer_tick_ms, 5);
 }
 
@@ -781,7 +787,7 @@ TEST(ConfigInput, DevZeroIsRefusedPromptly) {
       {
         LimitGrowth(size_t{512} << 20);
         auto loaded = LoadConfigFile("/dev/zero");
-        std::fprintf(stderr, "%s\n", loaded.ok() ? "loaded" : loaded.error().message.c_str());
+        std::fprintf(stderr, "%s\n", loaded.ok() ? "loaded" : loaded.error().message().c_str());
         std::_Exit(0);
       },
       ::testing::ExitedWithCode(0), "/dev/zero: larger than 1 MiB, the limit for a config file");

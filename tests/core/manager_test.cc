@@ -85,7 +85,7 @@ class ManagerTest : public ::testing::Test {
     options.start_background_thread = false;
     options.observers = {observer_};
     auto m = ResourceBudgetManager::Create(std::move(config), std::move(options));
-    EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message);
+    EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message());
     return std::move(m).value();
   }
 
@@ -588,7 +588,7 @@ TEST_F(ManagerTest, InvalidConfigIsRefusedAtCreate) {
   c.timeout_escalation_factor = 0.5;
   auto m = ResourceBudgetManager::Create(c);
   ASSERT_FALSE(m.ok());
-  EXPECT_EQ(m.error().key, "timeoutEscalationFactor");
+  EXPECT_EQ(m.error().field(), "timeoutEscalationFactor");
 }
 
 // ---- memory guards ------------------------------------------------------------------------------
@@ -1108,10 +1108,10 @@ TEST(DefaultManager, ReturnsOneInstanceAndRefusesAConflictingConfig) {
   other.max_rss_mb = 1024;
   auto conflict = GetResourceBudgetManager(other);
   ASSERT_FALSE(conflict.ok());
-  EXPECT_THAT(conflict.error().message, HasSubstr("different config"));
+  EXPECT_THAT(conflict.error().message(), HasSubstr("different config"));
   auto bad = GetResourceBudgetManagerFromJson(R"({"maxRssMb": "lots"})");
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "maxRssMb");
+  EXPECT_EQ(bad.error().field(), "maxRssMb");
   auto slot = (*first)->TryAcquire("t", "tool_call");
   ASSERT_TRUE(slot.ok());
   EXPECT_TRUE(slot->Release(true));

@@ -847,8 +847,8 @@ TEST(OtlpExporterTest, EndpointMustBeAnHttpUrl) {
   o.endpoint = "localhost:4318";
   auto e = OtlpHttpSpanExporter::Create(o);
   ASSERT_FALSE(e.ok());
-  EXPECT_EQ(e.error().key, "endpoint");
-  EXPECT_EQ(e.error().value, "\"localhost:4318\"");
+  EXPECT_EQ(e.error().field(), "endpoint");
+  EXPECT_EQ(e.error().value(), "\"localhost:4318\"");
   EXPECT_FALSE(OtlpHttpLogExporter::Create(o).ok());
 }
 

@@ -77,7 +77,7 @@ int main(int argc, char** argv) {
   const int seconds = std::atoi(argv[2]);
   auto server = laneguard::MetricsServer::Start(*collector, {.host = "127.0.0.1", .port = 0});
   if (!server.ok()) {
-    std::fprintf(stderr, "%s\n", server.error().message.c_str());
+    std::fprintf(stderr, "%s\n", server.error().message().c_str());
     return 1;
   }
   std::printf("port %d\n", (*server)->port());

@@ -262,20 +262,20 @@ TEST_F(PrometheusTest, BadBucketsAreNamed) {
   options.duration_buckets_seconds = {1, 0.5};
   auto bad = PrometheusCollector::Create(manager_.get(), options);
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "durationBucketsSeconds");
-  EXPECT_THAT(bad.error().message, HasSubstr("0.5"));
+  EXPECT_EQ(bad.error().field(), "durationBucketsSeconds");
+  EXPECT_THAT(bad.error().message(), HasSubstr("0.5"));
   options = {};
   options.queue_wait_buckets_seconds = {};
   bad = PrometheusCollector::Create(manager_.get(), options);
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "queueWaitBucketsSeconds");
+  EXPECT_EQ(bad.error().field(), "queueWaitBucketsSeconds");
   EXPECT_FALSE(PrometheusCollector::Create(nullptr).ok());
 }
 
 TEST_F(PrometheusTest, ServerServesBothFormatsOnAPickedPort) {
   Call("tool_call", 10, true);
   auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
-  ASSERT_TRUE(server.ok()) << server.error().message;
+  ASSERT_TRUE(server.ok()) << server.error().message();
   ASSERT_GT((*server)->port(), 0);
   EXPECT_EQ((*server)->host(), "127.0.0.1");
   httplib::Client client("127.0.0.1", (*server)->port());
@@ -315,7 +315,7 @@ int Connect(int port) {
 // (5 s) has passed, however it keeps sending.
 TEST_F(PrometheusTest, ServerKeepsServingScrapesUnderIdleAndTricklingClients) {
   auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
-  ASSERT_TRUE(server.ok()) << server.error().message;
+  ASSERT_TRUE(server.ok()) << server.error().message();
   const int port = (*server)->port();
   std::vector<int> idle;
   for (int i = 0; i < 64; ++i) {
@@ -360,7 +360,7 @@ TEST_F(PrometheusTest, ServerKeepsServingScrapesUnderIdleAndTricklingClients) {
 
 TEST_F(PrometheusTest, ServerAnswersOtherMethodsWith405AndHeadWithoutABody) {
   auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
-  ASSERT_TRUE(server.ok()) << server.error().message;
+  ASSERT_TRUE(server.ok()) << server.error().message();
   httplib::Client client("127.0.0.1", (*server)->port());
   auto post = client.Post("/metrics", "x=1", "application/x-www-form-urlencoded");
   ASSERT_TRUE(post);
@@ -426,7 +426,7 @@ constexpr std::string_view kWholeRequest = "GET /metrics HTTP/1.1\r\nHost: x\r\n
 // the oldest of them (not one from another address) and is answered; the others stay open.
 TEST_F(PrometheusTest, ServerBoundsConnectionsPerAddressClosingTheOldestHalfSentOne) {
   auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
-  ASSERT_TRUE(server.ok()) << server.error().message;
+  ASSERT_TRUE(server.ok()) << server.error().message();
   const int port = (*server)->port();
   const int other = ConnectFrom(port, 3);  // older than all of them, but another address
   ASSERT_GE(other, 0);
@@ -470,7 +470,7 @@ TEST_F(PrometheusTest, ServerBoundsConnectionsPerAddressClosingTheOldestHalfSent
 // address, closes the oldest of them all and is answered.
 TEST_F(PrometheusTest, ServerBoundsConnectionsInTotalClosingTheOldestHalfSentOne) {
   auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
-  ASSERT_TRUE(server.ok()) << server.error().message;
+  ASSERT_TRUE(server.ok()) << server.error().message();
   const int port = (*server)->port();
   std::vector<int> idle;
   for (int host = 2; host < 18; ++host) {
@@ -502,7 +502,7 @@ TEST_F(PrometheusTest, ServerBoundsConnectionsInTotalClosingTheOldestHalfSentOne
 // the rest of the request, and the connection is closed after the answer.
 TEST_F(PrometheusTest, ServerRefusesOversizedRequestHeadsAndBodies) {
   auto server = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 0});
-  ASSERT_TRUE(server.ok()) << server.error().message;
+  ASSERT_TRUE(server.ok()) << server.error().message();
   const int port = (*server)->port();
   {
     const int fd = Connect(port);
@@ -546,22 +546,22 @@ TEST_F(PrometheusTest, ServerRefusesOversizedRequestHeadsAndBodies) {
 TEST_F(PrometheusTest, ServerErrorsNameTheValue) {
   auto bad_host = MetricsServer::Start(collector_, {.host = "300.1.2.3", .port = 0});
   ASSERT_FALSE(bad_host.ok());
-  EXPECT_EQ(bad_host.error().key, "host");
-  EXPECT_THAT(bad_host.error().message, HasSubstr("300.1.2.3"));
+  EXPECT_EQ(bad_host.error().field(), "host");
+  EXPECT_THAT(bad_host.error().message(), HasSubstr("300.1.2.3"));
   auto bad_port = MetricsServer::Start(collector_, {.host = "127.0.0.1", .port = 70000});
   ASSERT_FALSE(bad_port.ok());
-  EXPECT_EQ(bad_port.error().key, "port");
-  EXPECT_THAT(bad_port.error().message, HasSubstr("70000"));
+  EXPECT_EQ(bad_port.error().field(), "port");
+  EXPECT_THAT(bad_port.error().message(), HasSubstr("70000"));
   auto bad_path = MetricsServer::Start(collector_, {.path = "metrics"});
   ASSERT_FALSE(bad_path.ok());
-  EXPECT_EQ(bad_path.error().key, "path");
+  EXPECT_EQ(bad_path.error().field(), "path");
 
   auto first = MetricsServer::Start(collector_);
   ASSERT_TRUE(first.ok());
   const int port = (*first)->port();
   auto taken = MetricsServer::Start(collector_, {.port = port});
   ASSERT_FALSE(taken.ok());
-  EXPECT_THAT(taken.error().message, HasSubstr("127.0.0.1:" + std::to_string(port)));
+  EXPECT_THAT(taken.error().message(), HasSubstr("127.0.0.1:" + std::to_string(port)));
 }
 
 TEST(ParseListenAddress, AcceptsHostPortAndNamesBadParts) {
@@ -578,8 +578,8 @@ TEST(ParseListenAddress, AcceptsHostPortAndNamesBadParts) {
                           "127.0.0.1:80x", "example.org:80", "::1:80", "999.0.0.1:80"}) {
     auto r = ParseListenAddress(bad, "--metrics-listen");
     ASSERT_FALSE(r.ok()) << bad;
-    EXPECT_EQ(r.error().key, "--metrics-listen");
-    EXPECT_THAT(r.error().message, HasSubstr(bad));
+    EXPECT_EQ(r.error().field(), "--metrics-listen");
+    EXPECT_THAT(r.error().message(), HasSubstr(bad));
   }
 }
 

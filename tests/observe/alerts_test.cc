@@ -212,16 +212,16 @@ TEST_F(AlertsTest, BadOptionsAreNamed) {
   options.interval = std::chrono::milliseconds(0);
   auto bad = AlertEvaluator::Create(manager_.get(), options);
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "intervalMs");
+  EXPECT_EQ(bad.error().field(), "intervalMs");
   options = {};
   options.thresholds.error_rate = 2;
   bad = AlertEvaluator::Create(manager_.get(), options);
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "errorRate");
-  EXPECT_THAT(bad.error().message, HasSubstr("2"));
+  EXPECT_EQ(bad.error().field(), "errorRate");
+  EXPECT_THAT(bad.error().message(), HasSubstr("2"));
   options = {};
   options.thresholds.min_calls = 0;
-  EXPECT_EQ(AlertEvaluator::Create(manager_.get(), options).error().key, "minCalls");
+  EXPECT_EQ(AlertEvaluator::Create(manager_.get(), options).error().field(), "minCalls");
   EXPECT_FALSE(AlertEvaluator::Create(nullptr).ok());
 }
 

@@ -219,11 +219,11 @@ TEST(JsonLogger, ParseLogLevelRejectsUnknownNamesNamingTheValue) {
   for (const char* bad : {"verbose", "", "fatal"}) {
     auto r = ParseLogLevel(bad);
     ASSERT_FALSE(r.ok()) << bad;
-    EXPECT_EQ(r.error().key, "logLevel");
-    EXPECT_EQ(r.error().value, "\"" + std::string(bad) + "\"");
-    EXPECT_NE(r.error().message.find("logLevel"), std::string::npos) << r.error().message;
-    EXPECT_NE(r.error().message.find("\"" + std::string(bad) + "\""), std::string::npos)
-        << r.error().message;
+    EXPECT_EQ(r.error().field(), "logLevel");
+    EXPECT_EQ(r.error().value(), "\"" + std::string(bad) + "\"");
+    EXPECT_NE(r.error().message().find("logLevel"), std::string::npos) << r.error().message();
+    EXPECT_NE(r.error().message().find("\"" + std::string(bad) + "\""), std::string::npos)
+        << r.error().message();
   }
 }
 
@@ -231,8 +231,8 @@ TEST(JsonLogger, OpenFileOnBadPathNamesThePath) {
   const std::string path = "/nonexistent-laneguard-dir/sub/log.jsonl";
   auto r = JsonLogger::OpenFile({}, path);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.error().message.find(path), std::string::npos) << r.error().message;
-  EXPECT_EQ(r.error().value, "\"" + path + "\"") << "value is JSON text, as result.h says";
+  EXPECT_NE(r.error().message().find(path), std::string::npos) << r.error().message();
+  EXPECT_EQ(r.error().value(), "\"" + path + "\"") << "value is JSON text, as result.h says";
 }
 
 TEST(JsonLogger, OpenFileAppends) {
@@ -244,7 +244,7 @@ TEST(JsonLogger, OpenFileAppends) {
   ManualClock clock(kStart);
   for (int round = 0; round < 2; ++round) {
     auto r = JsonLogger::OpenFile({.clock = &clock}, path);
-    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_TRUE(r.ok()) << r.error().message();
     (*r)->LogInfo("line", {{"round", int64_t{round}}});
   }  // the logger closes its file
   std::FILE* f = std::fopen(path.c_str(), "r");

@@ -92,11 +92,11 @@ TEST_F(MetricEmitterTest, EmitterThreadStopsCleanly) {
 TEST_F(MetricEmitterTest, EmitterOptionsAreChecked) {
   auto bad = MetricEmitter::Create(manager_.get(), nullptr);
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "callback");
+  EXPECT_EQ(bad.error().field(), "callback");
   bad = MetricEmitter::Create(manager_.get(), [](const FlatMetrics&) {},
                               {.interval = std::chrono::milliseconds(0)});
   ASSERT_FALSE(bad.ok());
-  EXPECT_EQ(bad.error().key, "intervalMs");
+  EXPECT_EQ(bad.error().field(), "intervalMs");
 }
 
 }  // namespace

@@ -748,7 +748,7 @@ TEST(JsonLinesSpanExporterTest, FileExporterAppends) {
   std::filesystem::remove(path);
   for (int i = 0; i < 2; ++i) {
     auto exporter = NewJsonLinesFileSpanExporter(path);
-    ASSERT_TRUE(exporter.ok()) << exporter.error().message;
+    ASSERT_TRUE(exporter.ok()) << exporter.error().message();
     ASSERT_TRUE((*exporter)->Export({MakeSpan(i)}, Resource{}));
     (*exporter)->Shutdown();
   }
@@ -763,10 +763,10 @@ TEST(JsonLinesSpanExporterTest, FileExporterOnABadPathNamesThePath) {
   const std::string path = "/nonexistent-laneguard-dir/sub/spans.jsonl";
   auto exporter = NewJsonLinesFileSpanExporter(path);
   ASSERT_FALSE(exporter.ok());
-  EXPECT_NE(exporter.error().message.find(path), std::string::npos) << exporter.error().message;
-  EXPECT_NE(exporter.error().message.find("No such file or directory"), std::string::npos)
-      << exporter.error().message;
-  EXPECT_EQ(exporter.error().value, json(path).dump());
+  EXPECT_NE(exporter.error().message().find(path), std::string::npos) << exporter.error().message();
+  EXPECT_NE(exporter.error().message().find("No such file or directory"), std::string::npos)
+      << exporter.error().message();
+  EXPECT_EQ(exporter.error().value(), json(path).dump());
 }
 
 TEST(JsonLinesSpanExporterTest, StdoutExporterExists) {

@@ -97,8 +97,7 @@ class OtlpHttpClient;  // private (src/export/)
 class OtlpHttpSpanExporter final : public SpanExporter {
  public:
   // Fails for an endpoint that is not an http:// or https:// URL (key "endpoint").
-  static Result<std::unique_ptr<OtlpHttpSpanExporter>, ConfigError> Create(
-      OtlpHttpExporterOptions options);
+  static Result<std::unique_ptr<OtlpHttpSpanExporter>> Create(OtlpHttpExporterOptions options);
   ~OtlpHttpSpanExporter() override;
   bool Export(const std::vector<SpanData>& batch, const Resource& resource) override;
   ExportResult ExportWithResult(const std::vector<SpanData>& batch,
@@ -116,8 +115,7 @@ class OtlpHttpSpanExporter final : public SpanExporter {
 // POSTs ExportLogsServiceRequest JSON to options.endpoint.
 class OtlpHttpLogExporter final : public LogRecordExporter {
  public:
-  static Result<std::unique_ptr<OtlpHttpLogExporter>, ConfigError> Create(
-      OtlpHttpExporterOptions options);
+  static Result<std::unique_ptr<OtlpHttpLogExporter>> Create(OtlpHttpExporterOptions options);
   ~OtlpHttpLogExporter() override;
   ExportResult Export(const std::vector<LogRecord>& batch, const Resource& resource) override;
   void Shutdown() override;

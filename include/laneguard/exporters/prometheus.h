@@ -94,8 +94,8 @@ class PrometheusCollector {
  public:
   // Registers an observer on `manager` (which must outlive the collector) and counts from now on.
   // Errors name the bad bucket list.
-  static Result<std::shared_ptr<PrometheusCollector>, ConfigError> Create(
-      ResourceBudgetManager* manager, PrometheusOptions options = {});
+  static Result<std::shared_ptr<PrometheusCollector>> Create(ResourceBudgetManager* manager,
+                                                             PrometheusOptions options = {});
   ~PrometheusCollector();
   PrometheusCollector(const PrometheusCollector&) = delete;
   PrometheusCollector& operator=(const PrometheusCollector&) = delete;
@@ -127,8 +127,8 @@ struct MetricsServerOptions {
 
 // Parses "HOST:PORT" or "[IPV6]:PORT" (the CLI's --metrics-listen). Errors name `key` and the
 // value.
-Result<MetricsServerOptions, ConfigError> ParseListenAddress(
-    std::string_view text, std::string_view key = "metricsListen");
+Result<MetricsServerOptions> ParseListenAddress(std::string_view text,
+                                                std::string_view key = "metricsListen");
 
 // An HTTP server answering GET and HEAD of `path` with the collector's exposition (other paths:
 // 404; other methods: 405 with "Allow: GET, HEAD"). One thread serves every connection without
@@ -141,7 +141,7 @@ class MetricsServer {
  public:
   // Binds and starts serving before it returns. Errors name the host or port: not an address,
   // out of range, or the bind failed (in use, not permitted).
-  static Result<std::unique_ptr<MetricsServer>, ConfigError> Start(
+  static Result<std::unique_ptr<MetricsServer>> Start(
       std::shared_ptr<const PrometheusCollector> collector, MetricsServerOptions options = {});
   ~MetricsServer();  // Stop()
   MetricsServer(const MetricsServer&) = delete;

@@ -80,8 +80,8 @@ class AlertEvaluator {
  public:
   // Registers an observer on `manager`, which must outlive the evaluator. Errors name the bad
   // option (interval, a threshold out of range).
-  static Result<std::unique_ptr<AlertEvaluator>, ConfigError> Create(
-      ResourceBudgetManager* manager, AlertEvaluatorOptions options = {});
+  static Result<std::unique_ptr<AlertEvaluator>> Create(ResourceBudgetManager* manager,
+                                                        AlertEvaluatorOptions options = {});
   ~AlertEvaluator();  // Stop()
   AlertEvaluator(const AlertEvaluator&) = delete;
   AlertEvaluator& operator=(const AlertEvaluator&) = delete;

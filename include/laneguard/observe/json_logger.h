@@ -27,13 +27,13 @@
 #include <cstdio>
 #include <initializer_list>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <variant>
 #include <vector>
 
 #include "laneguard/clock.h"
+#include "laneguard/internal/mutex.h"
 #include "laneguard/observer.h"
 #include "laneguard/result.h"
 #include "laneguard/trace/trace.h"
@@ -43,7 +43,7 @@ namespace laneguard {
 enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
 std::string_view ToString(LogLevel level);  // "debug", "info", "warning", "error"
 // Parses "debug", "info", "warning"/"warn", "error".
-Result<LogLevel, ConfigError> ParseLogLevel(std::string_view text);
+Result<LogLevel> ParseLogLevel(std::string_view text);
 
 using LogValue = std::variant<bool, int64_t, double, std::string_view>;
 struct LogField {
@@ -111,8 +111,7 @@ class JsonLogger {
   // Writes to `stream`, which the caller keeps open for the logger's lifetime.
   JsonLogger(Options options, std::FILE* stream);
   // Appends to the file at `path`.
-  static Result<std::unique_ptr<JsonLogger>, ConfigError> OpenFile(Options options,
-                                                                   const std::string& path);
+  static Result<std::unique_ptr<JsonLogger>> OpenFile(Options options, const std::string& path);
   ~JsonLogger();
   JsonLogger(const JsonLogger&) = delete;
   JsonLogger& operator=(const JsonLogger&) = delete;
@@ -143,12 +142,12 @@ class JsonLogger {
 
  private:
   Options options_;
-  std::FILE* stream_;
+  mutable internal::Mutex mu_;
+  std::FILE* stream_ PT_GUARDED_BY(mu_);  // written whole lines at a time, under mu_
   bool owns_stream_ = false;
-  mutable std::mutex mu_;
   std::atomic<uint64_t> lines_[4] = {};
   std::atomic<uint64_t> write_errors_{0};
-  std::string last_write_error_;  // guarded by mu_
+  std::string last_write_error_ GUARDED_BY(mu_);
 };
 
 // Logs manager events: acquired, released (success) at info; rejected, timeout warning, heap

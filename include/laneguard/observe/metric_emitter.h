@@ -39,8 +39,9 @@ class MetricEmitter {
  public:
   using Callback = std::function<void(const FlatMetrics&)>;
   // `manager` must outlive the emitter; `callback` must not be empty. Errors name the option.
-  static Result<std::unique_ptr<MetricEmitter>, ConfigError> Create(
-      const ResourceBudgetManager* manager, Callback callback, MetricEmitterOptions options = {});
+  static Result<std::unique_ptr<MetricEmitter>> Create(const ResourceBudgetManager* manager,
+                                                       Callback callback,
+                                                       MetricEmitterOptions options = {});
   ~MetricEmitter();  // Stop()
   MetricEmitter(const MetricEmitter&) = delete;
   MetricEmitter& operator=(const MetricEmitter&) = delete;

@@ -237,7 +237,7 @@ class InMemorySpanExporter final : public SpanExporter {
 // as [{"key": ..., "value": {"stringValue" | "intValue" | "doubleValue" | "boolValue": ...}}]) and
 // the resource's attributes under "resource".
 std::unique_ptr<SpanExporter> NewJsonLinesSpanExporter(std::FILE* stream);  // caller keeps it open
-Result<std::unique_ptr<SpanExporter>, ConfigError> NewJsonLinesFileSpanExporter(
+Result<std::unique_ptr<SpanExporter>> NewJsonLinesFileSpanExporter(
     const std::string& path);  // appends
 std::unique_ptr<SpanExporter> NewStdoutSpanExporter();
 
