@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """The README's C++ examples are the compiled code of examples/readme_examples.cc.
 
-Every ```cpp block of README.md must equal, line for line, the region of that file between
-`// README example N` and `// README example N end` (N counts the blocks from 1; the region's
-common indentation is removed). The file is built with the examples, so a README example that
+Every ```cpp block of README.md, less its leading #include lines, must equal line for line the
+region of that file between `// README example N` and `// README example N end` (N counts the
+blocks from 1; the region's common indentation is removed), and each of those #include lines must
+be in the file. The file is built with the examples, so a README example that
 would not compile fails the build, and one that drifts from the compiled code fails this test.
 Usage: check_readme_examples.py README.md examples/readme_examples.cc
 """
@@ -13,7 +14,17 @@ import textwrap
 
 
 def readme_blocks(text):
-    return [m.group(1).rstrip("\n") for m in re.finditer(r"^```cpp\n(.*?)^```", text, re.M | re.S)]
+    """(includes, rest) of each ```cpp block."""
+    blocks = []
+    for m in re.finditer(r"^```cpp\n(.*?)^```", text, re.M | re.S):
+        lines = m.group(1).rstrip("\n").split("\n")
+        includes = []
+        while lines and (lines[0].startswith("#include") or not lines[0].strip()):
+            line = lines.pop(0)
+            if line.strip():
+                includes.append(line)
+        blocks.append((includes, "\n".join(lines)))
+    return blocks
 
 
 def source_regions(text):
@@ -27,9 +38,14 @@ def source_regions(text):
 def main():
     readme_path, source_path = sys.argv[1], sys.argv[2]
     blocks = readme_blocks(open(readme_path, encoding="utf-8").read())
-    regions = source_regions(open(source_path, encoding="utf-8").read())
+    source = open(source_path, encoding="utf-8").read()
+    regions = source_regions(source)
+    source_lines = set(source.split("\n"))
     failures = []
-    for n, block in enumerate(blocks, start=1):
+    for n, (includes, block) in enumerate(blocks, start=1):
+        for include in includes:
+            if include not in source_lines:
+                failures.append(f"README example {n}: {include} is not in {source_path}")
         region = regions.get(n)
         if region is None:
             failures.append(f"README example {n} has no region in {source_path}")
