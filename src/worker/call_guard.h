@@ -19,9 +19,10 @@ namespace laneguard::internal {
 // Acquires (or adopts) a slot, starts the call's span, and releases the slot with the outcome.
 //
 // Timeouts: the guard is the slot's TimeoutHandler while its span records or the user set a
-// hard-timeout hook. At each phase it adds the span's "timeout" event (phase warning or
-// escalation), stamped with the deadline, and at the escalation it runs the user's hook. A caller
-// with a handler of its own (the process runner) installs that one on the slot instead
+// hard-timeout hook (a GuardedCall with tracing enabled is, from the admission on, and passes each
+// phase on to this guard once it is built). At each phase it adds the span's "timeout" event (phase
+// warning or escalation), stamped with the deadline, and at the escalation it runs the user's hook.
+// A caller with a handler of its own (the process runner) installs that one on the slot instead
 // (SetTimeoutHandler) and passes each phase on to this guard's OnWarning/OnEscalation first. A
 // phase the timer has not reported by the release (its tick came later, or no handler listened)
 // gets its event then, from the release's record, stamped the same way.
