@@ -58,6 +58,7 @@
 namespace laneguard {
 
 namespace internal {
+class CallGuard;
 class ManagerState;
 struct SlotGrant;
 }  // namespace internal
@@ -264,6 +265,9 @@ class ResourceBudgetManager {
   void Shutdown();
 
  private:
+  // The worker-call wrapper acquires through the state, with its timeout handler on the call from
+  // the admission (one store under the shard lock it takes anyway, instead of a second locking).
+  friend class internal::CallGuard;
   explicit ResourceBudgetManager(internal::ManagerState* state) : state_(state) {}
   internal::ManagerState* state_;
 };

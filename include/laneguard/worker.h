@@ -116,7 +116,14 @@ namespace internal {
 
 // The part of a call that does not depend on fn's type (src/worker/call_guard.h), held in place
 // on the caller's stack so that a call allocates nothing: the templates below see only this.
-class GuardedCall {
+//
+// With tracing enabled it is the slot's TimeoutHandler from the admission on (installing the
+// CallGuard afterwards would lock the slot's shard once more per call), and passes each phase on
+// to the CallGuard once that is built; a phase before then gets its event at the release.
+//
+// Thread safety: owned by the call's thread; OnWarning and OnEscalation run on the manager's timer
+// thread, and the CallGuard is published to them by built_ (release/acquire).
+class GuardedCall final : private TimeoutHandler {
  public:
   // Acquires (or records the refusal) and starts the span. Throws ResourceLimitExceeded.
   // `task_id` and `options` must outlive it.
@@ -136,7 +143,11 @@ class GuardedCall {
 
  private:
   CallGuard& guard();
+  void OnWarning() override;
+  void OnEscalation() override;
   alignas(16) unsigned char storage_[kStorageBytes];
+  // Before context_, whose initializer acquires: the timer thread may read it from then on.
+  std::atomic<CallGuard*> built_{nullptr};
   CallContext context_;
 };
 

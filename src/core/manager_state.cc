@@ -88,6 +88,7 @@ template <typename M>
   c.rss_start = start.rss;
   c.heap_start = memory_.heap_used_mb();
   c.concurrent_at_start = start.global_now;
+  c.handler = start.handler;
   if (copied) {
     c.metadata = std::move(*copied);
   } else if constexpr (!std::is_lvalue_reference_v<M>) {
@@ -102,7 +103,7 @@ template <typename M>
 Result<Slot, Rejection> ManagerState::TryAcquire(std::string_view task_id,
                                                  std::string_view lane_name,
                                                  const std::optional<int64_t>& timeout_ms,
-                                                 M&& metadata) {
+                                                 M&& metadata, TimeoutHandler* handler) {
   if (admission_.shutting_down())
     return Reject({RejectReason::kShuttingDown}, task_id, lane_name, nullptr);
   const int lane_index = admission_.FindLane(lane_name);
@@ -140,7 +141,8 @@ Result<Slot, Rejection> ManagerState::TryAcquire(std::string_view task_id,
                      .timeout_ms = timeout,
                      .hard_deadline = now + hard_ns,
                      .rss = rss,
-                     .global_now = global_now},
+                     .global_now = global_now,
+                     .handler = handler},
                     std::forward<M>(metadata));
   } catch (...) {
     // The manager is alive (TryAcquire runs on it): never the last release.
@@ -235,11 +237,12 @@ void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_vie
 }
 
 template Result<Slot, Rejection> ManagerState::TryAcquire<const Metadata&>(
-    std::string_view, std::string_view, const std::optional<int64_t>&, const Metadata&);
+    std::string_view, std::string_view, const std::optional<int64_t>&, const Metadata&,
+    TimeoutHandler*);
 template Result<Slot, Rejection> ManagerState::TryAcquire<Metadata>(std::string_view,
                                                                     std::string_view,
                                                                     const std::optional<int64_t>&,
-                                                                    Metadata&&);
+                                                                    Metadata&&, TimeoutHandler*);
 
 // ---- release ------------------------------------------------------------------------------------
 

@@ -41,10 +41,13 @@ class ManagerState {
 
   // `metadata` is a const Metadata& (copied into the call when not empty) or a Metadata&&
   // (moved). The timeout by reference: an optional passed by value is often written in two parts
-  // and read back whole, a store-forwarding stall of about 5 ns in the caller.
+  // and read back whole, a store-forwarding stall of about 5 ns in the caller. A granted call has
+  // `handler` as its TimeoutHandler from the start (Slot::SetTimeoutHandler without locking the
+  // shard a second time): it may be told of a phase before the caller has the slot.
   template <typename M>
   Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
-                                     const std::optional<int64_t>& timeout_ms, M&& metadata);
+                                     const std::optional<int64_t>& timeout_ms, M&& metadata,
+                                     TimeoutHandler* handler = nullptr);
   // With `fail_if_late`, Slot::ReleaseUnlessLate; without, Slot::Release. May free this state
   // (the last release of a destroyed manager's call).
   ReleaseOutcome Release(Slot& slot, bool success, std::string_view error_type,
@@ -75,6 +78,7 @@ class ManagerState {
     int64_t now = 0, timeout_ms = 0, hard_deadline = 0;
     double rss = 0;
     int global_now = 0;
+    TimeoutHandler* handler = nullptr;
   };
 
   Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,

@@ -19,9 +19,10 @@ namespace laneguard::internal {
 // Acquires (or adopts) a slot, starts the call's span, and releases the slot with the outcome.
 //
 // Timeouts: the guard is the slot's TimeoutHandler while its span records or the user set a
-// hard-timeout hook. At each phase it adds the span's "timeout" event (phase warning or
-// escalation), stamped with the deadline, and at the escalation it runs the user's hook. A caller
-// with a handler of its own (the process runner) installs that one on the slot instead
+// hard-timeout hook (a GuardedCall with tracing enabled is, from the admission on, and passes each
+// phase on to this guard once it is built). At each phase it adds the span's "timeout" event (phase
+// warning or escalation), stamped with the deadline, and at the escalation it runs the user's hook.
+// A caller with a handler of its own (the process runner) installs that one on the slot instead
 // (SetTimeoutHandler) and passes each phase on to this guard's OnWarning/OnEscalation first. A
 // phase the timer has not reported by the release (its tick came later, or no handler listened)
 // gets its event then, from the release's record, stamped the same way.
@@ -38,7 +39,14 @@ class CallGuard final : public TimeoutHandler {
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options)
       : CallGuard(calls, task_id, options,
                   calls.manager().TryAcquire(task_id, options.lane, options.timeout_ms,
-                                             options.metadata)) {}
+                                             options.metadata)) {
+    ListenIfRecording();
+  }
+  // Acquires with `listener` as the slot's TimeoutHandler from the admission on (GuardedCall's
+  // way: it passes the phases on once this guard is built); a null one acts as the constructor
+  // above.
+  CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
+            TimeoutHandler* listener);
   // Adopts a slot the caller acquired (options.lane must be its lane); never throws for a refusal.
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options, Slot slot);
   ~CallGuard();  // releases as abandoned if neither Succeeded, Failed nor Settle released it
@@ -71,6 +79,11 @@ class CallGuard final : public TimeoutHandler {
   // The call's span (tracing enabled) with its first attributes and events.
   // Named worker_call:<lane>, as the spec names it.
   Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options) const;
+  // The span's timeout events are written as the phases happen, which takes a handler on the slot
+  // (a store under the slot's shard lock); a span that does not record needs none.
+  void ListenIfRecording() {
+    if (span_.recording()) SetTimeoutHandler(this);
+  }
   // Throws ResourceLimitExceeded, or lets the call run unguarded (counted and logged).
   void Refused(const Rejection& rejection, const CallOptions& options);
   // The recording span's closing events and status, after the slot is released: its record says

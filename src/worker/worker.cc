@@ -10,6 +10,7 @@
 #include <new>
 #include <typeinfo>
 
+#include "core/manager_state.h"
 #include "trace/span_fast_path.h"
 #include "worker/call_guard.h"
 
@@ -82,7 +83,10 @@ static_assert(sizeof(CallGuard) <= GuardedCall::kStorageBytes);
 static_assert(alignof(CallGuard) <= 16);
 
 GuardedCall::GuardedCall(WorkerCalls& calls, std::string_view task_id, const CallOptions& options)
-    : context_(new (storage_) CallGuard(calls, task_id, options)) {}
+    : context_(new (storage_)
+                   CallGuard(calls, task_id, options, calls.tracer().enabled() ? this : nullptr)) {
+  built_.store(&guard(), std::memory_order_release);
+}
 
 GuardedCall::~GuardedCall() { guard().~CallGuard(); }
 
@@ -92,9 +96,32 @@ void GuardedCall::Succeeded() { guard().Succeeded(); }
 
 void GuardedCall::Failed() { guard().Failed(); }
 
+void GuardedCall::OnWarning() {
+  if (CallGuard* built = built_.load(std::memory_order_acquire)) built->OnWarning();
+}
+
+void GuardedCall::OnEscalation() {
+  if (CallGuard* built = built_.load(std::memory_order_acquire)) built->OnEscalation();
+}
+
+// Through the manager's state, which takes the listener in the same locking as the slot.
+CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
+                     TimeoutHandler* listener)
+    : CallGuard(calls, task_id, options,
+                calls.manager().state_->TryAcquire(task_id, options.lane, options.timeout_ms,
+                                                   options.metadata, listener)) {
+  if (listener == nullptr) {
+    ListenIfRecording();
+  } else if (slot_.valid()) {
+    handler_ = listener;
+  }
+}
+
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      Slot slot)
-    : CallGuard(calls, task_id, options, Result<Slot, Rejection>(std::move(slot))) {}
+    : CallGuard(calls, task_id, options, Result<Slot, Rejection>(std::move(slot))) {
+  ListenIfRecording();
+}
 
 // The span is made in place, in the member: returned and moved into it, its ids were stored
 // and at once read back wider than they were written, a store-forwarding stall on every call.
@@ -112,9 +139,6 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
     Refused(acquired.error(), options);
     return;
   }
-  // The span's timeout events are written as the phases happen, which takes a handler on the
-  // slot (a store under the slot's shard lock); a span that does not record needs none.
-  if (span_.recording()) SetTimeoutHandler(this);
 }
 
 Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired,

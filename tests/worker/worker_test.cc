@@ -393,6 +393,29 @@ TEST_F(WorkerTest, TimeoutEventsAreOnTheSpanBeforeTheCallIsReleased) {
   EXPECT_EQ(StrAttr(span.events[3].attributes, "phase"), "escalation");
 }
 
+// The wrapper listens for the phases from the admission on whenever tracing is enabled, also for a
+// span sampled out (which gets no events); the hard-timeout hook runs either way, and with tracing
+// off too, where the guard listens only once a hook is set.
+TEST_F(WorkerTest, TheHardTimeoutHookRunsWhetherTheSpanRecordsOrNot) {
+  for (const auto& [sample_rate, spans] : {std::pair{0.0, true}, std::pair{1.0, false}}) {
+    Build(Config{}, sample_rate, spans);
+    bool hook_ran = false;
+    EXPECT_THROW(calls_->Call("t",
+                              [&](CallContext& ctx) {
+                                ctx.OnHardTimeout([&] { hook_ran = true; });
+                                clock_.AdvanceMs(100);
+                                manager_->Tick();
+                                clock_.AdvanceMs(50);
+                                manager_->Tick();
+                              },
+                              {.timeout_ms = 100}),
+                 WorkerCallTimeout);
+    EXPECT_TRUE(hook_ran) << sample_rate << " " << spans;
+    EXPECT_TRUE(Spans().empty());
+    EXPECT_EQ(Active(), 0);
+  }
+}
+
 // On a tracer clock of its own, a deadline keeps its distance from the span's start.
 TEST_F(WorkerTest, TimeoutEventsFollowTheTracersOwnClock) {
   OwnClockCalls own(*this);
