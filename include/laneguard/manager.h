@@ -232,12 +232,11 @@ class ResourceBudgetManager {
   // The overloads differ only in what they cost the caller: the two-argument form builds no
   // optional and no metadata, and `metadata` is copied only when it is not empty (moved when given
   // as an rvalue).
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane);
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
-                                     const std::optional<int64_t>& timeout_ms,
-                                     const Metadata& metadata = {});
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
-                                     const std::optional<int64_t>& timeout_ms, Metadata&& metadata);
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane);
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane,
+                          const std::optional<int64_t>& timeout_ms, const Metadata& metadata = {});
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane,
+                          const std::optional<int64_t>& timeout_ms, Metadata&& metadata);
   // Same as slot.Release(success, error_type).
   bool Release(Slot& slot, bool success, std::string_view error_type = {});
 

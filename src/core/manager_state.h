@@ -43,8 +43,8 @@ class ManagerState {
   // (moved). The timeout by reference: an optional passed by value is often written in two parts
   // and read back whole, a store-forwarding stall of about 5 ns in the caller.
   template <typename M>
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
-                                     const std::optional<int64_t>& timeout_ms, M&& metadata);
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane_name,
+                          const std::optional<int64_t>& timeout_ms, M&& metadata);
   // With `fail_if_late`, Slot::ReleaseUnlessLate; without, Slot::Release. May free this state
   // (the last release of a destroyed manager's call).
   ReleaseOutcome Release(Slot& slot, bool success, std::string_view error_type,
@@ -77,8 +77,8 @@ class ManagerState {
     int global_now = 0;
   };
 
-  Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,
-                                 std::string_view lane_name, const LaneState* lane);
+  Result<Slot> Reject(const Refusal& f, std::string_view task_id, std::string_view lane_name,
+                      const LaneState* lane);
   [[gnu::noinline]] void NotifyRejected(const Refusal& f, std::string_view task_id,
                                         std::string_view lane_name, const LaneState* lane);
   // Where a call was set up in its shard.

@@ -67,10 +67,10 @@ class CallGuard final : public TimeoutHandler {
  private:
   friend class laneguard::CallContext;
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-            Result<Slot, Rejection>&& acquired);
+            Result<Slot>&& acquired);
   // The call's span (tracing enabled) with its first attributes and events.
   // Named worker_call:<lane>, as the spec names it.
-  Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options) const;
+  Span StartSpan(const Result<Slot>& acquired, const CallOptions& options) const;
   // Throws ResourceLimitExceeded, or lets the call run unguarded (counted and logged).
   void Refused(const Rejection& rejection, const CallOptions& options);
   // The recording span's closing events and status, after the slot is released: its record says
