@@ -223,7 +223,8 @@ class ResourceBudgetManager {
 
   // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 or
   // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
-  // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a
+  // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. A
+  // refusal is an Error whose rejection() is the Rejection (its code: CodeOf(reason)). With a
   // short task id (<= 39 bytes) and no metadata the granted path makes no syscall and, once warm,
   // no heap allocation. Nor does a rejection naming a lane of up to 15 bytes, once this manager
   // has refused the calling thread before (the first time registers the thread's rejection
