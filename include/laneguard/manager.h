@@ -224,7 +224,8 @@ class ResourceBudgetManager {
 
   // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 or
   // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
-  // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. With a
+  // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. A
+  // refusal is an Error whose rejection() is the Rejection (its code: CodeOf(reason)). With a
   // short task id (<= 39 bytes) and no metadata the granted path makes no syscall and, once warm,
   // no heap allocation. Nor does a rejection naming a lane of up to 15 bytes, once this manager
   // has refused the calling thread before (the first time registers the thread's rejection
@@ -233,12 +234,11 @@ class ResourceBudgetManager {
   // The overloads differ only in what they cost the caller: the two-argument form builds no
   // optional and no metadata, and `metadata` is copied only when it is not empty (moved when given
   // as an rvalue).
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane);
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
-                                     const std::optional<int64_t>& timeout_ms,
-                                     const Metadata& metadata = {});
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane,
-                                     const std::optional<int64_t>& timeout_ms, Metadata&& metadata);
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane);
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane,
+                          const std::optional<int64_t>& timeout_ms, const Metadata& metadata = {});
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane,
+                          const std::optional<int64_t>& timeout_ms, Metadata&& metadata);
   // Same as slot.Release(success, error_type).
   bool Release(Slot& slot, bool success, std::string_view error_type = {});
 

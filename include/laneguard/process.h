@@ -227,11 +227,11 @@ class ProcessRunner {
   explicit ProcessRunner(WorkerCalls& calls, ProcessRunnerOptions options = {});
   ~ProcessRunner();  // removes the pooled cgroups
 
-  // Takes a slot (a refusal is returned, and nothing runs), runs the program to its end, settles
-  // the slot. `cancel` stops the program (SIGTERM, SIGKILL after cancel_grace).
-  Result<ProcessResult, Rejection> Run(std::string_view task_id, const ProcessSpec& spec,
-                                       const CallOptions& options = {},
-                                       const std::stop_token& cancel = {});
+  // Takes a slot (a refusal is returned as TryAcquire's Error, and nothing runs), runs the
+  // program to its end, settles the slot. `cancel` stops the program (SIGTERM, SIGKILL after
+  // cancel_grace).
+  Result<ProcessResult> Run(std::string_view task_id, const ProcessSpec& spec,
+                            const CallOptions& options = {}, const std::stop_token& cancel = {});
   // The same under a slot the caller already holds (a scheduler that waits for places), which
   // the run settles.
   ProcessResult RunWithSlot(Slot slot, std::string_view task_id, const ProcessSpec& spec,

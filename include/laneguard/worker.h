@@ -41,6 +41,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "laneguard/error.h"
 #include "laneguard/executor.h"
 #include "laneguard/manager.h"
 #include "laneguard/observe/json_logger.h"
@@ -48,15 +49,19 @@
 
 namespace laneguard {
 
-// Thrown when a call is refused and throw_on_resource_limit_exceeded is true.
+// Thrown when a call is refused and throw_on_resource_limit_exceeded is true. It carries the
+// refusal as the Error TryAcquire returned (code, field, value, message), so a caller that catches
+// it handles it like any other Error; rejection() is that Error's payload. what() is
+// "Resource limit exceeded: " and the rejection's message.
 class ResourceLimitExceeded : public std::runtime_error {
  public:
   explicit ResourceLimitExceeded(Rejection rejection);
-  const Rejection& rejection() const { return rejection_; }
-  RejectReason reason() const { return rejection_.reason; }
+  const Error& error() const { return error_; }
+  const Rejection& rejection() const { return *error_.rejection(); }
+  RejectReason reason() const { return rejection().reason; }
 
  private:
-  Rejection rejection_;
+  Error error_;  // always holds a Rejection
 };
 
 // Thrown when fn returned after its hard deadline (its result, if any, is discarded).

@@ -245,7 +245,7 @@ class BatchExecution {
       JobOutcome& outcome = report_.jobs[index];
       auto slot = manager_.TryAcquire(job.id, job.lane, job.timeout_ms, job.metadata);
       if (!slot.ok()) {
-        const RejectReason reason = slot.error().reason;
+        const RejectReason reason = slot.error().rejection()->reason;
         if (reason == RejectReason::kLaneLimit) return true;
         // Our own RSS over maxRssMb comes down as jobs finish, but not with nothing running.
         if (reason == RejectReason::kGlobalLimit ||

@@ -85,20 +85,17 @@ ResourceBudgetManager::~ResourceBudgetManager() {
   if (state_->Orphan()) delete state_;
 }
 
-Result<Slot, Rejection> ResourceBudgetManager::TryAcquire(std::string_view task_id,
-                                                          std::string_view lane) {
+Result<Slot> ResourceBudgetManager::TryAcquire(std::string_view task_id, std::string_view lane) {
   return state_->TryAcquire(task_id, lane, kDefaultTimeout, kNoMetadata);
 }
-Result<Slot, Rejection> ResourceBudgetManager::TryAcquire(std::string_view task_id,
-                                                          std::string_view lane,
-                                                          const std::optional<int64_t>& timeout_ms,
-                                                          const Metadata& metadata) {
+Result<Slot> ResourceBudgetManager::TryAcquire(std::string_view task_id, std::string_view lane,
+                                               const std::optional<int64_t>& timeout_ms,
+                                               const Metadata& metadata) {
   return state_->TryAcquire(task_id, lane, timeout_ms, metadata);
 }
-Result<Slot, Rejection> ResourceBudgetManager::TryAcquire(std::string_view task_id,
-                                                          std::string_view lane,
-                                                          const std::optional<int64_t>& timeout_ms,
-                                                          Metadata&& metadata) {
+Result<Slot> ResourceBudgetManager::TryAcquire(std::string_view task_id, std::string_view lane,
+                                               const std::optional<int64_t>& timeout_ms,
+                                               Metadata&& metadata) {
   return state_->TryAcquire(task_id, lane, timeout_ms, std::move(metadata));
 }
 

@@ -100,10 +100,9 @@ template <typename M>
 }
 
 template <typename M>
-Result<Slot, Rejection> ManagerState::TryAcquire(std::string_view task_id,
-                                                 std::string_view lane_name,
-                                                 const std::optional<int64_t>& timeout_ms,
-                                                 M&& metadata, TimeoutHandler* handler) {
+Result<Slot> ManagerState::TryAcquire(std::string_view task_id, std::string_view lane_name,
+                                      const std::optional<int64_t>& timeout_ms, M&& metadata,
+                                      TimeoutHandler* handler) {
   if (admission_.shutting_down())
     return Reject({RejectReason::kShuttingDown}, task_id, lane_name, nullptr);
   const int lane_index = admission_.FindLane(lane_name);
@@ -154,28 +153,28 @@ Result<Slot, Rejection> ManagerState::TryAcquire(std::string_view task_id,
                    *call.metadata);
   }
   // A prvalue, so it is built in the caller's Result: a named local would be moved there.
-  return Result<Slot, Rejection>(std::in_place_index<0>, Slot::Key(),
-                                 SlotGrant{.state = this,
-                                           .index = CallTable::PackIndex(shard_index, call.entry),
-                                           .generation = call.generation,
-                                           .call_id = call.call_id,
-                                           .start = now,
-                                           .deadline = now + timeout_ns,
-                                           .hard_deadline = now + hard_ns,
-                                           .global_active = global_now,
-                                           .lane_active = lane_now});
+  return Result<Slot>(std::in_place_index<0>, Slot::Key(),
+                      SlotGrant{.state = this,
+                                .index = CallTable::PackIndex(shard_index, call.entry),
+                                .generation = call.generation,
+                                .call_id = call.call_id,
+                                .start = now,
+                                .deadline = now + timeout_ns,
+                                .hard_deadline = now + hard_ns,
+                                .global_active = global_now,
+                                .lane_active = lane_now});
 }
 
-Result<Slot, Rejection> ManagerState::Reject(const Refusal& f, std::string_view task_id,
-                                             std::string_view lane_name, const LaneState* lane) {
+Result<Slot> ManagerState::Reject(const Refusal& f, std::string_view task_id,
+                                  std::string_view lane_name, const LaneState* lane) {
   admission_.CountRejection(lane != nullptr ? lane->index : admission_.lane_count(), f.reason);
   if (events_.HasObservers()) [[unlikely]]
     NotifyRejected(f, task_id, lane_name, lane);
-  // Built in place, lane string included: a Rejection or a std::string moved into the result
-  // would copy the lane's characters a second time.
-  return Result<Slot, Rejection>(std::in_place_index<1>, f.reason, lane_name,
-                                 static_cast<int>(f.active), static_cast<int>(f.limit), f.rss_mb,
-                                 f.max_rss_mb, f.timeout_ms);
+  // Built in place, the Error's Rejection and its lane string included: a Rejection or a
+  // std::string moved into the result would copy the lane's characters a second time.
+  return Result<Slot>(std::in_place_index<1>, std::in_place_type<Rejection>, f.reason, lane_name,
+                      static_cast<int>(f.active), static_cast<int>(f.limit), f.rss_mb, f.max_rss_mb,
+                      f.timeout_ms);
 }
 
 // Out of line: its event and snapshot would otherwise give every rejection a large frame.
@@ -236,13 +235,12 @@ void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_vie
   }
 }
 
-template Result<Slot, Rejection> ManagerState::TryAcquire<const Metadata&>(
-    std::string_view, std::string_view, const std::optional<int64_t>&, const Metadata&,
-    TimeoutHandler*);
-template Result<Slot, Rejection> ManagerState::TryAcquire<Metadata>(std::string_view,
-                                                                    std::string_view,
-                                                                    const std::optional<int64_t>&,
-                                                                    Metadata&&, TimeoutHandler*);
+template Result<Slot> ManagerState::TryAcquire<const Metadata&>(std::string_view, std::string_view,
+                                                                const std::optional<int64_t>&,
+                                                                const Metadata&, TimeoutHandler*);
+template Result<Slot> ManagerState::TryAcquire<Metadata>(std::string_view, std::string_view,
+                                                         const std::optional<int64_t>&, Metadata&&,
+                                                         TimeoutHandler*);
 
 // ---- release ------------------------------------------------------------------------------------
 

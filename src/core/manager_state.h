@@ -45,9 +45,9 @@ class ManagerState {
   // `handler` as its TimeoutHandler from the start (Slot::SetTimeoutHandler without locking the
   // shard a second time): it may be told of a phase before the caller has the slot.
   template <typename M>
-  Result<Slot, Rejection> TryAcquire(std::string_view task_id, std::string_view lane_name,
-                                     const std::optional<int64_t>& timeout_ms, M&& metadata,
-                                     TimeoutHandler* handler = nullptr);
+  Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane_name,
+                          const std::optional<int64_t>& timeout_ms, M&& metadata,
+                          TimeoutHandler* handler = nullptr);
   // With `fail_if_late`, Slot::ReleaseUnlessLate; without, Slot::Release. May free this state
   // (the last release of a destroyed manager's call).
   ReleaseOutcome Release(Slot& slot, bool success, std::string_view error_type,
@@ -81,8 +81,8 @@ class ManagerState {
     TimeoutHandler* handler = nullptr;
   };
 
-  Result<Slot, Rejection> Reject(const Refusal& f, std::string_view task_id,
-                                 std::string_view lane_name, const LaneState* lane);
+  Result<Slot> Reject(const Refusal& f, std::string_view task_id, std::string_view lane_name,
+                      const LaneState* lane);
   [[gnu::noinline]] void NotifyRejected(const Refusal& f, std::string_view task_id,
                                         std::string_view lane_name, const LaneState* lane);
   // Where a call was set up in its shard.

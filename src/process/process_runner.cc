@@ -943,10 +943,9 @@ ProcessRunner::~ProcessRunner() {
   if (null_fd_ >= 0) close(null_fd_);
 }
 
-Result<ProcessResult, Rejection> ProcessRunner::Run(std::string_view task_id,
-                                                    const ProcessSpec& spec,
-                                                    const CallOptions& options,
-                                                    const std::stop_token& cancel) {
+Result<ProcessResult> ProcessRunner::Run(std::string_view task_id, const ProcessSpec& spec,
+                                         const CallOptions& options,
+                                         const std::stop_token& cancel) {
   auto slot =
       calls_.manager().TryAcquire(task_id, options.lane, options.timeout_ms, options.metadata);
   // A refusal reaches the manager's observers (log line, counters) like any other.

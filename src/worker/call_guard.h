@@ -75,10 +75,10 @@ class CallGuard final : public TimeoutHandler {
  private:
   friend class laneguard::CallContext;
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-            Result<Slot, Rejection>&& acquired);
+            Result<Slot>&& acquired);
   // The call's span (tracing enabled) with its first attributes and events.
   // Named worker_call:<lane>, as the spec names it.
-  Span StartSpan(const Result<Slot, Rejection>& acquired, const CallOptions& options) const;
+  Span StartSpan(const Result<Slot>& acquired, const CallOptions& options) const;
   // The span's timeout events are written as the phases happen, which takes a handler on the slot
   // (a store under the slot's shard lock); a span that does not record needs none.
   void ListenIfRecording() {

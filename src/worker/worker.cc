@@ -44,7 +44,7 @@ std::string CurrentExceptionMessage() {
 
 ResourceLimitExceeded::ResourceLimitExceeded(Rejection rejection)
     : std::runtime_error("Resource limit exceeded: " + rejection.message()),
-      rejection_(std::move(rejection)) {}
+      error_(std::in_place_type<Rejection>, std::move(rejection)) {}
 
 WorkerCallTimeout::WorkerCallTimeout(std::string_view task_id, std::string_view lane,
                                      int64_t timeout_ms, double duration_ms)
@@ -119,14 +119,14 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
 
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      Slot slot)
-    : CallGuard(calls, task_id, options, Result<Slot, Rejection>(std::move(slot))) {
+    : CallGuard(calls, task_id, options, Result<Slot>(std::move(slot))) {
   ListenIfRecording();
 }
 
 // The span is made in place, in the member: returned and moved into it, its ids were stored
 // and at once read back wider than they were written, a store-forwarding stall on every call.
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
-                     Result<Slot, Rejection>&& acquired)
+                     Result<Slot>&& acquired)
     : calls_(calls),
       task_id_(task_id),
       lane_(options.lane),
@@ -136,13 +136,12 @@ CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOpt
       span_(calls.tracer().enabled() ? StartSpan(acquired, options) : Span()),
       slot_(acquired.ok() ? std::move(acquired.value()) : Slot()) {
   if (!acquired.ok()) {
-    Refused(acquired.error(), options);
+    Refused(*acquired.error().rejection(), options);
     return;
   }
 }
 
-Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired,
-                          const CallOptions& options) const {
+Span CallGuard::StartSpan(const Result<Slot>& acquired, const CallOptions& options) const {
   constexpr std::string_view kPrefix = "worker_call:";
   Tracer& tracer = calls_.tracer();
   const SpanContext* parent =
@@ -174,7 +173,7 @@ Span CallGuard::StartSpan(const Result<Slot, Rejection>& acquired,
               {{"globalConcurrency", int64_t{acquired->global_active_at_start()}},
                {"laneConcurrency", int64_t{acquired->lane_active_at_start()}}});
         } else {
-          const Rejection& rejection = acquired.error();
+          const Rejection& rejection = *acquired.error().rejection();
           edit.SetAttributes({{"laneguard.rejection_reason", ToString(rejection.reason)}});
           if (refused_and_throws) {
             edit.SetStatus(StatusCode::kError, "Resource limit exceeded: " + rejection.message());

@@ -301,7 +301,7 @@ TEST_F(ManagerTest, LaneLimitRejectsWithReasonAndMessage) {
   Slot first = m->TryAcquire("model-1", "forecast_model").value();
   auto second = m->TryAcquire("model-2", "forecast_model");
   ASSERT_FALSE(second.ok());
-  EXPECT_EQ(second.error().reason, RejectReason::kLaneLimit);
+  EXPECT_EQ(second.error().rejection()->reason, RejectReason::kLaneLimit);
   EXPECT_EQ(second.error().message(),
             "lane_limit: lane 'forecast_model' is at its limit (1/1 active)");
   auto stats = m->GetStatistics();
@@ -317,6 +317,37 @@ TEST_F(ManagerTest, LaneLimitRejectsWithReasonAndMessage) {
   EXPECT_TRUE(m->TryAcquire("model-3", "forecast_model").ok());
 }
 
+// A refusal is the library's one Error type: a code to switch on, the lane as the field at
+// fault, and the Rejection as its payload.
+TEST_F(ManagerTest, ARefusalFromTryAcquireIsAnErrorWithItsRejection) {
+  auto m = Make();
+  Slot first = m->TryAcquire("model-1", "forecast_model").value();
+  Result<Slot> second = m->TryAcquire("model-2", "forecast_model");
+  ASSERT_FALSE(second.ok());
+  const Error& error = second.error();
+  EXPECT_EQ(error.code(), ErrorCode::kResourceExhausted);
+  EXPECT_EQ(error.field(), "lane");
+  EXPECT_EQ(error.value(), "forecast_model");
+  const Rejection* rejection = error.rejection();
+  ASSERT_NE(rejection, nullptr);
+  EXPECT_EQ(rejection->reason, RejectReason::kLaneLimit);
+  EXPECT_EQ(rejection->lane, "forecast_model");
+  EXPECT_EQ(rejection->active, 1);
+  EXPECT_EQ(rejection->limit, 1);
+  EXPECT_EQ(error.message(), rejection->message());
+}
+
+TEST_F(ManagerTest, AnUnknownLaneIsANotFoundError) {
+  auto m = Make();
+  Result<Slot> r = m->TryAcquire("t", "no_such_lane");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code(), ErrorCode::kNotFound);
+  EXPECT_EQ(r.error().field(), "lane");
+  EXPECT_EQ(r.error().value(), "no_such_lane");
+  ASSERT_NE(r.error().rejection(), nullptr);
+  EXPECT_EQ(r.error().rejection()->reason, RejectReason::kUnknownLane);
+}
+
 TEST_F(ManagerTest, GlobalLimitRejectsAcrossLanes) {
   Config c;
   c.global_concurrency_limit = 3;
@@ -328,7 +359,7 @@ TEST_F(ManagerTest, GlobalLimitRejectsAcrossLanes) {
   held.push_back(m->TryAcquire("3", "b").value());
   auto r = m->TryAcquire("4", "b");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().reason, RejectReason::kGlobalLimit);
+  EXPECT_EQ(r.error().rejection()->reason, RejectReason::kGlobalLimit);
   EXPECT_THAT(r.error().message(), HasSubstr("global concurrency is at its limit (3/3 active)"));
   EXPECT_EQ(m->GetStatistics().rejections_by_reason.at("global_limit"), 1);
 }
@@ -351,7 +382,8 @@ TEST_F(ManagerTest, CustomLanesWork) {
   auto m = Make(c);
   std::vector<Slot> held;
   for (int i = 0; i < 5; ++i) held.push_back(m->TryAcquire("c", "custom_lane").value());
-  EXPECT_EQ(m->TryAcquire("c", "custom_lane").error().reason, RejectReason::kLaneLimit);
+  EXPECT_EQ(m->TryAcquire("c", "custom_lane").error().rejection()->reason,
+            RejectReason::kLaneLimit);
   EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("custom_lane").limit, 5);
 }
 
@@ -520,7 +552,7 @@ TEST_F(ManagerTest, UnknownLaneIsRejected) {
   auto m = Make();
   auto r = m->TryAcquire("t", "no_such_lane");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().reason, RejectReason::kUnknownLane);
+  EXPECT_EQ(r.error().rejection()->reason, RejectReason::kUnknownLane);
   EXPECT_THAT(r.error().message(), HasSubstr("'no_such_lane'"));
   EXPECT_EQ(m->GetStatistics().rejections_by_reason.at("unknown_lane"), 1);
 }
@@ -539,7 +571,7 @@ TEST_F(ManagerTest, LaneLookupTellsApartNamesDifferingInOneByteAnywhere) {
       near[at] = 'b';
       auto r = m->TryAcquire("t", near);
       ASSERT_FALSE(r.ok()) << near;
-      EXPECT_EQ(r.error().reason, RejectReason::kUnknownLane) << near;
+      EXPECT_EQ(r.error().rejection()->reason, RejectReason::kUnknownLane) << near;
     }
     Slot slot = m->TryAcquire("t", name).value();
     EXPECT_EQ(m->GetConcurrencyStatus().lanes.at(name).active, 1) << name;
@@ -552,7 +584,7 @@ TEST_F(ManagerTest, NonPositiveTimeoutIsRejected) {
   for (int64_t t : {int64_t{0}, int64_t{-5}, kMaxTimeoutMs + 1}) {
     auto r = m->TryAcquire("t", "critic", t);
     ASSERT_FALSE(r.ok());
-    EXPECT_EQ(r.error().reason, RejectReason::kInvalidTimeout);
+    EXPECT_EQ(r.error().rejection()->reason, RejectReason::kInvalidTimeout);
     EXPECT_THAT(r.error().message(), HasSubstr("got " + std::to_string(t)));
   }
   EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
@@ -565,7 +597,7 @@ TEST_F(ManagerTest, ShutdownRejectsNewCallsAndKeepsOutstandingSlotsReleasable) {
   m->Shutdown();  // idempotent
   auto r = m->TryAcquire("t", "critic");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().reason, RejectReason::kShuttingDown);
+  EXPECT_EQ(r.error().rejection()->reason, RejectReason::kShuttingDown);
   EXPECT_TRUE(s.Release(true));
   EXPECT_EQ(m->GetConcurrencyStatus().global.active, 0);
 }
@@ -598,7 +630,7 @@ TEST_F(ManagerTest, RssAboveLimitRejectsWithMemoryLimit) {
   auto m = Make();
   auto r = m->TryAcquire("t", "tool_call");
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().reason, RejectReason::kMemoryLimit);
+  EXPECT_EQ(r.error().rejection()->reason, RejectReason::kMemoryLimit);
   EXPECT_THAT(r.error().message(), HasSubstr("maxRssMb"));
 
   figures_->rss = 300;

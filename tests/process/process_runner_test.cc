@@ -318,7 +318,7 @@ TEST_F(ProcessRunnerTest, RefusedRunStartsNothing) {
   const std::string marker = Path("ran");
   auto r = runner_->Run("task", Shell("touch " + marker), {.lane = "critic"});
   ASSERT_FALSE(r.ok());
-  EXPECT_EQ(r.error().reason, RejectReason::kLaneLimit);
+  EXPECT_EQ(r.error().rejection()->reason, RejectReason::kLaneLimit);
   EXPECT_FALSE(Exists(marker));
 }
 

@@ -467,6 +467,10 @@ TEST_F(WorkerTest, ResourceLimitRejectionThrowsATypedErrorNamingTheReason) {
     EXPECT_THAT(e.what(), StartsWith("Resource limit exceeded"));
     EXPECT_THAT(e.what(), HasSubstr("lane_limit"));
     EXPECT_EQ(e.reason(), RejectReason::kLaneLimit);
+    // The refusal as the Error TryAcquire returned: what() is its message, prefixed.
+    EXPECT_EQ(e.error().code(), ErrorCode::kResourceExhausted);
+    EXPECT_EQ(e.error().field(), "lane");
+    EXPECT_EQ(std::string(e.what()), "Resource limit exceeded: " + e.error().message());
   }
   EXPECT_FALSE(ran);
   EXPECT_THROW(calls_->Call("t", [] {}, {.lane = "nope"}), ResourceLimitExceeded);
