@@ -39,7 +39,12 @@ configure: deps
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)
 
-test: build
+# The benchmarks are not built here (their link-time optimized link is minutes of CI); `make bench`
+# builds them, and `make thread-safety` compiles them.
+test: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_WERROR=$(WERROR) \
+	  -DLANEGUARD_BUILD_BENCH=OFF $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # The main job: an upgrade run through `laneguard batch`. Two of its jobs are meant to be stopped
@@ -61,22 +66,28 @@ demo-library: configure
 	  --spans $(BUILD)/demo-library-spans.jsonl
 
 BENCH_FLAGS := --benchmark_out_format=json --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
-bench: build
+bench: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_WERROR=$(WERROR) \
+	  -DLANEGUARD_BUILD_BENCH=ON $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS)
 	$(BUILD)/bin/laneguard_bench --benchmark_out=$(BUILD)/bench.json $(BENCH_FLAGS)
 
 # Instructions per call on the calling thread (valgrind's callgrind), for regressions: BENCHMARKS.md.
-callgrind: configure
+callgrind: deps
 	dpkg-query -W valgrind >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq valgrind
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_WERROR=$(WERROR) \
+	  -DLANEGUARD_BUILD_BENCH=ON $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS) --target laneguard_callgrind_calls
 	bench/callgrind.sh $(BUILD)
 
-# clang's -Wthread-safety over the libraries, the CLI and the examples: every GUARDED_BY and
-# REQUIRES is checked, and a finding fails the build (warnings are errors here whatever WERROR says).
+# clang's -Wthread-safety over the libraries, the CLI, the examples and the benchmarks: every
+# GUARDED_BY and REQUIRES is checked, and a finding fails the build (warnings are errors here
+# whatever WERROR says). It is also where CI compiles the benchmarks.
 # A debug build without link-time optimization: this checks, it does not run.
 thread-safety: deps
 	dpkg-query -W clang-14 >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq clang-14
 	CC=clang-14 CXX=clang++-14 cmake -S . -B build-tsa -DCMAKE_BUILD_TYPE=Debug -DLANEGUARD_LTO=OFF \
-	  -DLANEGUARD_BUILD_TESTS=OFF -DLANEGUARD_BUILD_BENCH=OFF -DLANEGUARD_WERROR=ON
+	  -DLANEGUARD_BUILD_TESTS=OFF -DLANEGUARD_BUILD_BENCH=ON -DLANEGUARD_WERROR=ON
 	cmake --build build-tsa -j $(JOBS)
 
 # The sanitizer builds are for the tests; the benchmarks are not built there.
