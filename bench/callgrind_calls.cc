@@ -15,17 +15,11 @@
 #include <utility>
 #include <vector>
 
+#include "discard_exporter.h"
 #include "laneguard/worker.h"
 
 namespace laneguard {
 namespace {
-
-class DiscardExporter final : public SpanExporter {
- public:
-  bool Export(const std::vector<SpanData>& batch, const Resource&) override {
-    return !batch.empty();
-  }
-};
 
 template <typename Body>
 [[gnu::noinline]] void RunLoop(long n, Body&& body) {
