@@ -45,6 +45,13 @@ inline constexpr int64_t kMaxMemorySampleIntervalMs = 3'600'000;
 // 100000000 ms meant timeouts never fired at all.
 inline constexpr int64_t kMaxTimerTickMs = 1'000;
 
+// Upper bound of every queue limit.
+inline constexpr int kMaxQueueLimit = 1'000'000;
+// Upper bound of laneBorrowingLimitPercent.
+inline constexpr int kMaxBorrowingLimitPercent = 1'000;
+
+enum class TaskQuotaAction { kRefuse, kQueue };  // JSON "refuse" | "queue"
+
 struct Config {
   // Admission is rejected with memory_limit while the sampled RSS is above this.
   // Within (0, kMaxMemoryMb].
@@ -74,6 +81,31 @@ struct Config {
   int64_t memory_sample_interval_ms = 1000;
   // Resolution of the timer thread: timeouts fire up to this late. Within [1, kMaxTimerTickMs].
   int64_t timer_tick_ms = 10;
+
+  // --- Waiting admission ---
+  // Most requests one lane keeps waiting (Acquire with a wait); one more is refused with
+  // queue_full. 0: the lane never queues. Lanes not in lane_queue_limits use default_queue_limit.
+  // Within [0, kMaxQueueLimit].
+  int default_queue_limit = 1000;                             // defaultQueueLimit
+  std::map<std::string, int, std::less<>> lane_queue_limits;  // laneQueueLimits
+  // Aging: a waiting request gains one priority step per queue_aging_ms of waiting, so a low one
+  // is served before any high one that arrived more than 2 x queue_aging_ms after it.
+  // Within [1, kMaxTimeoutMs].
+  int64_t queue_aging_ms = 1000;  // queueAgingMs
+  // Per-task quota: most slots one task id holds at once, over all lanes (0: no quota), and per
+  // task id within a lane (lanes listed only). Within [0, kMaxConcurrencyLimit] / [1, kMax...].
+  int task_concurrency_limit = 0;  // taskConcurrencyLimit
+  std::map<std::string, int, std::less<>>
+      lane_task_concurrency_limits;  // laneTaskConcurrencyLimits
+  // What a request over its task's quota gets: refused with task_quota, or queued until the
+  // task releases a slot.
+  TaskQuotaAction task_quota_action = TaskQuotaAction::kRefuse;  // taskQuotaAction
+  // Lane lending (off unless a lane is listed): a lane lends up to lane_lendable_percent of its
+  // limit while those places are idle, and borrows up to lane_borrowing_limit_percent of its own
+  // limit beyond it; the global limit always holds. [0, 100] and [0, kMaxBorrowingLimitPercent].
+  std::map<std::string, int, std::less<>> lane_lendable_percent;  // laneLendablePercent
+  std::map<std::string, int, std::less<>>
+      lane_borrowing_limit_percent;  // laneBorrowingLimitPercent
 
   bool operator==(const Config&) const = default;
 };

@@ -67,25 +67,40 @@ enum class RejectReason {
   kUnknownLane,     // the lane is not configured
   kShuttingDown,    // Shutdown() was called
   kInvalidTimeout,  // a per-call timeout <= 0 or above kMaxTimeoutMs was asked for
+  // Waiting admission (ResourceBudgetManager::Acquire):
+  kQueueFull,    // the lane's queue holds its queue limit already; nothing was queued
+  kWaitTimeout,  // the wait asked for ran out before a place was free
+  kCancelled,    // the wait's stop_token was stopped before a place was free
+  kTaskQuota,    // the task id holds its quota of slots (taskConcurrencyLimit and per lane)
+  kInvalidWait,  // a wait < 0 or above kMaxTimeoutMs was asked for
 };
-inline constexpr int kRejectReasonCount = 6;
-// "lane_limit", "global_limit", "memory_limit", "unknown_lane", "shutting_down", "invalid_timeout".
+inline constexpr int kRejectReasonCount = 11;
+// "lane_limit", "global_limit", "memory_limit", "unknown_lane", "shutting_down", "invalid_timeout",
+// "queue_full", "wait_timeout", "cancelled", "task_quota", "invalid_wait".
 std::string_view ToString(RejectReason reason);
 
-// The code of an Error carrying a rejection for `reason`: the limits are kResourceExhausted,
-// shutting_down kUnavailable, unknown_lane kNotFound, invalid_timeout kInvalidArgument.
+// The code of an Error carrying a rejection for `reason`: the limits, queue_full and task_quota
+// are kResourceExhausted, shutting_down kUnavailable, unknown_lane kNotFound, invalid_timeout and
+// invalid_wait kInvalidArgument, wait_timeout kDeadlineExceeded, cancelled kCancelled.
 constexpr ErrorCode CodeOf(RejectReason reason) {
   switch (reason) {
     case RejectReason::kLaneLimit:
     case RejectReason::kGlobalLimit:
     case RejectReason::kMemoryLimit:
+    case RejectReason::kQueueFull:
+    case RejectReason::kTaskQuota:
       return ErrorCode::kResourceExhausted;
     case RejectReason::kUnknownLane:
       return ErrorCode::kNotFound;
     case RejectReason::kShuttingDown:
       return ErrorCode::kUnavailable;
     case RejectReason::kInvalidTimeout:
+    case RejectReason::kInvalidWait:
       return ErrorCode::kInvalidArgument;
+    case RejectReason::kWaitTimeout:
+      return ErrorCode::kDeadlineExceeded;
+    case RejectReason::kCancelled:
+      return ErrorCode::kCancelled;
   }
   return ErrorCode::kInternal;
 }
@@ -106,11 +121,11 @@ struct Rejection {
         timeout_ms(timeout_ms_in) {}
 
   RejectReason reason = RejectReason::kLaneLimit;
-  std::string lane;                   // as asked for
-  int active = 0;                     // lane_limit/global_limit: the count seen
-  int limit = 0;                      // lane_limit/global_limit: the limit hit
+  std::string lane;  // as asked for
+  int active = 0;  // lane_limit/global_limit: the count seen; queue_full: queued; task_quota: held
+  int limit = 0;   // lane_limit/global_limit/queue_full/task_quota: the limit hit
   double rss_mb = 0, max_rss_mb = 0;  // memory_limit
-  int64_t timeout_ms = 0;             // invalid_timeout
+  int64_t timeout_ms = 0;             // invalid_timeout; invalid_wait and wait_timeout: the wait
 
   // A sentence naming the reason, the lane and the numbers, e.g.
   // "lane_limit: lane 'file_write' is at its limit (4/4 active)".
@@ -138,10 +153,10 @@ class Error {
     const Rejection* r = rejection();
     return r != nullptr ? CodeOf(r->reason) : std::get<Details>(detail_).code;
   }
-  // For a rejection: "timeoutMs" for invalid_timeout, else "lane".
+  // For a rejection: "timeoutMs" for invalid_timeout, "waitMs" for invalid_wait, else "lane".
   std::string_view field() const;
-  // For a rejection: the timeout asked for (invalid_timeout), else the lane. A copy, because a
-  // rejection's timeout is a number until asked for.
+  // For a rejection: the timeout or wait asked for (invalid_timeout, invalid_wait), else the lane.
+  // A copy, because a rejection's timeout is a number until asked for.
   std::string value() const;
   // For a rejection, Rejection::message(), built on demand.
   std::string message() const;

@@ -40,6 +40,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <stop_token>
@@ -145,6 +146,10 @@ class Slot {
   // globalConcurrency and laneConcurrency).
   int global_active_at_start() const { return global_active_at_start_; }
   int lane_active_at_start() const { return lane_active_at_start_; }
+  // How long the request waited in its lane's queue (0 when granted at once).
+  int64_t wait_nanos() const { return wait_nanos_; }
+  // True when the slot is a place borrowed from other lanes' idle capacity (lane lending).
+  bool borrowed() const { return borrowed_; }
 
   // Only the manager can make a Key, so only the manager can use the constructor below; it is
   // public so that TryAcquire's Result can construct the Slot in place instead of moving one in.
@@ -174,6 +179,8 @@ class Slot {
   int64_t hard_deadline_ = 0;
   int global_active_at_start_ = 0;
   int lane_active_at_start_ = 0;
+  int64_t wait_nanos_ = 0;
+  bool borrowed_ = false;
 };
 
 namespace internal {
@@ -188,6 +195,8 @@ struct SlotGrant {
   int64_t hard_deadline = 0;
   int global_active = 0;
   int lane_active = 0;
+  int64_t wait_nanos = 0;
+  bool borrowed = false;
 };
 }  // namespace internal
 
@@ -200,7 +209,42 @@ inline Slot::Slot(Key /*unused*/, const internal::SlotGrant& grant)
       deadline_(grant.deadline),
       hard_deadline_(grant.hard_deadline),
       global_active_at_start_(grant.global_active),
-      lane_active_at_start_(grant.lane_active) {}
+      lane_active_at_start_(grant.lane_active),
+      wait_nanos_(grant.wait_nanos),
+      borrowed_(grant.borrowed) {}
+
+// A waiting request's class. Within a class requests are served first come, first served; across
+// classes by age as well (see AcquireOptions::priority).
+enum class Priority : uint8_t { kLow = 0, kNormal = 1, kHigh = 2 };
+// "low", "normal", "high".
+std::string_view ToString(Priority priority);
+
+// What Acquire is asked for, besides the task id and the lane.
+struct AcquireOptions {
+  // The call's run timeout, as for TryAcquire (defaultTimeoutMs when empty). Its clock starts when
+  // the slot is granted, not when the request starts waiting.
+  std::optional<int64_t> timeout_ms;
+  // How long the request may wait for a place: 0 does not wait (TryAcquire's answer), empty waits
+  // until granted, cancelled or Shutdown(). Within [0, kMaxTimeoutMs], else invalid_wait. The wait
+  // ends on the manager's timer (timerTickMs resolution) with wait_timeout.
+  std::optional<int64_t> wait_ms;
+  // Queue order: a request of a higher class is served first, unless a lower one has waited more
+  // than queueAgingMs per class between them (one step: normal over low, high over normal; two:
+  // high over low). So no request starves: in a lane of limit L whose calls hold their slot at
+  // most H, a request waits at most 2 x queueAgingMs + ceil(Q / L) x H, Q being the lane's queue
+  // limit, whatever arrives after it (the queue never holds more than Q requests ahead of it, and
+  // none that arrives more than 2 x queueAgingMs after it is served before it).
+  Priority priority = Priority::kNormal;
+  Metadata metadata;
+  // Stopping it cancels the wait (refused with cancelled); it has no effect once the slot is
+  // granted.
+  std::stop_token stop_token;
+  // The call's TimeoutHandler from the grant on (Slot::SetTimeoutHandler). Must outlive the call.
+  TimeoutHandler* timeout_handler = nullptr;
+};
+
+// Called exactly once per AcquireAsync, with the slot or the refusal.
+using AcquireCallback = std::function<void(Result<Slot>)>;
 
 struct ManagerOptions {
   // Defaults to FastClock::Get(). Must outlive the manager and its slots.
@@ -239,6 +283,32 @@ class ResourceBudgetManager {
                           const std::optional<int64_t>& timeout_ms, const Metadata& metadata = {});
   Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane,
                           const std::optional<int64_t>& timeout_ms, Metadata&& metadata);
+  // Asks for a place and waits for one if the lane (or the global limit) is full: the request joins
+  // the lane's queue and is granted when a place frees, in priority order (AcquireOptions). The
+  // queue is bounded (laneQueueLimits, defaultQueueLimit): a full queue refuses at once with
+  // kQueueFull. A wait that runs out is refused with kWaitTimeout, a cancelled one with kCancelled,
+  // a waiting request at Shutdown() with kShuttingDown. Over its task's quota
+  // (taskConcurrencyLimit, laneTaskConcurrencyLimits) a request is refused with kTaskQuota or
+  // queued, as taskQuotaAction says. The other refusals are TryAcquire's, at once.
+  //
+  // Guarantees: a released place goes to the first waiter that can use it before anyone else can
+  // take it (no barging: TryAcquire and new requests go behind the queue); a place goes to exactly
+  // one waiter or back to the lane, never both and never neither, whatever races with a grant (a
+  // timeout, a cancellation, Shutdown); no thread is kept per waiting request.
+  //
+  // Three forms. Blocking: returns the slot or the refusal.
+  Result<Slot> Acquire(std::string_view task_id, std::string_view lane,
+                       AcquireOptions options = {});
+  // Asynchronous: `done` is called exactly once, with the slot or the refusal: before AcquireAsync
+  // returns when the answer is immediate; else later on the thread that decides it (the one whose
+  // release frees the place, the timer thread for wait_timeout, the thread that stops the token,
+  // the one calling Shutdown). It must be quick (post the result to your event loop) and must not
+  // throw; it may call the manager, this one included. A Slot it drops is released as abandoned.
+  void AcquireAsync(std::string_view task_id, std::string_view lane, AcquireOptions options,
+                    AcquireCallback done);
+  // As a future (the callback sets it).
+  std::future<Result<Slot>> AcquireFuture(std::string_view task_id, std::string_view lane,
+                                          AcquireOptions options = {});
   // Same as slot.Release(success, error_type).
   bool Release(Slot& slot, bool success, std::string_view error_type = {});
 

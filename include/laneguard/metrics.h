@@ -35,6 +35,8 @@ struct WorkerCallMetrics {
   bool escalated = false;  // the hard deadline (timeout x escalation) passed before release
   int64_t timeout_ms = 0;
   int64_t timestamp_unix_nanos = 0;
+  double wait_ms = 0;     // time spent in the lane's queue before the grant (waitMs)
+  bool borrowed = false;  // the call ran on a place borrowed from other lanes (lane lending)
 };
 
 struct LaneStatistics {
@@ -48,6 +50,9 @@ struct LaneStatistics {
   int active = 0;
   int overrunning = 0;
   int limit = 0;
+  // Waiting admission: the wait of the calls still in the ring (0 for those granted at once).
+  double p50_wait_ms = 0, p95_wait_ms = 0, p99_wait_ms = 0;
+  int queued = 0;  // requests waiting now
 };
 
 // The spec's statistics plus percentiles, rejections and per-lane figures. Totals and averages
@@ -75,6 +80,9 @@ struct ConcurrencyCount {
   int active = 0;
   int limit = 0;
   int overrunning = 0;  // active slots past their hard deadline (still counted in active)
+  int queued = 0;       // requests waiting for a place (lanes only)
+  int queue_limit = 0;  // lanes only
+  int borrowed = 0;     // lane lending: active places beyond the lane's limit (lanes only)
 };
 
 // The spec's getConcurrencyStatus(): {global: {active, limit}, lanes: {<lane>: {active, limit}}}.

@@ -49,6 +49,8 @@ struct CallEvent {
   std::string_view message;                        // kRejected, timeouts: a readable sentence
   const WorkerCallMetrics* record = nullptr;       // kReleased
   const MemorySnapshot* memory = nullptr;          // kHeapWarning, kRejected for memory_limit
+  int64_t wait_ns = 0;                             // kAcquired: time spent queued
+  bool borrowed = false;                           // kAcquired: on a place borrowed (lending)
 };
 
 class Observer {

@@ -71,6 +71,16 @@ std::string_view ToString(RejectReason reason) {
       return "shutting_down";
     case RejectReason::kInvalidTimeout:
       return "invalid_timeout";
+    case RejectReason::kQueueFull:
+      return "queue_full";
+    case RejectReason::kWaitTimeout:
+      return "wait_timeout";
+    case RejectReason::kCancelled:
+      return "cancelled";
+    case RejectReason::kTaskQuota:
+      return "task_quota";
+    case RejectReason::kInvalidWait:
+      return "invalid_wait";
   }
   return "unknown";
 }
@@ -101,19 +111,42 @@ std::string Rejection::message() const {
       m += "timeoutMs must be > 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
            std::to_string(timeout_ms) + " (lane '" + lane + "')";
       break;
+    case RejectReason::kQueueFull:
+      m += "lane '" + lane + "' is full and its queue holds " + std::to_string(active) + "/" +
+           std::to_string(limit) + " waiting requests";
+      break;
+    case RejectReason::kWaitTimeout:
+      m += "no place in lane '" + lane + "' within the wait of " + std::to_string(timeout_ms) +
+           " ms";
+      break;
+    case RejectReason::kCancelled:
+      m += "the wait for lane '" + lane + "' was cancelled by its stop_token";
+      break;
+    case RejectReason::kTaskQuota:
+      m += "the task holds " + std::to_string(active) + "/" + std::to_string(limit) +
+           " slots, its quota (lane '" + lane + "')";
+      break;
+    case RejectReason::kInvalidWait:
+      m += "waitMs must be >= 0 and <= " + std::to_string(kMaxTimeoutMs) + ", got " +
+           std::to_string(timeout_ms) + " (lane '" + lane + "')";
+      break;
   }
   return m;
 }
 
 std::string_view Error::field() const {
   if (const Rejection* r = rejection())
-    return r->reason == RejectReason::kInvalidTimeout ? "timeoutMs" : "lane";
+    return r->reason == RejectReason::kInvalidTimeout ? "timeoutMs"
+           : r->reason == RejectReason::kInvalidWait  ? "waitMs"
+                                                      : "lane";
   return std::get<Details>(detail_).field;
 }
 
 std::string Error::value() const {
   if (const Rejection* r = rejection())
-    return r->reason == RejectReason::kInvalidTimeout ? std::to_string(r->timeout_ms) : r->lane;
+    return r->reason == RejectReason::kInvalidTimeout || r->reason == RejectReason::kInvalidWait
+               ? std::to_string(r->timeout_ms)
+               : r->lane;
   return std::get<Details>(detail_).value;
 }
 

@@ -29,4 +29,32 @@ Admission::Admission(const Config& config)
   }
 }
 
+bool Admission::TakeGated(size_t index, int lane_limit, int* lane_now, int* global_now) {
+  LaneState& lane = lanes_[index];
+  if (layout_.packed()) {
+    uint64_t word = word_.load(std::memory_order_relaxed);
+    do {
+      *lane_now = layout_.Lane(word, index);
+      *global_now = layout_.Global(word);
+      if (*lane_now >= lane_limit || *global_now >= global_limit_) return false;
+    } while (!word_.compare_exchange_weak(word, word + lane.delta, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed));
+  } else {
+    // Only releases race with this (the gate keeps lock-free takes out), and they only lower the
+    // counts: checking both and then adding to both never passes a limit.
+    *lane_now = lane.active.load(std::memory_order_acquire);
+    *global_now = GlobalActive();
+    if (*lane_now >= lane_limit || *global_now >= global_limit_) return false;
+    lane.active.fetch_add(1, std::memory_order_acq_rel);
+    *global_now = layout_.Global(word_.fetch_add(1, std::memory_order_acq_rel));
+  }
+  ++*lane_now;
+  ++*global_now;
+  for (int seen = max_concurrent_.load(std::memory_order_relaxed);
+       *global_now > seen &&
+       !max_concurrent_.compare_exchange_weak(seen, *global_now, std::memory_order_relaxed);) {
+  }
+  return true;
+}
+
 }  // namespace laneguard::internal

@@ -49,6 +49,9 @@ struct Refusal {
   int64_t active = 0, limit = 0;
   double rss_mb = 0, max_rss_mb = 0;
   int64_t timeout_ms = 0;
+  // Refused because admission is gated (AdmissionLayout::kGated), not for the reason above: the
+  // caller must ask again under the wait queue's lock (Waiting).
+  bool gated = false;
 };
 
 class Admission {
@@ -74,6 +77,8 @@ class Admission {
     if (layout_.packed()) {
       uint64_t word = word_.load(std::memory_order_relaxed);
       do {
+        if (word & AdmissionLayout::kGated) [[unlikely]]
+          return Refusal{.gated = true};
         *lane_now = layout_.Lane(word, lane.index);
         *global_now = layout_.Global(word);
         if (*lane_now >= lane.limit)
@@ -94,17 +99,28 @@ class Admission {
     return std::nullopt;
   }
 
-  // Hands back what Take took for one call in lane `index`. Returns true when that was the last
-  // call of a destroyed manager (see Orphan): the caller must then free the state.
-  bool GiveBack(size_t index) {
+  // Hands back what Take took for one call in lane `index`. Returns the word after, when it has a
+  // flag set (AdmissionLayout::kFlags) and the caller has more to do: hand the place on under the
+  // wait queue's lock (kGated), or free the state if that was the last call of a destroyed
+  // manager (the word is then exactly kOrphaned, see Orphan). Else 0: one comparison on the
+  // release path for both.
+  uint64_t GiveBack(size_t index) {
     LaneState& lane = lanes_[index];
     if (!layout_.packed()) lane.active.fetch_sub(1, std::memory_order_release);
-    return word_.fetch_sub(lane.delta, std::memory_order_acq_rel) - lane.delta ==
-           AdmissionLayout::kOrphaned;
+    const uint64_t after = word_.fetch_sub(lane.delta, std::memory_order_acq_rel) - lane.delta;
+    return after >= AdmissionLayout::kGated ? after : 0;
   }
 
+  // Under the wait queue's lock (the gate set, so no lock-free Take races with it): takes a place
+  // in lane `index` if it has fewer than `lane_limit` (its limit, or more when it may borrow) and
+  // the global count is below its limit. On success the counts include this call.
+  bool TakeGated(size_t index, int lane_limit, int* lane_now, int* global_now);
+  void SetGate() { word_.fetch_or(AdmissionLayout::kGated, std::memory_order_acq_rel); }
+  void ClearGate() { word_.fetch_and(~AdmissionLayout::kGated, std::memory_order_acq_rel); }
+
   // Marks the manager object destroyed. Returns true if no call is active, so the state can be
-  // freed now; otherwise the last GiveBack says when.
+  // freed now; otherwise the last GiveBack says when (its word is then kOrphaned, plus kGated
+  // where quotas or lending keep the gate set).
   bool Orphan() {
     return AdmissionLayout::Empty(
         word_.fetch_or(AdmissionLayout::kOrphaned, std::memory_order_acq_rel));
@@ -135,6 +151,8 @@ class Admission {
   // be refused for lane_limit in the few nanoseconds that place was reserved, as if it had been
   // taken and released. The counts returned do not include this call.
   std::optional<Refusal> TakeUnpacked(LaneState& lane, int* lane_now, int* global_now) {
+    if (word_.load(std::memory_order_relaxed) & AdmissionLayout::kGated) [[unlikely]]
+      return Refusal{.gated = true};
     int in_lane = lane.active.load(std::memory_order_relaxed);
     do {
       if (in_lane >= lane.limit) return Refusal{RejectReason::kLaneLimit, in_lane, lane.limit};
@@ -143,6 +161,10 @@ class Admission {
     uint64_t word = word_.load(std::memory_order_relaxed);
     do {
       const int global = layout_.Global(word);
+      if (word & AdmissionLayout::kGated) [[unlikely]] {
+        lane.active.fetch_sub(1, std::memory_order_release);
+        return Refusal{.gated = true};
+      }
       if (global >= global_limit_) {
         lane.active.fetch_sub(1, std::memory_order_release);
         return Refusal{RejectReason::kGlobalLimit, global, global_limit_};

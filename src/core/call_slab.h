@@ -77,6 +77,8 @@ struct CallEntry {
   int64_t hard_deadline = 0;
   double rss_start = 0, heap_start = 0;
   int concurrent_at_start = 0;
+  bool borrowed = false;  // lane lending: a place beyond the lane's limit
+  int64_t wait_ns = 0;    // time queued before the grant
   TimerQueue::Handle timer;
   TaskId task_id;
   Metadata metadata;

@@ -32,6 +32,18 @@ std::string_view ToString(EventKind kind) {
   return "unknown";
 }
 
+std::string_view ToString(Priority priority) {
+  switch (priority) {
+    case Priority::kLow:
+      return "low";
+    case Priority::kNormal:
+      return "normal";
+    case Priority::kHigh:
+      return "high";
+  }
+  return "unknown";
+}
+
 namespace {
 
 const std::optional<int64_t> kDefaultTimeout;
@@ -97,6 +109,39 @@ Result<Slot> ResourceBudgetManager::TryAcquire(std::string_view task_id, std::st
                                                const std::optional<int64_t>& timeout_ms,
                                                Metadata&& metadata) {
   return state_->TryAcquire(task_id, lane, timeout_ms, std::move(metadata));
+}
+
+void ResourceBudgetManager::AcquireAsync(std::string_view task_id, std::string_view lane,
+                                         AcquireOptions options, AcquireCallback done) {
+  state_->AcquireAsync(task_id, lane, std::move(options), std::move(done));
+}
+
+Result<Slot> ResourceBudgetManager::Acquire(std::string_view task_id, std::string_view lane,
+                                            AcquireOptions options) {
+  // The waiting thread sleeps on its own condition variable; the manager keeps no thread for it.
+  struct Answer {
+    internal::Mutex mu;
+    internal::CondVar cv;
+    std::optional<Result<Slot>> result GUARDED_BY(mu);
+  } answer;
+  state_->AcquireAsync(task_id, lane, std::move(options), [&answer](Result<Slot> r) {
+    internal::MutexLock lock(answer.mu);
+    answer.result.emplace(std::move(r));
+    answer.cv.NotifyOne();  // under the lock: `answer` lives until the waiter has seen it
+  });
+  internal::MutexLock lock(answer.mu);
+  answer.cv.Wait(lock, [&answer]() REQUIRES(answer.mu) { return answer.result.has_value(); });
+  return std::move(*answer.result);
+}
+
+std::future<Result<Slot>> ResourceBudgetManager::AcquireFuture(std::string_view task_id,
+                                                               std::string_view lane,
+                                                               AcquireOptions options) {
+  auto promise = std::make_shared<std::promise<Result<Slot>>>();
+  std::future<Result<Slot>> future = promise->get_future();
+  state_->AcquireAsync(task_id, lane, std::move(options),
+                       [promise](Result<Slot> r) { promise->set_value(std::move(r)); });
+  return future;
 }
 
 bool ResourceBudgetManager::Release(Slot& slot, bool success, std::string_view error_type) {

@@ -49,6 +49,7 @@ ManagerState::ManagerState(Config config, ManagerOptions options)
       clock_(options.clock != nullptr ? options.clock : &FastClock::Get()),
       unix_offset_(clock_->UnixNanos() - clock_->MonotonicNanos()),
       admission_(config_),
+      waiting_(config_, admission_),
       memory_(options.memory_probe ? std::move(options.memory_probe) : NewProcMemoryProbe(),
               config_.memory_sample_interval_ms, config_.heap_warning_mb, unix_offset_),
       calls_(admission_.lane_count()),
@@ -89,6 +90,8 @@ template <typename M>
   c.heap_start = memory_.heap_used_mb();
   c.concurrent_at_start = start.global_now;
   c.handler = start.handler;
+  c.wait_ns = start.wait_ns;
+  c.borrowed = start.borrowed;
   if (copied) {
     c.metadata = std::move(*copied);
   } else if constexpr (!std::is_lvalue_reference_v<M>) {
@@ -99,58 +102,76 @@ template <typename M>
   return {entry, c.generation, c.call_id, &c.metadata};
 }
 
+// The checks before the counts, in the documented order. Fills `lane` and `timeout` (and
+// `rss`) as it goes; inline, as most of TryAcquire's own work.
+[[gnu::always_inline]] inline std::optional<Refusal> ManagerState::Check(
+    std::string_view lane_name, const std::optional<int64_t>& timeout_ms, const LaneState** lane,
+    int64_t* timeout, double* rss) const {
+  if (admission_.shutting_down()) return Refusal{RejectReason::kShuttingDown};
+  const int lane_index = admission_.FindLane(lane_name);
+  if (lane_index < 0) return Refusal{RejectReason::kUnknownLane};
+  *lane = &admission_.lane(lane_index);
+  *timeout = timeout_ms.value_or(config_.default_timeout_ms);
+  if (*timeout <= 0 || *timeout > kMaxTimeoutMs) {
+    Refusal f{RejectReason::kInvalidTimeout};
+    f.timeout_ms = *timeout;
+    return f;
+  }
+  *rss = memory_.rss_mb();
+  if (config_.enable_memory_guards && *rss > config_.max_rss_mb) {
+    Refusal f{RejectReason::kMemoryLimit};
+    f.rss_mb = *rss;
+    f.max_rss_mb = config_.max_rss_mb;
+    return f;
+  }
+  return std::nullopt;
+}
+
 template <typename M>
 Result<Slot> ManagerState::TryAcquire(std::string_view task_id, std::string_view lane_name,
                                       const std::optional<int64_t>& timeout_ms, M&& metadata,
                                       TimeoutHandler* handler) {
-  if (admission_.shutting_down())
-    return Reject({RejectReason::kShuttingDown}, task_id, lane_name, nullptr);
-  const int lane_index = admission_.FindLane(lane_name);
-  if (lane_index < 0) return Reject({RejectReason::kUnknownLane}, task_id, lane_name, nullptr);
-  const LaneState& lane = admission_.lane(lane_index);
-  const int64_t timeout = timeout_ms.value_or(config_.default_timeout_ms);
-  if (timeout <= 0 || timeout > kMaxTimeoutMs) {
-    Refusal f{RejectReason::kInvalidTimeout};
-    f.timeout_ms = timeout;
-    return Reject(f, task_id, lane_name, &lane);
-  }
-  const double rss = memory_.rss_mb();
-  if (config_.enable_memory_guards && rss > config_.max_rss_mb) {
-    Refusal f{RejectReason::kMemoryLimit};
-    f.rss_mb = rss;
-    f.max_rss_mb = config_.max_rss_mb;
-    return Reject(f, task_id, lane_name, &lane);
-  }
+  const LaneState* lane = nullptr;
+  int64_t timeout = 0;
+  double rss = 0;
+  if (std::optional<Refusal> f = Check(lane_name, timeout_ms, &lane, &timeout, &rss))
+    return Reject(*f, task_id, lane_name, lane);
   int lane_now = 0, global_now = 0;
-  if (std::optional<Refusal> f = admission_.Take(lane.index, &lane_now, &global_now))
-    return Reject(*f, task_id, lane_name, &lane);
+  if (std::optional<Refusal> f = admission_.Take(lane->index, &lane_now, &global_now)) {
+    if (f->gated) [[unlikely]]
+      return TryAcquireGated(task_id, *lane, timeout, Metadata(std::forward<M>(metadata)), handler);
+    return Reject(*f, task_id, lane_name, lane);
+  }
+  return Grant(task_id,
+               {.lane = lane->index,
+                .timeout_ms = timeout,
+                .rss = rss,
+                .global_now = global_now,
+                .lane_now = lane_now,
+                .handler = handler},
+               std::forward<M>(metadata));
+}
 
+template <typename M>
+[[gnu::always_inline]] inline Result<Slot> ManagerState::Grant(std::string_view task_id,
+                                                               CallStart start, M&& metadata) {
   // Everything that can throw (allocation) comes before the entry is taken, and a throw hands
   // both counts back: no path leaks a slot, not even out-of-memory.
-  const int64_t now = clock_->MonotonicNanos();
-  const int64_t timeout_ns = timeout * kNanosPerMs;
+  start.now = clock_->MonotonicNanos();
+  const int64_t timeout_ns = start.timeout_ms * kNanosPerMs;
   const auto hard_ns =
       static_cast<int64_t>(static_cast<double>(timeout_ns) * config_.timeout_escalation_factor);
+  start.hard_deadline = start.now + hard_ns;
   const size_t shard_index = calls_.LocalShard();
   OpenedCall call;
   try {
-    call = OpenCall(calls_.shard(shard_index), task_id,
-                    {.lane = lane.index,
-                     .now = now,
-                     .timeout_ms = timeout,
-                     .hard_deadline = now + hard_ns,
-                     .rss = rss,
-                     .global_now = global_now,
-                     .handler = handler},
-                    std::forward<M>(metadata));
+    call = OpenCall(calls_.shard(shard_index), task_id, start, std::forward<M>(metadata));
   } catch (...) {
-    // The manager is alive (TryAcquire runs on it): never the last release.
-    admission_.GiveBack(lane.index);
+    Unadmit(start.lane, task_id);
     throw;
   }
   if (events_.HasObservers() || (config_.enable_memory_guards && memory_.heap_warning_pending())) {
-    NotifyAdmitted(now, call.call_id, task_id, lane.index, global_now, lane_now, timeout,
-                   *call.metadata);
+    NotifyAdmitted(start, call.call_id, task_id, *call.metadata);
   }
   // A prvalue, so it is built in the caller's Result: a named local would be moved there.
   return Result<Slot>(std::in_place_index<0>, Slot::Key(),
@@ -158,11 +179,19 @@ Result<Slot> ManagerState::TryAcquire(std::string_view task_id, std::string_view
                                 .index = CallTable::PackIndex(shard_index, call.entry),
                                 .generation = call.generation,
                                 .call_id = call.call_id,
-                                .start = now,
-                                .deadline = now + timeout_ns,
-                                .hard_deadline = now + hard_ns,
-                                .global_active = global_now,
-                                .lane_active = lane_now});
+                                .start = start.now,
+                                .deadline = start.now + timeout_ns,
+                                .hard_deadline = start.hard_deadline,
+                                .global_active = start.global_now,
+                                .lane_active = start.lane_now,
+                                .wait_nanos = start.wait_ns,
+                                .borrowed = start.borrowed});
+}
+
+// Hands back the counts of a call whose entry could not be opened (out of memory). The manager is
+// alive (the caller is admitting on it), so this is never the last release of a destroyed one.
+void ManagerState::Unadmit(size_t lane, std::string_view task_id) noexcept {
+  if (admission_.GiveBack(lane) & AdmissionLayout::kGated) HandOn(lane, task_id);
 }
 
 Result<Slot> ManagerState::Reject(const Refusal& f, std::string_view task_id,
@@ -207,14 +236,18 @@ void ManagerState::NotifyRejected(const Refusal& f, std::string_view task_id,
 
 // The acquired event and a pending heap warning, out of TryAcquire's fast path. noexcept: the
 // slot is already taken and no telemetry failure may lose it.
-void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_view task_id,
-                                  size_t lane, int global_now, int lane_now, int64_t timeout,
-                                  const Metadata& metadata) noexcept {
+void ManagerState::NotifyAdmitted(const CallStart& start, uint64_t call_id,
+                                  std::string_view task_id, const Metadata& metadata) noexcept {
+  const int64_t now = start.now;
+  const size_t lane = start.lane;
+  const int global_now = start.global_now, lane_now = start.lane_now;
   try {
     if (events_.HasObservers()) {
       CallEvent e =
           events_.For(EventKind::kAcquired, now, call_id, task_id, lane, global_now, lane_now);
-      e.timeout_ms = timeout;
+      e.timeout_ms = start.timeout_ms;
+      e.wait_ns = start.wait_ns;
+      e.borrowed = start.borrowed;
       e.metadata = &metadata;
       events_.Notify(e);
     }
@@ -242,6 +275,150 @@ template Result<Slot> ManagerState::TryAcquire<Metadata>(std::string_view, std::
                                                          const std::optional<int64_t>&, Metadata&&,
                                                          TimeoutHandler*);
 
+// ---- waiting ------------------------------------------------------------------------------------
+
+Result<Slot> ManagerState::TryAcquireGated(std::string_view task_id, const LaneState& lane,
+                                           int64_t timeout, Metadata metadata,
+                                           TimeoutHandler* handler) {
+  Waiter w;
+  w.task_id = task_id;
+  w.lane = lane.index;
+  WaiterList granted;
+  const Admitted a = waiting_.Admit(&w, /*may_wait=*/false, clock_->MonotonicNanos(), &granted);
+  CompleteGranted(granted);
+  if (a.kind != Admitted::kGranted) return Reject(a.refusal, task_id, lane.name, &lane);
+  return Grant(task_id,
+               {.lane = lane.index,
+                .timeout_ms = timeout,
+                .rss = memory_.rss_mb(),
+                .global_now = w.global_now,
+                .lane_now = w.lane_now,
+                .handler = handler,
+                .borrowed = w.borrowed},
+               std::move(metadata));
+}
+
+void ManagerState::AcquireAsync(std::string_view task_id, std::string_view lane_name,
+                                AcquireOptions&& options, AcquireCallback&& done) {
+  const LaneState* lane = nullptr;
+  int64_t timeout = 0;
+  double rss = 0;
+  std::optional<Refusal> f = Check(lane_name, options.timeout_ms, &lane, &timeout, &rss);
+  if (!f && options.wait_ms && (*options.wait_ms < 0 || *options.wait_ms > kMaxTimeoutMs)) {
+    f = Refusal{RejectReason::kInvalidWait};
+    f->timeout_ms = *options.wait_ms;
+  }
+  if (!f && options.stop_token.stop_requested()) f = Refusal{RejectReason::kCancelled};
+  if (f) return done(Reject(*f, task_id, lane_name, lane));
+  if (options.wait_ms == 0) {
+    return done(TryAcquire(task_id, lane_name, timeout, std::move(options.metadata),
+                           options.timeout_handler));
+  }
+  int lane_now = 0, global_now = 0;
+  f = admission_.Take(lane->index, &lane_now, &global_now);
+  if (!f) {
+    return done(Grant(task_id,
+                      {.lane = lane->index,
+                       .timeout_ms = timeout,
+                       .rss = rss,
+                       .global_now = global_now,
+                       .lane_now = lane_now,
+                       .handler = options.timeout_handler},
+                      std::move(options.metadata)));
+  }
+  auto w = std::make_unique<Waiter>();
+  w->task_id = task_id;
+  w->lane = lane->index;
+  w->timeout_ms = timeout;
+  w->metadata = std::move(options.metadata);
+  w->handler = options.timeout_handler;
+  w->priority = options.priority;
+  w->wait_ms = options.wait_ms.value_or(-1);
+  w->done = std::move(done);
+  // Before the request is queued, so a stop can never find it half-made; a stop already
+  // requested runs CancelWait here and now, and Admit then refuses with cancelled.
+  if (options.stop_token.stop_possible())
+    w->on_stop.emplace(options.stop_token, CancelWait{this, w.get()});
+  WaiterList granted;
+  const Admitted a = waiting_.Admit(w.get(), /*may_wait=*/true, clock_->MonotonicNanos(), &granted);
+  CompleteGranted(granted);
+  switch (a.kind) {
+    case Admitted::kQueued:
+      w.release();  // owned by the queue; whoever decides it frees it
+      return;
+    case Admitted::kGranted:
+      granted.Push(w.release());
+      return CompleteGranted(granted);
+    case Admitted::kRefused:
+      Finish(w.release(), Reject(a.refusal, task_id, lane_name, lane));
+      return;
+  }
+}
+
+void CancelWait::operator()() const noexcept { state->CancelWaiter(waiter); }
+
+void ManagerState::CancelWaiter(Waiter* w) {
+  if (!waiting_.Cancel(w)) return;  // not queued: decided by another thread, or not queued yet
+  WaiterList cancelled;
+  cancelled.Push(w);
+  CompleteRefused(cancelled, RejectReason::kCancelled);
+}
+
+void ManagerState::HandOn(size_t lane, std::string_view task_id) noexcept {
+  WaiterList granted;
+  waiting_.Released(task_id, lane, &granted);
+  CompleteGranted(granted);
+}
+
+void ManagerState::CompleteGranted(WaiterList& granted) noexcept {
+  while (Waiter* w = granted.Pop()) {
+    const int64_t now = clock_->MonotonicNanos();
+    Result<Slot> slot = Error(ErrorCode::kInternal, "", "", "");
+    try {
+      slot = Grant(w->task_id,
+                   {.lane = w->lane,
+                    .timeout_ms = w->timeout_ms,
+                    .rss = memory_.rss_mb(),
+                    .global_now = w->global_now,
+                    .lane_now = w->lane_now,
+                    .handler = w->handler,
+                    .wait_ns = now - w->arrived,
+                    .borrowed = w->borrowed},
+                   std::move(w->metadata));
+    } catch (...) {
+      // Grant gave the place back (and handed it on); the request learns why it has none.
+      slot = Error(ErrorCode::kInternal, "", "",
+                   "out of memory opening the call granted to task '" + w->task_id + "'");
+    }
+    Finish(w, std::move(slot));
+  }
+}
+
+void ManagerState::CompleteRefused(WaiterList& refused, RejectReason reason) noexcept {
+  while (Waiter* w = refused.Pop()) {
+    Refusal f{reason};
+    if (reason == RejectReason::kWaitTimeout) f.timeout_ms = w->wait_ms;
+    const LaneState& lane = admission_.lane(w->lane);
+    Finish(w, Reject(f, w->task_id, lane.name, &lane));
+  }
+}
+
+void ManagerState::Finish(Waiter* w, Result<Slot> result) noexcept {
+  // First, so a stop racing with this decision has returned before `w` is freed (a stop_callback's
+  // destructor waits for a run on another thread; on this thread, inside CancelWait, it does not).
+  w->on_stop.reset();
+  AcquireCallback done = std::move(w->done);
+  delete w;
+  if (done) {
+    try {
+      done(std::move(result));
+    } catch (...) {
+      // Documented as must-not-throw; a throwing callback loses nothing of ours (a slot it held
+      // is released by its destructor during the unwinding).
+    }
+  }
+}
+
 // ---- release ------------------------------------------------------------------------------------
 
 // Inline: it is most of a release's work.
@@ -255,6 +432,8 @@ inline void ManagerState::FillRecord(CallEntry& c, int64_t now, bool success,
   r.timeout_reached = c.phase >= CallPhase::kWarned || now >= c.deadline();
   r.escalated = c.phase == CallPhase::kEscalated || now >= c.hard_deadline;
   r.concurrent_at_start = c.concurrent_at_start;
+  r.borrowed = c.borrowed;
+  r.wait_ms = static_cast<double>(c.wait_ns) / kNanosPerMs;
   // A snapshot of the count that still includes this call (it drops after the record).
   r.concurrent_at_end = admission_.GlobalActive();
   r.duration_ms = static_cast<double>(now - c.start_mono) / kNanosPerMs;
@@ -288,6 +467,10 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
     error_type = late_error_type;
   }
   const uint32_t lane = c->lane;
+  // The task id for its quota, before the record takes it (quotas only; they keep the gate set).
+  std::string quota_task;
+  if (waiting_.has_quotas()) [[unlikely]]
+    quota_task = c->task_id.view();
   shard->timers.Cancel(c->timer);
   if (c->phase == CallPhase::kEscalated) shard->records.RemoveOverrunning(lane);
   RingRecord& r = shard->records.Next(static_cast<size_t>(config_.metrics_capacity));
@@ -310,9 +493,16 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
   } else {
     shard->lock.unlock();
   }
-  // The admission word is the last thing touched; the orphan bit in it decides who frees a
-  // destroyed manager's state.
-  if (admission_.GiveBack(lane)) delete this;
+  // The admission word is the last thing touched, unless it says otherwise: with the gate set the
+  // place is handed on to a waiter, and the orphan bit decides who frees a destroyed manager's
+  // state (after Shutdown no one waits, so a destroyed manager hands nothing on).
+  if (const uint64_t after = admission_.GiveBack(lane)) [[unlikely]] {
+    if (after & AdmissionLayout::kOrphaned) {
+      if ((after & ~AdmissionLayout::kGated) == AdmissionLayout::kOrphaned) delete this;
+    } else {
+      HandOn(lane, quota_task);
+    }
+  }
   return outcome;
 }
 
@@ -374,11 +564,21 @@ std::vector<WorkerCallMetrics> ManagerState::GetMetrics() {
 }
 
 Statistics ManagerState::GetStatistics() {
-  return CollectStatistics(calls_, admission_, static_cast<size_t>(config_.metrics_capacity));
+  Statistics s =
+      CollectStatistics(calls_, admission_, static_cast<size_t>(config_.metrics_capacity));
+  for (size_t l = 0; l < admission_.lane_count(); ++l)
+    s.lanes[admission_.lane(l).name].queued = waiting_.Queued(l);
+  return s;
 }
 
 ConcurrencyStatus ManagerState::GetConcurrencyStatus() {
-  return CollectConcurrencyStatus(calls_, admission_);
+  ConcurrencyStatus s = CollectConcurrencyStatus(calls_, admission_);
+  for (size_t l = 0; l < admission_.lane_count(); ++l) {
+    ConcurrencyCount& lane = s.lanes[admission_.lane(l).name];
+    lane.queued = waiting_.Queued(l);
+    lane.queue_limit = waiting_.queue_limit(l);
+  }
+  return s;
 }
 
 // ---- lifecycle ----------------------------------------------------------------------------------
@@ -392,10 +592,16 @@ void ManagerState::Tick() {
   const int64_t now = clock_->MonotonicNanos();
   if (memory_.Due(now)) memory_.Sample(now);
   timers_.FireDue(now);
+  WaiterList expired;
+  waiting_.Expire(now, &expired);
+  CompleteRefused(expired, RejectReason::kWaitTimeout);
 }
 
 void ManagerState::Shutdown() {
   admission_.Shutdown();
+  WaiterList waiting;
+  waiting_.TakeAll(&waiting);
+  CompleteRefused(waiting, RejectReason::kShuttingDown);
   ticker_.Stop();
 }
 

@@ -27,6 +27,7 @@
 #include "core/memory_sampler.h"
 #include "core/ticker.h"
 #include "core/timer_service.h"
+#include "core/waiting.h"
 #include "laneguard/internal/mutex.h"
 #include "laneguard/manager.h"
 
@@ -48,6 +49,11 @@ class ManagerState {
   Result<Slot> TryAcquire(std::string_view task_id, std::string_view lane_name,
                           const std::optional<int64_t>& timeout_ms, M&& metadata,
                           TimeoutHandler* handler = nullptr);
+  // ResourceBudgetManager::AcquireAsync (the blocking and future forms are built on it there).
+  void AcquireAsync(std::string_view task_id, std::string_view lane_name, AcquireOptions&& options,
+                    AcquireCallback&& done);
+  // A waiting request's stop_token was stopped (CancelWait).
+  void CancelWaiter(Waiter* w);
   // With `fail_if_late`, Slot::ReleaseUnlessLate; without, Slot::Release. May free this state
   // (the last release of a destroyed manager's call).
   ReleaseOutcome Release(Slot& slot, bool success, std::string_view error_type,
@@ -77,9 +83,30 @@ class ManagerState {
     size_t lane = 0;
     int64_t now = 0, timeout_ms = 0, hard_deadline = 0;
     double rss = 0;
-    int global_now = 0;
+    int global_now = 0, lane_now = 0;
     TimeoutHandler* handler = nullptr;
+    int64_t wait_ns = 0;
+    bool borrowed = false;
   };
+
+  std::optional<Refusal> Check(std::string_view lane_name, const std::optional<int64_t>& timeout_ms,
+                               const LaneState** lane, int64_t* timeout, double* rss) const;
+  // Opens the call of an admitted request (its counts taken) and makes its Slot.
+  template <typename M>
+  Result<Slot> Grant(std::string_view task_id, CallStart start, M&& metadata);
+  void Unadmit(size_t lane, std::string_view task_id) noexcept;
+  // TryAcquire while admission is gated (AdmissionLayout::kGated): decided under Waiting's lock.
+  [[gnu::noinline]] Result<Slot> TryAcquireGated(std::string_view task_id, const LaneState& lane,
+                                                 int64_t timeout, Metadata metadata,
+                                                 TimeoutHandler* handler);
+  // A release found the gate set: hand the freed place on (Waiting::Released) and complete the
+  // waiters that got one.
+  [[gnu::noinline]] void HandOn(size_t lane, std::string_view task_id) noexcept;
+  // Completes decided waiters: grants (their counts taken), or refusals for `reason`.
+  void CompleteGranted(WaiterList& granted) noexcept;
+  void CompleteRefused(WaiterList& refused, RejectReason reason) noexcept;
+  // Calls w's callback with `result` and frees w.
+  static void Finish(Waiter* w, Result<Slot> result) noexcept;
 
   Result<Slot> Reject(const Refusal& f, std::string_view task_id, std::string_view lane_name,
                       const LaneState* lane);
@@ -95,8 +122,8 @@ class ManagerState {
   // and then has taken nothing.
   template <typename M>
   OpenedCall OpenCall(Shard& shard, std::string_view task_id, const CallStart& start, M&& metadata);
-  [[gnu::noinline]] void NotifyAdmitted(int64_t now, uint64_t call_id, std::string_view task_id,
-                                        size_t lane, int global_now, int lane_now, int64_t timeout,
+  [[gnu::noinline]] void NotifyAdmitted(const CallStart& start, uint64_t call_id,
+                                        std::string_view task_id,
                                         const Metadata& metadata) noexcept;
   [[gnu::always_inline]] void FillRecord(CallEntry& c, int64_t now, bool success,
                                          std::string_view error_type, RingRecord& r) const;
@@ -108,6 +135,7 @@ class ManagerState {
   const Clock* const clock_;
   const int64_t unix_offset_;  // wall time = monotonic + offset: one clock read per event
   Admission admission_;
+  Waiting waiting_;
   MemorySampler memory_;
   CallTable calls_;
   CallEvents events_;

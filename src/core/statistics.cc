@@ -71,8 +71,11 @@ void FillOverall(const std::vector<LaneTotals>& lane_totals, const std::vector<R
 void FillLanes(const Admission& admission, const std::vector<LaneTotals>& lane_totals,
                const std::vector<RingRecord>& records, Statistics* s) {
   const size_t lane_count = admission.lane_count();
-  std::vector<std::vector<double>> lane_durations(lane_count);
-  for (const RingRecord& r : records) lane_durations[r.lane].push_back(r.duration_ms);
+  std::vector<std::vector<double>> lane_durations(lane_count), lane_waits(lane_count);
+  for (const RingRecord& r : records) {
+    lane_durations[r.lane].push_back(r.duration_ms);
+    lane_waits[r.lane].push_back(r.wait_ms);
+  }
   const std::vector<int64_t> rejected = admission.RejectionSums();
   int64_t by_reason[kRejectReasonCount] = {};
   for (size_t l = 0; l < lane_count; ++l) {
@@ -94,6 +97,10 @@ void FillLanes(const Admission& admission, const std::vector<LaneTotals>& lane_t
     }
     std::sort(lane_durations[l].begin(), lane_durations[l].end());
     ls.p95_duration_ms = Percentile(lane_durations[l], 0.95);
+    std::sort(lane_waits[l].begin(), lane_waits[l].end());
+    ls.p50_wait_ms = Percentile(lane_waits[l], 0.50);
+    ls.p95_wait_ms = Percentile(lane_waits[l], 0.95);
+    ls.p99_wait_ms = Percentile(lane_waits[l], 0.99);
   }
   for (int i = 0; i < kRejectReasonCount; ++i) {
     const int64_t n =
@@ -139,6 +146,8 @@ WorkerCallMetrics ToPublic(const RingRecord& r, const Admission& admission) {
   m.timeout_ms = r.timeout_ms;
   m.timestamp_unix_nanos = r.start_unix;
   m.timestamp = FormatIso8601(r.start_unix);
+  m.wait_ms = r.wait_ms;
+  m.borrowed = r.borrowed;
   return m;
 }
 
@@ -167,7 +176,11 @@ ConcurrencyStatus CollectConcurrencyStatus(CallTable& calls, const Admission& ad
   for (size_t l = 0; l < admission.lane_count(); ++l) {
     const LaneState& lane = admission.lane(l);
     s.global.overrunning += lane_totals[l].overrunning;
-    s.lanes[lane.name] = {admission.LaneActive(l), lane.limit, lane_totals[l].overrunning};
+    const int active = admission.LaneActive(l);
+    s.lanes[lane.name] = {.active = active,
+                          .limit = lane.limit,
+                          .overrunning = lane_totals[l].overrunning,
+                          .borrowed = std::max(0, active - lane.limit)};
   }
   return s;
 }

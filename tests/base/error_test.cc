@@ -93,6 +93,11 @@ TEST(ErrorTest, EveryRejectReasonHasACodeAndAName) {
       {RejectReason::kUnknownLane, ErrorCode::kNotFound},
       {RejectReason::kShuttingDown, ErrorCode::kUnavailable},
       {RejectReason::kInvalidTimeout, ErrorCode::kInvalidArgument},
+      {RejectReason::kQueueFull, ErrorCode::kResourceExhausted},
+      {RejectReason::kWaitTimeout, ErrorCode::kDeadlineExceeded},
+      {RejectReason::kCancelled, ErrorCode::kCancelled},
+      {RejectReason::kTaskQuota, ErrorCode::kResourceExhausted},
+      {RejectReason::kInvalidWait, ErrorCode::kInvalidArgument},
   };
   static_assert(std::size(cases) == kRejectReasonCount);
   for (const auto& [reason, code] : cases) {
@@ -102,6 +107,16 @@ TEST(ErrorTest, EveryRejectReasonHasACodeAndAName) {
     EXPECT_THAT(e.message(), HasSubstr("tool_call")) << ToString(reason);
   }
   EXPECT_EQ(ToString(RejectReason::kUnknownLane), "unknown_lane");
+  EXPECT_EQ(ToString(RejectReason::kQueueFull), "queue_full");
+  EXPECT_EQ(ToString(RejectReason::kWaitTimeout), "wait_timeout");
+  EXPECT_EQ(ToString(RejectReason::kTaskQuota), "task_quota");
+}
+
+TEST(ErrorTest, AnInvalidWaitNamesWaitMsAndTheValue) {
+  const Error e = Rejection(RejectReason::kInvalidWait, "critic", 0, 0, 0, 0, -3);
+  EXPECT_EQ(e.field(), "waitMs");
+  EXPECT_EQ(e.value(), "-3");
+  EXPECT_THAT(e.message(), HasSubstr("got -3 (lane 'critic')"));
 }
 
 TEST(ErrorTest, ARejectionWithContextBecomesAPlainError) {
