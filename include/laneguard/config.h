@@ -4,7 +4,9 @@
 //   {"maxRssMb": 1024, "globalConcurrencyLimit": 64, "laneConcurrencyLimits": {"tool_call": 16}}
 // A partial document merges over a base (the defaults unless given): keys that are absent keep the
 // base's value. `laneConcurrencyLimits` merges lane by lane, so {"custom_lane": 5} adds a lane and
-// keeps the five default lanes.
+// keeps the five default lanes; so do the other lane maps (laneQueueLimits,
+// laneTaskConcurrencyLimits, laneLendablePercent, laneBorrowingLimitPercent), whose lanes must be
+// lanes of the merged laneConcurrencyLimits.
 //
 // Lane limits above the global limit: a lane limit the document states explicitly must be <= the
 // global limit (else an error). A lane limit inherited from the base that exceeds a lowered global
@@ -50,7 +52,9 @@ inline constexpr int kMaxQueueLimit = 1'000'000;
 // Upper bound of laneBorrowingLimitPercent.
 inline constexpr int kMaxBorrowingLimitPercent = 1'000;
 
-enum class TaskQuotaAction { kRefuse, kQueue };  // JSON "refuse" | "queue"
+// What a request over its task's quota gets (taskQuotaAction). JSON "refuse" | "queue".
+enum class TaskQuotaAction { kRefuse, kQueue };
+std::string_view ToString(TaskQuotaAction action);  // "refuse", "queue"
 
 struct Config {
   // Admission is rejected with memory_limit while the sampled RSS is above this.
@@ -85,7 +89,7 @@ struct Config {
   // --- Waiting admission ---
   // Most requests one lane keeps waiting (Acquire with a wait); one more is refused with
   // queue_full. 0: the lane never queues. Lanes not in lane_queue_limits use default_queue_limit.
-  // Within [0, kMaxQueueLimit].
+  // Within [0, kMaxQueueLimit]; lane_queue_limits names only lanes of lane_concurrency_limits.
   int default_queue_limit = 1000;                             // defaultQueueLimit
   std::map<std::string, int, std::less<>> lane_queue_limits;  // laneQueueLimits
   // Aging: a waiting request gains one priority step per queue_aging_ms of waiting, so a low one
@@ -93,7 +97,9 @@ struct Config {
   // Within [1, kMaxTimeoutMs].
   int64_t queue_aging_ms = 1000;  // queueAgingMs
   // Per-task quota: most slots one task id holds at once, over all lanes (0: no quota), and per
-  // task id within a lane (lanes listed only). Within [0, kMaxConcurrencyLimit] / [1, kMax...].
+  // task id within a lane (lanes listed only; they must be lanes of lane_concurrency_limits).
+  // task_concurrency_limit within [0, kMaxConcurrencyLimit]; lane values within
+  // [1, kMaxConcurrencyLimit].
   int task_concurrency_limit = 0;  // taskConcurrencyLimit
   std::map<std::string, int, std::less<>>
       lane_task_concurrency_limits;  // laneTaskConcurrencyLimits
@@ -102,7 +108,8 @@ struct Config {
   TaskQuotaAction task_quota_action = TaskQuotaAction::kRefuse;  // taskQuotaAction
   // Lane lending (off unless a lane is listed): a lane lends up to lane_lendable_percent of its
   // limit while those places are idle, and borrows up to lane_borrowing_limit_percent of its own
-  // limit beyond it; the global limit always holds. [0, 100] and [0, kMaxBorrowingLimitPercent].
+  // limit beyond it; the global limit always holds. Values within [0, 100] and
+  // [0, kMaxBorrowingLimitPercent]; both maps name only lanes of lane_concurrency_limits.
   std::map<std::string, int, std::less<>> lane_lendable_percent;  // laneLendablePercent
   std::map<std::string, int, std::less<>>
       lane_borrowing_limit_percent;  // laneBorrowingLimitPercent
@@ -115,7 +122,12 @@ struct Config {
 // 0 <= spanSampleRate <= 1, timeoutEscalationFactor within [1, kMaxEscalationFactor],
 // defaultTimeoutMs within [1, kMaxTimeoutMs], maxRssMb and heapWarningMb within (0, kMaxMemoryMb],
 // metricsCapacity, memorySampleIntervalMs and timerTickMs within [1, their kMax...], lane names
-// non-empty. Every numeric key has an upper bound, so a value that passes runs.
+// non-empty; defaultQueueLimit within [0, kMaxQueueLimit], queueAgingMs within [1, kMaxTimeoutMs],
+// taskConcurrencyLimit within [0, kMaxConcurrencyLimit], taskQuotaAction a TaskQuotaAction;
+// laneQueueLimits, laneTaskConcurrencyLimits, laneLendablePercent and laneBorrowingLimitPercent
+// name only lanes of laneConcurrencyLimits, their values within [0, kMaxQueueLimit],
+// [1, kMaxConcurrencyLimit], [0, 100] and [0, kMaxBorrowingLimitPercent]. Every numeric key has an
+// upper bound, so a value that passes runs.
 Result<Config> ValidateConfig(Config config);
 
 // Parses `json` (an object with camelCase keys) and merges it over `base`. Errors name the key and
@@ -136,9 +148,9 @@ Result<Config> LoadConfigFile(const std::string& path, const Config& base = Conf
                               std::vector<std::string>* warnings = nullptr);
 
 // The complete config as a JSON object with camelCase keys, every field present (the effective
-// config). Round trip: ParseConfigJson(ConfigToJson(c), base) == c whenever base's lanes are a
-// subset of c's (always true for the default base and a config built from it), because lanes merge
-// over the base rather than replace it.
+// config). Round trip: ParseConfigJson(ConfigToJson(c), base) == c whenever each of base's lane
+// maps is a subset of c's (always true for the default base and a config built from it), because
+// lane maps merge over the base rather than replace it.
 std::string ConfigToJson(const Config& config, int indent = 2);
 
 }  // namespace laneguard

@@ -1,7 +1,10 @@
 #include "laneguard/config.h"
 
 #include <cmath>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <ranges>
 #include <set>
 
 #include "base/json_input.h"
@@ -50,7 +53,15 @@ const std::vector<std::string>& KnownKeys() {
                                                 "spanSampleRate",
                                                 "metricsCapacity",
                                                 "memorySampleIntervalMs",
-                                                "timerTickMs"};
+                                                "timerTickMs",
+                                                "defaultQueueLimit",
+                                                "laneQueueLimits",
+                                                "queueAgingMs",
+                                                "taskConcurrencyLimit",
+                                                "laneTaskConcurrencyLimits",
+                                                "taskQuotaAction",
+                                                "laneLendablePercent",
+                                                "laneBorrowingLimitPercent"};
   return keys;
 }
 
@@ -63,6 +74,54 @@ std::optional<Error> CheckMemoryMb(const char* key, double mb) {
 std::optional<Error> CheckCount(const char* key, int64_t value, int64_t max) {
   if (value >= 1 && value <= max) return std::nullopt;
   return KeyError(key, Text(value), Within(1, max));
+}
+
+// An int field with its inclusive range, checked before the value narrows to an int.
+struct IntRange {
+  int* field;
+  int low;
+  int high;
+};
+
+// The lane maps other than laneConcurrencyLimits: each names only lanes of
+// laneConcurrencyLimits, with values within [low, high].
+struct LaneMap {
+  const char* key;
+  std::map<std::string, int, std::less<>>* lanes;
+  int low;
+  int high;
+};
+
+std::vector<LaneMap> LaneMaps(Config& c) {
+  return {
+      {"laneQueueLimits", &c.lane_queue_limits, 0, kMaxQueueLimit},
+      {"laneTaskConcurrencyLimits", &c.lane_task_concurrency_limits, 1, kMaxConcurrencyLimit},
+      {"laneLendablePercent", &c.lane_lendable_percent, 0, 100},
+      {"laneBorrowingLimitPercent", &c.lane_borrowing_limit_percent, 0, kMaxBorrowingLimitPercent}};
+}
+
+std::optional<TaskQuotaAction> TaskQuotaActionFromString(std::string_view text) {
+  for (TaskQuotaAction a : {TaskQuotaAction::kRefuse, TaskQuotaAction::kQueue}) {
+    if (ToString(a) == text) return a;
+  }
+  return std::nullopt;
+}
+
+constexpr const char* kTaskQuotaActions = "must be \"refuse\" or \"queue\"";
+
+std::optional<Error> CheckLaneMaps(Config& c) {
+  for (const LaneMap& m : LaneMaps(c)) {
+    for (const auto& [lane, value] : *m.lanes) {
+      const std::string key = std::string(m.key) + "." + lane;
+      if (!c.lane_concurrency_limits.contains(lane))
+        return KeyError(
+            key, Text(value),
+            "lane '" + Truncate(lane) + "' is not in laneConcurrencyLimits" +
+                internal::DidYouMean(lane, std::views::keys(c.lane_concurrency_limits)));
+      if (value < m.low || value > m.high) return KeyError(key, Text(value), Within(m.low, m.high));
+    }
+  }
+  return std::nullopt;
 }
 
 // Lanes the document adds that look like a typo of a known lane (the defaults and the base's).
@@ -124,7 +183,22 @@ int64_t* IntegerField(std::string_view key, Config& c) {
   if (key == "metricsCapacity") return &c.metrics_capacity;
   if (key == "memorySampleIntervalMs") return &c.memory_sample_interval_ms;
   if (key == "timerTickMs") return &c.timer_tick_ms;
+  if (key == "queueAgingMs") return &c.queue_aging_ms;
   return nullptr;
+}
+
+std::optional<IntRange> BoundedIntField(std::string_view key, Config& c) {
+  if (key == "defaultQueueLimit") return IntRange{&c.default_queue_limit, 0, kMaxQueueLimit};
+  if (key == "taskConcurrencyLimit")
+    return IntRange{&c.task_concurrency_limit, 0, kMaxConcurrencyLimit};
+  return std::nullopt;
+}
+
+std::optional<LaneMap> LaneMapField(std::string_view key, Config& c) {
+  for (const LaneMap& m : LaneMaps(c)) {
+    if (key == m.key) return m;
+  }
+  return std::nullopt;
 }
 
 bool* BooleanField(std::string_view key, Config& c) {
@@ -140,6 +214,43 @@ std::optional<Error> ApplyGlobalLimit(const std::string& key, const json& v, Con
   if (*n < 1 || *n > kMaxConcurrencyLimit)
     return KeyError(key, JsonPreview(v), Within(1, kMaxConcurrencyLimit));
   c.global_concurrency_limit = static_cast<int>(*n);
+  return std::nullopt;
+}
+
+// An int key is range-checked here, before it narrows to an int.
+std::optional<Error> ApplyBoundedInt(const std::string& key, const json& v, IntRange range) {
+  auto n = ReadInteger(key, v);
+  if (!n) return n.error();
+  if (*n < range.low || *n > range.high)
+    return KeyError(key, JsonPreview(v), Within(range.low, range.high));
+  *range.field = static_cast<int>(*n);
+  return std::nullopt;
+}
+
+// A lane map other than laneConcurrencyLimits merges lane by lane over the base's. Values are
+// range-checked here (they narrow to an int); whether each lane exists is left to ValidateConfig,
+// which sees the merged laneConcurrencyLimits.
+std::optional<Error> ApplyLaneMap(const std::string& key, const json& v, const LaneMap& m) {
+  if (!v.is_object())
+    return KeyError(key, JsonPreview(v),
+                    "must be an object of lane name to value, got " + TypeName(v));
+  for (const auto& [lane, value] : v.items()) {
+    std::string lane_key = key + "." + lane;
+    auto n = ReadInteger(lane_key, value);
+    if (!n) return n.error();
+    if (*n < m.low || *n > m.high)
+      return KeyError(lane_key, JsonPreview(value), Within(m.low, m.high));
+    (*m.lanes)[lane] = static_cast<int>(*n);
+  }
+  return std::nullopt;
+}
+
+std::optional<Error> ApplyTaskQuotaAction(const std::string& key, const json& v, Config& c) {
+  if (!v.is_string())
+    return KeyError(key, JsonPreview(v), std::string(kTaskQuotaActions) + ", got " + TypeName(v));
+  auto action = TaskQuotaActionFromString(v.get_ref<const std::string&>());
+  if (!action) return KeyError(key, JsonPreview(v), kTaskQuotaActions);
+  c.task_quota_action = *action;
   return std::nullopt;
 }
 
@@ -179,6 +290,12 @@ std::optional<Error> ApplyKey(const std::string& key, const json& v, Config& c,
     auto b = ReadBoolean(key, v);
     if (!b) return b.error();
     *field = *b;
+  } else if (auto range = BoundedIntField(key, c)) {
+    return ApplyBoundedInt(key, v, *range);
+  } else if (auto lane_map = LaneMapField(key, c)) {
+    return ApplyLaneMap(key, v, *lane_map);
+  } else if (key == "taskQuotaAction") {
+    return ApplyTaskQuotaAction(key, v, c);
   } else if (key == "globalConcurrencyLimit") {
     return ApplyGlobalLimit(key, v, c);
   } else if (key == "laneConcurrencyLimits") {
@@ -198,6 +315,16 @@ void ClampInheritedLanes(const std::set<std::string, std::less<>>& explicit_lane
 }
 
 }  // namespace
+
+std::string_view ToString(TaskQuotaAction action) {
+  switch (action) {
+    case TaskQuotaAction::kRefuse:
+      return "refuse";
+    case TaskQuotaAction::kQueue:
+      return "queue";
+  }
+  return "unknown";
+}
 
 Result<Config> ValidateConfig(Config c) {
   if (auto e = CheckMemoryMb("maxRssMb", c.max_rss_mb)) return *e;
@@ -232,6 +359,17 @@ Result<Config> ValidateConfig(Config c) {
                           kMaxMemorySampleIntervalMs))
     return *e;
   if (auto e = CheckCount("timerTickMs", c.timer_tick_ms, kMaxTimerTickMs)) return *e;
+  if (c.default_queue_limit < 0 || c.default_queue_limit > kMaxQueueLimit)
+    return KeyError("defaultQueueLimit", Text(c.default_queue_limit), Within(0, kMaxQueueLimit));
+  if (auto e = CheckCount("queueAgingMs", c.queue_aging_ms, kMaxTimeoutMs)) return *e;
+  if (c.task_concurrency_limit < 0 || c.task_concurrency_limit > kMaxConcurrencyLimit)
+    return KeyError("taskConcurrencyLimit", Text(c.task_concurrency_limit),
+                    Within(0, kMaxConcurrencyLimit));
+  if (c.task_quota_action != TaskQuotaAction::kRefuse &&
+      c.task_quota_action != TaskQuotaAction::kQueue)
+    return KeyError("taskQuotaAction", Text(static_cast<int>(c.task_quota_action)),
+                    kTaskQuotaActions);
+  if (auto e = CheckLaneMaps(c)) return *e;
   return c;
 }
 
@@ -273,12 +411,15 @@ Result<Config> LoadConfigFile(const std::string& path, const Config& base,
 }
 
 std::string ConfigToJson(const Config& c, int indent) {
-  json lanes = json::object();
-  for (const auto& [lane, limit] : c.lane_concurrency_limits) lanes[lane] = limit;
+  const auto lane_object = [](const std::map<std::string, int, std::less<>>& map) {
+    json object = json::object();
+    for (const auto& [lane, value] : map) object[lane] = value;
+    return object;
+  };
   json doc = {
       {"maxRssMb", c.max_rss_mb},
       {"heapWarningMb", c.heap_warning_mb},
-      {"laneConcurrencyLimits", lanes},
+      {"laneConcurrencyLimits", lane_object(c.lane_concurrency_limits)},
       {"globalConcurrencyLimit", c.global_concurrency_limit},
       {"defaultTimeoutMs", c.default_timeout_ms},
       {"timeoutEscalationFactor", c.timeout_escalation_factor},
@@ -288,6 +429,14 @@ std::string ConfigToJson(const Config& c, int indent) {
       {"metricsCapacity", c.metrics_capacity},
       {"memorySampleIntervalMs", c.memory_sample_interval_ms},
       {"timerTickMs", c.timer_tick_ms},
+      {"defaultQueueLimit", c.default_queue_limit},
+      {"laneQueueLimits", lane_object(c.lane_queue_limits)},
+      {"queueAgingMs", c.queue_aging_ms},
+      {"taskConcurrencyLimit", c.task_concurrency_limit},
+      {"laneTaskConcurrencyLimits", lane_object(c.lane_task_concurrency_limits)},
+      {"taskQuotaAction", std::string(ToString(c.task_quota_action))},
+      {"laneLendablePercent", lane_object(c.lane_lendable_percent)},
+      {"laneBorrowingLimitPercent", lane_object(c.lane_borrowing_limit_percent)},
   };
   return doc.dump(indent);
 }

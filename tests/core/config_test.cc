@@ -132,6 +132,45 @@ TEST(Config, ExtensionKeysParse) {
   EXPECT_EQ(r->timer_tick_ms, 3);
 }
 
+TEST(Config, WaitingAdmissionDefaults) {
+  Config c;
+  EXPECT_EQ(c.default_queue_limit, 1000);
+  EXPECT_TRUE(c.lane_queue_limits.empty());
+  EXPECT_EQ(c.queue_aging_ms, 1000);
+  EXPECT_EQ(c.task_concurrency_limit, 0);
+  EXPECT_TRUE(c.lane_task_concurrency_limits.empty());
+  EXPECT_EQ(c.task_quota_action, TaskQuotaAction::kRefuse);
+  EXPECT_TRUE(c.lane_lendable_percent.empty());
+  EXPECT_TRUE(c.lane_borrowing_limit_percent.empty());
+}
+
+TEST(Config, WaitingAdmissionKeysParse) {
+  auto r = ParseConfigJson(R"({"defaultQueueLimit": 0, "laneQueueLimits": {"critic": 7},
+      "queueAgingMs": 250, "taskConcurrencyLimit": 4,
+      "laneTaskConcurrencyLimits": {"tool_call": 2}, "taskQuotaAction": "queue",
+      "laneLendablePercent": {"file_read": 100, "critic": 0},
+      "laneBorrowingLimitPercent": {"tool_call": 1000}})");
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->default_queue_limit, 0);
+  EXPECT_EQ(r->lane_queue_limits, (Lanes{{"critic", 7}}));
+  EXPECT_EQ(r->queue_aging_ms, 250);
+  EXPECT_EQ(r->task_concurrency_limit, 4);
+  EXPECT_EQ(r->lane_task_concurrency_limits, (Lanes{{"tool_call", 2}}));
+  EXPECT_EQ(r->task_quota_action, TaskQuotaAction::kQueue);
+  EXPECT_EQ(r->lane_lendable_percent, (Lanes{{"critic", 0}, {"file_read", 100}}));
+  EXPECT_EQ(r->lane_borrowing_limit_percent, (Lanes{{"tool_call", 1000}}));
+  // Untouched fields keep their defaults.
+  EXPECT_EQ(r->lane_concurrency_limits, kDefaultLanes);
+  auto refuse = ParseConfigJson(R"({"taskQuotaAction": "refuse"})");
+  ASSERT_TRUE(refuse.ok()) << refuse.error().message();
+  EXPECT_EQ(refuse->task_quota_action, TaskQuotaAction::kRefuse);
+}
+
+TEST(Config, TaskQuotaActionToString) {
+  EXPECT_EQ(ToString(TaskQuotaAction::kRefuse), "refuse");
+  EXPECT_EQ(ToString(TaskQuotaAction::kQueue), "queue");
+}
+
 // --- Error cases: every error names the key and the value, in its fields and its message. ---
 
 struct ErrorCase {
@@ -223,7 +262,80 @@ INSTANTIATE_TEST_SUITE_P(
                   R"({"laneConcurrencyLimits": {"critic": 9223372036854775808}})",
                   "laneConcurrencyLimits.critic", "9223372036854775808"},
         ErrorCase{"MaxRssZero", R"({"maxRssMb": 0})", "maxRssMb", "0"},
-        ErrorCase{"TimerTickZero", R"({"timerTickMs": 0})", "timerTickMs", "0"}),
+        ErrorCase{"TimerTickZero", R"({"timerTickMs": 0})", "timerTickMs", "0"},
+        // Waiting admission.
+        ErrorCase{"StringForDefaultQueueLimit", R"({"defaultQueueLimit": "5"})",
+                  "defaultQueueLimit", R"("5")"},
+        ErrorCase{"FractionForDefaultQueueLimit", R"({"defaultQueueLimit": 2.5})",
+                  "defaultQueueLimit", "2.5"},
+        ErrorCase{"DefaultQueueLimitNegative", R"({"defaultQueueLimit": -1})", "defaultQueueLimit",
+                  "-1"},
+        ErrorCase{"DefaultQueueLimitAboveBound", R"({"defaultQueueLimit": 1000001})",
+                  "defaultQueueLimit", "1000001"},
+        ErrorCase{"DefaultQueueLimitHuge", R"({"defaultQueueLimit": 1e20})", "defaultQueueLimit",
+                  "1e20"},
+        ErrorCase{"ArrayForLaneQueueLimits", R"({"laneQueueLimits": [1]})", "laneQueueLimits",
+                  "[1]"},
+        ErrorCase{"NumberForLaneQueueLimits", R"({"laneQueueLimits": 5})", "laneQueueLimits", "5"},
+        ErrorCase{"StringForLaneQueueLimit", R"({"laneQueueLimits": {"critic": "3"}})",
+                  "laneQueueLimits.critic", R"("3")"},
+        ErrorCase{"FractionForLaneQueueLimit", R"({"laneQueueLimits": {"critic": 0.5}})",
+                  "laneQueueLimits.critic", "0.5"},
+        ErrorCase{"LaneQueueLimitNegative", R"({"laneQueueLimits": {"critic": -1}})",
+                  "laneQueueLimits.critic", "-1"},
+        ErrorCase{"LaneQueueLimitAboveBound", R"({"laneQueueLimits": {"critic": 1000001}})",
+                  "laneQueueLimits.critic", "1000001"},
+        ErrorCase{"LaneQueueLimitUnknownLane", R"({"laneQueueLimits": {"nosuch": 3}})",
+                  "laneQueueLimits.nosuch", "3"},
+        ErrorCase{"StringForQueueAging", R"({"queueAgingMs": "1000"})", "queueAgingMs",
+                  R"("1000")"},
+        ErrorCase{"FractionForQueueAging", R"({"queueAgingMs": 1.5})", "queueAgingMs", "1.5"},
+        ErrorCase{"QueueAgingZero", R"({"queueAgingMs": 0})", "queueAgingMs", "0"},
+        ErrorCase{"QueueAgingNegative", R"({"queueAgingMs": -1})", "queueAgingMs", "-1"},
+        ErrorCase{"QueueAgingAboveBound", R"({"queueAgingMs": 2592000001})", "queueAgingMs",
+                  "2592000001"},
+        ErrorCase{"BoolForTaskConcurrencyLimit", R"({"taskConcurrencyLimit": true})",
+                  "taskConcurrencyLimit", "true"},
+        ErrorCase{"TaskConcurrencyLimitNegative", R"({"taskConcurrencyLimit": -1})",
+                  "taskConcurrencyLimit", "-1"},
+        ErrorCase{"TaskConcurrencyLimitAboveBound", R"({"taskConcurrencyLimit": 1000001})",
+                  "taskConcurrencyLimit", "1000001"},
+        ErrorCase{"ArrayForLaneTaskLimits", R"({"laneTaskConcurrencyLimits": [2]})",
+                  "laneTaskConcurrencyLimits", "[2]"},
+        ErrorCase{"LaneTaskLimitZero", R"({"laneTaskConcurrencyLimits": {"critic": 0}})",
+                  "laneTaskConcurrencyLimits.critic", "0"},
+        ErrorCase{"LaneTaskLimitAboveBound",
+                  R"({"laneTaskConcurrencyLimits": {"critic": 1000001}})",
+                  "laneTaskConcurrencyLimits.critic", "1000001"},
+        ErrorCase{"LaneTaskLimitUnknownLane", R"({"laneTaskConcurrencyLimits": {"nosuch": 1}})",
+                  "laneTaskConcurrencyLimits.nosuch", "1"},
+        ErrorCase{"NumberForTaskQuotaAction", R"({"taskQuotaAction": 1})", "taskQuotaAction", "1"},
+        ErrorCase{"UnknownTaskQuotaAction", R"({"taskQuotaAction": "drop"})", "taskQuotaAction",
+                  R"("drop")"},
+        ErrorCase{"TaskQuotaActionIsCaseSensitive", R"({"taskQuotaAction": "Queue"})",
+                  "taskQuotaAction", R"("Queue")"},
+        ErrorCase{"StringForLendablePercentMap", R"({"laneLendablePercent": "50"})",
+                  "laneLendablePercent", R"("50")"},
+        ErrorCase{"LendablePercentNegative", R"({"laneLendablePercent": {"critic": -1}})",
+                  "laneLendablePercent.critic", "-1"},
+        ErrorCase{"LendablePercentAboveHundred", R"({"laneLendablePercent": {"critic": 101}})",
+                  "laneLendablePercent.critic", "101"},
+        ErrorCase{"FractionForLendablePercent", R"({"laneLendablePercent": {"critic": 50.5}})",
+                  "laneLendablePercent.critic", "50.5"},
+        ErrorCase{"LendablePercentUnknownLane", R"({"laneLendablePercent": {"nosuch": 50}})",
+                  "laneLendablePercent.nosuch", "50"},
+        ErrorCase{"ArrayForBorrowingLimitPercent", R"({"laneBorrowingLimitPercent": []})",
+                  "laneBorrowingLimitPercent", "[]"},
+        ErrorCase{"BorrowingLimitPercentNegative",
+                  R"({"laneBorrowingLimitPercent": {"critic": -1}})",
+                  "laneBorrowingLimitPercent.critic", "-1"},
+        ErrorCase{"BorrowingLimitPercentAboveBound",
+                  R"({"laneBorrowingLimitPercent": {"critic": 1001}})",
+                  "laneBorrowingLimitPercent.critic", "1001"},
+        ErrorCase{"BorrowingLimitPercentUnknownLane",
+                  R"({"laneBorrowingLimitPercent": {"nosuch": 10}})",
+                  "laneBorrowingLimitPercent.nosuch", "10"},
+        ErrorCase{"MisspelledWaitingKey", R"({"queueAgingMS": 5})", "queueAgingMS", "5"}),
     [](const testing::TestParamInfo<ErrorCase>& info) { return info.param.name; });
 
 TEST(Config, MalformedJsonIsAnErrorWithParserPosition) {
@@ -361,6 +473,14 @@ TEST(Config, ConfigToJsonRoundTrips) {
   c.metrics_capacity = 17;
   c.memory_sample_interval_ms = 333;
   c.timer_tick_ms = 7;
+  c.default_queue_limit = 0;
+  c.lane_queue_limits = {{"custom_lane", 3}, {"critic", 0}};
+  c.queue_aging_ms = 4321;
+  c.task_concurrency_limit = 6;
+  c.lane_task_concurrency_limits = {{"tool_call", 2}};
+  c.task_quota_action = TaskQuotaAction::kQueue;
+  c.lane_lendable_percent = {{"file_read", 40}, {"custom_lane", 100}};
+  c.lane_borrowing_limit_percent = {{"tool_call", 250}, {"critic", 0}};
   ASSERT_TRUE(ValidateConfig(c).ok());
   const std::string text = ConfigToJson(c);
   auto r = ParseConfigJson(text);
@@ -374,11 +494,27 @@ TEST(Config, ConfigToJsonRoundTrips) {
 
 TEST(Config, ConfigToJsonHasEveryFieldInCamelCase) {
   const std::string text = ConfigToJson(Config{}, -1);
-  for (const char* key :
-       {"\"maxRssMb\"", "\"heapWarningMb\"", "\"laneConcurrencyLimits\"",
-        "\"globalConcurrencyLimit\"", "\"defaultTimeoutMs\"", "\"timeoutEscalationFactor\"",
-        "\"enableMemoryGuards\"", "\"enableSpanEmission\"", "\"spanSampleRate\"",
-        "\"metricsCapacity\"", "\"memorySampleIntervalMs\"", "\"timerTickMs\"", "\"file_read\""}) {
+  for (const char* key : {"\"maxRssMb\"",
+                          "\"heapWarningMb\"",
+                          "\"laneConcurrencyLimits\"",
+                          "\"globalConcurrencyLimit\"",
+                          "\"defaultTimeoutMs\"",
+                          "\"timeoutEscalationFactor\"",
+                          "\"enableMemoryGuards\"",
+                          "\"enableSpanEmission\"",
+                          "\"spanSampleRate\"",
+                          "\"metricsCapacity\"",
+                          "\"memorySampleIntervalMs\"",
+                          "\"timerTickMs\"",
+                          "\"file_read\"",
+                          "\"defaultQueueLimit\"",
+                          "\"laneQueueLimits\"",
+                          "\"queueAgingMs\"",
+                          "\"taskConcurrencyLimit\"",
+                          "\"laneTaskConcurrencyLimits\"",
+                          "\"taskQuotaAction\":\"refuse\"",
+                          "\"laneLendablePercent\"",
+                          "\"laneBorrowingLimitPercent\""}) {
     EXPECT_NE(text.find(key), std::string::npos) << key << " missing from " << text;
   }
 }
@@ -605,6 +741,9 @@ TEST(ConfigInput, EveryNumericKeyHasAnUpperBound) {
            {"defaultTimeoutMs", "1e13", static_cast<double>(kMaxTimeoutMs)},
            {"globalConcurrencyLimit", "2000000", kMaxConcurrencyLimit},
            {"timeoutEscalationFactor", "1e9", kMaxEscalationFactor},
+           {"defaultQueueLimit", "1e9", kMaxQueueLimit},
+           {"queueAgingMs", "1e13", static_cast<double>(kMaxTimeoutMs)},
+           {"taskConcurrencyLimit", "1e9", kMaxConcurrencyLimit},
        }) {
     auto r = ParseConfigJson("{\"" + b.key + "\": " + b.too_big + "}");
     ASSERT_FALSE(r.ok()) << b.key;
@@ -680,6 +819,20 @@ TEST(ConfigInput, UnknownKeySuggestsTheKnownOne) {
   r = ParseConfigJson(R"({"timerTick": 5})");
   ASSERT_FALSE(r.ok());
   EXPECT_THAT(r.error().message(), HasSubstr("did you mean 'timerTickMs'?"));
+  for (const auto& [typo, known] : std::vector<std::pair<std::string, std::string>>{
+           {"queueAgingMS", "queueAgingMs"},
+           {"defaultQueueLimt", "defaultQueueLimit"},
+           {"laneQueueLimit", "laneQueueLimits"},
+           {"taskConcurrencyLimits", "taskConcurrencyLimit"},
+           {"laneTaskConcurrencyLimit", "laneTaskConcurrencyLimits"},
+           {"taskQuotaActon", "taskQuotaAction"},
+           {"laneLendablePercnt", "laneLendablePercent"},
+           {"laneBorrowingLimitPercents", "laneBorrowingLimitPercent"}}) {
+    r = ParseConfigJson("{\"" + typo + "\": 1}");
+    ASSERT_FALSE(r.ok()) << typo;
+    EXPECT_EQ(r.error().field(), typo);
+    EXPECT_THAT(r.error().message(), HasSubstr("did you mean '" + known + "'?"));
+  }
 }
 
 TEST(ConfigInput, UnreadableFilesSayWhy) {
@@ -791,6 +944,197 @@ TEST(ConfigInput, DevZeroIsRefusedPromptly) {
         std::_Exit(0);
       },
       ::testing::ExitedWithCode(0), "/dev/zero: larger than 1 MiB, the limit for a config file");
+}
+
+}  // namespace
+}  // namespace laneguard
+
+// --- Waiting admission: queue limits, aging, per-task quotas, lane lending (issue 18). ---
+
+namespace laneguard {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The four lane maps, by JSON key, with their bounds.
+struct LaneMapCase {
+  std::string key;
+  std::map<std::string, int, std::less<>> Config::*field;
+  int low;
+  int high;
+};
+
+const std::vector<LaneMapCase>& LaneMapCases() {
+  static const std::vector<LaneMapCase> cases = {
+      {"laneQueueLimits", &Config::lane_queue_limits, 0, kMaxQueueLimit},
+      {"laneTaskConcurrencyLimits", &Config::lane_task_concurrency_limits, 1, kMaxConcurrencyLimit},
+      {"laneLendablePercent", &Config::lane_lendable_percent, 0, 100},
+      {"laneBorrowingLimitPercent", &Config::lane_borrowing_limit_percent, 0,
+       kMaxBorrowingLimitPercent}};
+  return cases;
+}
+
+TEST(ConfigWaiting, LaneMapsMergeLaneByLaneOverTheBase) {
+  for (const LaneMapCase& m : LaneMapCases()) {
+    Config base;
+    base.*m.field = {{"critic", m.low}, {"tool_call", m.high}};
+    auto r = ParseConfigJson("{\"" + m.key + "\": {\"critic\": " + std::to_string(m.high) +
+                                 ", \"file_read\": " + std::to_string(m.low) + "}}",
+                             base);
+    ASSERT_TRUE(r.ok()) << m.key << ": " << r.error().message();
+    EXPECT_EQ((*r).*m.field,
+              (Lanes{{"critic", m.high}, {"file_read", m.low}, {"tool_call", m.high}}))
+        << m.key;
+    // A document without the key keeps the base's map.
+    auto kept = ParseConfigJson("{}", base);
+    ASSERT_TRUE(kept.ok()) << kept.error().message();
+    EXPECT_EQ((*kept).*m.field, base.*m.field) << m.key;
+  }
+}
+
+TEST(ConfigWaiting, LaneMapBoundsAreInclusive) {
+  for (const LaneMapCase& m : LaneMapCases()) {
+    for (int ok : {m.low, m.high}) {
+      auto r = ParseConfigJson("{\"" + m.key + "\": {\"critic\": " + std::to_string(ok) + "}}");
+      ASSERT_TRUE(r.ok()) << m.key << " = " << ok << ": " << r.error().message();
+      EXPECT_EQ(((*r).*m.field).at("critic"), ok);
+    }
+    for (int bad : {m.low - 1, m.high + 1}) {
+      auto r = ParseConfigJson("{\"" + m.key + "\": {\"critic\": " + std::to_string(bad) + "}}");
+      ASSERT_FALSE(r.ok()) << m.key << " = " << bad;
+      EXPECT_EQ(r.error().field(), m.key + ".critic");
+      EXPECT_EQ(r.error().value(), std::to_string(bad));
+      EXPECT_THAT(r.error().message(),
+                  HasSubstr("[" + std::to_string(m.low) + ", " + std::to_string(m.high) + "]"));
+    }
+  }
+}
+
+TEST(ConfigWaiting, LaneMapsNameOnlyConfiguredLanes) {
+  for (const LaneMapCase& m : LaneMapCases()) {
+    auto r = ParseConfigJson("{\"" + m.key + "\": {\"critc\": " + std::to_string(m.high) + "}}");
+    ASSERT_FALSE(r.ok()) << m.key;
+    EXPECT_EQ(r.error().field(), m.key + ".critc");
+    EXPECT_EQ(r.error().value(), std::to_string(m.high));
+    EXPECT_THAT(r.error().message(), HasSubstr("'" + m.key + ".critc'"));
+    EXPECT_THAT(r.error().message(), HasSubstr("not in laneConcurrencyLimits"));
+    EXPECT_THAT(r.error().message(), HasSubstr("did you mean 'critic'?"));
+  }
+}
+
+TEST(ConfigWaiting, LaneMapsSeeTheMergedLanesWhateverTheKeyOrder) {
+  for (const std::string& text :
+       {std::string(R"({"laneQueueLimits": {"bulk": 2}, "laneConcurrencyLimits": {"bulk": 4}})"),
+        std::string(R"({"laneConcurrencyLimits": {"bulk": 4}, "laneQueueLimits": {"bulk": 2}})")}) {
+    auto r = ParseConfigJson(text);
+    ASSERT_TRUE(r.ok()) << text << ": " << r.error().message();
+    EXPECT_EQ(r->lane_queue_limits, (Lanes{{"bulk", 2}}));
+  }
+  // A lane of the base counts too.
+  Config base;
+  base.lane_concurrency_limits["bulk"] = 4;
+  auto r = ParseConfigJson(R"({"laneLendablePercent": {"bulk": 50}})", base);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->lane_lendable_percent, (Lanes{{"bulk", 50}}));
+}
+
+TEST(ConfigWaiting, ValidateConfigChecksTheLaneMapsOfAConfigBuiltInCpp) {
+  for (const LaneMapCase& m : LaneMapCases()) {
+    Config c;
+    (c.*m.field)["nosuch"] = m.low;
+    auto r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok()) << m.key;
+    EXPECT_EQ(r.error().field(), m.key + ".nosuch");
+    EXPECT_EQ(r.error().value(), std::to_string(m.low));
+    EXPECT_THAT(r.error().message(), HasSubstr("not in laneConcurrencyLimits"));
+
+    c = Config{};
+    (c.*m.field)["critic"] = m.high + 1;
+    r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok()) << m.key;
+    EXPECT_EQ(r.error().field(), m.key + ".critic");
+    EXPECT_EQ(r.error().value(), std::to_string(m.high + 1));
+
+    c = Config{};
+    (c.*m.field)["critic"] = m.low - 1;
+    r = ValidateConfig(c);
+    ASSERT_FALSE(r.ok()) << m.key;
+    EXPECT_EQ(r.error().field(), m.key + ".critic");
+
+    c = Config{};
+    (c.*m.field)["critic"] = m.high;
+    EXPECT_TRUE(ValidateConfig(c).ok()) << m.key;
+  }
+}
+
+TEST(ConfigWaiting, ValidateConfigChecksTheScalarsOfAConfigBuiltInCpp) {
+  Config c;
+  c.default_queue_limit = -1;
+  EXPECT_EQ(ValidateConfig(c).error().field(), "defaultQueueLimit");
+  c.default_queue_limit = kMaxQueueLimit + 1;
+  EXPECT_EQ(ValidateConfig(c).error().field(), "defaultQueueLimit");
+  c = Config{};
+  c.queue_aging_ms = 0;
+  EXPECT_EQ(ValidateConfig(c).error().field(), "queueAgingMs");
+  c.queue_aging_ms = kMaxTimeoutMs + 1;
+  EXPECT_EQ(ValidateConfig(c).error().field(), "queueAgingMs");
+  c = Config{};
+  c.task_concurrency_limit = -1;
+  EXPECT_EQ(ValidateConfig(c).error().field(), "taskConcurrencyLimit");
+  c.task_concurrency_limit = kMaxConcurrencyLimit + 1;
+  EXPECT_EQ(ValidateConfig(c).error().field(), "taskConcurrencyLimit");
+  c = Config{};
+  c.task_quota_action = static_cast<TaskQuotaAction>(7);
+  auto r = ValidateConfig(c);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().field(), "taskQuotaAction");
+  EXPECT_EQ(r.error().value(), "7");
+  // The bounds themselves pass.
+  c = Config{};
+  c.default_queue_limit = kMaxQueueLimit;
+  c.queue_aging_ms = kMaxTimeoutMs;
+  c.task_concurrency_limit = kMaxConcurrencyLimit;
+  EXPECT_TRUE(ValidateConfig(c).ok());
+  c.default_queue_limit = 0;
+  c.queue_aging_ms = 1;
+  c.task_concurrency_limit = 0;
+  EXPECT_TRUE(ValidateConfig(c).ok());
+}
+
+TEST(ConfigWaiting, TaskQuotaActionErrorNamesTheChoices) {
+  auto r = ParseConfigJson(R"({"taskQuotaAction": "drop"})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message(), HasSubstr("\"drop\""));
+  EXPECT_THAT(r.error().message(), HasSubstr("\"refuse\" or \"queue\""));
+  r = ParseConfigJson(R"({"taskQuotaAction": null})");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().field(), "taskQuotaAction");
+  EXPECT_THAT(r.error().message(), HasSubstr("got null"));
+}
+
+TEST(ConfigWaiting, RoundTripOverABaseWithLaneMaps) {
+  Config base;
+  base.lane_queue_limits = {{"critic", 1}};
+  base.lane_lendable_percent = {{"file_read", 10}};
+  Config c = base;
+  c.lane_queue_limits["tool_call"] = 9;
+  c.lane_lendable_percent["file_read"] = 20;
+  c.lane_borrowing_limit_percent["critic"] = 300;
+  c.lane_task_concurrency_limits["critic"] = 1;
+  c.task_quota_action = TaskQuotaAction::kQueue;
+  ASSERT_TRUE(ValidateConfig(c).ok());
+  auto r = ParseConfigJson(ConfigToJson(c), base);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(*r, c);
+}
+
+TEST(ConfigWaiting, DuplicateLanesInALaneMapAreWarnedAbout) {
+  std::vector<std::string> warnings;
+  auto r =
+      ParseConfigJson(R"({"laneQueueLimits": {"critic": 1, "critic": 2}})", Config{}, &warnings);
+  ASSERT_TRUE(r.ok()) << r.error().message();
+  EXPECT_EQ(r->lane_queue_limits.at("critic"), 2);
+  EXPECT_THAT(warnings, ::testing::ElementsAre(HasSubstr("'laneQueueLimits.critic'")));
 }
 
 }  // namespace
