@@ -81,6 +81,13 @@ struct CallOptions {
   std::string lane = "tool_call";
   std::optional<int64_t> timeout_ms;  // defaultTimeoutMs when unset
   Metadata metadata;
+  // Waiting admission (ResourceBudgetManager::Acquire): how long the call may wait for a place.
+  // 0, the default, does not wait (the spec's behaviour: refused at once); empty waits until
+  // granted or wait_stop_token is stopped. A call that waited has a "queued" event and the
+  // laneguard.wait_ms attribute on its span.
+  std::optional<int64_t> wait_ms = 0;
+  Priority priority = Priority::kNormal;
+  std::stop_token wait_stop_token;
   bool throw_on_resource_limit_exceeded = true;
   // The span's parent (for example from ParseTraceparent); a new trace when unset or invalid.
   std::optional<SpanContext> parent;

@@ -67,12 +67,13 @@ class AtomicHistogram {
 // Counters of one lane (the last LaneCounters of a collector is lane "", for unknown lanes).
 struct LaneCounters {
   LaneCounters(const std::vector<double>* duration_bounds, const std::vector<double>* wait_bounds)
-      : duration(duration_bounds), queue_wait(wait_bounds) {}
+      : duration(duration_bounds), queue_wait(wait_bounds), admission_wait(wait_bounds) {}
   std::atomic<uint64_t> calls[kOutcomeCount] = {};
   std::atomic<uint64_t> rejections[kRejectReasonCount] = {};
   std::atomic<uint64_t> timeouts[2] = {};
   AtomicHistogram duration;
-  AtomicHistogram queue_wait;
+  AtomicHistogram queue_wait;      // reported by a scheduler (ObserveQueueWait)
+  AtomicHistogram admission_wait;  // the manager's own queue (Acquire), every grant
 };
 
 // Shared by the collector and the observer the manager keeps (the manager has no RemoveObserver,
@@ -119,6 +120,9 @@ class CountingObserver final : public Observer {
         lane.timeouts[1].fetch_add(1, std::memory_order_relaxed);
         return;
       case EventKind::kAcquired:
+        // Every grant, 0 for one granted at once: the histogram's count is the grants.
+        lane.admission_wait.Observe(static_cast<double>(event.wait_ns) / 1e9);
+        return;
       case EventKind::kHeapWarning:
         return;
     }
@@ -249,6 +253,10 @@ void AppendCallFamilies(const Counters& c, std::vector<prometheus::MetricFamily>
   auto waits = Family("laneguard_queue_wait_seconds",
                       "Time calls waited in a scheduler's queue before asking for a slot.",
                       MetricType::Histogram);
+  auto admission_waits = Family("laneguard_admission_wait_seconds",
+                                "Time granted calls waited in their lane's queue for a place "
+                                "(0 when granted at once).",
+                                MetricType::Histogram);
   for (size_t i = 0; i <= configured; ++i) {
     const LaneCounters& lc = *c.lanes[i];
     const std::string& lane = lane_of(i);
@@ -269,6 +277,8 @@ void AppendCallFamilies(const Counters& c, std::vector<prometheus::MetricFamily>
       }
       durations.metric.push_back(Sample({{"lane", lane}}));
       durations.metric.back().histogram = lc.duration.Read();
+      admission_waits.metric.push_back(Sample({{"lane", lane}}));
+      admission_waits.metric.back().histogram = lc.admission_wait.Read();
     }
     prometheus::ClientMetric::Histogram wait = lc.queue_wait.Read();
     if (i < configured || wait.sample_count > 0) {
@@ -277,7 +287,8 @@ void AppendCallFamilies(const Counters& c, std::vector<prometheus::MetricFamily>
     }
   }
 
-  for (auto* f : {&calls, &rejections, &timeouts, &durations, &waits}) out.push_back(std::move(*f));
+  for (auto* f : {&calls, &rejections, &timeouts, &durations, &waits, &admission_waits})
+    out.push_back(std::move(*f));
 }
 
 // Slots held and limits, per lane and in all.
@@ -293,10 +304,22 @@ void AppendConcurrencyFamilies(const ResourceBudgetManager& manager,
       Family("laneguard_lane_overrunning_calls",
              "Slots held now by calls past their hard deadline, whose work may still run.",
              MetricType::Gauge);
+  auto lane_queued = Family("laneguard_lane_queued_requests",
+                            "Requests waiting now for a place in each lane.", MetricType::Gauge);
+  auto lane_queue_limit =
+      Family("laneguard_lane_queue_limit",
+             "Most requests each lane keeps waiting (laneQueueLimits).", MetricType::Gauge);
+  auto lane_borrowed = Family("laneguard_lane_borrowed_calls",
+                              "Slots held now beyond the lane's limit, borrowed from other lanes' "
+                              "idle places (lane lending).",
+                              MetricType::Gauge);
   for (const auto& [lane, count] : status.lanes) {
     AddGauge(lane_active, {{"lane", lane}}, count.active);
     AddGauge(lane_limit, {{"lane", lane}}, count.limit);
     AddGauge(lane_overrunning, {{"lane", lane}}, count.overrunning);
+    AddGauge(lane_queued, {{"lane", lane}}, count.queued);
+    AddGauge(lane_queue_limit, {{"lane", lane}}, count.queue_limit);
+    AddGauge(lane_borrowed, {{"lane", lane}}, count.borrowed);
   }
   auto global_active =
       Family("laneguard_global_active_calls", "Slots held now in all lanes.", MetricType::Gauge);
@@ -305,7 +328,8 @@ void AppendConcurrencyFamilies(const ResourceBudgetManager& manager,
                              "Configured global concurrency limit.", MetricType::Gauge);
   AddGauge(global_limit, {}, status.global.limit);
 
-  for (auto* f : {&lane_active, &lane_limit, &lane_overrunning, &global_active, &global_limit})
+  for (auto* f : {&lane_active, &lane_limit, &lane_overrunning, &lane_queued, &lane_queue_limit,
+                  &lane_borrowed, &global_active, &global_limit})
     out.push_back(std::move(*f));
 }
 

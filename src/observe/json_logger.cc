@@ -154,7 +154,9 @@ void LoggingObserver::OnEvent(const CallEvent& e) {
                         {"lane", e.lane},
                         {"globalConcurrency", int64_t{e.global_active}},
                         {"laneConcurrency", int64_t{e.lane_active}},
-                        {"timeoutMs", e.timeout_ms}});
+                        {"timeoutMs", e.timeout_ms},
+                        {"waitMs", static_cast<double>(e.wait_ns) / 1e6},
+                        {"borrowed", e.borrowed}});
       break;
     case EventKind::kRejected:
       logger_->LogWarning("Worker call rejected", {{"taskId", e.task_id},

@@ -104,12 +104,26 @@ void GuardedCall::OnEscalation() {
   if (CallGuard* built = built_.load(std::memory_order_acquire)) built->OnEscalation();
 }
 
-// Through the manager's state, which takes the listener in the same locking as the slot.
+// Through the manager's state, which takes the listener in the same locking as the slot. A call
+// that may wait goes through Acquire, whose options carry the listener the same way.
+Result<Slot> CallGuard::AcquireFor(WorkerCalls& calls, std::string_view task_id,
+                                   const CallOptions& options, TimeoutHandler* listener) {
+  if (options.wait_ms == 0) [[likely]] {
+    return calls.manager().state_->TryAcquire(task_id, options.lane, options.timeout_ms,
+                                              options.metadata, listener);
+  }
+  return calls.manager().Acquire(task_id, options.lane,
+                                 {.timeout_ms = options.timeout_ms,
+                                  .wait_ms = options.wait_ms,
+                                  .priority = options.priority,
+                                  .metadata = options.metadata,
+                                  .stop_token = options.wait_stop_token,
+                                  .timeout_handler = listener});
+}
+
 CallGuard::CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
                      TimeoutHandler* listener)
-    : CallGuard(calls, task_id, options,
-                calls.manager().state_->TryAcquire(task_id, options.lane, options.timeout_ms,
-                                                   options.metadata, listener)) {
+    : CallGuard(calls, task_id, options, AcquireFor(calls, task_id, options, listener)) {
   if (listener == nullptr) {
     ListenIfRecording();
   } else if (slot_.valid()) {
@@ -160,13 +174,19 @@ Span CallGuard::StartSpan(const Result<Slot>& acquired, const CallOptions& optio
     name = long_name;
   }
   // On one clock, the span starts when the slot was granted (or refused): one read fewer. The
-  // first events are stamped with the span's start: the moment the slot was handed over.
+  // first events are stamped with the span's start: the moment the slot was handed over. A call
+  // that waited in its lane's queue starts its span when it began to wait (on one clock), with a
+  // "queued" event there.
   const int64_t start = calls_.shared_clock_ ? start_mono_ : tracer.clock().MonotonicNanos();
+  const int64_t waited = acquired.ok() ? acquired->wait_nanos() : 0;
+  const int64_t span_start = calls_.shared_clock_ ? start - waited : start;
   return SpanFastPath::StartSpanAt(
-      tracer, start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
+      tracer, span_start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
         edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
         for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
         const bool refused_and_throws = !acquired.ok() && options.throw_on_resource_limit_exceeded;
+        if (waited > 0 || options.wait_ms != 0) [[unlikely]]
+          AddWaitEvents(edit, span_start, acquired, options);
         if (acquired.ok()) {
           edit.AddLiteralEventAt(
               start, "acquired_slot",
@@ -184,6 +204,15 @@ Span CallGuard::StartSpan(const Result<Slot>& acquired, const CallOptions& optio
         if (!refused_and_throws)
           edit.AddLiteralEventAt(start, "execution_started", {{"taskId", task_id_}});
       });
+}
+
+// The wait of a call that may wait: its "queued" event and attributes.
+void CallGuard::AddWaitEvents(SpanEditor& edit, int64_t at, const Result<Slot>& acquired,
+                              const CallOptions& options) {
+  const double wait_ms = acquired.ok() ? static_cast<double>(acquired->wait_nanos()) / 1e6 : 0;
+  edit.AddLiteralEventAt(at, "queued", {{"priority", ToString(options.priority)}});
+  edit.SetAttributes({{"laneguard.wait_ms", wait_ms}});
+  if (acquired.ok() && acquired->borrowed()) edit.SetAttributes({{"laneguard.borrowed", true}});
 }
 
 void CallGuard::Refused(const Rejection& rejection, const CallOptions& options) {

@@ -133,7 +133,7 @@ TEST_F(PrometheusTest, EveryFamilyHasHelpAndTypeAndNoTaskIds) {
   Call("tool_call", 5, true);
   const std::string text = collector_->Serialize(ExpositionFormat::kText004);
   const auto families = CollectFamilies(*collector_);
-  EXPECT_EQ(families.size(), 17u);
+  EXPECT_EQ(families.size(), 21u);
   for (const auto& f : families) {
     EXPECT_THAT(text, HasSubstr("# HELP " + f.name + " ")) << f.name;
     EXPECT_THAT(text, HasSubstr("# TYPE " + f.name + " ")) << f.name;

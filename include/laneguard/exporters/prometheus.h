@@ -17,9 +17,14 @@
 // - timeouts_total{lane,phase}: counter; phase "warning" (the timeout) or "escalation" (timeout x
 //   escalation factor), counted when they happen, not at release.
 // - call_duration_seconds{lane}: histogram of released calls' durations.
-// - queue_wait_seconds{lane}: histogram fed by ObserveQueueWait(). Admission itself never queues;
-//   schedulers that queue calls before asking for a slot report the wait here.
+// - admission_wait_seconds{lane}: histogram of the time granted calls waited in their lane's queue
+//   (ResourceBudgetManager::Acquire), 0 for a call granted at once: its count is the grants.
+// - queue_wait_seconds{lane}: histogram fed by ObserveQueueWait(), for schedulers that queue calls
+//   in a queue of their own before asking for a slot.
 // - lane_active_calls{lane}, global_active_calls: gauges, slots held now.
+// - lane_queued_requests{lane}, lane_queue_limit{lane}: gauges, requests waiting now and the most
+//   a lane keeps waiting.
+// - lane_borrowed_calls{lane}: gauge, slots held beyond the lane's limit (lane lending).
 // - lane_concurrency_limit{lane}, global_concurrency_limit: gauges, the configured limits.
 // - lane_overrunning_calls{lane}: gauge, held slots past their hard deadline.
 // - rss_bytes, heap_used_bytes: gauges, the manager's latest memory sample.
