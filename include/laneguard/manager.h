@@ -146,10 +146,12 @@ class Slot {
   // globalConcurrency and laneConcurrency).
   int global_active_at_start() const { return global_active_at_start_; }
   int lane_active_at_start() const { return lane_active_at_start_; }
-  // How long the request waited in its lane's queue (0 when granted at once).
-  int64_t wait_nanos() const { return wait_nanos_; }
-  // True when the slot is a place borrowed from other lanes' idle capacity (lane lending).
-  bool borrowed() const { return borrowed_; }
+  // How long the request waited in its lane's queue (0 when granted at once), and whether its
+  // place is borrowed from other lanes' idle capacity (lane lending). Read from the call's entry
+  // (under its shard's lock: not kept in the Slot, which every call moves); 0 and false for a
+  // slot that is not valid.
+  int64_t wait_nanos() const;
+  bool borrowed() const;
 
   // Only the manager can make a Key, so only the manager can use the constructor below; it is
   // public so that TryAcquire's Result can construct the Slot in place instead of moving one in.
@@ -179,8 +181,6 @@ class Slot {
   int64_t hard_deadline_ = 0;
   int global_active_at_start_ = 0;
   int lane_active_at_start_ = 0;
-  int64_t wait_nanos_ = 0;
-  bool borrowed_ = false;
 };
 
 namespace internal {
@@ -195,8 +195,6 @@ struct SlotGrant {
   int64_t hard_deadline = 0;
   int global_active = 0;
   int lane_active = 0;
-  int64_t wait_nanos = 0;
-  bool borrowed = false;
 };
 }  // namespace internal
 
@@ -209,9 +207,7 @@ inline Slot::Slot(Key /*unused*/, const internal::SlotGrant& grant)
       deadline_(grant.deadline),
       hard_deadline_(grant.hard_deadline),
       global_active_at_start_(grant.global_active),
-      lane_active_at_start_(grant.lane_active),
-      wait_nanos_(grant.wait_nanos),
-      borrowed_(grant.borrowed) {}
+      lane_active_at_start_(grant.lane_active) {}
 
 // A waiting request's class. Within a class requests are served first come, first served; across
 // classes by age as well (see AcquireOptions::priority).

@@ -151,7 +151,7 @@ class GuardedCall final : private TimeoutHandler {
   void Failed();
 
   // sizeof(CallGuard) at most (checked where it is defined).
-  static constexpr size_t kStorageBytes = 272;
+  static constexpr size_t kStorageBytes = 256;
 
  private:
   CallGuard& guard();

@@ -64,7 +64,9 @@ class Admission {
   size_t lane_count() const { return lane_count_; }
   int global_limit() const { return global_limit_; }
   // The lane's number (its place in the config's map), or -1 if it is not configured.
-  int FindLane(std::string_view name) const { return lane_lookup_.Find(name); }
+  [[gnu::always_inline]] int FindLane(std::string_view name) const {
+    return lane_lookup_.Find(name);
+  }
   const LaneState& lane(size_t index) const { return lanes_[index]; }
 
   bool shutting_down() const { return shutting_down_.load(std::memory_order_relaxed); }
@@ -77,14 +79,25 @@ class Admission {
     if (layout_.packed()) {
       uint64_t word = word_.load(std::memory_order_relaxed);
       do {
-        if (word & AdmissionLayout::kGated) [[unlikely]]
-          return Refusal{.gated = true};
+        // The gate bit counts as a full global count here (AdmissionLayout::GatedGlobal), so
+        // checking it costs the grant path nothing; a refusal says whether it was set.
+        const uint64_t global = layout_.GatedGlobal(word);
         *lane_now = layout_.Lane(word, lane.index);
-        *global_now = layout_.Global(word);
-        if (*lane_now >= lane.limit)
-          return Refusal{RejectReason::kLaneLimit, *lane_now, lane.limit};
-        if (*global_now >= global_limit_)
-          return Refusal{RejectReason::kGlobalLimit, *global_now, global_limit_};
+        *global_now = static_cast<int>(global);  // the count whenever the call is granted
+        if (*lane_now >= lane.limit) [[unlikely]] {
+          return Refusal{RejectReason::kLaneLimit,
+                         *lane_now,
+                         lane.limit,
+                         0,
+                         0,
+                         0,
+                         (word & AdmissionLayout::kGated) != 0};
+        }
+        if (global >= static_cast<uint64_t>(global_limit_)) [[unlikely]] {
+          return Refusal{
+              RejectReason::kGlobalLimit,           layout_.Global(word), global_limit_, 0, 0, 0,
+              (word & AdmissionLayout::kGated) != 0};
+        }
       } while (!word_.compare_exchange_weak(word, word + lane.delta, std::memory_order_acq_rel,
                                             std::memory_order_relaxed));
     } else if (std::optional<Refusal> f = TakeUnpacked(lane, lane_now, global_now)) {
@@ -145,14 +158,20 @@ class Admission {
   }
 
  private:
+  static Refusal Refused(RejectReason reason, int active, int limit, uint64_t word) {
+    Refusal f{reason, active, limit};
+    f.gated = (word & AdmissionLayout::kGated) != 0;
+    return f;
+  }
+
   // Admission where the lane counts do not fit the admission word: reserve a place in the lane,
   // then in the global count, each with a compare-and-swap that only succeeds below its limit; if
   // the global count is full the lane place is handed back. A caller racing on the same lane may
   // be refused for lane_limit in the few nanoseconds that place was reserved, as if it had been
   // taken and released. The counts returned do not include this call.
   std::optional<Refusal> TakeUnpacked(LaneState& lane, int* lane_now, int* global_now) {
-    if (word_.load(std::memory_order_relaxed) & AdmissionLayout::kGated) [[unlikely]]
-      return Refusal{.gated = true};
+    if (const uint64_t w = word_.load(std::memory_order_relaxed); w & AdmissionLayout::kGated)
+      return Refused(RejectReason::kGlobalLimit, layout_.Global(w), global_limit_, w);
     int in_lane = lane.active.load(std::memory_order_relaxed);
     do {
       if (in_lane >= lane.limit) return Refusal{RejectReason::kLaneLimit, in_lane, lane.limit};
@@ -163,7 +182,7 @@ class Admission {
       const int global = layout_.Global(word);
       if (word & AdmissionLayout::kGated) [[unlikely]] {
         lane.active.fetch_sub(1, std::memory_order_release);
-        return Refusal{.gated = true};
+        return Refused(RejectReason::kGlobalLimit, global, global_limit_, word);
       }
       if (global >= global_limit_) {
         lane.active.fetch_sub(1, std::memory_order_release);

@@ -40,6 +40,7 @@ class AdmissionLayout {
       width_ = width;
       global_mask_ = (uint64_t{1} << width) - 1;
     }
+    gated_global_mask_ = global_mask_ | kGated;
   }
 
   // True when the lane counts live in the word too.
@@ -48,6 +49,8 @@ class AdmissionLayout {
   // in the global field.
   uint64_t Delta(size_t lane) const { return packed() ? (uint64_t{1} << Shift(lane)) + 1 : 1; }
   int Global(uint64_t word) const { return static_cast<int>(word & global_mask_); }
+  // The global count, or a value above any limit when the gate is set (kGated is kept).
+  uint64_t GatedGlobal(uint64_t word) const { return word & gated_global_mask_; }
   // Precondition: packed().
   int Lane(uint64_t word, size_t lane) const {
     return static_cast<int>((word >> Shift(lane)) & global_mask_);
@@ -60,6 +63,7 @@ class AdmissionLayout {
 
   unsigned width_ = 0;
   uint64_t global_mask_ = ~kFlags;  // unpacked: every bit but the flags counts
+  uint64_t gated_global_mask_ = 0;
 };
 
 }  // namespace laneguard::internal

@@ -110,10 +110,8 @@ class CallSlab {
 
   // The entry the next Claim() takes, making one if none is free (may throw std::bad_alloc).
   uint32_t NextFree() {
-    if (free_.empty()) {
-      calls_.push_back(std::make_unique<CallEntry>());
-      free_.push_back(static_cast<uint32_t>(calls_.size() - 1));
-    }
+    if (free_.empty()) [[unlikely]]
+      Grow();
     return free_.back();
   }
   // Takes the entry NextFree() named; never throws.
@@ -141,6 +139,11 @@ class CallSlab {
   }
 
  private:
+  // A new entry on the free list (out of line: NextFree stays small enough to inline).
+  [[gnu::noinline]] void Grow() {
+    calls_.push_back(std::make_unique<CallEntry>());
+    free_.push_back(static_cast<uint32_t>(calls_.size() - 1));
+  }
   static constexpr uint64_t kCallIdBlock = 64;
 
   std::vector<std::unique_ptr<CallEntry>> calls_;  // unique_ptr: entries stay put as it grows

@@ -50,7 +50,7 @@ class LaneIndex {
   }
 
   // The lane's number (its position in `names`), or -1.
-  int Find(std::string_view name) const {
+  [[gnu::always_inline]] int Find(std::string_view name) const {
     // Three scalars, not a Key: g++ packed a Key's two words into one vector register, stored it
     // and read it back as two words, which the CPU cannot forward (a stall on every admission).
     const uint64_t size = name.size();

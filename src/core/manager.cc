@@ -55,6 +55,10 @@ const Metadata kNoMetadata;
 
 void Slot::ReleaseAbandoned() { Release(false, "abandoned"); }
 
+int64_t Slot::wait_nanos() const { return state_ == nullptr ? 0 : state_->QueuedOf(*this).wait_ns; }
+
+bool Slot::borrowed() const { return state_ != nullptr && state_->QueuedOf(*this).borrowed; }
+
 std::string Slot::call_id_string() const { return "call-" + std::to_string(call_id_); }
 
 bool Slot::Release(bool success, std::string_view error_type) {

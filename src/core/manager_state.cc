@@ -154,24 +154,34 @@ Result<Slot> ManagerState::TryAcquire(std::string_view task_id, std::string_view
 
 template <typename M>
 [[gnu::always_inline]] inline Result<Slot> ManagerState::Grant(std::string_view task_id,
-                                                               CallStart start, M&& metadata) {
+                                                               const CallStart& admitted,
+                                                               M&& metadata) {
   // Everything that can throw (allocation) comes before the entry is taken, and a throw hands
   // both counts back: no path leaks a slot, not even out-of-memory.
-  start.now = clock_->MonotonicNanos();
-  const int64_t timeout_ns = start.timeout_ms * kNanosPerMs;
+  const int64_t now = clock_->MonotonicNanos();
+  const int64_t timeout_ns = admitted.timeout_ms * kNanosPerMs;
   const auto hard_ns =
       static_cast<int64_t>(static_cast<double>(timeout_ns) * config_.timeout_escalation_factor);
-  start.hard_deadline = start.now + hard_ns;
   const size_t shard_index = calls_.LocalShard();
   OpenedCall call;
   try {
-    call = OpenCall(calls_.shard(shard_index), task_id, start, std::forward<M>(metadata));
+    call = OpenCall(calls_.shard(shard_index), task_id,
+                    {.lane = admitted.lane,
+                     .now = now,
+                     .timeout_ms = admitted.timeout_ms,
+                     .hard_deadline = now + hard_ns,
+                     .rss = admitted.rss,
+                     .global_now = admitted.global_now,
+                     .handler = admitted.handler,
+                     .wait_ns = admitted.wait_ns,
+                     .borrowed = admitted.borrowed},
+                    std::forward<M>(metadata));
   } catch (...) {
-    Unadmit(start.lane, task_id);
+    Unadmit(admitted.lane, task_id);
     throw;
   }
   if (events_.HasObservers() || (config_.enable_memory_guards && memory_.heap_warning_pending())) {
-    NotifyAdmitted(start, call.call_id, task_id, *call.metadata);
+    NotifyAdmitted(now, call.call_id, task_id, admitted, *call.metadata);
   }
   // A prvalue, so it is built in the caller's Result: a named local would be moved there.
   return Result<Slot>(std::in_place_index<0>, Slot::Key(),
@@ -179,19 +189,18 @@ template <typename M>
                                 .index = CallTable::PackIndex(shard_index, call.entry),
                                 .generation = call.generation,
                                 .call_id = call.call_id,
-                                .start = start.now,
-                                .deadline = start.now + timeout_ns,
-                                .hard_deadline = start.hard_deadline,
-                                .global_active = start.global_now,
-                                .lane_active = start.lane_now,
-                                .wait_nanos = start.wait_ns,
-                                .borrowed = start.borrowed});
+                                .start = now,
+                                .deadline = now + timeout_ns,
+                                .hard_deadline = now + hard_ns,
+                                .global_active = admitted.global_now,
+                                .lane_active = admitted.lane_now});
 }
 
 // Hands back the counts of a call whose entry could not be opened (out of memory). The manager is
 // alive (the caller is admitting on it), so this is never the last release of a destroyed one.
 void ManagerState::Unadmit(size_t lane, std::string_view task_id) noexcept {
-  if (admission_.GiveBack(lane) & AdmissionLayout::kGated) HandOn(lane, task_id);
+  if (waiting_.has_quotas()) waiting_.ReleaseQuota(task_id, lane);
+  if (admission_.GiveBack(lane) & AdmissionLayout::kGated) HandOn();
 }
 
 Result<Slot> ManagerState::Reject(const Refusal& f, std::string_view task_id,
@@ -236,9 +245,8 @@ void ManagerState::NotifyRejected(const Refusal& f, std::string_view task_id,
 
 // The acquired event and a pending heap warning, out of TryAcquire's fast path. noexcept: the
 // slot is already taken and no telemetry failure may lose it.
-void ManagerState::NotifyAdmitted(const CallStart& start, uint64_t call_id,
-                                  std::string_view task_id, const Metadata& metadata) noexcept {
-  const int64_t now = start.now;
+void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_view task_id,
+                                  CallStart start, const Metadata& metadata) noexcept {
   const size_t lane = start.lane;
   const int global_now = start.global_now, lane_now = start.lane_now;
   try {
@@ -364,9 +372,9 @@ void ManagerState::CancelWaiter(Waiter* w) {
   CompleteRefused(cancelled, RejectReason::kCancelled);
 }
 
-void ManagerState::HandOn(size_t lane, std::string_view task_id) noexcept {
+void ManagerState::HandOn() noexcept {
   WaiterList granted;
-  waiting_.Released(task_id, lane, &granted);
+  waiting_.Released(&granted);
   CompleteGranted(granted);
 }
 
@@ -433,7 +441,7 @@ inline void ManagerState::FillRecord(CallEntry& c, int64_t now, bool success,
   r.escalated = c.phase == CallPhase::kEscalated || now >= c.hard_deadline;
   r.concurrent_at_start = c.concurrent_at_start;
   r.borrowed = c.borrowed;
-  r.wait_ms = static_cast<double>(c.wait_ns) / kNanosPerMs;
+  r.wait_ns = c.wait_ns;
   // A snapshot of the count that still includes this call (it drops after the record).
   r.concurrent_at_end = admission_.GlobalActive();
   r.duration_ms = static_cast<double>(now - c.start_mono) / kNanosPerMs;
@@ -467,10 +475,10 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
     error_type = late_error_type;
   }
   const uint32_t lane = c->lane;
-  // The task id for its quota, before the record takes it (quotas only; they keep the gate set).
-  std::string quota_task;
+  // The task's quota, before the record takes the task id. Waiting's lock is taken inside the
+  // shard's here and nowhere the other way round.
   if (waiting_.has_quotas()) [[unlikely]]
-    quota_task = c->task_id.view();
+    waiting_.ReleaseQuota(c->task_id.view(), lane);
   shard->timers.Cancel(c->timer);
   if (c->phase == CallPhase::kEscalated) shard->records.RemoveOverrunning(lane);
   RingRecord& r = shard->records.Next(static_cast<size_t>(config_.metrics_capacity));
@@ -500,7 +508,7 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
     if (after & AdmissionLayout::kOrphaned) {
       if ((after & ~AdmissionLayout::kGated) == AdmissionLayout::kOrphaned) delete this;
     } else {
-      HandOn(lane, quota_task);
+      HandOn();
     }
   }
   return outcome;
@@ -546,6 +554,16 @@ std::stop_token ManagerState::StopToken(const Slot& slot) {
   shard->lock.unlock();
   if (past_deadline) stop.request_stop();
   return stop.get_token();
+}
+
+ManagerState::Queued ManagerState::QueuedOf(const Slot& slot) {
+  Shard* shard = nullptr;
+  CallEntry* c = calls_.LockEntry(slot.index_, slot.generation_, &shard);
+  if (c == nullptr) return {};
+  shard->lock.AssertHeld();  // LockEntry returns with it held when it finds the call
+  const Queued q{c->wait_ns, c->borrowed};
+  shard->lock.unlock();
+  return q;
 }
 
 void ManagerState::SetTimeoutHandler(const Slot& slot, TimeoutHandler* handler) {

@@ -60,6 +60,12 @@ class ManagerState {
                          bool fail_if_late = false, std::string_view late_error_type = {});
   std::stop_token StopToken(const Slot& slot);
   void SetTimeoutHandler(const Slot& slot, TimeoutHandler* handler);
+  // Slot::wait_nanos and Slot::borrowed.
+  struct Queued {
+    int64_t wait_ns = 0;
+    bool borrowed = false;
+  };
+  Queued QueuedOf(const Slot& slot);
 
   std::vector<WorkerCallMetrics> GetMetrics();
   Statistics GetStatistics();
@@ -93,7 +99,7 @@ class ManagerState {
                                const LaneState** lane, int64_t* timeout, double* rss) const;
   // Opens the call of an admitted request (its counts taken) and makes its Slot.
   template <typename M>
-  Result<Slot> Grant(std::string_view task_id, CallStart start, M&& metadata);
+  Result<Slot> Grant(std::string_view task_id, const CallStart& admitted, M&& metadata);
   void Unadmit(size_t lane, std::string_view task_id) noexcept;
   // TryAcquire while admission is gated (AdmissionLayout::kGated): decided under Waiting's lock.
   [[gnu::noinline]] Result<Slot> TryAcquireGated(std::string_view task_id, const LaneState& lane,
@@ -101,7 +107,7 @@ class ManagerState {
                                                  TimeoutHandler* handler);
   // A release found the gate set: hand the freed place on (Waiting::Released) and complete the
   // waiters that got one.
-  [[gnu::noinline]] void HandOn(size_t lane, std::string_view task_id) noexcept;
+  [[gnu::noinline]] void HandOn() noexcept;
   // Completes decided waiters: grants (their counts taken), or refusals for `reason`.
   void CompleteGranted(WaiterList& granted) noexcept;
   void CompleteRefused(WaiterList& refused, RejectReason reason) noexcept;
@@ -122,9 +128,9 @@ class ManagerState {
   // and then has taken nothing.
   template <typename M>
   OpenedCall OpenCall(Shard& shard, std::string_view task_id, const CallStart& start, M&& metadata);
-  [[gnu::noinline]] void NotifyAdmitted(const CallStart& start, uint64_t call_id,
-                                        std::string_view task_id,
-                                        const Metadata& metadata) noexcept;
+  // `start`'s now and hard_deadline are not read (`now` is the grant's time).
+  [[gnu::noinline]] void NotifyAdmitted(int64_t now, uint64_t call_id, std::string_view task_id,
+                                        CallStart start, const Metadata& metadata) noexcept;
   [[gnu::always_inline]] void FillRecord(CallEntry& c, int64_t now, bool success,
                                          std::string_view error_type, RingRecord& r) const;
   [[gnu::noinline]] void UnlockAndNotifyReleased(Shard& shard, const RingRecord& r, int64_t now,

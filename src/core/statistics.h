@@ -35,7 +35,7 @@ struct RingRecord {
   uint32_t lane = 0;
   bool success = false, timeout_reached = false, escalated = false, borrowed = false;
   int concurrent_at_start = 0, concurrent_at_end = 0;
-  double wait_ms = 0;
+  int64_t wait_ns = 0;
   double duration_ms = 0;
   double rss_start = 0, rss_end = 0, heap_start = 0, heap_end = 0;
   int64_t timeout_ms = 0;

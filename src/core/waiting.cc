@@ -28,7 +28,8 @@ Waiting::Waiting(const Config& config, Admission& admission)
       lending_(!config.lane_borrowing_limit_percent.empty()),
       always_gated_(has_quotas_ || lending_),
       admission_(admission),
-      lanes_(admission.lane_count()) {
+      lanes_(admission.lane_count()),
+      lane_task_held_(admission.lane_count()) {
   for (size_t i = 0; i < lanes_.size(); ++i) {
     const std::string& name = admission.lane(i).name;
     Lane& l = lanes_[i];
@@ -85,21 +86,15 @@ Admitted Waiting::Admit(Waiter* w, bool may_wait, int64_t now, WaiterList* grant
   return {Admitted::kQueued};
 }
 
-void Waiting::Released(std::string_view task_id, size_t lane, WaiterList* granted) {
+void Waiting::ReleaseQuota(std::string_view task_id, size_t lane) noexcept {
   MutexLock lock(mu_);
-  if (has_quotas_) {
-    for (const std::string& key : {std::string(task_id), LaneTaskKey(task_id, lane)}) {
-      auto it = task_held_.find(key);
-      if (it != task_held_.end() && --it->second == 0) task_held_.erase(it);
-    }
-  }
-  Dispatch(granted);
+  Drop(task_held_, task_id);
+  Drop(lane_task_held_[lane], task_id);
 }
 
-void Waiting::Ungrant(const Waiter& w, WaiterList* granted) {
-  // The manager is alive (a grant is being completed on it), so this is never its last release.
-  admission_.GiveBack(w.lane);
-  Released(w.task_id, w.lane, granted);
+void Waiting::Released(WaiterList* granted) {
+  MutexLock lock(mu_);
+  Dispatch(granted);
 }
 
 void Waiting::Expire(int64_t now, WaiterList* expired) {
@@ -151,11 +146,11 @@ std::optional<Refusal> Waiting::Blocked(const Waiter& w) const {
   if (global_now >= admission_.global_limit())
     return Refusal{RejectReason::kGlobalLimit, global_now, admission_.global_limit()};
   if (task_limit_ > 0) {
-    const int held = TaskHeld(w.task_id);
+    const int held = Held(task_held_, w.task_id);
     if (held >= task_limit_) return Refusal{RejectReason::kTaskQuota, held, task_limit_};
   }
   if (l.task_limit > 0) {
-    const int held = TaskHeld(LaneTaskKey(w.task_id, w.lane));
+    const int held = Held(lane_task_held_[w.lane], w.task_id);
     if (held >= l.task_limit) return Refusal{RejectReason::kTaskQuota, held, l.task_limit};
   }
   return std::nullopt;
@@ -168,8 +163,11 @@ bool Waiting::Take(Waiter& w) {
     return false;
   }
   w.borrowed = w.lane_now > l.limit;
-  if (task_limit_ > 0) ++task_held_[w.task_id];
-  if (l.task_limit > 0) ++task_held_[LaneTaskKey(w.task_id, w.lane)];
+  // Counted whether or not a limit applies, so a release can always drop what it finds.
+  if (has_quotas_) {
+    ++task_held_[w.task_id];
+    ++lane_task_held_[w.lane][w.task_id];
+  }
   return true;
 }
 
@@ -224,16 +222,14 @@ bool Waiting::LendingHolds(size_t lane) const {
   return borrowed <= lendable;
 }
 
-int Waiting::TaskHeld(const std::string& key) const {
-  const auto it = task_held_.find(key);
-  return it != task_held_.end() ? it->second : 0;
+int Waiting::Held(const TaskCounts& counts, std::string_view task_id) {
+  const auto it = counts.find(task_id);
+  return it != counts.end() ? it->second : 0;
 }
 
-std::string Waiting::LaneTaskKey(std::string_view task_id, size_t lane) {
-  std::string key = std::to_string(lane);
-  key += '\0';
-  key += task_id;
-  return key;
+void Waiting::Drop(TaskCounts& counts, std::string_view task_id) {
+  const auto it = counts.find(task_id);
+  if (it != counts.end() && --it->second == 0) counts.erase(it);
 }
 
 }  // namespace laneguard::internal

@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <stop_token>
@@ -111,7 +112,7 @@ class Waiting {
   // True when every admission and release must come here (quotas or lending configured): the gate
   // then stays set for the manager's life.
   bool always_gated() const { return always_gated_; }
-  // True when a release must say which task it was (Released).
+  // True when a release must give back its task's quota (ReleaseQuota).
   bool has_quotas() const { return has_quotas_; }
 
   // Decides request `w` after it was refused lock-free (gated, or full and willing to wait):
@@ -119,11 +120,11 @@ class Waiting {
   // `w`, queues it (when `may_wait` and there is room in its lane's queue), or refuses it. May
   // throw std::bad_alloc (queueing), and then has decided nothing about `w`.
   Admitted Admit(Waiter* w, bool may_wait, int64_t now, WaiterList* granted) EXCLUDES(mu_);
-  // After a release whose word had the gate set: the call's task quota is given back (when
-  // quotas are on; `task_id` is the released call's) and freed places handed to waiters.
-  void Released(std::string_view task_id, size_t lane, WaiterList* granted) EXCLUDES(mu_);
-  // Gives back a grant that could not be completed (out of memory opening the call).
-  void Ungrant(const Waiter& w, WaiterList* granted) EXCLUDES(mu_);
+  // A call of `task_id` in `lane` ends: its place in the task's quotas is given back (quotas on).
+  // Allocates nothing and does not throw: a release calls it under its shard's lock.
+  void ReleaseQuota(std::string_view task_id, size_t lane) noexcept EXCLUDES(mu_);
+  // After a release whose word had the gate set: freed places handed to waiters.
+  void Released(WaiterList* granted) EXCLUDES(mu_);
   // Removes the waiters whose deadline is at or before `now` (to be refused with wait_timeout).
   void Expire(int64_t now, WaiterList* expired) EXCLUDES(mu_);
   // Removes `w` if it is still queued (true: the caller refuses it with cancelled); otherwise
@@ -166,8 +167,14 @@ class Waiting {
   // Lane lending: would the borrowed places still fit the idle lendable ones if lane `lane` took
   // one more?
   bool LendingHolds(size_t lane) const REQUIRES(mu_);
-  int TaskHeld(const std::string& key) const REQUIRES(mu_);
-  static std::string LaneTaskKey(std::string_view task_id, size_t lane);
+  // Looked up by string_view, so a release finds its task without allocating.
+  struct TaskHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>()(s); }
+  };
+  using TaskCounts = std::unordered_map<std::string, int, TaskHash, std::equal_to<>>;
+  static int Held(const TaskCounts& counts, std::string_view task_id);
+  static void Drop(TaskCounts& counts, std::string_view task_id);
 
   const int64_t aging_ns_;
   const int task_limit_;
@@ -183,8 +190,9 @@ class Waiting {
   uint64_t next_seq_ GUARDED_BY(mu_) = 0;
   bool gate_set_ GUARDED_BY(mu_) = false;
   std::set<Waiter*, ByDeadline> deadlines_ GUARDED_BY(mu_);
-  // Slots held per task id, and per task id and lane ("<lane>\0<task>"), while quotas are on.
-  std::unordered_map<std::string, int> task_held_ GUARDED_BY(mu_);
+  // Slots held per task id, and per lane and task id, while quotas are on.
+  TaskCounts task_held_ GUARDED_BY(mu_);
+  std::vector<TaskCounts> lane_task_held_ GUARDED_BY(mu_);
 };
 
 }  // namespace laneguard::internal

@@ -37,9 +37,7 @@ class CallGuard final : public TimeoutHandler {
   // `task_id` and `options` must outlive the guard: it keeps views of the task id and the lane
   // (copying them cost a tenth of an unobserved call).
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options)
-      : CallGuard(calls, task_id, options, AcquireFor(calls, task_id, options, nullptr)) {
-    ListenIfRecording();
-  }
+      : CallGuard(calls, task_id, options, static_cast<TimeoutHandler*>(nullptr)) {}
   // Acquires with `listener` as the slot's TimeoutHandler from the admission on (GuardedCall's
   // way: it passes the phases on once this guard is built); a null one acts as the constructor
   // above.
@@ -75,8 +73,8 @@ class CallGuard final : public TimeoutHandler {
   // TryAcquire, or Acquire when the options allow a wait.
   static Result<Slot> AcquireFor(WorkerCalls& calls, std::string_view task_id,
                                  const CallOptions& options, TimeoutHandler* listener);
-  static void AddWaitEvents(SpanEditor& edit, int64_t at, const Result<Slot>& acquired,
-                            const CallOptions& options);
+  static void AddWaitEvents(SpanEditor& edit, int64_t at, int64_t waited,
+                            const Result<Slot>& acquired, const CallOptions& options);
   CallGuard(WorkerCalls& calls, std::string_view task_id, const CallOptions& options,
             Result<Slot>&& acquired);
   // The call's span (tracing enabled) with its first attributes and events.

@@ -106,8 +106,10 @@ void GuardedCall::OnEscalation() {
 
 // Through the manager's state, which takes the listener in the same locking as the slot. A call
 // that may wait goes through Acquire, whose options carry the listener the same way.
-Result<Slot> CallGuard::AcquireFor(WorkerCalls& calls, std::string_view task_id,
-                                   const CallOptions& options, TimeoutHandler* listener) {
+[[gnu::always_inline]] inline Result<Slot> CallGuard::AcquireFor(WorkerCalls& calls,
+                                                                 std::string_view task_id,
+                                                                 const CallOptions& options,
+                                                                 TimeoutHandler* listener) {
   if (options.wait_ms == 0) [[likely]] {
     return calls.manager().state_->TryAcquire(task_id, options.lane, options.timeout_ms,
                                               options.metadata, listener);
@@ -178,15 +180,16 @@ Span CallGuard::StartSpan(const Result<Slot>& acquired, const CallOptions& optio
   // that waited in its lane's queue starts its span when it began to wait (on one clock), with a
   // "queued" event there.
   const int64_t start = calls_.shared_clock_ ? start_mono_ : tracer.clock().MonotonicNanos();
-  const int64_t waited = acquired.ok() ? acquired->wait_nanos() : 0;
+  // Only a call that may wait asks how long it did (the answer is under the call's shard lock).
+  const int64_t waited = options.wait_ms != 0 && acquired.ok() ? acquired->wait_nanos() : 0;
   const int64_t span_start = calls_.shared_clock_ ? start - waited : start;
   return SpanFastPath::StartSpanAt(
       tracer, span_start, name, parent, SpanKind::kInternal, [&](SpanEditor& edit) {
         edit.SetAttributes({{"taskId", task_id_}, {"lane", lane_}});
         for (const auto& [key, value] : options.metadata) edit.SetAttributes({{key, value}});
         const bool refused_and_throws = !acquired.ok() && options.throw_on_resource_limit_exceeded;
-        if (waited > 0 || options.wait_ms != 0) [[unlikely]]
-          AddWaitEvents(edit, span_start, acquired, options);
+        if (options.wait_ms != 0) [[unlikely]]
+          AddWaitEvents(edit, span_start, waited, acquired, options);
         if (acquired.ok()) {
           edit.AddLiteralEventAt(
               start, "acquired_slot",
@@ -207,9 +210,9 @@ Span CallGuard::StartSpan(const Result<Slot>& acquired, const CallOptions& optio
 }
 
 // The wait of a call that may wait: its "queued" event and attributes.
-void CallGuard::AddWaitEvents(SpanEditor& edit, int64_t at, const Result<Slot>& acquired,
-                              const CallOptions& options) {
-  const double wait_ms = acquired.ok() ? static_cast<double>(acquired->wait_nanos()) / 1e6 : 0;
+void CallGuard::AddWaitEvents(SpanEditor& edit, int64_t at, int64_t waited,
+                              const Result<Slot>& acquired, const CallOptions& options) {
+  const double wait_ms = static_cast<double>(waited) / 1e6;
   edit.AddLiteralEventAt(at, "queued", {{"priority", ToString(options.priority)}});
   edit.SetAttributes({{"laneguard.wait_ms", wait_ms}});
   if (acquired.ok() && acquired->borrowed()) edit.SetAttributes({{"laneguard.borrowed", true}});
