@@ -3,6 +3,7 @@
 // the process-wide default manager.
 #include "laneguard/manager.h"
 
+#include <atomic>
 #include <memory>
 #include <optional>
 #include <string>
@@ -123,19 +124,40 @@ void ResourceBudgetManager::AcquireAsync(std::string_view task_id, std::string_v
 Result<Slot> ResourceBudgetManager::Acquire(std::string_view task_id, std::string_view lane,
                                             AcquireOptions options) {
   // The waiting thread sleeps on its own condition variable; the manager keeps no thread for it.
+  // The answer is shared with the callback and freed by whichever of the two is done last, so the
+  // callback notifies after unlocking: notified under the lock, the woken waiter finds the mutex
+  // still held and sleeps again on it: a second sleep and wake-up on every hand-off.
   struct Answer {
     internal::Mutex mu;
     internal::CondVar cv;
     std::optional<Result<Slot>> result GUARDED_BY(mu);
-  } answer;
-  state_->AcquireAsync(task_id, lane, std::move(options), [&answer](Result<Slot> r) {
-    internal::MutexLock lock(answer.mu);
-    answer.result.emplace(std::move(r));
-    answer.cv.NotifyOne();  // under the lock: `answer` lives until the waiter has seen it
-  });
-  internal::MutexLock lock(answer.mu);
-  answer.cv.Wait(lock, [&answer]() REQUIRES(answer.mu) { return answer.result.has_value(); });
-  return std::move(*answer.result);
+    std::atomic<int> refs{2};  // the waiter's and the callback's
+    void Unref() {
+      if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+  };
+  auto* answer = new Answer;
+  try {
+    state_->AcquireAsync(task_id, lane, std::move(options), [answer](Result<Slot> r) {
+      {
+        internal::MutexLock lock(answer->mu);
+        answer->result.emplace(std::move(r));
+      }
+      answer->cv.NotifyOne();
+      answer->Unref();
+    });
+  } catch (...) {  // std::bad_alloc, before the request was decided: the callback never runs
+    delete answer;
+    throw;
+  }
+  std::optional<Result<Slot>> out;
+  {
+    internal::MutexLock lock(answer->mu);
+    answer->cv.Wait(lock, [answer]() REQUIRES(answer->mu) { return answer->result.has_value(); });
+    out.emplace(std::move(*answer->result));
+  }
+  answer->Unref();
+  return std::move(*out);
 }
 
 std::future<Result<Slot>> ResourceBudgetManager::AcquireFuture(std::string_view task_id,
