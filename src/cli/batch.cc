@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "laneguard/internal/mutex.h"
+#include "laneguard/observer.h"
 
 namespace laneguard::cli {
 namespace {
@@ -165,8 +166,42 @@ std::string WriteJobOutput(const std::string& base, const ProcessResult& result)
   return {};
 }
 
-// One batch's run. The calling thread dispatches: it hands out slots to each lane's jobs in file
-// order as the limits allow; worker threads run the granted jobs. Shared state is under mu_.
+// Fail-fast's watch on the batch's own calls. A failed job's release hands its place straight to
+// the next waiting job, before the failed job's worker can report the failure; the manager tells
+// observers of a release before it hands the place on, so a worker that checks this first never
+// starts a job on the place of a failure. The manager keeps it after the batch (observers cannot
+// be removed); by then it watches no call.
+class FailureWatch final : public Observer {
+ public:
+  void Watch(uint64_t call_id) {
+    internal::MutexLock lock(mu_);
+    calls_.insert(call_id);
+  }
+  void Clear() {
+    internal::MutexLock lock(mu_);
+    calls_.clear();
+  }
+  bool failed() const { return failed_.load(std::memory_order_acquire); }
+  void OnEvent(const CallEvent& event) override {
+    if (event.kind != EventKind::kReleased) return;
+    internal::MutexLock lock(mu_);
+    if (calls_.erase(event.call_id) > 0 && event.record != nullptr && !event.record->success)
+      failed_.store(true, std::memory_order_release);
+  }
+
+ private:
+  internal::Mutex mu_;
+  std::set<uint64_t> calls_ GUARDED_BY(mu_);
+  std::atomic<bool> failed_{false};
+};
+
+// One batch's run. The jobs wait for their places in the manager's lane queues (AcquireAsync, in
+// priority then file order), not in a dispatcher of our own: the manager decides who goes next.
+// The calling thread is the batch's loop: it asks for places, takes the answers the callbacks
+// post to its inbox, hands granted jobs to the worker threads (one per place the global limit
+// allows, none per waiting job) and prints progress. Locks: mu_ (the work queue and counts), then
+// inbox_mu_ (the answers), never the other way: a callback takes only inbox_mu_, so a release, a
+// stop request or an ask may run it with mu_ held or not.
 class BatchExecution {
  public:
   BatchExecution(ProcessRunner& runner, const BatchOptions& options, const std::vector<Job>& jobs,
@@ -177,19 +212,22 @@ class BatchExecution {
         jobs_(jobs),
         cancel_(cancel),
         progress_requested_(progress_requested),
-        forward_(cancel, [this] { stop_.request_stop(); }),
-        undispatched_(jobs.size()) {
+        undispatched_(jobs.size()),
+        forward_(cancel, [this] {
+          stop_.request_stop();
+          Wake();
+        }) {
     report_.jobs.resize(jobs.size());
     for (size_t i = 0; i < jobs.size(); ++i) report_.jobs[i].job = &jobs[i];
     if (!options.output_dir.empty()) output_names_ = OutputFileNames(jobs);
-    // Lanes in the order their first job appears; within a lane, file order.
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      auto& queue = pending_[jobs[i].lane];
-      if (queue.empty() &&
-          std::find(lane_order_.begin(), lane_order_.end(), jobs[i].lane) == lane_order_.end())
-        lane_order_.push_back(jobs[i].lane);
-      queue.push_back(i);
+    SetUpLanes();
+    if (options.fail_fast) {
+      watch_ = std::make_shared<FailureWatch>();
+      manager_.AddObserver(watch_);
     }
+    // An answer per ask outstanding at most: the callbacks never allocate.
+    inbox_.reserve(jobs.size());
+    answers_.reserve(jobs.size());
   }
 
   BatchReport Run() {
@@ -199,24 +237,27 @@ class BatchExecution {
     std::vector<std::thread> threads;
     threads.reserve(thread_count);
     for (size_t i = 0; i < thread_count; ++i) threads.emplace_back([this] { WorkerLoop(); });
-    internal::MutexLock lock(mu_);
     Steady::time_point next_progress = Steady::now();
     for (;;) {
       const bool stopping = stop_.stop_requested();
-      if (!stopping) DispatchPass();
-      if ((stopping || undispatched_ == 0) && running_ == 0) break;
+      if (!stopping) Ask();
+      TakeAnswers();
+      internal::MutexLock lock(mu_);
+      for (Answer& answer : answers_) OnAnswer(answer.index, std::move(answer.slot));
+      answers_.clear();
+      if ((stopping || undispatched_ == 0) && asked_total_ == 0 && running_ == 0) break;
       const bool asked = progress_requested_.exchange(false);
       if (asked || Steady::now() >= next_progress) {
         PrintProgress(/*final_line=*/false, /*forced=*/asked);
         next_progress = Steady::now() + options_.progress_interval;
       }
-      // Woken by a finished job; the timeout re-checks a memory-limit refusal, the progress and
-      // a progress request.
-      const int seen = finished_;
-      dispatcher_cv_.WaitFor(lock, std::chrono::milliseconds(50), [&]() REQUIRES(mu_) {
-        return finished_ != seen || stop_.stop_requested() != stopping;
-      });
+      lock.Unlock();
+      // Woken by an answer or a finished job; the timeout re-asks after a memory-limit refusal,
+      // and prints the progress and a progress request.
+      WaitForEvent(stopping);
     }
+    if (watch_) watch_->Clear();
+    internal::MutexLock lock(mu_);
     closing_ = true;
     PrintProgress(/*final_line=*/true, /*forced=*/false);
     lock.Unlock();
@@ -229,46 +270,130 @@ class BatchExecution {
   }
 
  private:
-  // One pass over the lanes: each hands out places in file order until its limit; a global
-  // refusal ends the pass. Caller holds mu_.
-  void DispatchPass() REQUIRES(mu_) {
-    for (const std::string& lane : lane_order_)
-      if (!DispatchLane(pending_[lane])) break;
+  // A lane's jobs not yet asked for, by their place in the start order.
+  struct Lane {
+    std::set<size_t> pending;
+    int asked = 0;  // asks not answered yet
+    int max_asked = 1;
+  };
+  struct Answer {
+    size_t index;
+    Result<Slot> slot;
+  };
+
+  // The start order (priority, then file order) and each lane's share of it. A lane has at most
+  // its queue limit of asks outstanding (at least one), so our own asks never find its queue
+  // full; the rest wait here, in the same order.
+  void SetUpLanes() {
+    order_.resize(jobs_.size());
+    for (size_t i = 0; i < jobs_.size(); ++i) order_[i] = i;
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](size_t a, size_t b) { return jobs_[a].priority > jobs_[b].priority; });
+    const Config& config = manager_.config();
+    std::map<std::string_view, size_t> lane_index;
+    lane_of_.resize(jobs_.size());
+    rank_of_.resize(jobs_.size());
+    for (size_t rank = 0; rank < order_.size(); ++rank) {
+      const Job& job = jobs_[order_[rank]];
+      auto [it, added] = lane_index.emplace(job.lane, lanes_.size());
+      if (added) {
+        auto queue_limit = config.lane_queue_limits.find(job.lane);
+        lanes_.emplace_back().max_asked =
+            std::max(1, queue_limit == config.lane_queue_limits.end() ? config.default_queue_limit
+                                                                      : queue_limit->second);
+      }
+      lane_of_[order_[rank]] = it->second;
+      rank_of_[order_[rank]] = rank;
+      lanes_[it->second].pending.insert(rank);
+    }
   }
 
-  // False when the refusal was global (all lanes full, or our own memory above maxRssMb), so
-  // other lanes need not be tried. Caller holds mu_.
-  bool DispatchLane(std::deque<size_t>& queue) REQUIRES(mu_) {
-    while (!queue.empty()) {
-      const size_t index = queue.front();
-      const Job& job = jobs_[index];
-      JobOutcome& outcome = report_.jobs[index];
-      auto slot = manager_.TryAcquire(job.id, job.lane, job.timeout_ms, job.metadata);
-      if (!slot.ok()) {
-        const RejectReason reason = slot.error().rejection()->reason;
-        if (reason == RejectReason::kLaneLimit) return true;
-        // Our own RSS over maxRssMb comes down as jobs finish, but not with nothing running.
-        if (reason == RejectReason::kGlobalLimit ||
-            (reason == RejectReason::kMemoryLimit && running_ > 0))
-          return false;
-        // Nothing else clears by waiting: the job fails without running.
-        outcome.result.error = slot.error().message();
-        ++finished_;
-        ++failed_;
-        if (options_.fail_fast) stop_.request_stop();
-      } else {
-        outcome.queue_wait_ms = MsSince(start_);
-        if (options_.on_queue_wait) options_.on_queue_wait(job, outcome.queue_wait_ms / 1000);
-        work_.emplace_back(index, std::move(slot).value());
-        ++running_;
-        ++running_by_lane_[job.lane];
-        worker_cv_.NotifyOne();
+  // Asks for a place for every job its lane has room to queue, in start order. A job put back
+  // after a refusal is asked again after the next event (an answer, a finished job) or 50 ms.
+  void Ask() {
+    for (Lane& lane : lanes_) {
+      while (!lane.pending.empty() && lane.asked < lane.max_asked) {
+        const size_t index = order_[*lane.pending.begin()];
+        lane.pending.erase(lane.pending.begin());
+        ++lane.asked;
+        ++asked_total_;
+        const Job& job = jobs_[index];
+        AcquireOptions ask;
+        ask.timeout_ms = job.timeout_ms;
+        ask.priority = job.priority;
+        ask.metadata = job.metadata;
+        ask.stop_token = stop_.get_token();  // a cancel or fail-fast refuses the waiting jobs
+        manager_.AcquireAsync(job.id, job.lane, std::move(ask),
+                              [this, index](Result<Slot> slot) { Post(index, std::move(slot)); });
       }
-      outcome.started = true;
-      queue.pop_front();
-      --undispatched_;
     }
-    return true;
+  }
+
+  // The callback: posts the answer to the loop, which starts the job (never from here: this may
+  // run on another job's worker as it releases its place, or on the thread stopping the batch).
+  void Post(size_t index, Result<Slot> slot) {
+    internal::MutexLock lock(inbox_mu_);
+    inbox_.push_back({index, std::move(slot)});
+    inbox_cv_.NotifyAll();
+  }
+
+  void Wake() {
+    internal::MutexLock lock(inbox_mu_);
+    ++events_;
+    inbox_cv_.NotifyAll();
+  }
+
+  void TakeAnswers() {
+    internal::MutexLock lock(inbox_mu_);
+    answers_.swap(inbox_);  // both keep their reserved capacity
+    seen_events_ = events_;
+  }
+
+  void WaitForEvent(bool stopping) {
+    internal::MutexLock lock(inbox_mu_);
+    inbox_cv_.WaitFor(lock, std::chrono::milliseconds(50), [&]() REQUIRES(inbox_mu_) {
+      return !inbox_.empty() || events_ != seen_events_ || stop_.stop_requested() != stopping;
+    });
+  }
+
+  // A granted job goes to a worker; a refusal that clears by waiting puts the job back in its
+  // lane's turn; a cancelled one (stopping) stays not started; any other fails the job unrun.
+  void OnAnswer(size_t index, Result<Slot> slot) REQUIRES(mu_) {
+    Lane& lane = lanes_[lane_of_[index]];
+    --lane.asked;
+    --asked_total_;
+    const Job& job = jobs_[index];
+    JobOutcome& outcome = report_.jobs[index];
+    if (slot.ok()) {
+      outcome.queue_wait_ms = MsSince(start_);
+      outcome.wait_ms = static_cast<double>(slot->wait_nanos()) / 1e6;
+      if (options_.on_queue_wait) options_.on_queue_wait(job, outcome.queue_wait_ms / 1000);
+      if (watch_) watch_->Watch(slot->call_id());
+      work_.emplace_back(index, std::move(slot).value());
+      ++running_;
+      ++running_by_lane_[job.lane];
+      worker_cv_.NotifyOne();
+    } else {
+      const RejectReason reason = slot.error().rejection()->reason;
+      if (reason == RejectReason::kCancelled) return;
+      if (reason == RejectReason::kShuttingDown) {  // the manager is gone: so is the batch
+        stop_.request_stop();
+        return;
+      }
+      // Our own RSS over maxRssMb comes down as jobs finish, but not with nothing running.
+      if (reason == RejectReason::kQueueFull || reason == RejectReason::kLaneLimit ||
+          reason == RejectReason::kGlobalLimit ||
+          (reason == RejectReason::kMemoryLimit && (running_ > 0 || asked_total_ > 0))) {
+        lane.pending.insert(rank_of_[index]);
+        return;
+      }
+      outcome.result.error = slot.error().message();
+      ++finished_;
+      ++failed_;
+      if (options_.fail_fast) stop_.request_stop();
+    }
+    outcome.started = true;
+    --undispatched_;
   }
 
   void WorkerLoop() {
@@ -279,8 +404,10 @@ class BatchExecution {
       auto [index, slot] = std::move(work_.front());
       work_.pop_front();
       lock.Unlock();
-      if (stop_.stop_requested()) {
-        // Granted just before a cancel or a fail-fast stop: hand the place back, run nothing.
+      if (stop_.stop_requested() || (watch_ && watch_->failed())) {
+        // Granted just before a cancel or a fail-fast stop: hand the place back, run nothing
+        // (stopping first, so that the place goes to no other waiting job either).
+        stop_.request_stop();
         slot.Release(false, "cancelled");
         lock.Lock();
         report_.jobs[index].started = false;
@@ -322,7 +449,9 @@ class BatchExecution {
     outcome.start_ms = MsSince(start_);
     ProcessResult result =
         runner_.RunWithSlot(std::move(slot), job.id, spec, call, stop_.get_token());
-    outcome.end_ms = MsSince(start_);
+    // The program's end, not ours: its place went to the next job as RunWithSlot released it,
+    // before this clock reading, and the two must not look as if they overlapped.
+    outcome.end_ms = std::min(MsSince(start_), outcome.start_ms + result.duration_ms);
     if (!output_names_.empty() && result.pid > 0) {
       outcome.output_file = options_.output_dir + "/" + output_names_[index];
       outcome.output_error = WriteJobOutput(outcome.output_file, result);
@@ -342,7 +471,7 @@ class BatchExecution {
     --running_;
     --running_by_lane_[job.lane];
     if (ran) ++finished_;
-    dispatcher_cv_.NotifyAll();
+    Wake();
   }
 
   // A line among the progress output (the bar is cleared first); `always` even without progress.
@@ -407,10 +536,9 @@ class BatchExecution {
   BatchReport report_;
   // Stops the running jobs: the caller's cancel (a signal) or the first failure with fail_fast.
   std::stop_source stop_;
-  std::stop_callback<std::function<void()>> forward_;
 
   internal::Mutex mu_;
-  internal::CondVar dispatcher_cv_, worker_cv_;
+  internal::CondVar worker_cv_;
   std::deque<std::pair<size_t, Slot>> work_ GUARDED_BY(mu_);  // granted, waiting for a worker
   std::map<std::string, int, std::less<>> running_by_lane_ GUARDED_BY(mu_);
   int running_ GUARDED_BY(mu_) = 0;
@@ -420,9 +548,25 @@ class BatchExecution {
   size_t undispatched_ GUARDED_BY(mu_);
   bool closing_ GUARDED_BY(mu_) = false;
   bool progress_broken_ GUARDED_BY(mu_) = false;
-  // Set up by the constructor, then read by the dispatcher only.
-  std::vector<std::string> lane_order_;
-  std::map<std::string, std::deque<size_t>, std::less<>> pending_ GUARDED_BY(mu_);
+
+  // The answers the callbacks post, and the finished jobs' wake-ups (events_), for the loop.
+  internal::Mutex inbox_mu_ ACQUIRED_AFTER(mu_);
+  internal::CondVar inbox_cv_;
+  std::vector<Answer> inbox_ GUARDED_BY(inbox_mu_);
+  uint64_t events_ GUARDED_BY(inbox_mu_) = 0;
+
+  // The loop's own (the calling thread's), set up by the constructor.
+  std::vector<size_t> order_;    // job indices in start order: priority, then file order
+  std::vector<size_t> rank_of_;  // by job index: its place in order_
+  std::vector<size_t> lane_of_;  // by job index: its entry in lanes_
+  std::vector<Lane> lanes_;
+  int asked_total_ = 0;  // asks not answered yet, all lanes
+  uint64_t seen_events_ = 0;
+  std::vector<Answer> answers_;          // taken from the inbox
+  std::shared_ptr<FailureWatch> watch_;  // with fail_fast
+
+  // Last: destroyed first, so a late cancel never finds the rest gone.
+  std::stop_callback<std::function<void()>> forward_;
 };
 
 }  // namespace
@@ -605,6 +749,7 @@ std::string SummaryJson(const BatchReport& report, const Config& config) {
       r["status"] = j.result.ShellStatus();
       r["durationMs"] = j.result.duration_ms;
       r["queueWaitMs"] = j.queue_wait_ms;
+      r["waitMs"] = j.wait_ms;
       r["peakRssBytes"] = j.result.peak_rss_bytes;
       r["timeoutPhase"] = ToString(j.result.timeout_phase);
       r["oomKilled"] = j.result.oom_killed;

@@ -1,5 +1,6 @@
 // Runs a job file's jobs as subprocess worker calls, as many at once as the lane and global limits
-// allow, and reports what happened.
+// allow, and reports what happened. Jobs wait for their places in the manager's lane queues
+// (ResourceBudgetManager::AcquireAsync) and start in priority order, then file order.
 //
 // Thread safety: a BatchRunner runs one batch at a time (Run() is not reentrant); the cancel token
 // may be triggered, and RequestProgress() called, from any thread.
@@ -27,6 +28,7 @@ struct JobOutcome {
   bool started = false;  // false: skipped (fail-fast or cancelled before its turn)
   ProcessResult result;
   double queue_wait_ms = 0;  // from the batch's start until the job got its slot
+  double wait_ms = 0;        // of which in its lane's queue (the slot's wait_nanos)
   double start_ms = 0;       // since the batch's start
   double end_ms = 0;
   // With BatchOptions::output_dir, once its program ran: <dir>/<name> (add .stdout or .stderr),

@@ -756,7 +756,8 @@ CLI::App* AddBatchCommand(CLI::App& app, BatchFlags& flags) {
   batch->footer(
       "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
       "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
-      "\"cwd\": \"/tmp\"}\n"
+      "\"cwd\": \"/tmp\", \"priority\": \"high\" | \"normal\" | \"low\"}\n"
+      "Jobs wait for a place in their lane's queue and start by priority, then in file order.\n"
       "The whole file is checked before anything runs. Exit status: 0 when every job succeeded, "
       "1 when some failed, 2 for a bad file or flags, 128+N on signal N (see Signals), 122 with "
       "--strict-telemetry when every job succeeded but spans, log lines or metrics were lost.\n"

@@ -18,8 +18,8 @@ using internal::QuoteBounded;
 using nlohmann::json;
 
 const std::vector<std::string>& KnownFields() {
-  static const std::vector<std::string> fields = {"id",       "lane",     "cmd", "timeoutMs",
-                                                  "maxRssMb", "metadata", "env", "cwd"};
+  static const std::vector<std::string> fields = {
+      "id", "lane", "cmd", "timeoutMs", "maxRssMb", "metadata", "env", "cwd", "priority"};
   return fields;
 }
 
@@ -134,11 +134,13 @@ class LineChecker {
     for (const auto& [key, value] : j_.items())
       if (std::find(KnownFields().begin(), KnownFields().end(), key) == KnownFields().end())
         AddError(internal::Truncate(key),
-                 "unknown field (known: id, lane, cmd, timeoutMs, maxRssMb, metadata, env, cwd)" +
+                 "unknown field (known: id, lane, cmd, timeoutMs, maxRssMb, metadata, env, cwd, "
+                 "priority)" +
                      internal::DidYouMean(key, KnownFields()));
     CheckIdAndLane();
     CheckCmd();
     CheckLimits();
+    CheckPriority();
     CheckMetadata();
     CheckEnv();
     CheckCwd();
@@ -219,6 +221,18 @@ class LineChecker {
       else
         job_.spec.max_rss_mb = number;
     }
+  }
+
+  void CheckPriority() {
+    const json* priority = Field("priority");
+    if (priority == nullptr) return;
+    for (const Priority p : {Priority::kHigh, Priority::kNormal, Priority::kLow}) {
+      if (priority->is_string() && priority->get_ref<const std::string&>() == ToString(p)) {
+        job_.priority = p;
+        return;
+      }
+    }
+    AddError("priority", "must be \"high\", \"normal\" or \"low\", got " + JsonPreview(*priority));
   }
 
   void CheckMetadata() {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "laneguard/config.h"
+#include "laneguard/manager.h"
 #include "laneguard/observer.h"
 #include "laneguard/process.h"
 #include "laneguard/result.h"
@@ -25,7 +26,8 @@ Result<int64_t> ParseDurationMs(std::string_view text, std::string_view flag);
 
 // One line of the job file:
 //   {"id": "read-1", "lane": "file_read", "cmd": ["cat", "a.txt"] | "cat a.txt | wc -l",
-//    "timeoutMs": 30000, "maxRssMb": 256, "metadata": {...}, "env": {"K": "V"}, "cwd": "/tmp"}
+//    "timeoutMs": 30000, "maxRssMb": 256, "metadata": {...}, "env": {"K": "V"}, "cwd": "/tmp",
+//    "priority": "high" | "normal" | "low"}
 // Only cmd is required. id defaults to "line-<n>" and must be unique; lane defaults to
 // "tool_call" and must be configured; a string cmd runs under /bin/sh -c; metadata values may be
 // strings, numbers or booleans (kept as text); env values must be strings. timeoutMs and maxRssMb
@@ -36,6 +38,7 @@ struct Job {
   std::string id;
   std::string lane;
   std::optional<int64_t> timeout_ms;
+  Priority priority = Priority::kNormal;
   Metadata metadata;
   ProcessSpec spec;
 };

@@ -988,6 +988,7 @@ class ProcessRun final : public TimeoutHandler {
         spec_(spec),
         cancel_(cancel),
         grant_(slot.start_mono_nanos()),
+        wait_nanos_(slot.wait_nanos()),
         clock_(runner.calls_.manager().clock()),
         lease_(*runner.cgroups_),
         guard_(runner.calls_, task_id, options, std::move(slot)) {}
@@ -1037,7 +1038,8 @@ class ProcessRun final : public TimeoutHandler {
   std::string_view task_id_;
   const ProcessSpec& spec_;
   const std::stop_token& cancel_;
-  const int64_t grant_;  // the slot's grant: the timeout counts from it
+  const int64_t grant_;       // the slot's grant: the timeout counts from it
+  const int64_t wait_nanos_;  // how long the slot's request waited in its lane's queue
   const Clock& clock_;
   ProcessResult result_;
   Command command_;
@@ -1064,6 +1066,12 @@ ProcessResult ProcessRun::Run() {
 
 void ProcessRun::Execute() {
   CallContext& context = guard_.context();
+  // A slot that waited (Acquire, as `batch` asks) says so on the span: the wait came before it.
+  if (wait_nanos_ > 0 && guard_.span().recording()) {
+    const int64_t wait_ms = wait_nanos_ / 1000000;
+    guard_.span().AddEvent("queued", {{"laneguard.wait_ms", wait_ms}});
+    guard_.span().SetAttribute("laneguard.wait_ms", wait_ms);
+  }
   result_.call_id = context.call_id();
   if (context.deadline_mono_nanos() > 0)
     result_.timeout_ms = (context.deadline_mono_nanos() - grant_) / 1000000;

@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -132,7 +134,10 @@ TEST_F(BatchTest, CancelStopsRunningJobsAndSkipsTheRest) {
   canceller.join();
   EXPECT_TRUE(report.cancelled);
   EXPECT_EQ(report.jobs[0].result.outcome, ProcessOutcome::kCancelled);
-  EXPECT_EQ(report.skipped(), 4);         // critic runs one at a time
+  EXPECT_EQ(report.skipped(), 4);  // critic runs one at a time
+  // The four waited in the manager's queue: the cancel took them out, and nothing is left held.
+  EXPECT_EQ(manager_->GetConcurrencyStatus().lanes["critic"].queued, 0);
+  EXPECT_EQ(manager_->GetConcurrencyStatus().global.active, 0);
   EXPECT_EQ(report.cancelled_jobs(), 1);  // stopped by us: not a failure of the job
   EXPECT_EQ(report.failed(), 0);
   auto summary = nlohmann::json::parse(SummaryJson(report, config_));
@@ -191,6 +196,109 @@ TEST_F(BatchTest, OutputFilesThatCannotBeWrittenAreReported) {
   std::getline(std::ifstream(dir + "/fine.stdout"), fine);
   EXPECT_EQ(fine, "hi");
   std::filesystem::remove_all(dir);
+}
+
+// Jobs on the critic lane (limit 1) that write their id to a log as they start; the high-priority
+// "first" holds the lane until `queued` others wait in the manager's queue, so every later start
+// is the queue's choice, whatever the timing. Returns the ids in start order.
+class BatchPriorityTest : public BatchTest {
+ protected:
+  std::vector<std::string> RunAndLogStarts(int queued, BatchReport* report) {
+    const std::string dir =
+        ::testing::TempDir() + "laneguard-batch-priority-" + std::to_string(getpid());
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    const std::string log = dir + "/log", go = dir + "/go";
+    auto job = [&](const std::string& id, const std::string& priority) {
+      std::string cmd = "echo " + id + " >> " + log;
+      if (id == "first") cmd += "; while [ ! -e " + go + " ]; do sleep 0.01; done";
+      return R"({"id": ")" + id + R"(", "lane": "critic", "priority": ")" + priority +
+             R"(", "cmd": ")" + cmd + "\"}\n";
+    };
+    jobs_ = Jobs(job("a", "low") + job("first", "high") + job("c", "normal") + job("d", "high") +
+                 job("e", "low") + job("f", "normal"));
+    std::thread opener([&] {  // a helper, not an assertion: it only ends the wait
+      for (int i = 0; i < 2000 && manager_->GetConcurrencyStatus().lanes["critic"].queued < queued;
+           ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      EXPECT_EQ(manager_->GetConcurrencyStatus().lanes["critic"].queued, queued);
+      std::ofstream(go.c_str()).put('\n');
+    });
+    BatchOptions options;
+    options.progress = BatchOptions::Progress::kNone;
+    *report = BatchRunner(*runner_, options).Run(jobs_, {});
+    opener.join();
+    std::vector<std::string> started;
+    std::ifstream in(log);
+    for (std::string line; std::getline(in, line);) started.push_back(line);
+    std::filesystem::remove_all(dir);
+    return started;
+  }
+
+  std::vector<Job> jobs_;  // the report points into them
+};
+
+TEST_F(BatchPriorityTest, JobsStartByPriorityThenFileOrder) {
+  BatchReport report;
+  EXPECT_THAT(RunAndLogStarts(/*queued=*/5, &report),
+              ::testing::ElementsAre("first", "d", "c", "f", "a", "e"));
+  EXPECT_EQ(report.succeeded(), 6);
+  EXPECT_EQ(manager_->GetConcurrencyStatus().lanes["critic"].queued, 0);
+  // Each job's wait in the queue: none for the first, the first's run at least for the rest.
+  auto summary = nlohmann::json::parse(SummaryJson(report, config_));
+  EXPECT_EQ(summary["results"][1]["id"], "first");
+  EXPECT_EQ(summary["results"][1]["waitMs"], 0.0);
+  for (int i : {0, 2, 3, 4, 5}) EXPECT_GT(summary["results"][i]["waitMs"].get<double>(), 0) << i;
+}
+
+// A lane whose queue holds one request: the batch keeps the rest back itself, in the same order.
+TEST_F(BatchPriorityTest, AShortQueueKeepsTheOrder) {
+  runner_.reset();  // everything on the old manager goes before it
+  calls_.reset();
+  config_.lane_queue_limits = {{"critic", 1}};
+  SetUp();
+  BatchReport report;
+  EXPECT_THAT(RunAndLogStarts(/*queued=*/1, &report),
+              ::testing::ElementsAre("first", "d", "c", "f", "a", "e"));
+  EXPECT_EQ(report.succeeded(), 6);
+}
+
+// The span of a job that waited has a `queued` event and the wait as laneguard.wait_ms.
+TEST_F(BatchTest, AJobThatWaitedSaysSoOnItsSpan) {
+  auto exporter = std::make_unique<InMemorySpanExporter>();
+  InMemorySpanExporter* spans = exporter.get();
+  runner_.reset();  // everything on the old tracer goes before it
+  calls_.reset();
+  tracer_ = std::make_unique<Tracer>(
+      TracerOptions{.processor = NewSimpleSpanProcessor(std::move(exporter))});
+  calls_ = std::make_unique<WorkerCalls>(*manager_, *tracer_);
+  runner_ = std::make_unique<ProcessRunner>(*calls_);
+  const std::vector<Job> jobs = Jobs(R"({"id": "one", "lane": "critic", "cmd": "sleep 0.05"})"
+                                     "\n"
+                                     R"({"id": "two", "lane": "critic", "cmd": "true"})");
+  BatchOptions options;
+  options.progress = BatchOptions::Progress::kNone;
+  BatchReport report = BatchRunner(*runner_, options).Run(jobs, {});
+  ASSERT_EQ(report.succeeded(), 2);
+  std::map<std::string, SpanData> by_task;
+  for (SpanData& span : spans->spans())
+    for (const Attribute& a : span.attributes)
+      if (a.key == "taskId") by_task[std::get<std::string>(a.value)] = span;
+  ASSERT_EQ(by_task.size(), 2u);
+  auto wait_ms = [](const SpanData& span) -> std::optional<int64_t> {
+    for (const Attribute& a : span.attributes)
+      if (a.key == "laneguard.wait_ms") return std::get<int64_t>(a.value);
+    return std::nullopt;
+  };
+  auto has_queued = [](const SpanData& span) {
+    return std::any_of(span.events.begin(), span.events.end(),
+                       [](const SpanEvent& e) { return e.name == "queued"; });
+  };
+  EXPECT_FALSE(wait_ms(by_task["one"]).has_value());  // granted at once
+  EXPECT_FALSE(has_queued(by_task["one"]));
+  ASSERT_TRUE(wait_ms(by_task["two"]).has_value());  // waited for one's 50 ms
+  EXPECT_EQ(*wait_ms(by_task["two"]), static_cast<int64_t>(report.jobs[1].wait_ms));
+  EXPECT_TRUE(has_queued(by_task["two"]));
 }
 
 TEST(EscapeForTerminalTest, MakesControlCharactersVisibleAndKeepsTheRest) {

@@ -110,6 +110,40 @@ TEST(JobFileTest, BadLinesAreRejectedWithLineAndField) {
                   HasSubstr("line 14: field 'metadata.a': must be a string, number or boolean")));
 }
 
+// priority orders a batch's waiting jobs: "high", "normal" (the default) or "low", nothing else.
+TEST(JobFileTest, PriorityIsHighNormalOrLow) {
+  auto jobs = ParseJobs(R"({"cmd": "true", "priority": "high"}
+{"cmd": "true", "priority": "normal"}
+{"cmd": "true", "priority": "low"}
+{"cmd": "true"})",
+                        Config{});
+  ASSERT_TRUE(jobs.ok()) << jobs.error()[0].message();
+  ASSERT_EQ(jobs->size(), 4u);
+  EXPECT_EQ((*jobs)[0].priority, Priority::kHigh);
+  EXPECT_EQ((*jobs)[1].priority, Priority::kNormal);
+  EXPECT_EQ((*jobs)[2].priority, Priority::kLow);
+  EXPECT_EQ((*jobs)[3].priority, Priority::kNormal);
+}
+
+TEST(JobFileTest, BadPrioritiesNameTheLineTheFieldAndTheValue) {
+  auto jobs = ParseJobs(R"({"cmd": "true"}
+{"cmd": "true", "priority": "urgent"}
+{"cmd": "true", "priority": "High"}
+{"cmd": "true", "priority": 2}
+{"cmd": "true", "priority": null}
+{"cmd": "true", "priorty": "low"})",
+                        Config{});
+  ASSERT_FALSE(jobs.ok());
+  std::vector<std::string> errors;
+  for (const Error& e : jobs.error()) errors.push_back(e.message());
+  const std::string expected = "field 'priority': must be \"high\", \"normal\" or \"low\", got ";
+  EXPECT_THAT(errors, ::testing::ElementsAre(
+                          "line 2: " + expected + "\"urgent\"", "line 3: " + expected + "\"High\"",
+                          "line 4: " + expected + "2", "line 5: " + expected + "null",
+                          HasSubstr("did you mean 'priority'?")));
+  EXPECT_EQ(jobs.error()[0].field(), "line 2: priority");
+}
+
 TEST(JobFileTest, TimeoutAboveThirtyDaysIsRejected) {
   auto jobs = ParseJobs("{\"cmd\": \"true\", \"timeoutMs\": 99999999999999}", Config{});
   ASSERT_FALSE(jobs.ok());
