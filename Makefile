@@ -95,8 +95,9 @@ thread-safety: deps
 
 # The sanitizer builds are for the tests; the benchmarks are not built there. Optimized at -O1
 # (with debug information, NDEBUG as in RelWithDebInfo): the level the sanitizers' documentation
-# recommends, and a third less compile time than -O2. `make tsan` is `make tsan-build`, then the
-# tests: CI (.ci/run) builds ahead while other tests run.
+# recommends, and about a third less compile time than -O2 (prometheus_server.cc under TSan: 30 s
+# of CPU at -O2, 20 s at -O1). `make tsan` is `make tsan-build`, then the tests: CI (.ci/run)
+# builds ahead while other tests run.
 SANITIZER_FLAGS = -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g -DNDEBUG" \
 	-DLANEGUARD_BUILD_BENCH=OFF -DLANEGUARD_WERROR=$(WERROR)
 tsan-build: deps
