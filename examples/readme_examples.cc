@@ -69,11 +69,28 @@ int ManagerExample(laneguard::TimeoutHandler& killer) {
   return 0;
 }
 
+void WaitingExample(std::unique_ptr<laneguard::ResourceBudgetManager>& manager,
+                    std::stop_source& request_stop) {
+  // README example 2
+  laneguard::AcquireOptions wait;
+  wait.wait_ms = 2000;                         // empty: until granted, cancelled or Shutdown()
+  wait.priority = laneguard::Priority::kHigh;  // kLow, kNormal (default), kHigh
+  wait.stop_token = request_stop.get_token();  // cancels the wait, not the call
+  laneguard::Result<laneguard::Slot> slot = manager->Acquire("task-7", "forecast_model", wait);
+
+  manager->AcquireAsync("task-8", "forecast_model", {}, [](laneguard::Result<laneguard::Slot> r) {
+    // Exactly once, with the slot or the refusal; post it to your loop, keep this short.
+  });
+  std::future<laneguard::Result<laneguard::Slot>> later =
+      manager->AcquireFuture("task-9", "forecast_model");
+  // README example 2 end
+}
+
 int WorkerExample(const laneguard::Result<laneguard::Config>& config,
                   std::unique_ptr<laneguard::ResourceBudgetManager>& manager,
                   std::shared_ptr<laneguard::JsonLogger> logger, const std::string& input,
                   std::string_view incoming_header, const std::vector<std::string>& items) {
-  // README example 2
+  // README example 3
   laneguard::TracerOptions tracing;
   tracing.resource = {.service_name = "orchestrator",
                       .service_version = "1.0.0",
@@ -119,15 +136,15 @@ int WorkerExample(const laneguard::Result<laneguard::Config>& config,
                            return Combine(a, b);
                          },
                          {.lane = "tool_call", .timeout_ms = 600000});
-  // README example 2 end
-  // README example 3
+  // README example 3 end
+  // README example 4
   laneguard::ProcessRunner runner(calls);  // the WorkerCalls above
   laneguard::ProcessSpec spec{.argv = {"python3", "critic.py", "in.json"}, .max_rss_mb = 512};
   auto result = runner.Run("task-7", spec, {.lane = "critic", .timeout_ms = 600000});
   if (!result.ok()) { /* refused: result.error().message() */
   } else if (!result->success())
     std::cerr << result->Reason() << "\n";  // e.g. "timed out: ..."
-  // README example 3 end
+  // README example 4 end
   return 0;
 }
 
@@ -135,7 +152,7 @@ void MetricsExample(std::unique_ptr<laneguard::ResourceBudgetManager>& manager,
                     std::shared_ptr<laneguard::JsonLogger> logger,
                     std::shared_ptr<laneguard::BatchSpanProcessor> batch_processor,
                     std::string_view accept_header, double waited_seconds) {
-  // README example 4
+  // README example 5
   // Counts every call from now on (an observer on the manager); gauges are read at each scrape.
   auto collector =
       laneguard::PrometheusCollector::Create(
@@ -162,11 +179,11 @@ void MetricsExample(std::unique_ptr<laneguard::ResourceBudgetManager>& manager,
           manager.get(), [](const laneguard::FlatMetrics& m) { /* m["worker.calls.total"], ... */ })
           .value();
   emitter->Start();
-  // README example 4 end
+  // README example 5 end
 }
 
 laneguard::Result<bool> OtlpExample(const laneguard::Config& config) {
-  // README example 5
+  // README example 6
   laneguard::Resource resource;
   resource.service_name = "orchestrator";
   laneguard::OtlpEnvResult env = laneguard::ReadOtlpEnvironment(
@@ -185,7 +202,7 @@ laneguard::Result<bool> OtlpExample(const laneguard::Config& config) {
   auto logger =
       std::make_shared<laneguard::JsonLogger>(laneguard::JsonLogger::Options{.sink = logs});
   for (const std::string& w : env.warnings) logger->LogWarning(w);  // bad OTEL_* values, fallbacks
-  // README example 5 end
+  // README example 6 end
   return true;
 }
 
