@@ -112,16 +112,27 @@ class Admission {
     return std::nullopt;
   }
 
-  // Hands back what Take took for one call in lane `index`. Returns the word after, when it has a
-  // flag set (AdmissionLayout::kFlags) and the caller has more to do: hand the place on under the
-  // wait queue's lock (kGated), or free the state if that was the last call of a destroyed
-  // manager (the word is then exactly kOrphaned, see Orphan). Else 0: one comparison on the
-  // release path for both.
+  // Hands back what Take took for one call in lane `index`, unless admission is gated: then the
+  // global count (and a packed lane count) is left as it is and kGated returned, and the caller
+  // hands the place on under the wait queue's lock (GiveBackGated). The count it keeps pins the
+  // state until then: a destroyed manager's state is freed only when the count reaches zero.
+  // Otherwise returns the word after when it is exactly kOrphaned (that was the last call of a
+  // destroyed manager: the caller frees the state), else 0. One comparison on the release path.
   uint64_t GiveBack(size_t index) {
     LaneState& lane = lanes_[index];
     if (!layout_.packed()) lane.active.fetch_sub(1, std::memory_order_release);
-    const uint64_t after = word_.fetch_sub(lane.delta, std::memory_order_acq_rel) - lane.delta;
-    return after >= AdmissionLayout::kGated ? after : 0;
+    uint64_t word = word_.load(std::memory_order_relaxed);
+    do {
+      if (word & AdmissionLayout::kGated) [[unlikely]]
+        return AdmissionLayout::kGated;
+    } while (!word_.compare_exchange_weak(word, word - lane.delta, std::memory_order_acq_rel,
+                                          std::memory_order_relaxed));
+    return word - lane.delta == AdmissionLayout::kOrphaned ? AdmissionLayout::kOrphaned : 0;
+  }
+  // The rest of a release GiveBack left to the wait queue's lock: returns the word after.
+  uint64_t GiveBackGated(size_t index) {
+    const uint64_t delta = lanes_[index].delta;
+    return word_.fetch_sub(delta, std::memory_order_acq_rel) - delta;
   }
 
   // Under the wait queue's lock (the gate set, so no lock-free Take races with it): takes a place

@@ -62,6 +62,22 @@ class TaskId {
   std::string heap_;
 };
 
+// How a call was admitted besides its counts: how long it waited in its lane's queue and whether
+// its place is borrowed (lane lending). One word, because every call copies it into its entry and
+// then its record, and one copy is half the instructions of two.
+class QueueMark {
+ public:
+  QueueMark() = default;
+  QueueMark(int64_t wait_ns, bool borrowed)
+      : bits_(static_cast<uint64_t>(wait_ns > 0 ? wait_ns : 0) | (borrowed ? kBorrowed : 0)) {}
+  int64_t wait_ns() const { return static_cast<int64_t>(bits_ & ~kBorrowed); }
+  bool borrowed() const { return (bits_ & kBorrowed) != 0; }
+
+ private:
+  static constexpr uint64_t kBorrowed = uint64_t{1} << 63;
+  uint64_t bits_ = 0;
+};
+
 // One active (or free) call: a plain record, guarded by its shard's lock.
 struct CallEntry {
   uint32_t generation = 0;
@@ -77,8 +93,7 @@ struct CallEntry {
   int64_t hard_deadline = 0;
   double rss_start = 0, heap_start = 0;
   int concurrent_at_start = 0;
-  bool borrowed = false;  // lane lending: a place beyond the lane's limit
-  int64_t wait_ns = 0;    // time queued before the grant
+  QueueMark queue;
   TimerQueue::Handle timer;
   TaskId task_id;
   Metadata metadata;

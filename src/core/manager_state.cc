@@ -90,8 +90,7 @@ template <typename M>
   c.heap_start = memory_.heap_used_mb();
   c.concurrent_at_start = start.global_now;
   c.handler = start.handler;
-  c.wait_ns = start.wait_ns;
-  c.borrowed = start.borrowed;
+  c.queue = start.queue;
   if (copied) {
     c.metadata = std::move(*copied);
   } else if constexpr (!std::is_lvalue_reference_v<M>) {
@@ -139,7 +138,7 @@ Result<Slot> ManagerState::TryAcquire(std::string_view task_id, std::string_view
   int lane_now = 0, global_now = 0;
   if (std::optional<Refusal> f = admission_.Take(lane->index, &lane_now, &global_now)) {
     if (f->gated) [[unlikely]]
-      return TryAcquireGated(task_id, *lane, timeout, Metadata(std::forward<M>(metadata)), handler);
+      return TryAcquireGated(task_id, *lane, timeout, std::forward<M>(metadata), handler);
     return Reject(*f, task_id, lane_name, lane);
   }
   return Grant(task_id,
@@ -173,8 +172,7 @@ template <typename M>
                      .rss = admitted.rss,
                      .global_now = admitted.global_now,
                      .handler = admitted.handler,
-                     .wait_ns = admitted.wait_ns,
-                     .borrowed = admitted.borrowed},
+                     .queue = admitted.queue},
                     std::forward<M>(metadata));
   } catch (...) {
     Unadmit(admitted.lane, task_id);
@@ -200,7 +198,7 @@ template <typename M>
 // alive (the caller is admitting on it), so this is never the last release of a destroyed one.
 void ManagerState::Unadmit(size_t lane, std::string_view task_id) noexcept {
   if (waiting_.has_quotas()) waiting_.ReleaseQuota(task_id, lane);
-  if (admission_.GiveBack(lane) & AdmissionLayout::kGated) HandOn();
+  if (admission_.GiveBack(lane) == AdmissionLayout::kGated) HandOn(lane);
 }
 
 Result<Slot> ManagerState::Reject(const Refusal& f, std::string_view task_id,
@@ -254,8 +252,8 @@ void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_vie
       CallEvent e =
           events_.For(EventKind::kAcquired, now, call_id, task_id, lane, global_now, lane_now);
       e.timeout_ms = start.timeout_ms;
-      e.wait_ns = start.wait_ns;
-      e.borrowed = start.borrowed;
+      e.wait_ns = start.queue.wait_ns();
+      e.borrowed = start.queue.borrowed();
       e.metadata = &metadata;
       events_.Notify(e);
     }
@@ -285,9 +283,9 @@ template Result<Slot> ManagerState::TryAcquire<Metadata>(std::string_view, std::
 
 // ---- waiting ------------------------------------------------------------------------------------
 
+template <typename M>
 Result<Slot> ManagerState::TryAcquireGated(std::string_view task_id, const LaneState& lane,
-                                           int64_t timeout, Metadata metadata,
-                                           TimeoutHandler* handler) {
+                                           int64_t timeout, M&& metadata, TimeoutHandler* handler) {
   Waiter w;
   w.task_id = task_id;
   w.lane = lane.index;
@@ -302,8 +300,8 @@ Result<Slot> ManagerState::TryAcquireGated(std::string_view task_id, const LaneS
                 .global_now = w.global_now,
                 .lane_now = w.lane_now,
                 .handler = handler,
-                .borrowed = w.borrowed},
-               std::move(metadata));
+                .queue = QueueMark(0, w.borrowed)},
+               std::forward<M>(metadata));
 }
 
 void ManagerState::AcquireAsync(std::string_view task_id, std::string_view lane_name,
@@ -372,9 +370,14 @@ void ManagerState::CancelWaiter(Waiter* w) {
   CompleteRefused(cancelled, RejectReason::kCancelled);
 }
 
-void ManagerState::HandOn() noexcept {
+void ManagerState::HandOn(size_t lane) noexcept {
   WaiterList granted;
-  waiting_.Released(&granted);
+  const uint64_t after = waiting_.Released(lane, &granted);
+  // The last call of a destroyed manager: nothing was granted, and nobody else frees the state.
+  if ((after & ~AdmissionLayout::kGated) == AdmissionLayout::kOrphaned) {
+    delete this;
+    return;
+  }
   CompleteGranted(granted);
 }
 
@@ -390,8 +393,7 @@ void ManagerState::CompleteGranted(WaiterList& granted) noexcept {
                     .global_now = w->global_now,
                     .lane_now = w->lane_now,
                     .handler = w->handler,
-                    .wait_ns = now - w->arrived,
-                    .borrowed = w->borrowed},
+                    .queue = QueueMark(now - w->arrived, w->borrowed)},
                    std::move(w->metadata));
     } catch (...) {
       // Grant gave the place back (and handed it on); the request learns why it has none.
@@ -440,8 +442,7 @@ inline void ManagerState::FillRecord(CallEntry& c, int64_t now, bool success,
   r.timeout_reached = c.phase >= CallPhase::kWarned || now >= c.deadline();
   r.escalated = c.phase == CallPhase::kEscalated || now >= c.hard_deadline;
   r.concurrent_at_start = c.concurrent_at_start;
-  r.borrowed = c.borrowed;
-  r.wait_ns = c.wait_ns;
+  r.queue = c.queue;
   // A snapshot of the count that still includes this call (it drops after the record).
   r.concurrent_at_end = admission_.GlobalActive();
   r.duration_ms = static_cast<double>(now - c.start_mono) / kNanosPerMs;
@@ -478,7 +479,7 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
   // The task's quota, before the record takes the task id. Waiting's lock is taken inside the
   // shard's here and nowhere the other way round.
   if (waiting_.has_quotas()) [[unlikely]]
-    waiting_.ReleaseQuota(c->task_id.view(), lane);
+    ReleaseQuota(*c);
   shard->timers.Cancel(c->timer);
   if (c->phase == CallPhase::kEscalated) shard->records.RemoveOverrunning(lane);
   RingRecord& r = shard->records.Next(static_cast<size_t>(config_.metrics_capacity));
@@ -502,13 +503,14 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
     shard->lock.unlock();
   }
   // The admission word is the last thing touched, unless it says otherwise: with the gate set the
-  // place is handed on to a waiter, and the orphan bit decides who frees a destroyed manager's
-  // state (after Shutdown no one waits, so a destroyed manager hands nothing on).
+  // count is kept and the place given back and handed on under the wait queue's lock (the count
+  // keeps the state alive until then), and the orphan bit decides who frees a destroyed
+  // manager's state.
   if (const uint64_t after = admission_.GiveBack(lane)) [[unlikely]] {
-    if (after & AdmissionLayout::kOrphaned) {
-      if ((after & ~AdmissionLayout::kGated) == AdmissionLayout::kOrphaned) delete this;
+    if (after == AdmissionLayout::kGated) {
+      HandOn(lane);
     } else {
-      HandOn();
+      delete this;  // kOrphaned: the last call of a destroyed manager
     }
   }
   return outcome;
@@ -556,12 +558,17 @@ std::stop_token ManagerState::StopToken(const Slot& slot) {
   return stop.get_token();
 }
 
+// Out of line: the task id's view is not built on releases without quotas.
+void ManagerState::ReleaseQuota(const CallEntry& c) noexcept {
+  waiting_.ReleaseQuota(c.task_id.view(), c.lane);
+}
+
 ManagerState::Queued ManagerState::QueuedOf(const Slot& slot) {
   Shard* shard = nullptr;
   CallEntry* c = calls_.LockEntry(slot.index_, slot.generation_, &shard);
   if (c == nullptr) return {};
   shard->lock.AssertHeld();  // LockEntry returns with it held when it finds the call
-  const Queued q{c->wait_ns, c->borrowed};
+  const Queued q{c->queue.wait_ns(), c->queue.borrowed()};
   shard->lock.unlock();
   return q;
 }

@@ -81,7 +81,7 @@ class ManagerState {
   void Shutdown();
   // Called by ~ResourceBudgetManager (after Shutdown). Returns true if the state can be freed
   // now; otherwise the last outstanding slot frees it.
-  bool Orphan() { return admission_.Orphan(); }
+  bool Orphan() { return waiting_.Orphan(); }
 
  private:
   // What a call starts with, besides its task id and metadata.
@@ -91,8 +91,7 @@ class ManagerState {
     double rss = 0;
     int global_now = 0, lane_now = 0;
     TimeoutHandler* handler = nullptr;
-    int64_t wait_ns = 0;
-    bool borrowed = false;
+    QueueMark queue;
   };
 
   std::optional<Refusal> Check(std::string_view lane_name, const std::optional<int64_t>& timeout_ms,
@@ -102,15 +101,18 @@ class ManagerState {
   Result<Slot> Grant(std::string_view task_id, const CallStart& admitted, M&& metadata);
   void Unadmit(size_t lane, std::string_view task_id) noexcept;
   // TryAcquire while admission is gated (AdmissionLayout::kGated): decided under Waiting's lock.
+  template <typename M>
   [[gnu::noinline]] Result<Slot> TryAcquireGated(std::string_view task_id, const LaneState& lane,
-                                                 int64_t timeout, Metadata metadata,
+                                                 int64_t timeout, M&& metadata,
                                                  TimeoutHandler* handler);
-  // A release found the gate set: hand the freed place on (Waiting::Released) and complete the
-  // waiters that got one.
-  [[gnu::noinline]] void HandOn() noexcept;
+  // A release found the gate set: give the place back and hand freed places on
+  // (Waiting::Released), and complete the waiters that got one. Frees this state if that was the
+  // last call of a destroyed manager.
+  [[gnu::noinline]] void HandOn(size_t lane) noexcept;
   // Completes decided waiters: grants (their counts taken), or refusals for `reason`.
   void CompleteGranted(WaiterList& granted) noexcept;
   void CompleteRefused(WaiterList& refused, RejectReason reason) noexcept;
+  [[gnu::noinline]] void ReleaseQuota(const CallEntry& c) noexcept;
   // Calls w's callback with `result` and frees w.
   static void Finish(Waiter* w, Result<Slot> result) noexcept;
 

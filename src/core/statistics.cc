@@ -74,7 +74,7 @@ void FillLanes(const Admission& admission, const std::vector<LaneTotals>& lane_t
   std::vector<std::vector<double>> lane_durations(lane_count), lane_waits(lane_count);
   for (const RingRecord& r : records) {
     lane_durations[r.lane].push_back(r.duration_ms);
-    lane_waits[r.lane].push_back(static_cast<double>(r.wait_ns) / 1e6);
+    lane_waits[r.lane].push_back(static_cast<double>(r.queue.wait_ns()) / 1e6);
   }
   const std::vector<int64_t> rejected = admission.RejectionSums();
   int64_t by_reason[kRejectReasonCount] = {};
@@ -146,8 +146,8 @@ WorkerCallMetrics ToPublic(const RingRecord& r, const Admission& admission) {
   m.timeout_ms = r.timeout_ms;
   m.timestamp_unix_nanos = r.start_unix;
   m.timestamp = FormatIso8601(r.start_unix);
-  m.wait_ms = static_cast<double>(r.wait_ns) / 1e6;
-  m.borrowed = r.borrowed;
+  m.wait_ms = static_cast<double>(r.queue.wait_ns()) / 1e6;
+  m.borrowed = r.queue.borrowed();
   return m;
 }
 

@@ -33,9 +33,9 @@ struct LaneTotals {
 struct RingRecord {
   uint64_t call_id = 0;
   uint32_t lane = 0;
-  bool success = false, timeout_reached = false, escalated = false, borrowed = false;
+  bool success = false, timeout_reached = false, escalated = false;
   int concurrent_at_start = 0, concurrent_at_end = 0;
-  int64_t wait_ns = 0;
+  QueueMark queue;
   double duration_ms = 0;
   double rss_start = 0, rss_end = 0, heap_start = 0, heap_end = 0;
   int64_t timeout_ms = 0;

@@ -92,9 +92,16 @@ void Waiting::ReleaseQuota(std::string_view task_id, size_t lane) noexcept {
   Drop(lane_task_held_[lane], task_id);
 }
 
-void Waiting::Released(WaiterList* granted) {
+uint64_t Waiting::Released(size_t lane, WaiterList* granted) {
   MutexLock lock(mu_);
-  Dispatch(granted);
+  const uint64_t after = admission_.GiveBackGated(lane);
+  if (!(after & AdmissionLayout::kOrphaned)) Dispatch(granted);  // no waiter after Shutdown
+  return after;
+}
+
+bool Waiting::Orphan() {
+  MutexLock lock(mu_);
+  return admission_.Orphan();
 }
 
 void Waiting::Expire(int64_t now, WaiterList* expired) {

@@ -123,8 +123,12 @@ class Waiting {
   // A call of `task_id` in `lane` ends: its place in the task's quotas is given back (quotas on).
   // Allocates nothing and does not throw: a release calls it under its shard's lock.
   void ReleaseQuota(std::string_view task_id, size_t lane) noexcept EXCLUDES(mu_);
-  // After a release whose word had the gate set: freed places handed to waiters.
-  void Released(WaiterList* granted) EXCLUDES(mu_);
+  // A release that found the gate set (Admission::GiveBack returned kGated): gives the place back
+  // and hands freed places to waiters, under the lock. Returns the admission word after.
+  uint64_t Released(size_t lane, WaiterList* granted) EXCLUDES(mu_);
+  // Admission::Orphan under the lock, so that no release is between giving its place back and
+  // unlocking when the destroyed manager's state is freed.
+  bool Orphan() EXCLUDES(mu_);
   // Removes the waiters whose deadline is at or before `now` (to be refused with wait_timeout).
   void Expire(int64_t now, WaiterList* expired) EXCLUDES(mu_);
   // Removes `w` if it is still queued (true: the caller refuses it with cancelled); otherwise

@@ -178,6 +178,7 @@ void LoggingObserver::OnEvent(const CallEvent& e) {
                     {"durationMs", r.duration_ms},
                     {"timeoutReached", r.timeout_reached},
                     {"rssDeltaMb", r.rss_delta_mb},
+                    {"waitMs", r.wait_ms},
                     {"globalConcurrency", int64_t{e.global_active}}});
       break;
     }

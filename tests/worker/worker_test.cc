@@ -715,3 +715,40 @@ TEST_F(WorkerTest, IncomingTraceparentIsJoined) {
 
 }  // namespace
 }  // namespace laneguard
+
+namespace laneguard {
+namespace {
+
+// A call that may wait (CallOptions::wait_ms) and did: on one clock its span starts when it began
+// to wait, with a "queued" event there, and carries the wait as laneguard.wait_ms.
+TEST_F(WorkerTest, ACallThatWaitedHasAQueuedEventAndItsWait) {
+  Result<Slot> held = manager_->TryAcquire("holder", "forecast_model");  // limit 1
+  ASSERT_TRUE(held.ok());
+  CallOptions options;
+  options.lane = "forecast_model";
+  options.wait_ms = std::nullopt;
+  options.priority = Priority::kHigh;
+  const int64_t began = clock_.MonotonicNanos();
+  std::thread waiter([&] {
+    calls_->Call(
+        "t", [] {}, options);
+  });
+  while (manager_->GetConcurrencyStatus().lanes.at("forecast_model").queued == 0)
+    std::this_thread::yield();
+  clock_.AdvanceMs(40);
+  held->Release(true);
+  waiter.join();
+
+  auto spans = Spans();
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].start_unix_nanos, clock_.UnixAt(began));
+  EXPECT_THAT(EventNames(spans[0]), ElementsAre("queued", "acquired_slot", "execution_started",
+                                                "execution_succeeded", "call_completed"));
+  EXPECT_EQ(StrAttr(spans[0].events[0].attributes, "priority"), "high");
+  EXPECT_EQ(std::get<double>(*Attr(spans[0].attributes, "laneguard.wait_ms")), 40.0);
+  EXPECT_EQ(spans[0].events[1].time_unix_nanos, clock_.UnixAt(began + 40'000'000));
+  EXPECT_EQ(manager_->GetMetrics().back().wait_ms, 40.0);
+}
+
+}  // namespace
+}  // namespace laneguard
