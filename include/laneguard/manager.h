@@ -262,9 +262,12 @@ class ResourceBudgetManager {
   ResourceBudgetManager(const ResourceBudgetManager&) = delete;
   ResourceBudgetManager& operator=(const ResourceBudgetManager&) = delete;
 
-  // Asks for a place in `lane`. `timeout_ms` defaults to defaultTimeoutMs; a value <= 0 or
-  // above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of checking:
-  // kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit. A
+  // Asks for a place in `lane`, without waiting. `timeout_ms` defaults to defaultTimeoutMs; a
+  // value <= 0 or above kMaxTimeoutMs is rejected with kInvalidTimeout. Rejections, in order of
+  // checking: kShuttingDown, kUnknownLane, kInvalidTimeout, kMemoryLimit, kLaneLimit, kGlobalLimit
+  // (and kTaskQuota with per-task quotas). While requests wait (Acquire), a place that a waiter
+  // can use is not taken: TryAcquire goes behind the queue, and is then decided under the queue's
+  // lock instead of lock-free (so is every call when quotas or lane lending are configured). A
   // refusal is an Error whose rejection() is the Rejection (its code: CodeOf(reason)). With a
   // short task id (<= 39 bytes) and no metadata the granted path makes no syscall and, once warm,
   // no heap allocation. Nor does a rejection naming a lane of up to 15 bytes, once this manager
@@ -299,7 +302,8 @@ class ResourceBudgetManager {
   // returns when the answer is immediate; else later on the thread that decides it (the one whose
   // release frees the place, the timer thread for wait_timeout, the thread that stops the token,
   // the one calling Shutdown). It must be quick (post the result to your event loop) and must not
-  // throw; it may call the manager, this one included. A Slot it drops is released as abandoned.
+  // throw; it may call the manager, this one included, but not Tick(), Shutdown() or the
+  // manager's destructor (it may run inside them). A Slot it drops is released as abandoned.
   void AcquireAsync(std::string_view task_id, std::string_view lane, AcquireOptions options,
                     AcquireCallback done);
   // As a future (the callback sets it).
