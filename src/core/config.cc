@@ -4,8 +4,9 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <ranges>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "base/json_input.h"
 
@@ -110,14 +111,17 @@ std::optional<TaskQuotaAction> TaskQuotaActionFromString(std::string_view text) 
 constexpr const char* kTaskQuotaActions = "must be \"refuse\" or \"queue\"";
 
 std::optional<Error> CheckLaneMaps(Config& c) {
+  // A vector, not std::views::keys: clang 14 (the thread-safety and tidy builds) cannot compile
+  // libstdc++ 12's elements_view.
+  std::vector<std::string> configured;
+  for (const auto& [lane, limit] : c.lane_concurrency_limits) configured.push_back(lane);
   for (const LaneMap& m : LaneMaps(c)) {
     for (const auto& [lane, value] : *m.lanes) {
       const std::string key = std::string(m.key) + "." + lane;
       if (!c.lane_concurrency_limits.contains(lane))
-        return KeyError(
-            key, Text(value),
-            "lane '" + Truncate(lane) + "' is not in laneConcurrencyLimits" +
-                internal::DidYouMean(lane, std::views::keys(c.lane_concurrency_limits)));
+        return KeyError(key, Text(value),
+                        "lane '" + Truncate(lane) + "' is not in laneConcurrencyLimits" +
+                            internal::DidYouMean(lane, configured));
       if (value < m.low || value > m.high) return KeyError(key, Text(value), Within(m.low, m.high));
     }
   }
