@@ -350,7 +350,7 @@ void ManagerState::AcquireAsync(std::string_view task_id, std::string_view lane_
   CompleteGranted(granted);
   switch (a.kind) {
     case Admitted::kQueued:
-      w.release();  // owned by the queue; whoever decides it frees it
+      static_cast<void>(w.release());  // owned by the queue; whoever decides it frees it
       return;
     case Admitted::kGranted:
       granted.Push(w.release());
