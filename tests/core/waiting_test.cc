@@ -107,8 +107,8 @@ TEST_F(WaitingTest, TryAcquireDoesNotTakeAPlaceAheadOfAWaiter) {
   // Lane "a" is full and has a waiter; "b" has room: a TryAcquire on "b" is granted (the gate is
   // per decision, not per lane), one on "a" is refused.
   auto m = Make(Lanes(1));
+  Answer waiter;  // before `held`: its release at the end hands the place to the waiter
   Result<Slot> held = m->TryAcquire("t1", "a");
-  Answer waiter;
   m->AcquireAsync("t2", "a", Wait(), waiter.Callback());
   EXPECT_TRUE(m->TryAcquire("t3", "b").ok());
   EXPECT_FALSE(m->TryAcquire("t4", "a").ok());
@@ -119,8 +119,8 @@ TEST_F(WaitingTest, AFullQueueRefusesAtOnceWithQueueFull) {
   Config c = Lanes(1);
   c.lane_queue_limits = {{"a", 1}};
   auto m = Make(c);
+  Answer first, second;  // before `held`: its release at the end hands the place to `first`
   Result<Slot> held = m->TryAcquire("t1", "a");
-  Answer first, second;
   m->AcquireAsync("t2", "a", Wait(), first.Callback());
   m->AcquireAsync("t3", "a", Wait(), second.Callback());
   EXPECT_EQ(first.calls, 0);
