@@ -50,10 +50,7 @@ bool Admission::TakeGated(size_t index, int lane_limit, int* lane_now, int* glob
   }
   ++*lane_now;
   ++*global_now;
-  for (int seen = max_concurrent_.load(std::memory_order_relaxed);
-       *global_now > seen &&
-       !max_concurrent_.compare_exchange_weak(seen, *global_now, std::memory_order_relaxed);) {
-  }
+  NoteConcurrent(*global_now);
   return true;
 }
 

@@ -105,10 +105,7 @@ class Admission {
     }
     ++*lane_now;
     ++*global_now;
-    for (int seen = max_concurrent_.load(std::memory_order_relaxed);
-         *global_now > seen &&
-         !max_concurrent_.compare_exchange_weak(seen, *global_now, std::memory_order_relaxed);) {
-    }
+    NoteConcurrent(*global_now);
     return std::nullopt;
   }
 
@@ -143,8 +140,8 @@ class Admission {
   void ClearGate() { word_.fetch_and(~AdmissionLayout::kGated, std::memory_order_acq_rel); }
 
   // Marks the manager object destroyed. Returns true if no call is active, so the state can be
-  // freed now; otherwise the last GiveBack says when (its word is then kOrphaned, plus kGated
-  // where quotas or lending keep the gate set).
+  // freed now; otherwise the last release says when (GiveBack returning kOrphaned, or, for a
+  // gated release, the word after GiveBackGated being kOrphaned with or without kGated).
   bool Orphan() {
     return AdmissionLayout::Empty(
         word_.fetch_or(AdmissionLayout::kOrphaned, std::memory_order_acq_rel));
@@ -169,6 +166,14 @@ class Admission {
   }
 
  private:
+  // Raises the high-water mark of the global count to `global_now`.
+  [[gnu::always_inline]] void NoteConcurrent(int global_now) {
+    for (int seen = max_concurrent_.load(std::memory_order_relaxed);
+         global_now > seen &&
+         !max_concurrent_.compare_exchange_weak(seen, global_now, std::memory_order_relaxed);) {
+    }
+  }
+
   static Refusal Refused(RejectReason reason, int active, int limit, uint64_t word) {
     Refusal f{reason, active, limit};
     f.gated = (word & AdmissionLayout::kGated) != 0;

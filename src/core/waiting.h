@@ -109,9 +109,6 @@ class Waiting {
   Waiting(const Waiting&) = delete;
   Waiting& operator=(const Waiting&) = delete;
 
-  // True when every admission and release must come here (quotas or lending configured): the gate
-  // then stays set for the manager's life.
-  bool always_gated() const { return always_gated_; }
   // True when a release must give back its task's quota (ReleaseQuota).
   bool has_quotas() const { return has_quotas_; }
 
@@ -185,6 +182,7 @@ class Waiting {
   const bool has_quotas_;
   const bool quota_queues_;
   const bool lending_;
+  // Quotas or lending: every admission and release comes here, the gate set for good.
   const bool always_gated_;
   Admission& admission_;
   std::vector<Lane> lanes_;  // fixed size; queues GUARDED_BY(mu_)
