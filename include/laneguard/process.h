@@ -69,6 +69,10 @@ struct ProcessSpec {
   std::vector<std::pair<std::string, std::string>> env;
   bool clear_env = false;
   std::string cwd;  // "" keeps the caller's
+  // true: the program's environment gets TRACEPARENT, the W3C traceparent of the call's own span
+  // (over env's), so what it traces joins the call's trace. Only when the span has a valid
+  // context (tracing on); otherwise env's TRACEPARENT, if any, stays.
+  bool traceparent_env = false;
   // Per-call memory limit of the whole tree, in MB (unset: none); within [1, 2^30].
   std::optional<int64_t> max_rss_mb;
   // true: stdin is /dev/null. Runs that share a terminal (a batch) should not read from it: the

@@ -31,6 +31,7 @@
 
 #include "laneguard/internal/mutex.h"
 #include "laneguard/process.h"
+#include "laneguard/trace/trace.h"
 #include "process/call_cgroup.h"
 #include "worker/call_guard.h"
 
@@ -537,18 +538,24 @@ class TerminalLease {
   pid_t child_;
 };
 
-std::vector<std::string> BuildEnvironment(const ProcessSpec& spec) {
+// `traceparent` (when not empty) is set as TRACEPARENT over the inherited and env's.
+std::vector<std::string> BuildEnvironment(const ProcessSpec& spec, const std::string& traceparent) {
   std::vector<std::string> env;
+  const auto overridden = [&](std::string_view name) {
+    if (!traceparent.empty() && name == "TRACEPARENT") return true;
+    for (const auto& [key, value] : spec.env)
+      if (key == name) return true;
+    return false;
+  };
   if (!spec.clear_env) {
     for (char** e = environ; *e != nullptr; ++e) {
       std::string_view entry(*e);
-      const std::string_view name = entry.substr(0, entry.find('='));
-      bool overridden = false;
-      for (const auto& [key, value] : spec.env) overridden = overridden || key == name;
-      if (!overridden) env.emplace_back(entry);
+      if (!overridden(entry.substr(0, entry.find('=')))) env.emplace_back(entry);
     }
   }
-  for (const auto& [key, value] : spec.env) env.push_back(key + "=" + value);
+  for (const auto& [key, value] : spec.env)
+    if (traceparent.empty() || key != "TRACEPARENT") env.push_back(key + "=" + value);
+  if (!traceparent.empty()) env.push_back("TRACEPARENT=" + traceparent);
   return env;
 }
 
@@ -615,13 +622,13 @@ struct Command {
   std::vector<char*> envp;
 };
 
-void PrepareCommand(const ProcessSpec& spec, Command* c) {
+void PrepareCommand(const ProcessSpec& spec, const std::string& traceparent, Command* c) {
   c->args = spec.use_shell ? std::vector<std::string>{"/bin/sh", "-c", spec.argv[0]} : spec.argv;
   c->program = ProgramToExec(c->args[0], spec);
   c->argv.reserve(c->args.size() + 1);
   for (std::string& a : c->args) c->argv.push_back(a.data());
   c->argv.push_back(nullptr);
-  c->env_strings = BuildEnvironment(spec);
+  c->env_strings = BuildEnvironment(spec, traceparent);
   c->envp.reserve(c->env_strings.size() + 1);
   for (std::string& e : c->env_strings) c->envp.push_back(e.data());
   c->envp.push_back(nullptr);
@@ -1137,7 +1144,10 @@ bool ProcessRun::Prepare() {
     result_.error = std::move(error);
     return false;
   }
-  PrepareCommand(spec_, &command_);
+  std::string traceparent;
+  if (spec_.traceparent_env && guard_.span().context().valid())
+    traceparent = FormatTraceparent(guard_.span().context());
+  PrepareCommand(spec_, traceparent, &command_);
   if (spec_.max_rss_mb) limit_bytes_ = *spec_.max_rss_mb << 20;
   if (spec_.stdin_null && runner_.null_fd_ < 0) {
     result_.error = SystemError("/dev/null", EBADF);
