@@ -20,6 +20,7 @@
 
 #include "cli/batch.h"
 #include "cli/job_file.h"
+#include "cli/lease_client.h"
 #include "laneguard/exporters/otlp.h"
 #include "laneguard/exporters/prometheus.h"
 #include "laneguard/internal/mutex.h"
@@ -33,7 +34,8 @@ namespace {
 
 constexpr int kUsageError = 2;
 constexpr int kSomeJobsFailed = 1;
-constexpr int kCouldNotRun = 125;  // as timeout(1): the wrapper itself failed
+constexpr int kCouldNotRun = 125;     // as timeout(1): the wrapper itself failed
+constexpr int kTimedOutStatus = 124;  // as timeout(1)
 constexpr char kSignalsHelp[] =
     "Signals: SIGINT, SIGTERM, SIGHUP, SIGQUIT and SIGALRM stop what is running (SIGTERM, then "
     "SIGKILL after 2 s), the summary is still printed, and laneguard exits 128+N (130, 143, 129, "
@@ -466,6 +468,91 @@ Result<std::unique_ptr<Runtime>> MakeRuntime(const CommonFlags& flags, const Con
   return rt;
 }
 
+// ---- the daemon (--server)
+// --------------------------------------------------------------------------
+
+struct ServerFlags {
+  std::string url;
+  std::string token_file;
+  std::string wait;  // "" : the command's default
+};
+
+void AddServerFlags(CLI::App* cmd, ServerFlags& flags, const char* wait_default) {
+  cmd->add_option("--server", flags.url,
+                  "Take the slots from a `laneguard serve` daemon (http://HOST:PORT or "
+                  "unix:/PATH) as leases, under its config (instead of --config)");
+  cmd->add_option("--token-file", flags.token_file,
+                  "With --server: the daemon's bearer token, read from this file");
+  cmd->add_option("--wait", flags.wait,
+                  std::string("With --server: how long to wait for a lease when the lane is full "
+                              "(0 answers at once; ") +
+                      wait_default + ")");
+}
+
+// A zero ("0", "0s", "0ms": answer at once) or a duration; errors name `flag`.
+Result<int64_t> ParseWaitMs(const std::string& text, std::string_view flag) {
+  const size_t digits = text.find_first_not_of("0.");
+  const std::string_view unit =
+      digits == std::string::npos ? "" : std::string_view(text).substr(digits);
+  if (!text.empty() && text[0] == '0' &&
+      (unit.empty() || unit == "ms" || unit == "s" || unit == "m" || unit == "h"))
+    return int64_t{0};
+  return ParseDurationMs(text, flag);
+}
+
+// What --server needs before anything runs: the address, the token, and the daemon's config
+// (which replaces --config: the lanes, timeouts and escalation must be the daemon's). Prints what
+// went wrong and sets *status (2 for bad flags, 125 when the daemon cannot be asked).
+struct ServerSetup {
+  ServerAddress address;
+  std::string token;
+  Config config;
+};
+std::optional<ServerSetup> SetUpServer(const char* command, const ServerFlags& flags,
+                                       const CommonFlags& common, int* status) {
+  *status = kUsageError;
+  auto address = ParseServerAddress(flags.url);
+  if (!address.ok()) {
+    std::fprintf(stderr, "laneguard %s: %s\n", command,
+                 EscapeForTerminal(address.error().message()).c_str());
+    return std::nullopt;
+  }
+  if (!common.config_file.empty()) {
+    std::fprintf(stderr,
+                 "laneguard %s: --config with --server: the daemon's config is used; drop "
+                 "--config\n",
+                 command);
+    return std::nullopt;
+  }
+  ServerSetup setup{*address, "", Config{}};
+  if (!flags.token_file.empty()) {
+    auto token = ReadTokenFile(flags.token_file);
+    if (!token.ok()) {
+      std::fprintf(stderr, "laneguard %s: %s\n", command,
+                   EscapeForTerminal(token.error().message()).c_str());
+      return std::nullopt;
+    }
+    setup.token = std::move(token).value();
+  }
+  *status = kCouldNotRun;
+  LeaseClient client(setup.address, setup.token);
+  auto text = client.GetConfigJson();
+  if (!text.ok()) {
+    std::fprintf(stderr, "laneguard %s: %s\n", command,
+                 EscapeForTerminal(text.error().message()).c_str());
+    return std::nullopt;
+  }
+  auto config = ParseConfigJson(*text);
+  if (!config.ok()) {
+    std::fprintf(stderr, "laneguard %s: --server %s: the daemon's config: %s\n", command,
+                 EscapeForTerminal(flags.url).c_str(),
+                 EscapeForTerminal(config.error().message()).c_str());
+    return std::nullopt;
+  }
+  setup.config = std::move(config).value();
+  return setup;
+}
+
 // ---- run
 // -----------------------------------------------------------------------------------------
 
@@ -478,7 +565,15 @@ struct RunFlags {
   std::optional<double> escalation;
   std::optional<int64_t> max_rss_mb;
   std::vector<std::string> command;
+  ServerFlags server;
+  std::string priority = "normal";
+  std::string ttl = "15s";
+  std::string traceparent;
 };
+
+std::string TaskOf(const RunFlags& flags) {
+  return flags.task.empty() ? "run-" + flags.command[0] : flags.task;
+}
 
 // Checks run's flags against the config and applies --escalation to it; prints what is wrong.
 bool CheckRunFlags(const RunFlags& flags, Config& config, std::optional<int64_t>* timeout_ms) {
@@ -515,40 +610,187 @@ bool CheckRunFlags(const RunFlags& flags, Config& config, std::optional<int64_t>
   return true;
 }
 
-// Runs the command as one worker call: its shell status, or none when refused (said on stderr).
-std::optional<int> RunOneCall(const RunFlags& flags, std::optional<int64_t> timeout_ms, Runtime& rt,
-                              SignalWatcher& signals) {
+// How one run differs under a lease: its span's parent, its environment, its own stop.
+struct RunPlan {
+  CallOptions call;
+  bool traceparent_env = false;
+  std::vector<std::pair<std::string, std::string>> env;
+  std::stop_token cancel;  // signals.token() when not leased
+};
+
+// Runs the command as one worker call: its result, or none when refused (said on stderr).
+std::optional<ProcessResult> RunOneCall(const RunFlags& flags, const RunPlan& plan, Runtime& rt,
+                                        SignalWatcher& signals) {
   ProcessSpec spec;
   spec.argv = flags.command;
   spec.max_rss_mb = flags.max_rss_mb;
   spec.foreground_terminal = true;  // run from a prompt, the command may read the terminal
-  const std::string task = flags.task.empty() ? "run-" + flags.command[0] : flags.task;
-  CallOptions call;
-  call.lane = flags.lane;
-  call.timeout_ms = timeout_ms;
+  spec.traceparent_env = plan.traceparent_env;
+  spec.env = plan.env;
+  const std::string task = TaskOf(flags);
   const auto started = std::chrono::steady_clock::now();
   signals.OnUsr1([&task, started] {
     const auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
     std::fprintf(stderr, "laneguard run: %s: running for %.1f s\n", EscapeForTerminal(task).c_str(),
                  seconds.count());
   });
-  auto result = rt.runner->Run(task, spec, call, signals.token());
+  auto result = rt.runner->Run(task, spec, plan.call, plan.cancel);
   signals.OnUsr1(nullptr);
   if (!result.ok()) {
     std::fprintf(stderr, "laneguard run: refused: %s\n",
                  EscapeForTerminal(result.error().message()).c_str());
     return std::nullopt;
   }
-  int status = result->ShellStatus();
-  if (result->outcome == ProcessOutcome::kCancelled && signals.signal() != 0)
-    status = 128 + signals.signal();
+  return std::move(result).value();
+}
+
+// The run's exit status (said on stderr when not 0). `daemon_stop`: the daemon stopped it
+// (124 for the lease's time, else 125).
+int RunStatus(const RunFlags& flags, const ProcessResult& result, const SignalWatcher& signals,
+              std::optional<int> daemon_stop = std::nullopt) {
+  int status = result.ShellStatus();
+  if (result.outcome == ProcessOutcome::kCancelled) {
+    if (signals.signal() != 0)
+      status = 128 + signals.signal();
+    else if (daemon_stop)
+      status = *daemon_stop;
+  }
   if (status != 0)
-    std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n", EscapeForTerminal(task).c_str(),
-                 EscapeForTerminal(result->Reason()).c_str(), status);
+    std::fprintf(stderr, "laneguard run: %s: %s (exit %d)\n",
+                 EscapeForTerminal(TaskOf(flags)).c_str(),
+                 EscapeForTerminal(result.Reason()).c_str(), status);
+  return status;
+}
+
+// --server's own flags, checked before anything runs; prints what is wrong.
+struct LeaseFlags {
+  int64_t wait_ms = 0;
+  int64_t ttl_ms = 15000;
+  Priority priority = Priority::kNormal;
+  std::string traceparent;
+};
+std::optional<LeaseFlags> CheckLeaseFlags(const RunFlags& flags) {
+  LeaseFlags lease;
+  const auto fail = [](const std::string& message) {
+    std::fprintf(stderr, "laneguard run: %s\n", EscapeForTerminal(message).c_str());
+    return std::nullopt;
+  };
+  if (flags.escalation)
+    return fail("--escalation with --server: the daemon's timeoutEscalationFactor applies");
+  if (!flags.server.wait.empty()) {
+    auto wait = ParseWaitMs(flags.server.wait, "--wait");
+    if (!wait.ok()) return fail(wait.error().message());
+    lease.wait_ms = *wait;
+  }
+  auto ttl = ParseDurationMs(flags.ttl, "--ttl");
+  if (!ttl.ok()) return fail(ttl.error().message());
+  if (*ttl < 100 || *ttl > 600000)
+    return fail("--ttl " + flags.ttl + ": must be within [100ms, 10m]");
+  lease.ttl_ms = *ttl;
+  lease.priority = flags.priority == "low"    ? Priority::kLow
+                   : flags.priority == "high" ? Priority::kHigh
+                                              : Priority::kNormal;
+  if (!flags.traceparent.empty()) {
+    if (!ParseTraceparent(flags.traceparent))
+      return fail("--traceparent " + flags.traceparent +
+                  ": not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)");
+    lease.traceparent = flags.traceparent;
+  } else if (const char* env = std::getenv("TRACEPARENT"); env != nullptr && *env != '\0') {
+    if (ParseTraceparent(env))
+      lease.traceparent = env;
+    else
+      PrintWarnings({"TRACEPARENT='" + std::string(env) + "' is not a W3C traceparent: ignored"});
+  }
+  return lease;
+}
+
+// Under a lease: the daemon decides when the command may start and how long it may run; the local
+// runtime runs it exactly as without, with the lease's timeout (so the local two-phase escalation
+// matches the daemon's phases) and inside the lease's trace.
+int RunLeased(const RunFlags& flags, const ServerSetup& server, const LeaseFlags& lease_flags,
+              std::optional<int64_t> timeout_ms, Runtime& rt, SignalWatcher& signals) {
+  LeaseClient client(server.address, server.token);
+  LeaseRequest request{.lane = flags.lane,
+                       .task_id = TaskOf(flags),
+                       .timeout_ms = timeout_ms,
+                       .wait_ms = lease_flags.wait_ms,
+                       .priority = lease_flags.priority,
+                       .ttl_ms = lease_flags.ttl_ms,
+                       .metadata = {},
+                       .traceparent = lease_flags.traceparent};
+  auto lease = client.Acquire(request, signals.token());
+  if (!lease.ok()) {
+    const Error& error = lease.error();
+    if (error.code() == ErrorCode::kCancelled) return 128 + signals.signal();
+    const bool refused = error.field() == kLeaseRefusalField;
+    std::fprintf(stderr, "laneguard run: %s%s\n", refused ? "refused: " : "",
+                 EscapeForTerminal(error.message()).c_str());
+    return error.code() == ErrorCode::kInvalidArgument ? kUsageError : kCouldNotRun;
+  }
+  std::stop_source stop;
+  const std::stop_callback forward(signals.token(), [&stop] { stop.request_stop(); });
+  LeaseRenewer renewer(server.address, server.token, *lease, [&stop](const std::string& reason) {
+    std::fprintf(stderr, "laneguard run: stopping the command: %s\n",
+                 EscapeForTerminal(reason).c_str());
+    stop.request_stop();
+  });
+  RunPlan plan;
+  plan.call.lane = flags.lane;
+  plan.call.timeout_ms = lease->timeout_ms > 0 ? std::optional(lease->timeout_ms) : timeout_ms;
+  plan.call.parent = ParseTraceparent(lease->traceparent);
+  plan.call.metadata = {{"leaseId", lease->id},
+                        {"fencingToken", std::to_string(lease->fencing_token)}};
+  // The local span's context when tracing is on (ProcessRunner sets it); the lease's otherwise.
+  plan.traceparent_env = true;
+  if (!lease->traceparent.empty()) plan.env.emplace_back("TRACEPARENT", lease->traceparent);
+  plan.cancel = stop.get_token();
+  const std::optional<ProcessResult> result = RunOneCall(flags, plan, rt, signals);
+  renewer.Stop();
+  ReleaseOutcome outcome;
+  if (result) {
+    outcome.success = result->success();
+    outcome.error_type = std::string(result->ErrorType());
+    if (result->peak_rss_bytes > 0)
+      outcome.rss_mb = static_cast<double>(result->peak_rss_bytes) / (1 << 20);
+  } else {
+    outcome = {.success = false, .error_type = "refused", .rss_mb = std::nullopt};
+  }
+  if (!renewer.gone()) {
+    auto released = client.Release(lease->id, outcome);
+    if (!released.ok())
+      std::fprintf(stderr, "laneguard run: warning: the lease was not released: %s\n",
+                   EscapeForTerminal(released.error().message()).c_str());
+  }
+  if (!result) return kCouldNotRun;
+  std::optional<int> daemon_stop;
+  if (!renewer.stop_reason().empty())
+    daemon_stop = renewer.stopped_for_time() ? kTimedOutStatus : kCouldNotRun;
+  return RunStatus(flags, *result, signals, daemon_stop);
+}
+
+int RunOnServer(const RunFlags& flags) {
+  const std::optional<LeaseFlags> lease_flags = CheckLeaseFlags(flags);
+  if (!lease_flags) return kUsageError;
+  int status = 0;
+  std::optional<ServerSetup> server = SetUpServer("run", flags.server, flags.common, &status);
+  if (!server) return status;
+  std::optional<int64_t> timeout_ms;
+  if (!CheckRunFlags(flags, server->config, &timeout_ms)) return kUsageError;
+  SignalWatcher signals;
+  auto rt = MakeRuntime(flags.common, server->config);
+  if (!rt.ok()) {
+    std::fprintf(stderr, "laneguard run: %s\n", rt.error().message().c_str());
+    return kUsageError;
+  }
+  status = RunLeased(flags, *server, *lease_flags, timeout_ms, **rt, signals);
+  (*rt)->Finish();
+  if (flags.common.strict_telemetry && (*rt)->telemetry_lost > 0 && status == 0)
+    status = kTelemetryLost;
   return status;
 }
 
 int RunCommand(const RunFlags& flags) {
+  if (!flags.server.url.empty()) return RunOnServer(flags);
   auto config = LoadConfig(flags.common.config_file);
   if (!config.ok()) {
     std::fprintf(stderr, "laneguard run: %s\n",
@@ -563,9 +805,13 @@ int RunCommand(const RunFlags& flags) {
     std::fprintf(stderr, "laneguard run: %s\n", rt.error().message().c_str());
     return kUsageError;
   }
-  const std::optional<int> ran = RunOneCall(flags, timeout_ms, **rt, signals);
+  RunPlan plan;
+  plan.call.lane = flags.lane;
+  plan.call.timeout_ms = timeout_ms;
+  plan.cancel = signals.token();
+  const std::optional<ProcessResult> ran = RunOneCall(flags, plan, **rt, signals);
   if (!ran) return kCouldNotRun;
-  int status = *ran;
+  int status = RunStatus(flags, *ran, signals);
   // A metrics file that could not be written at the end is reported by Finish (it was checked
   // before the run); the command's own status stands (--strict-telemetry: 122 instead of 0).
   (*rt)->Finish();
@@ -718,6 +964,15 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
   run->add_option("--max-rss", flags.max_rss_mb,
                   "Memory limit of the whole tree, in MB (1 to 1073741824)");
   AddCommonFlags(run, flags.common);
+  AddServerFlags(run, flags.server, "default 0");
+  run->add_option("--priority", flags.priority,
+                  "With --server: the lease's queue class: low, normal (default) or high")
+      ->check(CLI::IsMember({"low", "normal", "high"}));
+  run->add_option("--ttl", flags.ttl,
+                  "With --server: the lease's TTL (default 15s; renewed every third of it)");
+  run->add_option("--traceparent", flags.traceparent,
+                  "With --server: a W3C traceparent for the lease to join (default: the "
+                  "TRACEPARENT variable)");
   run->add_option("command", flags.command, "The command and its arguments, after --")->required();
   run->footer(
       "Exit status: the command's; 124 when stopped for time; 137 when killed for memory; 128+N "
