@@ -220,6 +220,10 @@ class BatchExecution {
     report_.jobs.resize(jobs.size());
     for (size_t i = 0; i < jobs.size(); ++i) report_.jobs[i].job = &jobs[i];
     if (!options.output_dir.empty()) output_names_ = OutputFileNames(jobs);
+    if (options.leases) {
+      internal::MutexLock lock(leases_mu_);
+      leases_.resize(jobs.size());
+    }
     SetUpLanes();
     if (options.fail_fast) {
       watch_ = std::make_shared<FailureWatch>();
@@ -263,6 +267,10 @@ class BatchExecution {
     lock.Unlock();
     worker_cv_.NotifyAll();
     for (std::thread& t : threads) t.join();
+    for (std::thread& t : lease_threads_) t.join();
+    // Whatever lease is still held (granted as the batch was stopped) goes back.
+    for (size_t i = 0; i < jobs_.size(); ++i)
+      ReleaseLease(i, {.success = false, .error_type = "cancelled", .rss_mb = std::nullopt});
     report_.elapsed_ms = MsSince(start_);
     report_.cancelled = cancel_.stop_requested();
     report_.statistics = manager_.GetStatistics();
@@ -298,9 +306,17 @@ class BatchExecution {
       auto [it, added] = lane_index.emplace(job.lane, lanes_.size());
       if (added) {
         auto queue_limit = config.lane_queue_limits.find(job.lane);
-        lanes_.emplace_back().max_asked =
+        int max_asked =
             std::max(1, queue_limit == config.lane_queue_limits.end() ? config.default_queue_limit
                                                                       : queue_limit->second);
+        // Under leases each ask is a thread and a connection parked on the daemon: twice the
+        // lane's limit keeps the next jobs ready without a thread per queued job.
+        if (options_.leases) {
+          auto limit = config.lane_concurrency_limits.find(job.lane);
+          if (limit != config.lane_concurrency_limits.end())
+            max_asked = std::min(max_asked, 2 * std::max(1, limit->second));
+        }
+        lanes_.emplace_back().max_asked = max_asked;
       }
       lane_of_[order_[rank]] = it->second;
       rank_of_[order_[rank]] = rank;
@@ -317,16 +333,29 @@ class BatchExecution {
         lane.pending.erase(lane.pending.begin());
         ++lane.asked;
         ++asked_total_;
-        const Job& job = jobs_[index];
-        AcquireOptions ask;
-        ask.timeout_ms = job.timeout_ms;
-        ask.priority = job.priority;
-        ask.metadata = job.metadata;
-        ask.stop_token = stop_.get_token();  // a cancel or fail-fast refuses the waiting jobs
-        manager_.AcquireAsync(job.id, job.lane, std::move(ask),
-                              [this, index](Result<Slot> slot) { Post(index, std::move(slot)); });
+        if (options_.leases && !HoldsLease(index)) {
+          // The lease first, on a thread of its own: the wait for the daemon holds no place here.
+          lease_threads_.emplace_back([this, index] { LeaseThenAsk(index); });
+          continue;
+        }
+        AskLocally(index);
       }
     }
+  }
+
+  // On the loop's thread, or on a lease thread once the job holds its lease.
+  void AskLocally(size_t index) {
+    const Job& job = jobs_[index];
+    AcquireOptions ask;
+    ask.timeout_ms = job.timeout_ms;
+    // Under a lease, the lease's timeout (the daemon's phases) is the call's.
+    if (const std::optional<Lease> lease = LeaseOf(index); lease && lease->timeout_ms > 0)
+      ask.timeout_ms = lease->timeout_ms;
+    ask.priority = job.priority;
+    ask.metadata = job.metadata;
+    ask.stop_token = stop_.get_token();  // a cancel or fail-fast refuses the waiting jobs
+    manager_.AcquireAsync(job.id, job.lane, std::move(ask),
+                          [this, index](Result<Slot> slot) { Post(index, std::move(slot)); });
   }
 
   // The callback: posts the answer to the loop, which starts the job (never from here: this may
@@ -374,8 +403,14 @@ class BatchExecution {
       ++running_by_lane_[job.lane];
       worker_cv_.NotifyOne();
     } else {
-      const RejectReason reason = slot.error().rejection()->reason;
-      if (reason == RejectReason::kCancelled) return;
+      const Rejection* rejection = slot.error().rejection();
+      // Not a local refusal: the daemon refused the lease, or could not be asked.
+      const RejectReason reason =
+          rejection == nullptr ? RejectReason::kUnknownLane : rejection->reason;
+      if (reason == RejectReason::kCancelled) {
+        ReleaseLease(index, {.success = false, .error_type = "cancelled", .rss_mb = std::nullopt});
+        return;
+      }
       if (reason == RejectReason::kShuttingDown) {  // the manager is gone: so is the batch
         stop_.request_stop();
         return;
@@ -388,6 +423,7 @@ class BatchExecution {
         return;
       }
       outcome.result.error = slot.error().message();
+      ReleaseLease(index, {.success = false, .error_type = "refused", .rss_mb = std::nullopt});
       ++finished_;
       ++failed_;
       if (options_.fail_fast) stop_.request_stop();
@@ -409,6 +445,7 @@ class BatchExecution {
         // (stopping first, so that the place goes to no other waiting job either).
         stop_.request_stop();
         slot.Release(false, "cancelled");
+        ReleaseLease(index, {.success = false, .error_type = "cancelled", .rss_mb = std::nullopt});
         lock.Lock();
         report_.jobs[index].started = false;
         JobDone(jobs_[index], /*ran=*/false);
@@ -446,9 +483,35 @@ class BatchExecution {
     call.timeout_ms = job.timeout_ms;
     call.metadata = job.metadata;
     JobOutcome& outcome = report_.jobs[index];
+    std::optional<Lease> lease = LeaseOf(index);
+    std::stop_source job_stop;
+    const std::stop_callback forward(stop_.get_token(), [&job_stop] { job_stop.request_stop(); });
+    std::optional<LeaseRenewer> renewer;
+    if (lease) {
+      call.timeout_ms = lease->timeout_ms > 0 ? std::optional(lease->timeout_ms) : job.timeout_ms;
+      call.parent = ParseTraceparent(lease->traceparent);
+      call.metadata.emplace_back("leaseId", lease->id);
+      spec.traceparent_env = true;
+      renewer.emplace(options_.leases->address, options_.leases->token, *lease,
+                      [&job_stop](const std::string&) { job_stop.request_stop(); });
+    }
     outcome.start_ms = MsSince(start_);
     ProcessResult result =
-        runner_.RunWithSlot(std::move(slot), job.id, spec, call, stop_.get_token());
+        runner_.RunWithSlot(std::move(slot), job.id, spec, call, job_stop.get_token());
+    if (renewer) {
+      renewer->Stop();
+      if (!renewer->stop_reason().empty()) {
+        // Said in the summary: the job's own stderr tail would not say why it stopped.
+        result.stderr_data += "\nlaneguard: " + renewer->stop_reason() + "\n";
+      }
+      ReleaseOutcome released{.success = result.success(),
+                              .error_type = std::string(result.ErrorType()),
+                              .rss_mb = std::nullopt};
+      if (result.peak_rss_bytes > 0)
+        released.rss_mb = static_cast<double>(result.peak_rss_bytes) / (1 << 20);
+      if (renewer->gone()) ForgetLease(index);
+      ReleaseLease(index, released);
+    }
     // The program's end, not ours: its place went to the next job as RunWithSlot released it,
     // before this clock reading, and the two must not look as if they overlapped.
     outcome.end_ms = std::min(MsSince(start_), outcome.start_ms + result.duration_ms);
@@ -465,6 +528,85 @@ class BatchExecution {
       result.stderr_data.erase(0, result.stderr_data.size() - kStderrTail);
     result.stderr_data.shrink_to_fit();
     return result;
+  }
+
+  // ---- leases (BatchOptions::leases)
+
+  bool HoldsLease(size_t index) {
+    internal::MutexLock lock(leases_mu_);
+    return leases_[index].has_value();
+  }
+  std::optional<Lease> LeaseOf(size_t index) {
+    internal::MutexLock lock(leases_mu_);
+    return leases_.empty() ? std::nullopt : leases_[index];
+  }
+  void ForgetLease(size_t index) {
+    internal::MutexLock lock(leases_mu_);
+    leases_[index].reset();
+  }
+  // Gives the job's lease back, if it holds one (a failure to is said on stderr: the daemon
+  // reclaims it at its TTL anyway).
+  void ReleaseLease(size_t index, const ReleaseOutcome& outcome) {
+    std::optional<Lease> lease;
+    {
+      internal::MutexLock lock(leases_mu_);
+      if (leases_.empty() || !leases_[index]) return;
+      lease.swap(leases_[index]);
+    }
+    LeaseClient client(options_.leases->address, options_.leases->token);
+    auto released = client.Release(lease->id, outcome);
+    if (!released.ok())
+      std::fprintf(stderr, "laneguard batch: warning: %s: the lease was not released: %s\n",
+                   EscapeForTerminal(jobs_[index].id).c_str(),
+                   EscapeForTerminal(released.error().message()).c_str());
+  }
+
+  // On a lease thread: waits for the job's lease (in chunks when the wait is unbounded, taking
+  // the daemon's refusals for a full lane as "not yet"), then asks for the local place, whose
+  // answer the loop takes as usual. A refusal, or a daemon that cannot be asked, is the answer.
+  void LeaseThenAsk(size_t index) {
+    const Job& job = jobs_[index];
+    const BatchOptions::Leases& leases = *options_.leases;
+    LeaseClient client(leases.address, leases.token);
+    constexpr int64_t kChunkMs = 30000;
+    LeaseRequest request{.lane = job.lane,
+                         .task_id = job.id,
+                         .timeout_ms = job.timeout_ms,
+                         .wait_ms = leases.wait_ms.value_or(kChunkMs),
+                         .priority = job.priority,
+                         .ttl_ms = leases.ttl_ms,
+                         .metadata = job.metadata,
+                         .traceparent = {}};
+    const std::stop_token stop = stop_.get_token();
+    for (;;) {
+      auto lease = client.Acquire(request, stop);
+      if (lease.ok()) {
+        {
+          internal::MutexLock lock(leases_mu_);
+          leases_[index] = std::move(lease).value();
+        }
+        AskLocally(index);
+        return;
+      }
+      const Error& error = lease.error();
+      const bool not_yet = error.field() == kLeaseRefusalField &&
+                           (error.value() == "wait_timeout" || error.value() == "lane_limit" ||
+                            error.value() == "global_limit" || error.value() == "queue_full" ||
+                            error.value() == "memory_limit");
+      if (error.code() == ErrorCode::kCancelled || stop.stop_requested()) {
+        Post(index, Error(Rejection(RejectReason::kCancelled, job.lane)));
+        return;
+      }
+      if (leases.wait_ms || !not_yet) {
+        Post(index, Error(error.code(), std::string(error.field()), error.value(),
+                          "lease refused: " + error.message()));
+        return;
+      }
+      // Unbounded: ask again after a pause a cancel cuts short.
+      internal::MutexLock lock(leases_mu_);
+      leases_cv_.WaitFor(lock, std::chrono::milliseconds(200),
+                         [&] { return stop.stop_requested(); });
+    }
   }
 
   void JobDone(const Job& job, bool ran) REQUIRES(mu_) {
@@ -564,6 +706,12 @@ class BatchExecution {
   uint64_t seen_events_ = 0;
   std::vector<Answer> answers_;          // taken from the inbox
   std::shared_ptr<FailureWatch> watch_;  // with fail_fast
+
+  // BatchOptions::leases: each job's lease while held, and the threads that wait for them.
+  internal::Mutex leases_mu_;
+  internal::CondVar leases_cv_;
+  std::vector<std::optional<Lease>> leases_ GUARDED_BY(leases_mu_);
+  std::vector<std::thread> lease_threads_;  // the loop's own
 
   // Last: destroyed first, so a late cancel never finds the rest gone.
   std::stop_callback<std::function<void()>> forward_;

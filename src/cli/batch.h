@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli/job_file.h"
+#include "cli/lease_client.h"
 #include "laneguard/metrics.h"
 #include "laneguard/process.h"
 
@@ -54,6 +55,16 @@ struct BatchOptions {
   // > 0: each job's last `stdout_lines` lines of stdout (of what was captured, each line cut at
   // kMaxStdoutLineBytes) are kept for the JSON summary.
   int stdout_lines = 0;
+  // With a daemon (batch --server): each job takes a lease before it asks for its local place
+  // (so a job waiting for the daemon holds no local place), runs inside the lease's trace and
+  // timeout, renews it and releases it with its outcome. A job the daemon refuses fails unrun.
+  struct Leases {
+    ServerAddress address;
+    std::string token;
+    std::optional<int64_t> wait_ms;  // none: until granted
+    int64_t ttl_ms = 15000;
+  };
+  std::optional<Leases> leases;
 };
 
 inline constexpr int kMaxStdoutLines = 1000;

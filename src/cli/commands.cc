@@ -831,6 +831,8 @@ struct BatchFlags {
   bool quiet = false;
   std::string output_dir;
   int stdout_lines = 0;
+  ServerFlags server;
+  std::string ttl = "15s";
 };
 
 // Creates the directory if need be; "" when jobs can write their output files there, else why not.
@@ -843,8 +845,44 @@ std::string PrepareOutputDir(const std::string& dir) {
   return "";
 }
 
+// batch --server's lease options, with the daemon's config in *config; prints what is wrong.
+std::optional<BatchOptions::Leases> SetUpBatchLeases(const BatchFlags& flags, Config* config,
+                                                     int* status) {
+  *status = kUsageError;
+  BatchOptions::Leases leases;
+  if (!flags.server.wait.empty()) {
+    auto wait = ParseWaitMs(flags.server.wait, "--wait");
+    if (!wait.ok()) {
+      std::fprintf(stderr, "laneguard batch: %s\n", wait.error().message().c_str());
+      return std::nullopt;
+    }
+    leases.wait_ms = *wait;
+  }
+  auto ttl = ParseDurationMs(flags.ttl, "--ttl");
+  if (!ttl.ok() || *ttl < 100 || *ttl > 600000) {
+    std::fprintf(stderr, "laneguard batch: --ttl %s: must be within [100ms, 10m]\n",
+                 EscapeForTerminal(flags.ttl).c_str());
+    return std::nullopt;
+  }
+  leases.ttl_ms = *ttl;
+  std::optional<ServerSetup> server = SetUpServer("batch", flags.server, flags.common, status);
+  if (!server) return std::nullopt;
+  leases.address = server->address;
+  leases.token = server->token;
+  *config = server->config;
+  return leases;
+}
+
 int BatchCommand(const BatchFlags& flags) {
-  auto config = LoadConfig(flags.common.config_file);
+  std::optional<BatchOptions::Leases> leases;
+  Result<Config> config = Config{};
+  if (!flags.server.url.empty()) {
+    int status = 0;
+    leases = SetUpBatchLeases(flags, &*config, &status);
+    if (!leases) return status;
+  } else {
+    config = LoadConfig(flags.common.config_file);
+  }
   if (!config.ok()) {
     std::fprintf(stderr, "laneguard batch: %s\n",
                  EscapeForTerminal(config.error().message()).c_str());
@@ -891,6 +929,7 @@ int BatchCommand(const BatchFlags& flags) {
     };
   options.output_dir = flags.output_dir;
   options.stdout_lines = flags.stdout_lines;
+  options.leases = std::move(leases);
   BatchRunner runner(*(*rt)->runner, options);
   signals.OnUsr1([&runner] { runner.RequestProgress(); });
   BatchReport report = runner.Run(*jobs, signals.token());
@@ -1008,6 +1047,9 @@ CLI::App* AddBatchCommand(CLI::App& app, BatchFlags& flags) {
                    "Keep each job's last N lines of stdout in the JSON summary (stdoutLines)")
       ->check(CLI::Range(0, kMaxStdoutLines));
   AddCommonFlags(batch, flags.common);
+  AddServerFlags(batch, flags.server, "default: until granted");
+  batch->add_option("--ttl", flags.ttl,
+                    "With --server: each lease's TTL (default 15s; renewed every third of it)");
   batch->footer(
       "Job line: {\"id\": \"a\", \"lane\": \"file_read\", \"cmd\": [\"cat\", \"x\"] or \"sh "
       "command\", \"timeoutMs\": 30000, \"maxRssMb\": 256, \"metadata\": {}, \"env\": {}, "
