@@ -695,11 +695,12 @@ std::optional<LeaseFlags> CheckLeaseFlags(const RunFlags& flags) {
       return fail("--traceparent " + flags.traceparent +
                   ": not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)");
     lease.traceparent = flags.traceparent;
-  } else if (const char* env = std::getenv("TRACEPARENT"); env != nullptr && *env != '\0') {
-    if (ParseTraceparent(env))
-      lease.traceparent = env;
+  } else if (const std::optional<std::string> env = ProcessEnvironment()("TRACEPARENT");
+             env && !env->empty()) {
+    if (ParseTraceparent(*env))
+      lease.traceparent = *env;
     else
-      PrintWarnings({"TRACEPARENT='" + std::string(env) + "' is not a W3C traceparent: ignored"});
+      PrintWarnings({"TRACEPARENT='" + *env + "' is not a W3C traceparent: ignored"});
   }
   return lease;
 }

@@ -117,7 +117,8 @@ Result<std::string> ReadTokenFile(const std::string& path) {
   return token;
 }
 
-LeaseClient::LeaseClient(ServerAddress address, std::string token) : address_(std::move(address)) {
+LeaseClient::LeaseClient(ServerAddress address, const std::string& token)
+    : address_(std::move(address)) {
   GlobalInitCurl();
   curl_ = curl_easy_init();
   curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");

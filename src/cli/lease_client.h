@@ -79,7 +79,7 @@ inline constexpr std::string_view kLeaseRefusalField = "lease";
 class LeaseClient {
  public:
   // `token`: sent as "Authorization: Bearer <token>" when not empty.
-  LeaseClient(ServerAddress address, std::string token);
+  LeaseClient(ServerAddress address, const std::string& token);
   ~LeaseClient();
   LeaseClient(const LeaseClient&) = delete;
   LeaseClient& operator=(const LeaseClient&) = delete;
