@@ -738,12 +738,16 @@ int RunLeased(const RunFlags& flags, const ServerSetup& server, const LeaseFlags
   RunPlan plan;
   plan.call.lane = flags.lane;
   plan.call.timeout_ms = lease->timeout_ms > 0 ? std::optional(lease->timeout_ms) : timeout_ms;
-  plan.call.parent = ParseTraceparent(lease->traceparent);
+  // The lease's span when the daemon traces; otherwise the caller's context, so the run still
+  // joins the caller's trace.
+  const std::string& parent =
+      lease->traceparent.empty() ? lease_flags.traceparent : lease->traceparent;
+  plan.call.parent = ParseTraceparent(parent);
   plan.call.metadata = {{"leaseId", lease->id},
                         {"fencingToken", std::to_string(lease->fencing_token)}};
   // The local span's context when tracing is on (ProcessRunner sets it); the lease's otherwise.
   plan.traceparent_env = true;
-  if (!lease->traceparent.empty()) plan.env.emplace_back("TRACEPARENT", lease->traceparent);
+  if (!parent.empty()) plan.env.emplace_back("TRACEPARENT", parent);
   plan.cancel = stop.get_token();
   const std::optional<ProcessResult> result = RunOneCall(flags, plan, rt, signals);
   renewer.Stop();

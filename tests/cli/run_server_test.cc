@@ -64,11 +64,12 @@ class RunServerTest : public laneguard::testing_support::CliFixture {
   }
 
   // Starts `laneguard serve` with `config` on 127.0.0.1:0 and waits for its "ready" line.
-  void StartDaemon(const std::string& config) {
+  void StartDaemon(const std::string& config, const std::vector<std::string>& extra = {}) {
     const std::string config_file = Write("daemon.json", config);
     const std::string err = Path("daemon.stderr");
     std::vector<std::string> argv = {LANEGUARD_CLI_PATH, "serve",    "--config",
                                      config_file,        "--listen", "127.0.0.1:0"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
     std::vector<char*> args;
     for (std::string& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
@@ -250,10 +251,10 @@ TEST_F(RunServerTest, BadServerFlagsAreUsageErrors) {
   EXPECT_THAT(err_, HasSubstr("--traceparent nope"));
 }
 
-// The run's span is in the caller's trace, under the lease's span; the command gets the run's own
-// span as TRACEPARENT.
+// The run's span is in the caller's trace, under the daemon's lease span; the command gets the
+// run's own span as TRACEPARENT.
 TEST_F(RunServerTest, TheRunJoinsTheLeaseTrace) {
-  StartDaemon(kConfig);
+  StartDaemon(kConfig, {"--spans", Path("daemon-spans.jsonl")});
   const std::string trace = "4bf92f3577b34da6a3ce929d0e0e4736";
   const std::string caller = "00f067aa0ba902b7";
   const std::string seen = Path("traceparent");
@@ -262,14 +263,32 @@ TEST_F(RunServerTest, TheRunJoinsTheLeaseTrace) {
                 {"TRACEPARENT=00-" + trace + "-" + caller + "-01"}),
             0)
       << err_;
+  EXPECT_EQ(StopDaemon(), 0);  // its spans flushed
   const auto spans = CallSpans(Path("spans.jsonl"), "tool_call");
+  const auto leases = CallSpans(Path("daemon-spans.jsonl"), "tool_call");
   ASSERT_EQ(spans.size(), 1u);
+  ASSERT_EQ(leases.size(), 1u);
   const json& span = spans[0].span;
   EXPECT_EQ(span["traceId"], trace);
-  // Its parent is the daemon's lease span, itself a child of the caller's.
-  ASSERT_TRUE(span.contains("parentSpanId"));
-  EXPECT_NE(span["parentSpanId"], caller);
+  EXPECT_EQ(leases[0].span["traceId"], trace);
+  EXPECT_EQ(leases[0].span["parentSpanId"], caller);
+  EXPECT_EQ(span["parentSpanId"], leases[0].span["spanId"]);
   EXPECT_EQ(Slurp(seen), "00-" + trace + "-" + span["spanId"].get<std::string>() + "-01\n");
+}
+
+// A daemon that traces nothing has no lease span to join: the run joins the caller's trace.
+TEST_F(RunServerTest, WithoutTheDaemonsSpansTheRunJoinsTheCallersTrace) {
+  StartDaemon(kConfig);
+  const std::string trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+  const std::string caller = "00f067aa0ba902b7";
+  EXPECT_EQ(Cli({"run", "--server", url_, "--spans", Path("spans.jsonl"), "--traceparent",
+                 "00-" + trace + "-" + caller + "-01", "--", "true"}),
+            0)
+      << err_;
+  const auto spans = CallSpans(Path("spans.jsonl"), "tool_call");
+  ASSERT_EQ(spans.size(), 1u);
+  EXPECT_EQ(spans[0].span["traceId"], trace);
+  EXPECT_EQ(spans[0].span["parentSpanId"], caller);
 }
 
 // Jobs of a batch and a run beside it share the daemon's lane of one.
