@@ -1023,10 +1023,17 @@ CLI::App* AddRunCommand(CLI::App& app, RunFlags& flags) {
       "when killed by signal N; 128+N when laneguard got signal N (see Signals); 125 when refused; "
       "127 "
       "when the command could not start; 2 for bad flags; 122 with --strict-telemetry when the "
-      "command succeeded but spans, log lines or metrics were lost.\n" +
+      "command succeeded but spans, log lines or metrics were lost.\n"
+      "With --server URL the slot is a lease from `laneguard serve` (its config is used): refused "
+      "(lane full with --wait 0, ...) or an unreachable daemon is 125; the command is stopped "
+      "when a renewal says stopRequested (124 at the lease's timeout, 125 when the daemon drains), "
+      "when the lease is lost, or when renewals fail for half the TTL (125); the reason is said "
+      "on stderr. The run's span joins the lease's trace; the command gets TRACEPARENT.\n" +
       std::string(kSignalsHelp) +
       "Examples:\n"
       "  laneguard run --timeout 30s -- ./tool --input data.csv\n"
+      "  laneguard run --server http://127.0.0.1:7878 --lane forecast_model --wait 5m -- "
+      "./forecast\n"
       "  laneguard run --lane forecast_model --timeout 5m --escalation 2 --max-rss 2048 "
       "--spans spans.jsonl -- ./forecast");
 
