@@ -329,4 +329,15 @@ TEST_F(RunServerTest, BatchJobRefusedByTheDaemonFailsUnrun) {
   EXPECT_EQ(Reap(holder), 0);
 }
 
+// A daemon with a token: --token-file sends it; without one the 401 is said.
+TEST_F(RunServerTest, TokenFileAuthorizesTheLease) {
+  const std::string token = Write("token", "s3cret\n");
+  StartDaemon(kConfig, {"--token-file", token});
+  EXPECT_EQ(Cli({"run", "--server", url_, "--", "true"}), 125);
+  EXPECT_THAT(err_, HasSubstr("--server " + url_ + ": HTTP 401"));
+  EXPECT_EQ(Cli({"run", "--server", url_, "--token-file", token, "--", "true"}), 0) << err_;
+  EXPECT_EQ(Cli({"run", "--server", url_, "--token-file", Path("missing"), "--", "true"}), 2);
+  EXPECT_THAT(err_, HasSubstr("--token-file " + Path("missing")));
+}
+
 }  // namespace
