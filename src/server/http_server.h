@@ -32,8 +32,8 @@ namespace laneguard::server {
 struct Peer {
   uint64_t connection_id = 0;  // unique for the server's life, never 0
   bool unix_socket = false;
-  std::string address;         // "127.0.0.1:5432", "[::1]:5432", or "unix:PATH"
-  std::optional<int> pid;      // SO_PEERCRED, Unix socket only
+  std::string address;     // "127.0.0.1:5432", "[::1]:5432", or "unix:PATH"
+  std::optional<int> pid;  // SO_PEERCRED, Unix socket only
   std::optional<int> uid;
 };
 
@@ -75,8 +75,8 @@ struct HttpServerOptions {
   // When not empty, every request but GET /healthz and GET /readyz must carry
   // "Authorization: Bearer <token>" (compared in constant time), else 401.
   std::string bearer_token;
-  size_t max_head_bytes = 16 * 1024;   // 431 beyond
-  size_t max_body_bytes = 256 * 1024;  // 413 beyond
+  size_t max_head_bytes = 16 * 1024;                   // 431 beyond
+  size_t max_body_bytes = 256 * 1024;                  // 413 beyond
   std::chrono::milliseconds request_deadline{10'000};  // head and body, from the first byte
   std::chrono::milliseconds idle_deadline{120'000};    // between keep-alive requests
   std::chrono::milliseconds write_deadline{10'000};    // each response
@@ -88,8 +88,7 @@ class HttpServer {
  public:
   // Binds every listen address and starts the threads. Errors name the option and value
   // (field "listen").
-  static Result<std::unique_ptr<HttpServer>> Start(HttpHandler& handler,
-                                                   HttpServerOptions options);
+  static Result<std::unique_ptr<HttpServer>> Start(HttpHandler& handler, HttpServerOptions options);
   ~HttpServer();  // Stop()
 
   // The bound addresses, in the order given: "127.0.0.1:40123" (the real port), "unix:/run/x".
@@ -100,6 +99,10 @@ class HttpServer {
   void StopAccepting();
   // Closes every connection (OnConnectionClosed for each) and joins the threads. Idempotent.
   void Stop();
+
+  // Connections open now, and those refused since Start because max_connections were open.
+  size_t open_connections() const;
+  uint64_t rejected_connections() const;
 
   struct Impl;
   explicit HttpServer(std::unique_ptr<Impl> impl);
