@@ -144,6 +144,18 @@ Error OptionError(std::string_view key, const std::string& value, std::string_vi
                "option '" + std::string(key) + "' = " + value + ": " + std::string(why)};
 }
 
+// Asio's cancel() reports failure by throwing; cancelling a timer cannot fail on Linux, and there
+// would be nothing to do if it did. For the paths that must not throw (Close, the destructors).
+void CancelTimer(asio::steady_timer& timer) noexcept {
+  try {
+    timer.cancel();
+  } catch (...) {  // NOLINT(bugprone-empty-catch): see above
+  }
+}
+
+// strerror() is not thread-safe; this is.
+std::string SystemMessage(int error) { return std::system_category().message(error); }
+
 // Closes its descriptor unless released.
 class Fd {
  public:
@@ -300,7 +312,7 @@ class Listener {
   // Stops listening and removes the socket file (only if it is still the one this bound).
   void Close() {
     boost::system::error_code ignored;
-    retry_.cancel();
+    CancelTimer(retry_);
     if (!acceptor_.is_open()) return;
     acceptor_.close(ignored);
     struct stat st {};
@@ -362,13 +374,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     const bool pending = state_ == State::kHandling;
     state_ = State::kClosed;
     ++timer_generation_;
-    timer_.cancel();
+    CancelTimer(timer_);
     boost::system::error_code ignored;
     socket_.close(ignored);
     parser_.reset();
-    response_ = {};
-    buffer_.clear();
-    buffer_.shrink_to_fit();
     server_.Forget(id_);
     if (pending) stop_.request_stop();
     if (handled_any_) server_.handler.OnConnectionClosed(id_);
@@ -387,7 +396,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   void Disarm() {
     ++timer_generation_;
-    timer_.cancel();
+    CancelTimer(timer_);
   }
 
   void OnDeadline() {
@@ -700,7 +709,7 @@ Result<bool> HttpServer::Impl::Listen(const std::string& text) {
         ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof(address)) != 0 ||
         ::listen(fd.get(), SOMAXCONN) != 0) {
       const int error = errno;
-      return ListenError(ErrorCodeForErrno(error), text, std::strerror(error));
+      return ListenError(ErrorCodeForErrno(error), text, SystemMessage(error));
     }
     listeners.push_back(
         std::make_unique<Listener>(*this, Protocol(AF_UNIX, 0), fd.release(), path));
@@ -723,8 +732,7 @@ Result<bool> HttpServer::Impl::Listen(const std::string& text) {
       ::bind(fd.get(), endpoint.data(), static_cast<socklen_t>(endpoint.size())) != 0 ||
       ::listen(fd.get(), SOMAXCONN) != 0) {
     const int error = errno;
-    return ListenError(ErrorCodeForErrno(error), text,
-                       std::string("cannot listen: ") + std::strerror(error));
+    return ListenError(ErrorCodeForErrno(error), text, "cannot listen: " + SystemMessage(error));
   }
   sockaddr_storage bound{};
   socklen_t len = sizeof(bound);
@@ -855,13 +863,13 @@ void HttpServer::Stop() {
   impl_->threads.clear();
   // No handler runs any more: what the strands guarded may be touched from this thread.
   impl_->CloseListeners();
-  std::vector<std::shared_ptr<Connection>> open;
+  std::unordered_map<uint64_t, std::shared_ptr<Connection>> open;
   {
     internal::MutexLock lock(impl_->mu);
-    for (auto& [id, c] : impl_->connections) open.push_back(c);
+    open.swap(impl_->connections);
   }
   // Close() fires the stop tokens of pending requests and calls OnConnectionClosed.
-  for (auto& c : open) c->Close();
+  for (auto& [id, c] : open) c->Close();
 }
 
 }  // namespace laneguard::server

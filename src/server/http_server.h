@@ -75,8 +75,8 @@ struct HttpServerOptions {
   // When not empty, every request but GET /healthz and GET /readyz must carry
   // "Authorization: Bearer <token>" (compared in constant time), else 401.
   std::string bearer_token;
-  size_t max_head_bytes = 16 * 1024;                   // 431 beyond
-  size_t max_body_bytes = 256 * 1024;                  // 413 beyond
+  size_t max_head_bytes = size_t{16} * 1024;           // 431 beyond
+  size_t max_body_bytes = size_t{256} * 1024;          // 413 beyond
   std::chrono::milliseconds request_deadline{10'000};  // head and body, from the first byte
   std::chrono::milliseconds idle_deadline{120'000};    // between keep-alive requests
   std::chrono::milliseconds write_deadline{10'000};    // each response
