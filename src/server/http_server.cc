@@ -23,6 +23,7 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -302,6 +303,12 @@ class Listener {
             if (!wait_ec) Accept();
           });
           return;
+        }
+        if (!unix_socket()) {
+          // A response goes out in one write, but the 100 Continue and a response can follow
+          // each other: no Nagle delay between them.
+          const int one = 1;
+          ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         }
         server_.Admit(fd, *this);
       }
