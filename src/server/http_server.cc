@@ -157,7 +157,7 @@ void CancelTimer(asio::steady_timer& timer) noexcept {
 // strerror() is not thread-safe; this is.
 std::string SystemMessage(int error) { return std::system_category().message(error); }
 
-// Closes its descriptor unless released.
+// Closes its descriptor unless released. Thread safety: one owner, like a unique_ptr.
 class Fd {
  public:
   explicit Fd(int fd) : fd_(fd) {}
@@ -210,6 +210,7 @@ Peer DescribePeer(int fd, bool unix_socket, const std::string& unix_path) {
 
 // Respond() may run on any thread at any time, even after Stop(); it posts to the io_context only
 // while the gate is open, and Stop() closes the gate before the io_context can be destroyed.
+// Thread safety: `open` under `mu`.
 struct Gate {
   internal::Mutex mu;
   bool open GUARDED_BY(mu) = true;

@@ -72,15 +72,17 @@ struct HttpServerOptions {
   // "HOST:PORT" (IPv4, [IPv6] or localhost; port 0 picks a free one) or "unix:PATH" (an existing
   // socket file at PATH is replaced; the file is removed at Stop).
   std::vector<std::string> listen = {"127.0.0.1:7878"};
-  // When not empty, every request but GET /healthz and GET /readyz must carry
+  // When not empty, every request but GET (or HEAD) /healthz and /readyz must carry
   // "Authorization: Bearer <token>" (compared in constant time), else 401.
   std::string bearer_token;
-  size_t max_head_bytes = size_t{16} * 1024;           // 431 beyond
-  size_t max_body_bytes = size_t{256} * 1024;          // 413 beyond
-  std::chrono::milliseconds request_deadline{10'000};  // head and body, from the first byte
-  std::chrono::milliseconds idle_deadline{120'000};    // between keep-alive requests
-  std::chrono::milliseconds write_deadline{10'000};    // each response
-  size_t max_connections = 20'000;
+  size_t max_head_bytes = size_t{16} * 1024;   // 431 beyond
+  size_t max_body_bytes = size_t{256} * 1024;  // 413 beyond
+  // Head and body: from accept for a connection's first request (a client that connects and
+  // says nothing is a slow client), from the first byte for later ones. Past it: 408, closed.
+  std::chrono::milliseconds request_deadline{10'000};
+  std::chrono::milliseconds idle_deadline{120'000};  // between keep-alive requests
+  std::chrono::milliseconds write_deadline{10'000};  // each response
+  size_t max_connections = 20'000;  // beyond: accepted and closed at once (rejected_connections)
   int threads = 2;
 };
 

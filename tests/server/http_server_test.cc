@@ -875,6 +875,41 @@ TEST(HttpServerTest, ManyClientsOnManyThreadsCloseOnceAfterTheirLastHandle) {
   EXPECT_EQ(handler.violations(), 0);
 }
 
+double CpuSeconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
+TEST(HttpServerTest, OutOfDescriptorsBacksOffThenServes) {
+  TestHandler handler;
+  auto server = MustStart(handler, Loopback());
+  ASSERT_NE(server, nullptr);
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  // Every descriptor below the lowest free one is taken: with the limit just above it, the
+  // client's socket takes the last one and the server's accept fails with EMFILE.
+  const int lowest_free = ::dup(0);
+  ASSERT_GE(lowest_free, 0);
+  ::close(lowest_free);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(lowest_free) + 1;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &tight), 0);
+  RawClient c = RawClient::Tcp(server->port());
+  const bool connected = c.connected();
+  const double cpu_before = CpuSeconds();
+  std::this_thread::sleep_for(milliseconds(400));
+  const double cpu = CpuSeconds() - cpu_before;
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+  ASSERT_TRUE(connected);
+  EXPECT_LT(cpu, 0.2) << "the accept loop spins while out of descriptors";
+  ASSERT_TRUE(c.Send(Get("/echo")));
+  const auto r = c.Read();
+  ASSERT_TRUE(r) << "not served once descriptors were free again";
+  EXPECT_EQ(r->status, 200);
+}
+
 long RssKib() {
   std::ifstream statm("/proc/self/statm");
   long pages = 0;
