@@ -1,0 +1,151 @@
+// What the client does without a daemon: bad options, network failures, aborts, and how it reads
+// answers (from a scripted loopback server that plays the contract's error bodies).
+
+import assert from "node:assert/strict";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, describe, test } from "node:test";
+
+import {
+  LaneguardClient,
+  LaneguardConnectionError,
+  LaneguardRefusedError,
+  LaneguardRequestError,
+} from "../src/index.js";
+import { waitFor } from "./daemon.js";
+
+const waitUntil = (probe: () => boolean) => waitFor(probe.toString(), probe, 2_000);
+
+test("bad client options name the option and the value", () => {
+  assert.throws(() => new LaneguardClient({ url: "https://127.0.0.1:1" }), /url: .*https/);
+  assert.throws(() => new LaneguardClient({ requestTimeoutMs: -1 }), /requestTimeoutMs: .*-1/);
+});
+
+test("a refused connection keeps Node's error as the cause", async () => {
+  // A port just freed by a server on port 0 is as close to "nobody listens" as loopback gets.
+  const server = http.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  const client = new LaneguardClient({ url: `http://127.0.0.1:${port}` });
+  const error = await client.status().then(
+    () => assert.fail("answered"),
+    (e: unknown) => e,
+  );
+  assert.ok(error instanceof LaneguardConnectionError, String(error));
+  assert.equal((error.cause as NodeJS.ErrnoException).code, "ECONNREFUSED");
+  client.close();
+});
+
+test("an already aborted signal rejects before any request", async () => {
+  const client = new LaneguardClient({ url: "http://127.0.0.1:9" });
+  const reason = new Error("gave up early");
+  await assert.rejects(
+    client.acquire("t", "tool_call", { signal: AbortSignal.abort(reason) }),
+    (e: unknown) => e === reason,
+  );
+  client.close();
+});
+
+describe("answers of a scripted server", () => {
+  let server: http.Server;
+  let client: LaneguardClient;
+  let lastBody: unknown;
+  let lastAuth: string | undefined;
+  let closedWhileParked = 0;
+  let parkedSeen = 0;
+
+  before(async () => {
+    server = http.createServer((req, res) => {
+      let text = "";
+      req.on("data", (chunk: Buffer) => (text += chunk.toString()));
+      req.on("end", () => {
+        lastBody = text ? JSON.parse(text) : undefined;
+        lastAuth = req.headers.authorization;
+        const reply = (status: number, body: unknown, headers: Record<string, string> = {}) => {
+          res.writeHead(status, { "content-type": "application/json", ...headers });
+          res.end(JSON.stringify(body));
+        };
+        const lane = (lastBody as { lane?: string } | undefined)?.lane;
+        if (req.url === "/v1/leases" && lane === "full") {
+          reply(429, { error: "lane_limit", message: "full", retryAfterMs: 250 }, { "retry-after": "1" });
+        } else if (req.url === "/v1/leases" && lane === "draining") {
+          reply(503, { error: "shutting_down", message: "draining" }, { "retry-after": "2" });
+        } else if (req.url === "/v1/leases" && lane === "bad") {
+          reply(400, { error: "invalid_request", field: "lane", message: "unknown lane \"bad\"" });
+        } else if (req.url === "/v1/leases" && lane === "park") {
+          parkedSeen++;
+          res.on("close", () => closedWhileParked++);
+        } else if (req.url === "/v1/status") {
+          reply(200, { globalActive: 0, globalLimit: 8, lanes: {} });
+        } else {
+          reply(404, { error: "not_found", message: req.url });
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+    const { port } = server.address() as AddressInfo;
+    client = new LaneguardClient({ url: `http://127.0.0.1:${port}`, token: "s3cret", requestTimeoutMs: 2_000 });
+  });
+
+  after(async () => {
+    client.close();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  test("429 and 503 are LaneguardRefusedError with reason and retryAfterMs", async () => {
+    const full = await client.acquire("t", "full").catch((e: unknown) => e);
+    assert.ok(full instanceof LaneguardRefusedError);
+    assert.deepEqual([full.reason, full.status, full.retryAfterMs], ["lane_limit", 429, 250]);
+    const draining = await client.acquire("t", "draining").catch((e: unknown) => e);
+    assert.ok(draining instanceof LaneguardRefusedError);
+    // No retryAfterMs in the body: the Retry-After header's seconds.
+    assert.deepEqual([draining.reason, draining.status, draining.retryAfterMs], ["shutting_down", 503, 2000]);
+  });
+
+  test("400 is LaneguardRequestError with the field and the body", async () => {
+    const bad = await client.acquire("t", "bad").catch((e: unknown) => e);
+    assert.ok(bad instanceof LaneguardRequestError);
+    assert.equal(bad.status, 400);
+    assert.equal(bad.field, "lane");
+    assert.deepEqual(bad.body, { error: "invalid_request", field: "lane", message: 'unknown lane "bad"' });
+    assert.match(bad.message, /unknown lane "bad"/);
+  });
+
+  test("the body carries the options and the token goes in Authorization", async () => {
+    await client
+      .acquire("t-7", "bad", { waitMs: 5, priority: "high", ttlMs: 1000, metadata: { a: "b" } })
+      .catch(() => undefined);
+    assert.deepEqual(lastBody, {
+      lane: "bad",
+      taskId: "t-7",
+      waitMs: 5,
+      priority: "high",
+      ttlMs: 1000,
+      metadata: { a: "b" },
+    });
+    assert.equal(lastAuth, "Bearer s3cret");
+    assert.equal((await client.status()).globalLimit, 8);
+  });
+
+  test("aborting a parked acquire closes its connection", async () => {
+    const controller = new AbortController();
+    const parked = client.acquire("t", "park", { waitMs: 60_000, signal: controller.signal });
+    await waitUntil(() => parkedSeen === 1);
+    controller.abort(new Error("stop waiting"));
+    await assert.rejects(parked, /stop waiting/);
+    await waitUntil(() => closedWhileParked === 1);
+  });
+
+  test("no answer within the bound is a LaneguardConnectionError", async () => {
+    const quick = new LaneguardClient({
+      url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+      requestTimeoutMs: 100,
+    });
+    const error = await quick.acquire("t", "park").catch((e: unknown) => e);
+    assert.ok(error instanceof LaneguardConnectionError, String(error));
+    assert.match(error.message, /no answer within 100 ms/);
+    quick.close();
+  });
+});
