@@ -9,7 +9,7 @@ export type Priority = "low" | "normal" | "high";
 export type Outcome = "success" | "failure";
 
 export interface LaneguardClientOptions {
-  /** Base URL of the daemon; default http://127.0.0.1:7878. Ignored for the host when socketPath is set. */
+  /** Base URL; default http://127.0.0.1:7878. With socketPath only its path counts. */
   url?: string;
   /** A Unix socket the daemon listens on (`--listen unix:PATH`). */
   socketPath?: string;
@@ -57,7 +57,7 @@ export interface ReleaseResult {
 
 export type WorkerCallOptions = Omit<AcquireOptions, "signal">;
 
-/** What a worker-call function gets: a signal that fires at the warning phase or when the lease is lost. */
+/** A worker call: its signal fires at the warning phase or when the lease is lost. */
 export type WorkerCallFn<T> = (signal: AbortSignal, lease: Lease) => Promise<T> | T;
 
 // ---------------------------------------------------------------------------------------------
@@ -121,6 +121,8 @@ export class LaneguardConnectionError extends Error {
 // ---------------------------------------------------------------------------------------------
 // Lease
 
+const kMaxTimerMs = 2 ** 31 - 1;
+
 interface LeaseBody {
   leaseId: string;
   fencingToken: number;
@@ -175,8 +177,14 @@ export class Lease {
     const warnInMs =
       typeof body.warnInMs === "number" ? body.warnInMs : this.warnAt.getTime() - Date.now();
     const delay = Math.max(0, warnInMs - (Date.now() - receivedAt));
-    this.#warnTimer = setTimeout(() => this.#abort(new LaneguardTimeoutWarning(this.leaseId)), delay);
-    this.#warnTimer.unref();
+    // setTimeout fires at once past 2^31-1 ms; so far off, the renewals' stopRequested suffices.
+    if (delay <= kMaxTimerMs) {
+      this.#warnTimer = setTimeout(
+        () => this.#abort(new LaneguardTimeoutWarning(this.leaseId)),
+        delay,
+      );
+      this.#warnTimer.unref();
+    }
   }
 
   /** True once the signal fired because of the warning phase (not a lost lease). */
@@ -184,7 +192,7 @@ export class Lease {
     return this.signal.aborted && this.signal.reason instanceof LaneguardTimeoutWarning;
   }
 
-  /** Restarts the TTL. Throws LaneguardLeaseLostError (and fires the signal) once the lease is gone. */
+  /** Restarts the TTL. Once the lease is gone: fires the signal, throws LaneguardLeaseLostError. */
   async renew(): Promise<RenewResult> {
     try {
       const result = (await this.#client.request(
@@ -216,13 +224,17 @@ export class Lease {
       this.#released = this.#client.request(
         "DELETE",
         `/v1/leases/${encodeURIComponent(this.leaseId)}`,
-        { outcome: options.outcome ?? "success", errorType: options.errorType, rssMb: options.rssMb },
+        {
+          outcome: options.outcome ?? "success",
+          errorType: options.errorType,
+          rssMb: options.rssMb,
+        },
       ) as Promise<ReleaseResult>;
     }
     return this.#released;
   }
 
-  /** Renews every ttlMs/3 in the background (timer unref'd) until release() or the lease is lost. */
+  /** Renews every ttlMs/3 in the background (timer unref'd) until release() or loss. */
   startAutoRenew(intervalMs = Math.max(1, Math.floor(this.ttlMs / 3))): void {
     if (this.#renewTimer !== undefined || this.#released !== undefined) return;
     const tick = (): void => {
@@ -577,7 +589,9 @@ export interface LeaseInfo {
 // Helpers
 
 function asRecord(value: unknown): Record<string, unknown> | undefined {
-  return typeof value === "object" && value !== null ? (value as Record<string, unknown>) : undefined;
+  return typeof value === "object" && value !== null
+    ? (value as Record<string, unknown>)
+    : undefined;
 }
 
 function failureOf(lease: Lease, error: unknown): ReleaseOptions {

@@ -15,7 +15,13 @@ import { laneguardBin, startDaemon, waitFor, type Daemon } from "./daemon.js";
 
 const kConfig = {
   globalConcurrencyLimit: 8,
-  laneConcurrencyLimits: { tool_call: 4, file_read: 4, file_write: 2, critic: 1, forecast_model: 1 },
+  laneConcurrencyLimits: {
+    tool_call: 4,
+    file_read: 4,
+    file_write: 2,
+    critic: 1,
+    forecast_model: 1,
+  },
   timeoutEscalationFactor: 2,
 };
 
@@ -37,7 +43,9 @@ function numberAt(stats: Record<string, unknown>, key: string): number {
   return value as number;
 }
 
-describe("LaneguardClient against laneguard serve", { skip: !laneguardBin && "LANEGUARD_BIN unset" }, () => {
+const skip = laneguardBin === undefined ? "LANEGUARD_BIN unset" : false;
+
+describe("LaneguardClient against laneguard serve", { skip }, () => {
   let daemon: Daemon;
   let client: LaneguardClient;
 

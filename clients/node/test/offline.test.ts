@@ -68,7 +68,8 @@ describe("answers of a scripted server", () => {
         };
         const lane = (lastBody as { lane?: string } | undefined)?.lane;
         if (req.url === "/v1/leases" && lane === "full") {
-          reply(429, { error: "lane_limit", message: "full", retryAfterMs: 250 }, { "retry-after": "1" });
+          const body = { error: "lane_limit", message: "full", retryAfterMs: 250 };
+          reply(429, body, { "retry-after": "1" });
         } else if (req.url === "/v1/leases" && lane === "draining") {
           reply(503, { error: "shutting_down", message: "draining" }, { "retry-after": "2" });
         } else if (req.url === "/v1/leases" && lane === "bad") {
@@ -85,7 +86,11 @@ describe("answers of a scripted server", () => {
     });
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
     const { port } = server.address() as AddressInfo;
-    client = new LaneguardClient({ url: `http://127.0.0.1:${port}`, token: "s3cret", requestTimeoutMs: 2_000 });
+    client = new LaneguardClient({
+      url: `http://127.0.0.1:${port}`,
+      token: "s3cret",
+      requestTimeoutMs: 2_000,
+    });
   });
 
   after(async () => {
@@ -101,7 +106,10 @@ describe("answers of a scripted server", () => {
     const draining = await client.acquire("t", "draining").catch((e: unknown) => e);
     assert.ok(draining instanceof LaneguardRefusedError);
     // No retryAfterMs in the body: the Retry-After header's seconds.
-    assert.deepEqual([draining.reason, draining.status, draining.retryAfterMs], ["shutting_down", 503, 2000]);
+    assert.deepEqual(
+      [draining.reason, draining.status, draining.retryAfterMs],
+      ["shutting_down", 503, 2000],
+    );
   });
 
   test("400 is LaneguardRequestError with the field and the body", async () => {
@@ -109,7 +117,11 @@ describe("answers of a scripted server", () => {
     assert.ok(bad instanceof LaneguardRequestError);
     assert.equal(bad.status, 400);
     assert.equal(bad.field, "lane");
-    assert.deepEqual(bad.body, { error: "invalid_request", field: "lane", message: 'unknown lane "bad"' });
+    assert.deepEqual(bad.body, {
+      error: "invalid_request",
+      field: "lane",
+      message: 'unknown lane "bad"',
+    });
     assert.match(bad.message, /unknown lane "bad"/);
   });
 
