@@ -464,14 +464,12 @@ export class LaneguardClient {
   }
 
   /** @internal One JSON request; non-2xx answers become the typed errors above. */
-  request(
+  async request(
     method: string,
     path: string,
     body?: unknown,
     options: { signal?: AbortSignal | undefined; timeoutMs?: number } = {},
   ): Promise<unknown> {
-    const { signal } = options;
-    if (signal?.aborted) return Promise.reject(signal.reason);
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     const headers: http.OutgoingHttpHeaders = { accept: "application/json" };
     if (payload !== undefined) {
@@ -479,6 +477,27 @@ export class LaneguardClient {
       headers["content-length"] = payload.length;
     }
     if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
+    const call: Call = {
+      method,
+      path,
+      payload,
+      headers,
+      signal: options.signal,
+      deadline: Date.now() + (options.timeoutMs ?? this.#requestTimeoutMs),
+    };
+    try {
+      return await this.#attempt(call);
+    } catch (error) {
+      // The daemon closes a keep-alive connection after its idle deadline; a request written into
+      // one that was closing never reached it, so sending it once more on a new one is safe.
+      if (!(error instanceof StaleConnection)) throw error;
+      return this.#attempt(call);
+    }
+  }
+
+  #attempt(call: Call): Promise<unknown> {
+    const { method, path, signal } = call;
+    if (signal?.aborted) return Promise.reject(signal.reason);
     const target = new URL(path, this.#url);
     return new Promise((resolve, reject) => {
       let settled = false;
@@ -492,7 +511,7 @@ export class LaneguardClient {
       const req = http.request({
         agent: this.#agent,
         method,
-        headers,
+        headers: call.headers,
         path: target.pathname + target.search,
         ...(this.#socketPath !== undefined
           ? { socketPath: this.#socketPath }
@@ -504,31 +523,33 @@ export class LaneguardClient {
         finish(() => reject(signal?.reason));
         req.destroy();
       };
-      const bound = options.timeoutMs ?? this.#requestTimeoutMs;
+      const bound = Math.max(0, call.deadline - Date.now());
       const timer = setTimeout(() => {
         finish(() =>
-          reject(new LaneguardConnectionError(`${method} ${path}: no answer within ${bound} ms`)),
+          reject(new LaneguardConnectionError(`${method} ${path}: no answer within the bound`)),
         );
         req.destroy();
       }, bound);
       signal?.addEventListener("abort", onAbort, { once: true });
-      req.on("error", (error) => {
+      let answered = false;
+      const fail = (error: Error): void => {
+        const code = (error as NodeJS.ErrnoException).code;
+        const stale = req.reusedSocket && !answered && (code === "ECONNRESET" || code === "EPIPE");
+        const message = `${method} ${path}: ${error.message}`;
         finish(() =>
           reject(
-            new LaneguardConnectionError(`${method} ${path}: ${error.message}`, { cause: error }),
+            stale
+              ? new StaleConnection(message, { cause: error })
+              : new LaneguardConnectionError(message, { cause: error }),
           ),
         );
-      });
+      };
+      req.on("error", fail);
       req.on("response", (res) => {
+        answered = true;
         const chunks: Buffer[] = [];
         res.on("data", (chunk: Buffer) => chunks.push(chunk));
-        res.on("error", (error) => {
-          finish(() =>
-            reject(
-              new LaneguardConnectionError(`${method} ${path}: ${error.message}`, { cause: error }),
-            ),
-          );
-        });
+        res.on("error", fail);
         res.on("end", () => {
           finish(() => {
             try {
@@ -539,7 +560,7 @@ export class LaneguardClient {
           });
         });
       });
-      req.end(payload);
+      req.end(call.payload);
     });
   }
 
@@ -587,6 +608,20 @@ export interface LeaseInfo {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
+
+interface Call {
+  method: string;
+  path: string;
+  payload: Buffer | undefined;
+  headers: http.OutgoingHttpHeaders;
+  signal: AbortSignal | undefined;
+  deadline: number;
+}
+
+// A reused keep-alive connection that the daemon had closed: retried once, never surfaced.
+class StaleConnection extends LaneguardConnectionError {
+  override name = "LaneguardConnectionError";
+}
 
 function asRecord(value: unknown): Record<string, unknown> | undefined {
   return typeof value === "object" && value !== null

@@ -157,7 +157,37 @@ describe("answers of a scripted server", () => {
     });
     const error = await quick.acquire("t", "park").catch((e: unknown) => e);
     assert.ok(error instanceof LaneguardConnectionError, String(error));
-    assert.match(error.message, /no answer within 100 ms/);
+    assert.match(error.message, /no answer within the bound/);
     quick.close();
   });
+});
+
+test("a keep-alive connection the server dropped is retried once on a new one", async () => {
+  // The server answers the first request of each connection and drops the connection at the
+  // second, as a daemon does that closed an idle connection while the client reused it.
+  const perSocket = new WeakMap<object, number>();
+  let dropped = 0;
+  const server = http.createServer((req, res) => {
+    const n = (perSocket.get(req.socket) ?? 0) + 1;
+    perSocket.set(req.socket, n);
+    if (n > 1) {
+      dropped++;
+      req.socket.destroy();
+      return;
+    }
+    res.writeHead(200, { "content-type": "application/json" });
+    res.end(JSON.stringify({ globalActive: n, globalLimit: 8, lanes: {} }));
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  const client = new LaneguardClient({ url: `http://127.0.0.1:${port}` });
+  try {
+    assert.equal((await client.status()).globalActive, 1);
+    assert.equal((await client.status()).globalActive, 1);
+    assert.equal(dropped, 1);
+  } finally {
+    client.close();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
 });
