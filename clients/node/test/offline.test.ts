@@ -10,7 +10,9 @@ import {
   LaneguardClient,
   LaneguardConnectionError,
   LaneguardRefusedError,
+  LaneguardLeaseLostError,
   LaneguardRequestError,
+  LaneguardTimeoutWarning,
 } from "../src/index.js";
 import { waitFor } from "./daemon.js";
 
@@ -189,5 +191,116 @@ test("a keep-alive connection the server dropped is retried once on a new one", 
     client.close();
     server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));
+  }
+});
+
+// A scripted lease endpoint: grants with a far warnAt, answers renewals with `renewAnswer`, and
+// records the release bodies.
+async function leaseServer(renewAnswer: () => { status: number; body: unknown }) {
+  const releases: unknown[] = [];
+  let renewals = 0;
+  const server = http.createServer((req, res) => {
+    let text = "";
+    req.on("data", (chunk: Buffer) => (text += chunk.toString()));
+    req.on("end", () => {
+      const reply = (status: number, body: unknown) => {
+        res.writeHead(status, { "content-type": "application/json" });
+        res.end(JSON.stringify(body));
+      };
+      if (req.method === "POST" && req.url === "/v1/leases") {
+        const now = Date.now();
+        reply(201, {
+          leaseId: "l-1",
+          fencingToken: 1,
+          lane: "tool_call",
+          taskId: "t",
+          ttlMs: 150,
+          timeoutMs: 60_000,
+          warnAt: new Date(now + 60_000).toISOString(),
+          hardAt: new Date(now + 90_000).toISOString(),
+          warnInMs: 60_000,
+        });
+      } else if (req.method === "POST" && req.url === "/v1/leases/l-1/renew") {
+        renewals++;
+        const { status, body } = renewAnswer();
+        reply(status, body);
+      } else if (req.method === "DELETE" && req.url === "/v1/leases/l-1") {
+        releases.push(JSON.parse(text));
+        reply(200, { leaseId: "l-1", released: true });
+      } else {
+        reply(404, { error: "not_found" });
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  const client = new LaneguardClient({ url: `http://127.0.0.1:${port}` });
+  return {
+    client,
+    releases,
+    renewals: () => renewals,
+    close: async () => {
+      client.close();
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+const awaitAbort = (signal: AbortSignal) =>
+  new Promise<unknown>((resolve) =>
+    signal.addEventListener("abort", () => resolve(signal.reason), { once: true }),
+  );
+
+test("withWorkerCall: stopRequested on renew fires the signal, release says timeout", async () => {
+  const fake = await leaseServer(() => ({
+    status: 200,
+    body: { leaseId: "l-1", ttlMs: 150, phase: "warning", stopRequested: true },
+  }));
+  try {
+    const reason = await fake.client.withWorkerCall("t", "tool_call", awaitAbort);
+    assert.ok(reason instanceof LaneguardTimeoutWarning, String(reason));
+    assert.ok(fake.renewals() >= 1);
+    assert.deepEqual(fake.releases, [{ outcome: "failure", errorType: "timeout" }]);
+  } finally {
+    await fake.close();
+  }
+});
+
+test("withWorkerCall: a renewal answering 404 fires the signal with the lost lease", async () => {
+  const fake = await leaseServer(() => ({
+    status: 404,
+    body: { error: "lease_not_found", reason: "expired" },
+  }));
+  try {
+    const thrown = await fake.client
+      .withWorkerCall("t", "tool_call", async (signal) => {
+        throw await awaitAbort(signal);
+      })
+      .catch((e: unknown) => e);
+    assert.ok(thrown instanceof LaneguardLeaseLostError, String(thrown));
+    assert.equal(thrown.reason, "expired");
+    assert.deepEqual(fake.releases, [
+      { outcome: "failure", errorType: "LaneguardLeaseLostError" },
+    ]);
+  } finally {
+    await fake.close();
+  }
+});
+
+test("withWorkerCall: success releases with outcome success and renews meanwhile", async () => {
+  const fake = await leaseServer(() => ({
+    status: 200,
+    body: { leaseId: "l-1", ttlMs: 150, phase: "running", stopRequested: false },
+  }));
+  try {
+    const value = await fake.client.withWorkerCall("t", "tool_call", async (signal) => {
+      await waitFor("two renewals", () => fake.renewals() >= 2, 5_000);
+      return signal.aborted ? "aborted" : "done";
+    });
+    assert.equal(value, "done");
+    assert.deepEqual(fake.releases, [{ outcome: "success" }]);
+  } finally {
+    await fake.close();
   }
 });
