@@ -5,6 +5,7 @@ import { after, before, describe, test } from "node:test";
 
 import {
   LaneguardClient,
+  LaneguardLeaseLostError,
   LaneguardRefusedError,
   LaneguardRequestError,
   LaneguardTimeoutWarning,
@@ -217,6 +218,21 @@ describe("LaneguardClient against laneguard serve", { skip }, () => {
     assert.deepEqual(await lease.release(), released);
     await assert.rejects(lease.renew(), { name: "LaneguardLeaseLostError" });
     assert.ok(lease.signal.aborted);
+  });
+
+  test("a lease nobody renews expires: renew reports it lost and the slot is free", async () => {
+    const lease = await client.acquire("t-expire", "critic", { ttlMs: 150 });
+    await waitFor("the daemon reclaims the lease", async () => {
+      return !(await client.leases()).some((l) => l.leaseId === lease.leaseId);
+    });
+    const lost = await lease.renew().then(
+      () => assert.fail("renewed an expired lease"),
+      (e: unknown) => e,
+    );
+    assert.ok(lost instanceof LaneguardLeaseLostError, String(lost));
+    assert.equal(lease.signal.reason, lost);
+    const next = await client.acquire("t-after-expiry", "critic", { waitMs: 0 });
+    await next.release();
   });
 
   test("a lease kept alive by withWorkerCall outlives its TTL", async () => {
