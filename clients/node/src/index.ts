@@ -437,7 +437,7 @@ export class LaneguardClient {
       });
   }
 
-  /** GET /v1/status: the spec's concurrency status plus `leases` and `parked`. */
+  /** GET /v1/status: the spec's concurrency status plus `leases`, `parked` and `draining`. */
   status(): Promise<ConcurrencyStatus> {
     return this.request("GET", "/v1/status") as Promise<ConcurrencyStatus>;
   }
@@ -578,18 +578,21 @@ export class LaneguardClient {
 export interface LaneStatus {
   active: number;
   limit: number;
+  overrunning: number;
   queued: number;
-  queueLimit?: number;
-  borrowed?: number;
+  queueLimit: number;
+  borrowed: number;
 }
 
+/** GET /v1/status: the spec's concurrency status plus the daemon's lease figures. */
 export interface ConcurrencyStatus {
-  globalActive: number;
-  globalLimit: number;
+  global: { active: number; limit: number; overrunning: number };
   lanes: Record<string, LaneStatus>;
-  leases?: number;
-  parked?: number;
-  [key: string]: unknown;
+  /** Leases held. */
+  leases: number;
+  /** Acquire requests waiting in a queue. */
+  parked: number;
+  draining: boolean;
 }
 
 export interface LeaseInfo {

@@ -26,14 +26,8 @@ const kConfig = {
   timeoutEscalationFactor: 2,
 };
 
-// The status's per-lane figures, whether the daemon lists lanes as an object or an array.
 function laneOf(status: ConcurrencyStatus, lane: string): LaneStatus {
-  const lanes = status.lanes as unknown;
-  const found = Array.isArray(lanes)
-    ? (lanes as Array<LaneStatus & { lane?: string; name?: string }>).find(
-        (l) => l.lane === lane || l.name === lane,
-      )
-    : (lanes as Record<string, LaneStatus> | undefined)?.[lane];
+  const found = status.lanes[lane];
   assert.ok(found, `lane ${lane} in ${JSON.stringify(status)}`);
   return found;
 }

@@ -80,7 +80,7 @@ describe("answers of a scripted server", () => {
           parkedSeen++;
           res.on("close", () => closedWhileParked++);
         } else if (req.url === "/v1/status") {
-          reply(200, { globalActive: 0, globalLimit: 8, lanes: {} });
+          reply(200, { global: { active: 0, limit: 8, overrunning: 0 }, lanes: {} });
         } else {
           reply(404, { error: "not_found", message: req.url });
         }
@@ -140,7 +140,7 @@ describe("answers of a scripted server", () => {
       metadata: { a: "b" },
     });
     assert.equal(lastAuth, "Bearer s3cret");
-    assert.equal((await client.status()).globalLimit, 8);
+    assert.equal((await client.status()).global.limit, 8);
   });
 
   test("aborting a parked acquire closes its connection", async () => {
@@ -178,14 +178,14 @@ test("a keep-alive connection the server dropped is retried once on a new one", 
       return;
     }
     res.writeHead(200, { "content-type": "application/json" });
-    res.end(JSON.stringify({ globalActive: n, globalLimit: 8, lanes: {} }));
+    res.end(JSON.stringify({ global: { active: n, limit: 8, overrunning: 0 }, lanes: {} }));
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as AddressInfo;
   const client = new LaneguardClient({ url: `http://127.0.0.1:${port}` });
   try {
-    assert.equal((await client.status()).globalActive, 1);
-    assert.equal((await client.status()).globalActive, 1);
+    assert.equal((await client.status()).global.active, 1);
+    assert.equal((await client.status()).global.active, 1);
     assert.equal(dropped, 1);
   } finally {
     client.close();
