@@ -47,14 +47,16 @@ export async function startDaemon(
       reject(new Error(`${error.message}; stderr:\n${stderr}`));
     }
     child.once("error", fail);
-    child.once("exit", (code, sig) => fail(new Error(`laneguard serve exited (${code ?? sig})`)));
+    const onEarlyExit = (code: number | null, sig: NodeJS.Signals | null): void =>
+      fail(new Error(`laneguard serve exited (${code ?? sig})`));
+    child.once("exit", onEarlyExit);
     child.stderr!.setEncoding("utf8");
     child.stderr!.on("data", (chunk: string) => {
       stderr += chunk;
       found ??= /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)?.[1];
       if (/^laneguard serve: ready$/m.test(stderr)) {
         clearTimeout(timer);
-        child.removeAllListeners("exit");
+        child.off("exit", onEarlyExit);
         if (found === undefined) fail(new Error("ready, but no listening line with the port"));
         else resolve(found);
       }
