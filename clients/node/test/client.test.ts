@@ -276,3 +276,41 @@ describe("LaneguardClient against laneguard serve", { skip }, () => {
     }
   });
 });
+
+describe("a draining daemon", { skip }, () => {
+  let daemon: Daemon;
+  before(async () => {
+    daemon = await startDaemon(kConfig, { extraArgs: ["--drain-timeout", "20s"] });
+  });
+  after(async () => {
+    await daemon?.stop();
+  });
+
+  test("SIGTERM: a held lease's signal fires, new leases are refused, the release goes through",
+    async () => {
+      const client = new LaneguardClient({ url: daemon.url });
+      try {
+        let refused: unknown;
+        const reason = await client.withWorkerCall(
+          "t-drain",
+          "tool_call",
+          async (signal) => {
+            daemon.kill("SIGTERM");
+            const why = await new Promise<unknown>((resolve) =>
+              signal.addEventListener("abort", () => resolve(signal.reason), { once: true }),
+            );
+            refused = await client.acquire("t-late", "tool_call").catch((e: unknown) => e);
+            return why;
+          },
+          { ttlMs: 300 },
+        );
+        assert.ok(reason instanceof LaneguardTimeoutWarning, String(reason));
+        assert.ok(refused instanceof LaneguardRefusedError, String(refused));
+        assert.equal(refused.reason, "shutting_down");
+        assert.equal(refused.status, 503);
+      } finally {
+        client.close();
+      }
+    },
+  );
+});

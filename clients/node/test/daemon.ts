@@ -13,6 +13,8 @@ export interface Daemon {
   /** The Unix socket's path when one was asked for. */
   socketPath: string | undefined;
   stderr: () => string;
+  /** Sends `sig` to the daemon (SIGTERM starts its drain). */
+  kill: (sig: NodeJS.Signals) => void;
   stop: () => Promise<void>;
 }
 
@@ -67,6 +69,7 @@ export async function startDaemon(
     url,
     socketPath,
     stderr: () => stderr,
+    kill: (sig) => void child.kill(sig),
     stop: async () => {
       await stopChild(child, exited);
       rmSync(dir, { recursive: true, force: true });
