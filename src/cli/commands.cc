@@ -811,7 +811,6 @@ int ConfigPrintCommand(const std::string& file) {
   return 0;
 }
 
-
 // ---- serve
 // ---------------------------------------------------------------------------------------
 
@@ -962,8 +961,8 @@ int ServeCommand(ServeFlags flags) {
   sigemptyset(&signals);
   for (int sig : {SIGINT, SIGTERM, SIGQUIT, SIGHUP}) sigaddset(&signals, sig);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  auto rt = MakeRuntime(flags.common, *config, std::max(kServeMaxGlobalLimit,
-                                                         config->global_concurrency_limit));
+  auto rt = MakeRuntime(flags.common, *config,
+                        std::max(kServeMaxGlobalLimit, config->global_concurrency_limit));
   if (!rt.ok()) {
     std::fprintf(stderr, "laneguard serve: %s\n", rt.error().message().c_str());
     return kUsageError;
@@ -994,7 +993,9 @@ int ServeCommand(ServeFlags flags) {
   PrintEndpoints(**server);
   const int sig = WaitForStopSignal(signals, flags, runtime);
   std::fprintf(stderr, "laneguard serve: %s: shutting down\n",
-               sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGQUIT");
+               sig == SIGINT    ? "SIGINT"
+               : sig == SIGTERM ? "SIGTERM"
+                                : "SIGQUIT");
   Drain(*service, manager, signals, drain);
   (*server)->Stop();
   service.reset();
@@ -1006,9 +1007,10 @@ CLI::App* AddServeCommand(CLI::App& app, ServeFlags& flags) {
   CLI::App* serve = app.add_subcommand(
       "serve", "Serve one budget to every process over HTTP: slots as leases (docs/serve.md)");
   AddCommonFlags(serve, flags.common);
-  serve->add_option("--listen", flags.listen,
-                    "Where to listen: HOST:PORT (default 127.0.0.1:7878; port 0 picks a free "
-                    "one) or unix:PATH; repeatable")
+  serve
+      ->add_option("--listen", flags.listen,
+                   "Where to listen: HOST:PORT (default 127.0.0.1:7878; port 0 picks a free "
+                   "one) or unix:PATH; repeatable")
       ->take_all();
   serve->add_option("--token-file", flags.token_file,
                     "Require 'Authorization: Bearer <token>' (the file's content); needed to "

@@ -31,13 +31,19 @@ json StatusToJson(const ConcurrencyStatus& status) {
 json StatisticsToJson(const Statistics& s) {
   json lanes = json::object();
   for (const auto& [name, l] : s.lanes) {
-    lanes[name] = {{"totalCalls", l.total_calls},       {"successCount", l.success_count},
-                   {"failureCount", l.failure_count},   {"timeoutCount", l.timeout_count},
+    lanes[name] = {{"totalCalls", l.total_calls},
+                   {"successCount", l.success_count},
+                   {"failureCount", l.failure_count},
+                   {"timeoutCount", l.timeout_count},
                    {"averageDurationMs", l.average_duration_ms},
-                   {"p95DurationMs", l.p95_duration_ms}, {"rejections", l.rejections},
-                   {"active", l.active},                {"overrunning", l.overrunning},
-                   {"limit", l.limit},                  {"p50WaitMs", l.p50_wait_ms},
-                   {"p95WaitMs", l.p95_wait_ms},        {"p99WaitMs", l.p99_wait_ms},
+                   {"p95DurationMs", l.p95_duration_ms},
+                   {"rejections", l.rejections},
+                   {"active", l.active},
+                   {"overrunning", l.overrunning},
+                   {"limit", l.limit},
+                   {"p50WaitMs", l.p50_wait_ms},
+                   {"p95WaitMs", l.p95_wait_ms},
+                   {"p99WaitMs", l.p99_wait_ms},
                    {"queued", l.queued}};
   }
   return {{"totalCalls", s.total_calls},
@@ -105,8 +111,8 @@ std::optional<std::string> FieldReader::String(std::string_view key, size_t max_
   }
   const auto& s = v->get_ref<const std::string&>();
   if (s.size() > max_bytes) {
-    Fail(key, std::string(key) + " = " + Shown(*v) + ": longer than " +
-                  std::to_string(max_bytes) + " bytes");
+    Fail(key, std::string(key) + " = " + Shown(*v) + ": longer than " + std::to_string(max_bytes) +
+                  " bytes");
     return std::nullopt;
   }
   return s;
@@ -117,10 +123,10 @@ std::optional<int64_t> FieldReader::Integer(std::string_view key, int64_t min, i
   if (v == nullptr) return std::nullopt;
   const std::string range = "[" + std::to_string(min) + ", " + std::to_string(max) + "]";
   // 1.0 is accepted as 1 (JavaScript has one number type); 1.5 is not.
-  const bool whole = v->is_number_integer() ||
-                     (v->is_number_float() && std::isfinite(v->get<double>()) &&
-                      std::trunc(v->get<double>()) == v->get<double>() &&
-                      std::fabs(v->get<double>()) < 9.0e15);
+  const bool whole =
+      v->is_number_integer() ||
+      (v->is_number_float() && std::isfinite(v->get<double>()) &&
+       std::trunc(v->get<double>()) == v->get<double>() && std::fabs(v->get<double>()) < 9.0e15);
   if (!whole) {
     Fail(key, std::string(key) + " = " + Shown(*v) + ": must be an integer in " + range);
     return std::nullopt;

@@ -19,7 +19,6 @@ constexpr int64_t kNanosPerMs = 1'000'000;
 constexpr size_t kMaxLeaseIdBytes = 64;
 constexpr size_t kMaxMetadataEntries = 64;
 
-
 // "running", "warning" (past the timeout) or "hard" (past timeout x escalation).
 std::string_view PhaseAt(const Slot& slot, int64_t now) {
   if (now >= slot.hard_deadline_mono_nanos()) return "hard";
@@ -175,7 +174,9 @@ void LeaseService::Handle(HttpRequest request, std::stop_token cancel, Respond r
 }
 
 HttpResponse LeaseService::Route(const HttpRequest& request, std::string_view path) {
-  const std::string_view method = request.method == "HEAD" ? "GET" : request.method;
+  // HEAD is answered as GET (the transport sends no body).
+  const std::string_view method =
+      request.method == "HEAD" ? std::string_view("GET") : std::string_view(request.method);
   const auto only = [&](std::string_view allowed) {
     HttpResponse r = ErrorResponse(405, "method_not_allowed",
                                    std::string(request.method) + " " + std::string(path) +
@@ -213,7 +214,8 @@ HttpResponse LeaseService::Route(const HttpRequest& request, std::string_view pa
     MetricsResponse m = options_.metrics->Handle(request.accept);
     return HttpResponse{m.status, std::move(m.content_type), std::move(m.body), {}};
   }
-  if (path == "/healthz") return method == "GET" ? JsonResponse(200, {{"status", "ok"}}) : only("GET");
+  if (path == "/healthz")
+    return method == "GET" ? JsonResponse(200, {{"status", "ok"}}) : only("GET");
   if (path == "/readyz") {
     if (method != "GET") return only("GET");
     return draining_.load() ? JsonResponse(503, {{"status", "draining"}})
@@ -308,7 +310,8 @@ void LeaseService::PostLease(HttpRequest request, std::stop_token cancel, Respon
                 "bindToConnection = true: only a lease taken over the Unix socket can be bound to "
                 "its connection");
   }
-  if (fields.error()) return respond(InvalidRequest(fields.error()->field, fields.error()->message));
+  if (fields.error())
+    return respond(InvalidRequest(fields.error()->field, fields.error()->message));
 
   auto parked = std::make_shared<Parked>();
   parked->respond = std::move(respond);
@@ -322,9 +325,8 @@ void LeaseService::PostLease(HttpRequest request, std::stop_token cancel, Respon
   if (options_.tracer != nullptr) {
     parked->span = options_.tracer->StartSpan("worker_call:" + *lane, parent ? &*parent : nullptr,
                                               SpanKind::kServer);
-    parked->span.SetAttributes({{"laneguard.lane", *lane},
-                                {"taskId", task_id},
-                                {"client.address", request.peer.address}});
+    parked->span.SetAttributes(
+        {{"laneguard.lane", *lane}, {"taskId", task_id}, {"client.address", request.peer.address}});
   }
   AcquireOptions options;
   options.timeout_ms = timeout_ms;
@@ -338,8 +340,9 @@ void LeaseService::PostLease(HttpRequest request, std::stop_token cancel, Respon
   }
   Parked* raw = parked.get();
   raw->link.emplace(std::move(cancel), [raw] { raw->stop.request_stop(); });
-  manager_.AcquireAsync(raw->task_id, raw->lane, std::move(options),
-                        [this, parked](Result<Slot> result) { OnAnswer(parked, std::move(result)); });
+  manager_.AcquireAsync(
+      raw->task_id, raw->lane, std::move(options),
+      [this, parked](Result<Slot> result) { OnAnswer(parked, std::move(result)); });
 }
 
 void LeaseService::OnAnswer(const std::shared_ptr<Parked>& parked, Result<Slot> result) {
@@ -402,10 +405,11 @@ HttpResponse LeaseService::Granted(std::unique_ptr<Lease> lease) {
     lease->fencing_token = next_fencing_token_++;
     body["leaseId"] = lease->id;
     body["fencingToken"] = lease->fencing_token;
-    lease->span.SetAttributes({{"laneguard.lease_id", lease->id},
-                               {"laneguard.fencing_token", static_cast<int64_t>(lease->fencing_token)},
-                               {"laneguard.wait_ms", lease->wait_ms},
-                               {"laneguard.ttl_ms", lease->ttl_ms}});
+    lease->span.SetAttributes(
+        {{"laneguard.lease_id", lease->id},
+         {"laneguard.fencing_token", static_cast<int64_t>(lease->fencing_token)},
+         {"laneguard.wait_ms", lease->wait_ms},
+         {"laneguard.ttl_ms", lease->ttl_ms}});
     if (lease->wait_ms > 0) lease->span.AddEvent("granted");
     const std::string id = lease->id;
     leases_.emplace(id, std::move(lease));
@@ -450,7 +454,8 @@ HttpResponse LeaseService::Refused(const Error& error, std::string_view lane) {
                                                {"message", error.message()},
                                                {"lane", std::string(lane)},
                                                {"retryAfterMs", retry_ms}});
-  r.headers.emplace_back("Retry-After", std::to_string(std::max<int64_t>(1, (retry_ms + 999) / 1000)));
+  r.headers.emplace_back("Retry-After",
+                         std::to_string(std::max<int64_t>(1, (retry_ms + 999) / 1000)));
   return r;
 }
 
@@ -464,7 +469,8 @@ std::string LeaseService::NewLeaseId() {
   return id;
 }
 
-// ---- renew, release, reclaim ---------------------------------------------------------------------
+// ---- renew, release, reclaim
+// ---------------------------------------------------------------------
 
 HttpResponse LeaseService::Renew(std::string_view id, const HttpRequest& request) {
   HttpResponse bad;
@@ -495,8 +501,8 @@ HttpResponse LeaseService::NotFound(std::string_view id) {
   const auto ended = ended_.find(std::string(id));
   if (ended != ended_.end()) {
     body["reason"] = ToString(ended->second);
-    body["message"] = "lease " + std::string(id) + " has ended (" +
-                      std::string(ToString(ended->second)) + ")";
+    body["message"] =
+        "lease " + std::string(id) + " has ended (" + std::string(ToString(ended->second)) + ")";
   } else {
     body["message"] = "no lease " + std::string(id);
   }
@@ -523,8 +529,7 @@ HttpResponse LeaseService::Release(std::string_view id, const HttpRequest& reque
       const auto ended = ended_.find(std::string(id));
       if (ended == ended_.end()) return NotFound(id);
       const std::string_view reason =
-          ended->second == LeaseEnd::kReleased ? "already_released"
-                                                : ToString(ended->second);
+          ended->second == LeaseEnd::kReleased ? "already_released" : ToString(ended->second);
       return JsonResponse(200, {{"leaseId", std::string(id)},
                                 {"released", false},
                                 {"reason", reason},
@@ -549,20 +554,20 @@ ReleaseOutcome LeaseService::End(std::unique_ptr<Lease> lease, LeaseEnd reason, 
                                  std::string_view error_type, double rss_mb) {
   const ReleaseOutcome done = lease->slot.ReleaseWithOutcome(success, error_type);
   Span& span = lease->span;
-  span.SetAttributes({{"laneguard.duration_ms", done.duration_ms},
-                      {"laneguard.end_reason", ToString(reason)}});
+  span.SetAttributes(
+      {{"laneguard.duration_ms", done.duration_ms}, {"laneguard.end_reason", ToString(reason)}});
   if (rss_mb >= 0) span.SetAttribute("laneguard.rss_mb", rss_mb);
   if (!success) span.SetStatus(StatusCode::kError, error_type);
   span.End();
   if (reason != LeaseEnd::kReleased && options_.logger) {
-    options_.logger->LogWarning(
-        "lease_reclaimed", {{"leaseId", lease->id},
-                            {"lane", lease->lane},
-                            {"taskId", lease->task_id},
-                            {"reason", ToString(reason)},
-                            {"fencingToken", static_cast<int64_t>(lease->fencing_token)},
-                            {"client", lease->client.address},
-                            {"durationMs", done.duration_ms}});
+    options_.logger->LogWarning("lease_reclaimed",
+                                {{"leaseId", lease->id},
+                                 {"lane", lease->lane},
+                                 {"taskId", lease->task_id},
+                                 {"reason", ToString(reason)},
+                                 {"fencingToken", static_cast<int64_t>(lease->fencing_token)},
+                                 {"client", lease->client.address},
+                                 {"durationMs", done.duration_ms}});
   }
   return done;
 }
@@ -591,10 +596,10 @@ void LeaseService::Reclaim(const std::function<bool(const Lease&)>& pick, LeaseE
     }
     if (!taken.empty() && leases_.empty()) idle_.NotifyAll();
   }
-  if (reason == LeaseEnd::kExpired) expired_.fetch_add(taken.size(), std::memory_order_relaxed);
-  if (reason == LeaseEnd::kConnectionClosed) {
-    connection_closed_.fetch_add(taken.size(), std::memory_order_relaxed);
-  }
+  const auto n = static_cast<int64_t>(taken.size());
+  if (reason == LeaseEnd::kExpired) expired_.fetch_add(n, std::memory_order_relaxed);
+  if (reason == LeaseEnd::kConnectionClosed)
+    connection_closed_.fetch_add(n, std::memory_order_relaxed);
   const std::string_view error_type = ToString(reason);
   for (auto& lease : taken) End(std::move(lease), reason, false, error_type, -1);
 }
@@ -641,9 +646,8 @@ HttpResponse LeaseService::ListLeases() const {
     std::vector<const Lease*> sorted;
     sorted.reserve(leases_.size());
     for (const auto& [id, lease] : leases_) sorted.push_back(lease.get());
-    std::sort(sorted.begin(), sorted.end(), [](const Lease* a, const Lease* b) {
-      return a->granted_mono < b->granted_mono;
-    });
+    std::sort(sorted.begin(), sorted.end(),
+              [](const Lease* a, const Lease* b) { return a->granted_mono < b->granted_mono; });
     for (const Lease* l : sorted) {
       rows.push_back({{"leaseId", l->id},
                       {"fencingToken", l->fencing_token},
@@ -654,8 +658,8 @@ HttpResponse LeaseService::ListLeases() const {
                       {"ageMs", (now - l->granted_mono) / kNanosPerMs},
                       {"phase", PhaseAt(l->slot, now)},
                       {"expiresInMs", (l->expires_mono - now) / kNanosPerMs},
-                      {"timeoutMs", (l->slot.deadline_mono_nanos() - l->slot.start_mono_nanos()) /
-                                        kNanosPerMs},
+                      {"timeoutMs",
+                       (l->slot.deadline_mono_nanos() - l->slot.start_mono_nanos()) / kNanosPerMs},
                       {"ttlMs", l->ttl_ms},
                       {"boundToConnection", l->bound}});
     }
@@ -676,7 +680,8 @@ HttpResponse LeaseService::Status() const {
 
 HttpResponse LeaseService::PutConfig(const HttpRequest& request) {
   if (!options_.update_config) {
-    HttpResponse r = ErrorResponse(405, "method_not_allowed", "this daemon cannot change its config");
+    HttpResponse r =
+        ErrorResponse(405, "method_not_allowed", "this daemon cannot change its config");
     r.headers.emplace_back("Allow", "GET");
     return r;
   }
@@ -701,14 +706,21 @@ std::vector<ExtraFamily> LeaseService::ExtraFamilies() const {
     return static_cast<double>(n.load(std::memory_order_relaxed));
   };
   return {
-      {"laneguard_leases_active", "Leases held now.", Type::kGauge,
+      {"laneguard_leases_active",
+       "Leases held now.",
+       Type::kGauge,
        {{{}, static_cast<double>(active)}}},
-      {"laneguard_leases_parked", "Lease requests waiting for a place now.", Type::kGauge,
+      {"laneguard_leases_parked",
+       "Lease requests waiting for a place now.",
+       Type::kGauge,
        {{{}, static_cast<double>(parked)}}},
-      {"laneguard_leases_granted_total", "Leases granted.", Type::kCounter,
+      {"laneguard_leases_granted_total",
+       "Leases granted.",
+       Type::kCounter,
        {{{}, count(granted_)}}},
       {"laneguard_leases_reclaimed_total",
-       "Leases ended by the daemon, not released by their client, by reason.", Type::kCounter,
+       "Leases ended by the daemon, not released by their client, by reason.",
+       Type::kCounter,
        {{{{"reason", "lease_expired"}}, count(expired_)},
         {{{"reason", "connection_closed"}}, count(connection_closed_)}}},
   };

@@ -183,8 +183,8 @@ TEST_F(LeaseServiceTest, UnrenewedLeaseExpiresAndFreesItsPlace) {
 }
 
 TEST_F(LeaseServiceTest, ConnectionBoundLeaseEndsWithItsConnection) {
-  const Peer unix_peer{.connection_id = 9, .unix_socket = true, .address = "unix:/x", .pid = 42,
-                       .uid = 1000};
+  const Peer unix_peer{
+      .connection_id = 9, .unix_socket = true, .address = "unix:/x", .pid = 42, .uid = 1000};
   auto a = Send("POST", "/v1/leases", R"({"lane":"tool_call","bindToConnection":true})", unix_peer);
   ASSERT_EQ(a->status, 201) << a->raw.body;
   auto holders = Send("GET", "/v1/leases");
