@@ -855,7 +855,7 @@ Result<std::string> ReadTokenFile(const std::string& path) {
 void ReloadConfig(const ServeFlags& flags, Runtime& rt) {
   auto config = LoadConfig(flags.common.config_file);
   if (config.ok()) {
-    auto applied = rt.manager->UpdateConfig(*std::move(config));
+    auto applied = rt.manager->UpdateConfig(std::move(config).value());
     if (applied.ok()) {
       std::fprintf(stderr, "laneguard serve: config reloaded from %s\n",
                    EscapeForTerminal(flags.common.config_file).c_str());
@@ -917,7 +917,7 @@ std::optional<Error> CheckServeFlags(const ServeFlags& flags, std::string* token
   if (!flags.token_file.empty()) {
     auto read = ReadTokenFile(flags.token_file);
     if (!read.ok()) return read.error();
-    *token = *std::move(read);
+    *token = std::move(read).value();
   }
   auto drain_ms = ParseDurationMs(flags.drain_timeout, "--drain-timeout");
   if (!drain_ms.ok()) return drain_ms.error();
@@ -993,7 +993,8 @@ int ServeCommand(ServeFlags flags) {
   }
   PrintEndpoints(**server);
   const int sig = WaitForStopSignal(signals, flags, runtime);
-  std::fprintf(stderr, "laneguard serve: %s: shutting down\n", strsignal(sig));
+  std::fprintf(stderr, "laneguard serve: %s: shutting down\n",
+               sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "SIGQUIT");
   Drain(*service, manager, signals, drain);
   (*server)->Stop();
   service.reset();

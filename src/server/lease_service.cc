@@ -37,6 +37,13 @@ json ClientToJson(const Peer& peer) {
   return client;
 }
 
+// The wall-clock time of a monotonic time on `clock`, past or future. (Clock::UnixAt is for
+// times just read: FastClock re-anchors on a time it takes for "now".)
+std::string WallTime(const Clock& clock, int64_t mono) {
+  const Clock::Reading now = clock.Now();
+  return FormatIso8601(now.unix_nanos + (mono - now.mono_nanos));
+}
+
 // The status of a refusal, and the field of the request it is about when it is the request's
 // fault.
 struct RefusalShape {
@@ -375,7 +382,7 @@ HttpResponse LeaseService::Granted(std::unique_ptr<Lease> lease) {
   const Slot& slot = lease->slot;
   const int64_t now = lease->granted_mono;
   const int64_t timeout_ms = (slot.deadline_mono_nanos() - slot.start_mono_nanos()) / kNanosPerMs;
-  const auto wall = [&](int64_t mono) { return FormatIso8601(clock_.UnixAt(mono)); };
+  const auto wall = [this](int64_t mono) { return WallTime(clock_, mono); };
   json body = {{"lane", lease->lane},
                {"taskId", lease->task_id},
                {"ttlMs", lease->ttl_ms},
@@ -476,7 +483,7 @@ HttpResponse LeaseService::Renew(std::string_view id, const HttpRequest& request
   const std::string_view phase = PhaseAt(lease.slot, now);
   return JsonResponse(200, {{"leaseId", lease.id},
                             {"ttlMs", lease.ttl_ms},
-                            {"expiresAt", FormatIso8601(clock_.UnixAt(lease.expires_mono))},
+                            {"expiresAt", WallTime(clock_, lease.expires_mono)},
                             {"phase", phase},
                             {"stopRequested", phase != "running" || draining_.load()},
                             {"fencingToken", lease.fencing_token}});
@@ -643,7 +650,7 @@ HttpResponse LeaseService::ListLeases() const {
                       {"lane", l->lane},
                       {"taskId", l->task_id},
                       {"client", ClientToJson(l->client)},
-                      {"grantedAt", FormatIso8601(clock_.UnixAt(l->granted_mono))},
+                      {"grantedAt", WallTime(clock_, l->granted_mono)},
                       {"ageMs", (now - l->granted_mono) / kNanosPerMs},
                       {"phase", PhaseAt(l->slot, now)},
                       {"expiresInMs", (l->expires_mono - now) / kNanosPerMs},
