@@ -382,40 +382,51 @@ void LeaseService::OnAnswer(const std::shared_ptr<Parked>& parked, Result<Slot> 
 }
 
 HttpResponse LeaseService::Granted(std::unique_ptr<Lease> lease) {
-  const Slot& slot = lease->slot;
-  const int64_t now = lease->granted_mono;
-  const int64_t timeout_ms = (slot.deadline_mono_nanos() - slot.start_mono_nanos()) / kNanosPerMs;
-  const auto wall = [this](int64_t mono) { return WallTime(clock_, mono); };
-  json body = {{"lane", lease->lane},
-               {"taskId", lease->task_id},
-               {"ttlMs", lease->ttl_ms},
-               {"timeoutMs", timeout_ms},
-               {"grantedAt", wall(now)},
-               {"warnAt", wall(slot.deadline_mono_nanos())},
-               {"hardAt", wall(slot.hard_deadline_mono_nanos())},
-               {"expiresAt", wall(lease->expires_mono)},
-               {"warnInMs", (slot.deadline_mono_nanos() - now) / kNanosPerMs},
-               {"hardInMs", (slot.hard_deadline_mono_nanos() - now) / kNanosPerMs},
-               {"waitMs", lease->wait_ms},
-               {"boundToConnection", lease->bound}};
-  if (lease->span.context().valid()) body["traceparent"] = FormatTraceparent(lease->span.context());
   {
     internal::MutexLock lock(mu_);
     lease->id = NewLeaseId();
     lease->fencing_token = next_fencing_token_++;
-    body["leaseId"] = lease->id;
-    body["fencingToken"] = lease->fencing_token;
+  }
+  // Written before the lease is in the map: from then on another thread may end it.
+  const Slot& slot = lease->slot;
+  const int64_t now = lease->granted_mono;
+  const Clock::Reading clock_now = clock_.Now();
+  const auto wall = [&clock_now](int64_t mono) {
+    return FormatIso8601(clock_now.unix_nanos + (mono - clock_now.mono_nanos));
+  };
+  ObjectWriter body;
+  body.Str("leaseId", lease->id)
+      .Int("fencingToken", static_cast<int64_t>(lease->fencing_token))
+      .Str("lane", lease->lane)
+      .Str("taskId", lease->task_id)
+      .Int("ttlMs", lease->ttl_ms)
+      .Int("timeoutMs", (slot.deadline_mono_nanos() - slot.start_mono_nanos()) / kNanosPerMs)
+      .Str("grantedAt", wall(now))
+      .Str("warnAt", wall(slot.deadline_mono_nanos()))
+      .Str("hardAt", wall(slot.hard_deadline_mono_nanos()))
+      .Str("expiresAt", wall(lease->expires_mono))
+      .Int("warnInMs", (slot.deadline_mono_nanos() - now) / kNanosPerMs)
+      .Int("hardInMs", (slot.hard_deadline_mono_nanos() - now) / kNanosPerMs)
+      .Num("waitMs", lease->wait_ms)
+      .Bool("boundToConnection", lease->bound);
+  if (lease->span.context().valid()) {
+    body.Str("traceparent", FormatTraceparent(lease->span.context()));
+  }
+  if (lease->span.recording()) {
     lease->span.SetAttributes(
         {{"laneguard.lease_id", lease->id},
          {"laneguard.fencing_token", static_cast<int64_t>(lease->fencing_token)},
          {"laneguard.wait_ms", lease->wait_ms},
          {"laneguard.ttl_ms", lease->ttl_ms}});
     if (lease->wait_ms > 0) lease->span.AddEvent("granted");
-    const std::string id = lease->id;
-    leases_.emplace(id, std::move(lease));
+  }
+  {
+    internal::MutexLock lock(mu_);
+    std::string id = lease->id;
+    leases_.emplace(std::move(id), std::move(lease));
   }
   granted_.fetch_add(1, std::memory_order_relaxed);
-  return JsonResponse(201, body);
+  return HttpResponse{201, "application/json", std::move(body).Finish(), {}};
 }
 
 int64_t LeaseService::RetryAfterMs(std::string_view lane, RejectReason reason) const {
@@ -487,12 +498,14 @@ HttpResponse LeaseService::Renew(std::string_view id, const HttpRequest& request
   if (ttl) lease.ttl_ms = *ttl;
   lease.expires_mono = now + lease.ttl_ms * kNanosPerMs;
   const std::string_view phase = PhaseAt(lease.slot, now);
-  return JsonResponse(200, {{"leaseId", lease.id},
-                            {"ttlMs", lease.ttl_ms},
-                            {"expiresAt", WallTime(clock_, lease.expires_mono)},
-                            {"phase", phase},
-                            {"stopRequested", phase != "running" || draining_.load()},
-                            {"fencingToken", lease.fencing_token}});
+  ObjectWriter answer;
+  answer.Str("leaseId", lease.id)
+      .Int("ttlMs", lease.ttl_ms)
+      .Str("expiresAt", WallTime(clock_, lease.expires_mono))
+      .Str("phase", phase)
+      .Bool("stopRequested", phase != "running" || draining_.load())
+      .Int("fencingToken", static_cast<int64_t>(lease.fencing_token));
+  return HttpResponse{200, "application/json", std::move(answer).Finish(), {}};
 }
 
 HttpResponse LeaseService::NotFound(std::string_view id) {
@@ -543,11 +556,13 @@ HttpResponse LeaseService::Release(std::string_view id, const HttpRequest& reque
   const std::string lease_id = lease->id;
   const ReleaseOutcome done =
       End(std::move(lease), LeaseEnd::kReleased, outcome == "success", error_type, rss_mb);
-  return JsonResponse(200, {{"leaseId", lease_id},
-                            {"released", true},
-                            {"durationMs", done.duration_ms},
-                            {"timeoutReached", done.timeout_reached},
-                            {"escalated", done.escalated}});
+  ObjectWriter answer;
+  answer.Str("leaseId", lease_id)
+      .Bool("released", true)
+      .Num("durationMs", done.duration_ms)
+      .Bool("timeoutReached", done.timeout_reached)
+      .Bool("escalated", done.escalated);
+  return HttpResponse{200, "application/json", std::move(answer).Finish(), {}};
 }
 
 ReleaseOutcome LeaseService::End(std::unique_ptr<Lease> lease, LeaseEnd reason, bool success,

@@ -10,6 +10,7 @@
 #include <stop_token>
 #include <string>
 
+#include "server/api_json.h"
 #include "support/manual_manager.h"
 
 namespace laneguard::server {
@@ -302,6 +303,24 @@ TEST_F(LeaseServiceTest, DestroyingTheServiceAnswersParkedRequestsAndReleasesLea
   EXPECT_EQ(parked->status, 503);
   EXPECT_EQ(manager_->GetConcurrencyStatus().global.active, 0);
   EXPECT_EQ(manager_->GetConcurrencyStatus().lanes.at("forecast_model").queued, 0);
+}
+
+}  // namespace
+}  // namespace laneguard::server
+
+namespace laneguard::server {
+namespace {
+
+TEST(ObjectWriterTest, WritesWhatAJsonParserReadsBack) {
+  const std::string tricky = "q\"b\\s/\n\t\x01\xc3\xa9";
+  ObjectWriter w;
+  w.Str("s", tricky).Int("i", -42).Num("d", 0.1).Num("inf", 1.0 / 0.0).Bool("b", true);
+  const nlohmann::json back = nlohmann::json::parse(std::move(w).Finish());
+  EXPECT_EQ(back["s"], tricky);
+  EXPECT_EQ(back["i"], -42);
+  EXPECT_EQ(back["d"], 0.1);
+  EXPECT_TRUE(back["inf"].is_null());
+  EXPECT_EQ(back["b"], true);
 }
 
 }  // namespace
