@@ -18,7 +18,7 @@ DEBIAN_PACKAGES += prometheus-cpp-dev libboost-dev libcpp-httplib-dev prometheus
 # script(1), for the test that runs `laneguard run` on a pseudo-terminal.
 DEBIAN_PACKAGES += bsdutils
 
-.PHONY: all deps configure build test demo demo-library bench callgrind tsan tsan-build asan asan-build thread-safety format format-check tidy install clean
+.PHONY: all deps configure build test demo demo-library bench bench-serve callgrind tsan tsan-build asan asan-build thread-safety format format-check tidy install clean
 
 all: build
 
@@ -71,6 +71,15 @@ bench: deps
 	  -DLANEGUARD_BUILD_BENCH=ON $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 	$(BUILD)/bin/laneguard_bench --benchmark_out=$(BUILD)/bench.json $(BENCH_FLAGS)
+
+# The daemon under load (issue 19): laneguard serve against npm redis-semaphore on a local
+# redis-server, 1/8/64 clients, and the hand-off latency; a markdown table (BENCHMARKS.md).
+# SECONDS_PER_CASE (10) sets each case's measured window. Not part of `make test`.
+bench-serve: deps
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DLANEGUARD_WERROR=$(WERROR) \
+	  -DLANEGUARD_BUILD_BENCH=ON $(CMAKE_FLAGS)
+	cmake --build $(BUILD) -j $(JOBS) --target laneguard_app laneguard_serve_load
+	bench/serve_load.sh $(BUILD)
 
 # Instructions per call on the calling thread (valgrind's callgrind), for regressions: BENCHMARKS.md.
 callgrind: deps

@@ -251,6 +251,11 @@ struct ManagerOptions {
   // owner calls Tick() (tests with a ManualClock do this).
   bool start_background_thread = true;
   std::vector<std::shared_ptr<Observer>> observers;
+  // The most UpdateConfig may raise globalConcurrencyLimit to: the admission counts are laid out
+  // for max(this, the config's) when the manager is made (a larger limit needs a restart). 0: the
+  // config's. Within [0, kMaxConcurrencyLimit]. A daemon that reloads passes a roomy value; up to
+  // 1,023 keeps the spec's five lanes in one admission word (see the file comment).
+  int max_global_limit = 0;
 };
 
 class ResourceBudgetManager {
@@ -319,7 +324,29 @@ class ResourceBudgetManager {
   MemorySnapshot GetMemorySnapshot() const;
   MemorySnapshot SampleMemoryNow();
   ConcurrencyStatus GetConcurrencyStatus() const;
+  // The config in effect. The reference stays valid, and its config unchanged, until the manager
+  // is destroyed, whatever UpdateConfig does meanwhile (every config the manager has had is kept);
+  // call config() again to see a newer one.
   const Config& config() const;
+
+  // Changes the limits of a running manager. Held slots are kept: a limit lowered below what a
+  // lane holds stops new grants until enough are released; a limit raised grants waiting
+  // requests at once (on the calling thread, as a release would). Returns an error naming the key
+  // and value when `config` does not validate (ValidateConfig) or changes what cannot change live,
+  // and then changes nothing. The returned Config is the one now in effect (config() returns it
+  // too).
+  //
+  // Live: globalConcurrencyLimit (up to ManagerOptions::max_global_limit), the values of
+  // laneConcurrencyLimits, defaultQueueLimit, laneQueueLimits, queueAgingMs (requests queued from
+  // now on), the task quotas and taskQuotaAction, the lending percents, defaultTimeoutMs and
+  // timeoutEscalationFactor (calls admitted from now on), maxRssMb, heapWarningMb,
+  // enableMemoryGuards, memorySampleIntervalMs. A lowered queue limit refuses nothing already
+  // queued. Quotas configured afresh count the calls granted from then on, not those already held.
+  // Not live (an error naming the key, the value asked for and the current one): adding or
+  // removing a lane (key laneConcurrencyLimits), metricsCapacity, timerTickMs, enableSpanEmission
+  // and spanSampleRate. Each limit changes on its own: a call admitted while the update runs may
+  // see some of the new limits and some of the old, never a count above what either allowed.
+  Result<Config> UpdateConfig(Config config);
   // The clock the manager measures with (deadlines are on its monotonic scale).
   const Clock& clock() const;
 

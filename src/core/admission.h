@@ -9,6 +9,11 @@
 // The hot methods are inline: they are most of TryAcquire's and Release's work, and a call into
 // another translation unit would cost a tenth of a release.
 //
+// Limits change live (SetLimits): the lane and global limits are relaxed atomics, a plain load on
+// the hot path (x86 and ARM alike), so a change costs admission no lock, fence or extra atomic
+// read-modify-write. A take decided against the old limits just before a change is as if it came
+// first; held places are never taken back, so a lowered limit only stops new takes.
+//
 // Thread safety: every method is safe from any thread, and none takes a lock.
 #ifndef LANEGUARD_SRC_CORE_ADMISSION_H_
 #define LANEGUARD_SRC_CORE_ADMISSION_H_
@@ -30,10 +35,12 @@
 
 namespace laneguard::internal {
 
-// One configured lane. Fixed at construction but for `active`, which only Admission touches.
+// One configured lane. Fixed at construction but for `limit` (Admission::SetLimits) and `active`,
+// which only Admission touches.
 struct LaneState {
   std::string name;
-  int limit = 0;
+  std::atomic<int> limit{0};  // relaxed: a self-contained number, nothing published through it
+  int Limit() const { return limit.load(std::memory_order_relaxed); }
   size_t index = 0;
   uint64_t delta = 1;  // what a call adds to the admission word (AdmissionLayout::Delta)
   // The lane's count when the admission word has no room for it (!AdmissionLayout::packed()).
@@ -56,13 +63,18 @@ struct Refusal {
 
 class Admission {
  public:
-  // `config` must be valid (ValidateConfig).
-  explicit Admission(const Config& config);
+  // `config` must be valid (ValidateConfig). The counts are laid out for a global limit of up to
+  // max(max_global_limit, the config's): the most SetLimits may raise it to (max_global_limit()).
+  Admission(const Config& config, int max_global_limit);
   Admission(const Admission&) = delete;
   Admission& operator=(const Admission&) = delete;
 
   size_t lane_count() const { return lane_count_; }
-  int global_limit() const { return global_limit_; }
+  int global_limit() const { return global_limit_.load(std::memory_order_relaxed); }
+  int max_global_limit() const { return max_global_limit_; }
+  // Changes the limits (`lane_limits` in lane order, each <= `global_limit` <=
+  // max_global_limit()). Held places are kept; takes from now on see the new limits.
+  void SetLimits(int global_limit, const std::vector<int>& lane_limits);
   // The lane's number (its place in the config's map), or -1 if it is not configured.
   [[gnu::always_inline]] int FindLane(std::string_view name) const {
     return lane_lookup_.Find(name);
@@ -77,6 +89,9 @@ class Admission {
   [[gnu::always_inline]] std::optional<Refusal> Take(size_t index, int* lane_now, int* global_now) {
     LaneState& lane = lanes_[index];
     if (layout_.packed()) {
+      // Read once per take: a plain load each (see SetLimits).
+      const int lane_limit = lane.Limit();
+      const int global_limit = global_limit_.load(std::memory_order_relaxed);
       uint64_t word = word_.load(std::memory_order_relaxed);
       do {
         // The gate bit counts as a full global count here (AdmissionLayout::GatedGlobal), so
@@ -84,18 +99,18 @@ class Admission {
         const uint64_t global = layout_.GatedGlobal(word);
         *lane_now = layout_.Lane(word, lane.index);
         *global_now = static_cast<int>(global);  // the count whenever the call is granted
-        if (*lane_now >= lane.limit) [[unlikely]] {
+        if (*lane_now >= lane_limit) [[unlikely]] {
           return Refusal{RejectReason::kLaneLimit,
                          *lane_now,
-                         lane.limit,
+                         lane_limit,
                          0,
                          0,
                          0,
                          (word & AdmissionLayout::kGated) != 0};
         }
-        if (global >= static_cast<uint64_t>(global_limit_)) [[unlikely]] {
+        if (global >= static_cast<uint64_t>(global_limit)) [[unlikely]] {
           return Refusal{
-              RejectReason::kGlobalLimit,           layout_.Global(word), global_limit_, 0, 0, 0,
+              RejectReason::kGlobalLimit,           layout_.Global(word), global_limit, 0, 0, 0,
               (word & AdmissionLayout::kGated) != 0};
         }
       } while (!word_.compare_exchange_weak(word, word + lane.delta, std::memory_order_acq_rel,
@@ -186,11 +201,13 @@ class Admission {
   // be refused for lane_limit in the few nanoseconds that place was reserved, as if it had been
   // taken and released. The counts returned do not include this call.
   std::optional<Refusal> TakeUnpacked(LaneState& lane, int* lane_now, int* global_now) {
+    const int global_limit = global_limit_.load(std::memory_order_relaxed);
     if (const uint64_t w = word_.load(std::memory_order_relaxed); w & AdmissionLayout::kGated)
-      return Refused(RejectReason::kGlobalLimit, layout_.Global(w), global_limit_, w);
+      return Refused(RejectReason::kGlobalLimit, layout_.Global(w), global_limit, w);
+    const int lane_limit = lane.Limit();
     int in_lane = lane.active.load(std::memory_order_relaxed);
     do {
-      if (in_lane >= lane.limit) return Refusal{RejectReason::kLaneLimit, in_lane, lane.limit};
+      if (in_lane >= lane_limit) return Refusal{RejectReason::kLaneLimit, in_lane, lane_limit};
     } while (!lane.active.compare_exchange_weak(in_lane, in_lane + 1, std::memory_order_acquire,
                                                 std::memory_order_relaxed));
     uint64_t word = word_.load(std::memory_order_relaxed);
@@ -198,11 +215,11 @@ class Admission {
       const int global = layout_.Global(word);
       if (word & AdmissionLayout::kGated) [[unlikely]] {
         lane.active.fetch_sub(1, std::memory_order_release);
-        return Refused(RejectReason::kGlobalLimit, global, global_limit_, word);
+        return Refused(RejectReason::kGlobalLimit, global, global_limit, word);
       }
-      if (global >= global_limit_) {
+      if (global >= global_limit) {
         lane.active.fetch_sub(1, std::memory_order_release);
-        return Refusal{RejectReason::kGlobalLimit, global, global_limit_};
+        return Refusal{RejectReason::kGlobalLimit, global, global_limit};
       }
     } while (!word_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel,
                                           std::memory_order_relaxed));
@@ -212,7 +229,8 @@ class Admission {
   }
 
   const size_t lane_count_;
-  const int global_limit_;
+  const int max_global_limit_;
+  std::atomic<int> global_limit_;  // relaxed, as LaneState::limit
   const AdmissionLayout layout_;
   const std::unique_ptr<LaneState[]> lanes_;
   const LaneIndex lane_lookup_;

@@ -11,6 +11,11 @@
 // only the global count here, taking the lane place and then the global one, each with its own
 // compare-and-swap.
 //
+// Limits change live (ResourceBudgetManager::UpdateConfig), but the fields are sized once: for the
+// largest global limit the manager may ever have (ManagerOptions::max_global_limit), so a raised
+// limit still fits. No count ever exceeds the limit in force when it was taken, so none outgrows
+// its field.
+//
 // Thread safety: a value computed once at construction and only read afterwards.
 #ifndef LANEGUARD_SRC_CORE_ADMISSION_WORD_H_
 #define LANEGUARD_SRC_CORE_ADMISSION_WORD_H_
@@ -34,8 +39,10 @@ class AdmissionLayout {
   static constexpr uint64_t kGated = uint64_t{1} << 62;
   static constexpr uint64_t kFlags = kOrphaned | kGated;
 
-  AdmissionLayout(size_t lane_count, int global_limit) {
-    const auto width = static_cast<unsigned>(std::bit_width(static_cast<unsigned>(global_limit)));
+  // `max_global_limit`: the largest global limit the counts must ever hold.
+  AdmissionLayout(size_t lane_count, int max_global_limit) {
+    const auto width =
+        static_cast<unsigned>(std::bit_width(static_cast<unsigned>(max_global_limit)));
     if (width > 0 && (lane_count + 1) * width <= 62) {
       width_ = width;
       global_mask_ = (uint64_t{1} << width) - 1;

@@ -47,7 +47,7 @@ CallEvent CallEvents::For(EventKind kind, int64_t mono_now, uint64_t call_id,
   e.global_active = global_active;
   e.lane_active = lane_active;
   e.global_limit = admission_.global_limit();
-  e.lane_limit = l.limit;
+  e.lane_limit = l.Limit();
   return e;
 }
 

@@ -91,6 +91,12 @@ Result<std::unique_ptr<ResourceBudgetManager>> ResourceBudgetManager::Create(
     Config config, ManagerOptions options) {
   auto valid = ValidateConfig(std::move(config));
   if (!valid.ok()) return valid.error();
+  if (options.max_global_limit < 0 || options.max_global_limit > kMaxConcurrencyLimit) {
+    const std::string value = std::to_string(options.max_global_limit);
+    return Error(ErrorCode::kInvalidArgument, "max_global_limit", value,
+                 "ManagerOptions::max_global_limit = " + value + ": must be within [0, " +
+                     std::to_string(kMaxConcurrencyLimit) + "]");
+  }
   const bool start = options.start_background_thread;
   auto* state = new internal::ManagerState(std::move(valid).value(), std::move(options));
   if (start) state->StartBackground();
@@ -185,6 +191,9 @@ ConcurrencyStatus ResourceBudgetManager::GetConcurrencyStatus() const {
   return state_->GetConcurrencyStatus();
 }
 const Config& ResourceBudgetManager::config() const { return state_->config(); }
+Result<Config> ResourceBudgetManager::UpdateConfig(Config config) {
+  return state_->UpdateConfig(std::move(config));
+}
 const Clock& ResourceBudgetManager::clock() const { return state_->clock(); }
 void ResourceBudgetManager::AddObserver(std::shared_ptr<Observer> observer) {
   state_->AddObserver(std::move(observer));

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "base/spin_lock.h"
+#include "core/live_config.h"
 
 namespace laneguard::internal {
 namespace {
@@ -44,17 +45,35 @@ class LeftoversHolder {
 
 }  // namespace
 
+namespace {
+
+std::vector<std::unique_ptr<const Config>> FirstConfig(Config config) {
+  std::vector<std::unique_ptr<const Config>> configs;
+  configs.push_back(std::make_unique<const Config>(std::move(config)));
+  return configs;
+}
+
+}  // namespace
+
+// The constructor runs before anyone else can see the state: update_mu_ is not needed.
 ManagerState::ManagerState(Config config, ManagerOptions options)
-    : config_(std::move(config)),
+    : configs_(FirstConfig(std::move(config))),
+      config_(configs_.front().get()),
+      default_timeout_ms_(config_.load()->default_timeout_ms),
+      timeout_escalation_factor_(config_.load()->timeout_escalation_factor),
+      max_rss_mb_(config_.load()->max_rss_mb),
+      enable_memory_guards_(config_.load()->enable_memory_guards),
+      metrics_capacity_(config_.load()->metrics_capacity),
       clock_(options.clock != nullptr ? options.clock : &FastClock::Get()),
       unix_offset_(clock_->UnixNanos() - clock_->MonotonicNanos()),
-      admission_(config_),
-      waiting_(config_, admission_),
+      admission_(*config_.load(), options.max_global_limit),
+      waiting_(*config_.load(), admission_),
       memory_(options.memory_probe ? std::move(options.memory_probe) : NewProcMemoryProbe(),
-              config_.memory_sample_interval_ms, config_.heap_warning_mb, unix_offset_),
+              config_.load()->memory_sample_interval_ms, config_.load()->heap_warning_mb,
+              unix_offset_),
       calls_(admission_.lane_count()),
       events_(admission_, unix_offset_),
-      timers_(calls_, admission_, events_, config_.timeout_escalation_factor) {
+      timers_(calls_, admission_, events_, config_.load()->timeout_escalation_factor) {
   if (!options.observers.empty()) events_.Set(std::move(options.observers));
   memory_.Sample(clock_->MonotonicNanos());
 }
@@ -110,17 +129,19 @@ template <typename M>
   const int lane_index = admission_.FindLane(lane_name);
   if (lane_index < 0) return Refusal{RejectReason::kUnknownLane};
   *lane = &admission_.lane(lane_index);
-  *timeout = timeout_ms.value_or(config_.default_timeout_ms);
+  *timeout =
+      timeout_ms.has_value() ? *timeout_ms : default_timeout_ms_.load(std::memory_order_relaxed);
   if (*timeout <= 0 || *timeout > kMaxTimeoutMs) {
     Refusal f{RejectReason::kInvalidTimeout};
     f.timeout_ms = *timeout;
     return f;
   }
   *rss = memory_.rss_mb();
-  if (config_.enable_memory_guards && *rss > config_.max_rss_mb) {
+  const double max_rss = max_rss_mb_.load(std::memory_order_relaxed);
+  if (enable_memory_guards_.load(std::memory_order_relaxed) && *rss > max_rss) {
     Refusal f{RejectReason::kMemoryLimit};
     f.rss_mb = *rss;
-    f.max_rss_mb = config_.max_rss_mb;
+    f.max_rss_mb = max_rss;
     return f;
   }
   return std::nullopt;
@@ -159,8 +180,8 @@ template <typename M>
   // both counts back: no path leaks a slot, not even out-of-memory.
   const int64_t now = clock_->MonotonicNanos();
   const int64_t timeout_ns = admitted.timeout_ms * kNanosPerMs;
-  const auto hard_ns =
-      static_cast<int64_t>(static_cast<double>(timeout_ns) * config_.timeout_escalation_factor);
+  const auto hard_ns = static_cast<int64_t>(
+      static_cast<double>(timeout_ns) * timeout_escalation_factor_.load(std::memory_order_relaxed));
   const size_t shard_index = calls_.LocalShard();
   OpenedCall call;
   try {
@@ -178,7 +199,8 @@ template <typename M>
     Unadmit(admitted.lane, task_id);
     throw;
   }
-  if (events_.HasObservers() || (config_.enable_memory_guards && memory_.heap_warning_pending())) {
+  if (events_.HasObservers() ||
+      (enable_memory_guards_.load(std::memory_order_relaxed) && memory_.heap_warning_pending())) {
     NotifyAdmitted(now, call.call_id, task_id, admitted, *call.metadata);
   }
   // A prvalue, so it is built in the caller's Result: a named local would be moved there.
@@ -226,10 +248,10 @@ void ManagerState::NotifyRejected(const Refusal& f, std::string_view task_id,
   e.task_id = task_id;
   e.lane = lane_name;
   e.global_active = admission_.GlobalActive();
-  e.global_limit = config_.global_concurrency_limit;
+  e.global_limit = admission_.global_limit();
   if (lane != nullptr) {
     e.lane_active = admission_.LaneActive(lane->index);
-    e.lane_limit = lane->limit;
+    e.lane_limit = lane->Limit();
   }
   e.reason = f.reason;
   e.message = message;
@@ -257,12 +279,12 @@ void ManagerState::NotifyAdmitted(int64_t now, uint64_t call_id, std::string_vie
       e.metadata = &metadata;
       events_.Notify(e);
     }
-    if (config_.enable_memory_guards && memory_.heap_warning_pending() &&
+    if (enable_memory_guards_.load(std::memory_order_relaxed) && memory_.heap_warning_pending() &&
         memory_.TakeHeapWarning() && events_.HasObservers()) {
       MemorySnapshot mem = memory_.Latest();
       std::string message = "heap " + std::to_string(mem.heap_used_mb) +
-                            " MB exceeds heapWarningMb " + std::to_string(config_.heap_warning_mb) +
-                            "; call admitted";
+                            " MB exceeds heapWarningMb " +
+                            std::to_string(config().heap_warning_mb) + "; call admitted";
       CallEvent e =
           events_.For(EventKind::kHeapWarning, now, call_id, task_id, lane, global_now, lane_now);
       e.message = message;
@@ -482,7 +504,7 @@ ReleaseOutcome ManagerState::Release(Slot& slot, bool success, std::string_view 
     ReleaseQuota(*c);
   shard->timers.Cancel(c->timer);
   if (c->phase == CallPhase::kEscalated) shard->records.RemoveOverrunning(lane);
-  RingRecord& r = shard->records.Next(static_cast<size_t>(config_.metrics_capacity));
+  RingRecord& r = shard->records.Next(static_cast<size_t>(metrics_capacity_));
   FillRecord(*c, now, success, error_type, r);
   shard->records.Count(r);
 
@@ -585,12 +607,11 @@ void ManagerState::SetTimeoutHandler(const Slot& slot, TimeoutHandler* handler) 
 // ---- reads --------------------------------------------------------------------------------------
 
 std::vector<WorkerCallMetrics> ManagerState::GetMetrics() {
-  return CollectMetrics(calls_, admission_, static_cast<size_t>(config_.metrics_capacity));
+  return CollectMetrics(calls_, admission_, static_cast<size_t>(metrics_capacity_));
 }
 
 Statistics ManagerState::GetStatistics() {
-  Statistics s =
-      CollectStatistics(calls_, admission_, static_cast<size_t>(config_.metrics_capacity));
+  Statistics s = CollectStatistics(calls_, admission_, static_cast<size_t>(metrics_capacity_));
   for (size_t l = 0; l < admission_.lane_count(); ++l)
     s.lanes[admission_.lane(l).name].queued = waiting_.Queued(l);
   return s;
@@ -600,16 +621,53 @@ ConcurrencyStatus ManagerState::GetConcurrencyStatus() {
   ConcurrencyStatus s = CollectConcurrencyStatus(calls_, admission_);
   for (size_t l = 0; l < admission_.lane_count(); ++l) {
     ConcurrencyCount& lane = s.lanes[admission_.lane(l).name];
-    lane.queued = waiting_.Queued(l);
-    lane.queue_limit = waiting_.queue_limit(l);
+    const Waiting::QueueFigures q = waiting_.Figures(l);
+    lane.queued = q.queued;
+    lane.queue_limit = q.queue_limit;
   }
   return s;
+}
+
+// ---- live config --------------------------------------------------------------------------------
+
+Result<Config> ManagerState::UpdateConfig(Config config) {
+  auto valid = ValidateConfig(std::move(config));
+  if (!valid.ok()) return valid.error();
+  WaiterList granted;
+  Config in_effect;
+  {
+    MutexLock lock(update_mu_);
+    const Config& current = *configs_.back();
+    if (std::optional<Error> e = CheckLiveChange(current, *valid, admission_.max_global_limit()))
+      return *std::move(e);
+    if (*valid == current) return current;  // nothing to change: no config kept for it
+    configs_.push_back(std::make_unique<const Config>(std::move(valid).value()));
+    const Config& next = *configs_.back();
+    default_timeout_ms_.store(next.default_timeout_ms, std::memory_order_relaxed);
+    timeout_escalation_factor_.store(next.timeout_escalation_factor, std::memory_order_relaxed);
+    max_rss_mb_.store(next.max_rss_mb, std::memory_order_relaxed);
+    enable_memory_guards_.store(next.enable_memory_guards, std::memory_order_relaxed);
+    timers_.SetEscalationFactor(next.timeout_escalation_factor);
+    memory_.SetHeapWarningMb(next.heap_warning_mb);
+    memory_.SetSampleIntervalMs(next.memory_sample_interval_ms);
+    // The admission limits change under Waiting's lock, so gated decisions see them together
+    // with the queue's; waiters that can have a place now get it, as from a release.
+    waiting_.Update(next, &granted);
+    config_.store(&next, std::memory_order_release);
+    in_effect = next;
+  }
+  // A fresh sample, so a changed heap mark or a shortened interval applies now rather than after
+  // the old interval.
+  memory_.Sample(clock_->MonotonicNanos());
+  // Outside the lock: a waiter's callback may call the manager (UpdateConfig included).
+  CompleteGranted(granted);
+  return in_effect;
 }
 
 // ---- lifecycle ----------------------------------------------------------------------------------
 
 void ManagerState::StartBackground() {
-  ticker_.Start(std::chrono::milliseconds(config_.timer_tick_ms), [this] { Tick(); });
+  ticker_.Start(std::chrono::milliseconds(config().timer_tick_ms), [this] { Tick(); });
 }
 
 void ManagerState::Tick() {

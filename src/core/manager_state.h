@@ -9,11 +9,18 @@
 // Lifetime: made by ResourceBudgetManager::Create. The manager's destructor shuts it down and
 // marks it orphaned; it is freed then if no call is active, else by the last call's release.
 //
+// Live config (UpdateConfig): every Config the manager has had is kept, immutable, until the state
+// is freed, and the one in effect is published through an atomic pointer, so config() can return
+// a reference that stays valid (and unchanging) however often the config changes; a reload is
+// rare and a Config is small. The figures the hot paths read are relaxed atomics of their own
+// (a plain load, as the const members they replace), not read through that pointer.
+//
 // Thread safety: every method is safe from any thread. A Slot's calls into it must not race with
 // each other (Slot is owned by one thread at a time).
 #ifndef LANEGUARD_SRC_CORE_MANAGER_STATE_H_
 #define LANEGUARD_SRC_CORE_MANAGER_STATE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -73,7 +80,10 @@ class ManagerState {
   MemorySnapshot LatestSnapshot() const { return memory_.Latest(); }
   MemorySnapshot SampleMemoryNow() { return memory_.Sample(clock_->MonotonicNanos()); }
   void AddObserver(std::shared_ptr<Observer> observer) { events_.Add(std::move(observer)); }
-  const Config& config() const { return config_; }
+  // The config in effect (see the file comment for why the reference stays valid).
+  const Config& config() const { return *config_.load(std::memory_order_acquire); }
+  // ResourceBudgetManager::UpdateConfig.
+  Result<Config> UpdateConfig(Config config) EXCLUDES(update_mu_);
   const Clock& clock() const { return *clock_; }
 
   void StartBackground();
@@ -139,7 +149,16 @@ class ManagerState {
                                                  size_t lane, const Metadata& metadata) noexcept
       RELEASE(shard.lock);
 
-  const Config config_;
+  Mutex update_mu_;  // one UpdateConfig at a time
+  // Every config this manager has had, oldest first; never shrinks (see the file comment).
+  std::vector<std::unique_ptr<const Config>> configs_ GUARDED_BY(update_mu_);
+  std::atomic<const Config*> config_;  // the last of configs_
+  // What admission and release read of the config, each on its own (UpdateConfig stores them).
+  std::atomic<int64_t> default_timeout_ms_;
+  std::atomic<double> timeout_escalation_factor_;
+  std::atomic<double> max_rss_mb_;
+  std::atomic<bool> enable_memory_guards_;
+  const int64_t metrics_capacity_;  // not live (sizes the rings)
   const Clock* const clock_;
   const int64_t unix_offset_;  // wall time = monotonic + offset: one clock read per event
   Admission admission_;

@@ -19,10 +19,12 @@ MemorySnapshot MemorySampler::Sample(int64_t now) {
   s.timestamp = FormatIso8601(s.timestamp_unix_nanos);
   rss_mb_.store(s.rss_mb, std::memory_order_relaxed);
   heap_used_mb_.store(s.heap_used_mb, std::memory_order_relaxed);
-  heap_warning_pending_.store(s.heap_used_mb > heap_warning_mb_, std::memory_order_relaxed);
+  heap_warning_pending_.store(s.heap_used_mb > heap_warning_mb_.load(std::memory_order_relaxed),
+                              std::memory_order_relaxed);
   MutexLock lock(mu_);
   snapshot_ = s;
-  next_sample_mono_.store(now + interval_nanos_, std::memory_order_relaxed);
+  next_sample_mono_.store(now + interval_nanos_.load(std::memory_order_relaxed),
+                          std::memory_order_relaxed);
   return s;
 }
 

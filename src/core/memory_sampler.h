@@ -42,11 +42,16 @@ class MemorySampler {
   // Reads the probe and publishes the figures, stamped `now`.
   MemorySnapshot Sample(int64_t now) EXCLUDES(mu_);
   MemorySnapshot Latest() const EXCLUDES(mu_);
+  // Live config changes (ResourceBudgetManager::UpdateConfig): from the next sample on.
+  void SetHeapWarningMb(double mb) { heap_warning_mb_.store(mb, std::memory_order_relaxed); }
+  void SetSampleIntervalMs(int64_t ms) {
+    interval_nanos_.store(ms * 1'000'000, std::memory_order_relaxed);
+  }
 
  private:
   const std::unique_ptr<MemoryProbe> probe_;
-  const int64_t interval_nanos_;
-  const double heap_warning_mb_;
+  std::atomic<int64_t> interval_nanos_;
+  std::atomic<double> heap_warning_mb_;
   const int64_t unix_offset_;
 
   std::atomic<double> rss_mb_{0};

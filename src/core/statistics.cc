@@ -89,7 +89,7 @@ void FillLanes(const Admission& admission, const std::vector<LaneTotals>& lane_t
     ls.average_duration_ms = t.total > 0 ? t.duration_sum_ms / static_cast<double>(t.total) : 0;
     ls.active = admission.LaneActive(l);
     ls.overrunning = t.overrunning;
-    ls.limit = lane.limit;
+    ls.limit = lane.Limit();
     for (int reason = 0; reason < kRejectReasonCount; ++reason) {
       const int64_t n = rejected[Admission::RejectionCounter(l, static_cast<RejectReason>(reason))];
       ls.rejections += n;
@@ -177,10 +177,11 @@ ConcurrencyStatus CollectConcurrencyStatus(CallTable& calls, const Admission& ad
     const LaneState& lane = admission.lane(l);
     s.global.overrunning += lane_totals[l].overrunning;
     const int active = admission.LaneActive(l);
+    const int limit = lane.Limit();
     s.lanes[lane.name] = {.active = active,
-                          .limit = lane.limit,
+                          .limit = limit,
                           .overrunning = lane_totals[l].overrunning,
-                          .borrowed = std::max(0, active - lane.limit)};
+                          .borrowed = std::max(0, active - limit)};
   }
   return s;
 }

@@ -80,7 +80,8 @@ void TimerService::Report(const Fired& f, int64_t now) const {
   const bool warning = f.kind == EventKind::kTimeoutWarning;
   const int64_t phase_ms =
       warning ? f.timeout_ms
-              : static_cast<int64_t>(static_cast<double>(f.timeout_ms) * escalation_factor_);
+              : static_cast<int64_t>(static_cast<double>(f.timeout_ms) *
+                                     escalation_factor_.load(std::memory_order_relaxed));
   std::string message =
       std::string(warning ? "worker call exceeded its timeout of "
                           : "worker call exceeded its hard deadline of ") +

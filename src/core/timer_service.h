@@ -18,6 +18,7 @@
 #ifndef LANEGUARD_SRC_CORE_TIMER_SERVICE_H_
 #define LANEGUARD_SRC_CORE_TIMER_SERVICE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -94,6 +95,11 @@ class TimerService {
   // Fires every timer due at `now`. Observers and handlers run on the calling thread; they must
   // not call FireDue themselves.
   void FireDue(int64_t now) EXCLUDES(mu_);
+  // timeoutEscalationFactor changed live: the hard deadlines of calls already admitted stay as they
+  // were; only the escalation message's figure uses the new factor.
+  void SetEscalationFactor(double factor) {
+    escalation_factor_.store(factor, std::memory_order_relaxed);
+  }
 
  private:
   using Fired = ShardTimers::Fired;
@@ -103,7 +109,7 @@ class TimerService {
   CallTable& calls_;
   const Admission& admission_;
   const CallEvents& events_;
-  const double escalation_factor_;
+  std::atomic<double> escalation_factor_;
   Mutex mu_;
   std::vector<TimerQueue::Expired> expired_ GUARDED_BY(mu_);  // kept: its capacity is reused
 };

@@ -21,28 +21,46 @@ int Lookup(const std::map<std::string, int, std::less<>>& map, const std::string
 }  // namespace
 
 Waiting::Waiting(const Config& config, Admission& admission)
-    : aging_ns_(config.queue_aging_ms * 1'000'000),
-      task_limit_(config.task_concurrency_limit),
-      has_quotas_(task_limit_ > 0 || !config.lane_task_concurrency_limits.empty()),
-      quota_queues_(config.task_quota_action == TaskQuotaAction::kQueue),
-      lending_(!config.lane_borrowing_limit_percent.empty()),
-      always_gated_(has_quotas_ || lending_),
-      admission_(admission),
-      lanes_(admission.lane_count()),
-      lane_task_held_(admission.lane_count()) {
+    : admission_(admission), lane_task_held_(admission.lane_count()) {
+  MutexLock lock(mu_);
+  lanes_ = std::vector<Lane>(admission.lane_count());
+  SetLimits(config);
+  UpdateGate();
+}
+
+void Waiting::SetLimits(const Config& config) {
+  aging_ns_ = config.queue_aging_ms * 1'000'000;
+  task_limit_ = config.task_concurrency_limit;
+  const bool quotas = task_limit_ > 0 || !config.lane_task_concurrency_limits.empty();
+  if (!quotas) {
+    // Forgotten, so that turning quotas on again starts from nothing rather than from counts
+    // whose releases were not dropped meanwhile.
+    task_held_.clear();
+    for (TaskCounts& counts : lane_task_held_) counts.clear();
+  }
+  has_quotas_.store(quotas, std::memory_order_relaxed);
+  quota_queues_ = config.task_quota_action == TaskQuotaAction::kQueue;
+  lending_ = !config.lane_borrowing_limit_percent.empty();
+  always_gated_ = quotas || lending_;
+  std::vector<int> lane_limits(lanes_.size());
   for (size_t i = 0; i < lanes_.size(); ++i) {
-    const std::string& name = admission.lane(i).name;
+    const std::string& name = admission_.lane(i).name;
     Lane& l = lanes_[i];
-    l.limit = admission.lane(i).limit;
+    l.limit = Lookup(config.lane_concurrency_limits, name, l.limit);
     l.borrow_limit = Percent(l.limit, Lookup(config.lane_borrowing_limit_percent, name, 0));
     l.lendable = Percent(l.limit, Lookup(config.lane_lendable_percent, name, 0));
     l.task_limit = Lookup(config.lane_task_concurrency_limits, name, 0);
     l.queue_limit = Lookup(config.lane_queue_limits, name, config.default_queue_limit);
+    lane_limits[i] = l.limit;
   }
-  if (always_gated_) {
-    MutexLock lock(mu_);
-    UpdateGate();
-  }
+  admission_.SetLimits(config.global_concurrency_limit, lane_limits);
+}
+
+void Waiting::Update(const Config& config, WaiterList* granted) {
+  MutexLock lock(mu_);
+  SetLimits(config);
+  // Also sets or clears the gate for the new flags. Nothing is queued after Shutdown.
+  Dispatch(granted);
 }
 
 Admitted Waiting::Admit(Waiter* w, bool may_wait, int64_t now, WaiterList* granted) {
@@ -142,6 +160,11 @@ int Waiting::Queued(size_t lane) const {
   return static_cast<int>(lanes_[lane].queue.size());
 }
 
+Waiting::QueueFigures Waiting::Figures(size_t lane) const {
+  MutexLock lock(mu_);
+  return {static_cast<int>(lanes_[lane].queue.size()), lanes_[lane].queue_limit};
+}
+
 std::optional<Refusal> Waiting::Blocked(const Waiter& w) const {
   const Lane& l = lanes_[w.lane];
   const int lane_now = admission_.LaneActive(w.lane);
@@ -171,7 +194,7 @@ bool Waiting::Take(Waiter& w) {
   }
   w.borrowed = w.lane_now > l.limit;
   // Counted whether or not a limit applies, so a release can always drop what it finds.
-  if (has_quotas_) {
+  if (has_quotas_.load(std::memory_order_relaxed)) {
     ++task_held_[w.task_id];
     ++lane_task_held_[w.lane][w.task_id];
   }

@@ -18,11 +18,17 @@
 // decided exactly once, under the lock (granted, refused, expired, cancelled); the thread that
 // decides it completes it, outside the lock.
 //
+// Live limit changes (Update): the per-lane limits and the flags are kept under the lock and
+// changed there, the admission limits with them, and the waiters that can now have a place are
+// granted at once (as by a release). A lowered queue limit refuses nothing already queued; a
+// changed queueAgingMs orders new requests only (queued ones keep their keys).
+//
 // Thread safety: every method is safe from any thread; each takes the lock itself. Waiter's
 // fields are owned by whoever holds the lock until it is decided, then by the deciding thread.
 #ifndef LANEGUARD_SRC_CORE_WAITING_H_
 #define LANEGUARD_SRC_CORE_WAITING_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -109,8 +115,17 @@ class Waiting {
   Waiting(const Waiting&) = delete;
   Waiting& operator=(const Waiting&) = delete;
 
-  // True when a release must give back its task's quota (ReleaseQuota).
-  bool has_quotas() const { return has_quotas_; }
+  // True when a release must give back its task's quota (ReleaseQuota). Relaxed: a call counted
+  // in a task's quota was counted under the lock after the flag was set, so its release (which
+  // happens after its grant) sees the flag set, or cleared by a later Update that forgot the
+  // counts; either way no count is left behind.
+  bool has_quotas() const { return has_quotas_.load(std::memory_order_relaxed); }
+
+  // Changes the limits to `config`'s (valid, same lanes) and sets the admission limits with
+  // them, under the lock; then hands places to the waiters that can now have one (appended to
+  // `granted`, decided). Quotas turned off forget the counts; turned on, they count the calls
+  // granted from now on (calls already held do not count against them).
+  void Update(const Config& config, WaiterList* granted) EXCLUDES(mu_);
 
   // Decides request `w` after it was refused lock-free (gated, or full and willing to wait):
   // first hands freed places to the queued waiters (appended to `granted`, decided), then grants
@@ -136,7 +151,11 @@ class Waiting {
   void TakeAll(WaiterList* out) EXCLUDES(mu_);
 
   int Queued(size_t lane) const EXCLUDES(mu_);
-  int queue_limit(size_t lane) const { return lanes_[lane].queue_limit; }
+  // The lane's queued requests and its queue limit, read together.
+  struct QueueFigures {
+    int queued = 0, queue_limit = 0;
+  };
+  QueueFigures Figures(size_t lane) const EXCLUDES(mu_);
 
  private:
   struct ByKey {
@@ -165,6 +184,8 @@ class Waiting {
   void Dispatch(WaiterList* granted) REQUIRES(mu_);
   void Remove(Waiter* w) REQUIRES(mu_);
   void UpdateGate() REQUIRES(mu_);
+  // Sets the lanes' limits and the flags from `config` (the constructor and Update).
+  void SetLimits(const Config& config) REQUIRES(mu_);
   // Lane lending: would the borrowed places still fit the idle lendable ones if lane `lane` took
   // one more?
   bool LendingHolds(size_t lane) const REQUIRES(mu_);
@@ -177,17 +198,18 @@ class Waiting {
   static int Held(const TaskCounts& counts, std::string_view task_id);
   static void Drop(TaskCounts& counts, std::string_view task_id);
 
-  const int64_t aging_ns_;
-  const int task_limit_;
-  const bool has_quotas_;
-  const bool quota_queues_;
-  const bool lending_;
-  // Quotas or lending: every admission and release comes here, the gate set for good.
-  const bool always_gated_;
   Admission& admission_;
-  std::vector<Lane> lanes_;  // fixed size; queues GUARDED_BY(mu_)
-
   mutable Mutex mu_;
+
+  int64_t aging_ns_ GUARDED_BY(mu_) = 0;
+  int task_limit_ GUARDED_BY(mu_) = 0;
+  // Written under the lock; read by releases without it (has_quotas()).
+  std::atomic<bool> has_quotas_{false};
+  bool quota_queues_ GUARDED_BY(mu_) = false;
+  bool lending_ GUARDED_BY(mu_) = false;
+  // Quotas or lending: every admission and release comes here, the gate set while they are on.
+  bool always_gated_ GUARDED_BY(mu_) = false;
+  std::vector<Lane> lanes_ GUARDED_BY(mu_);  // fixed size: one per lane
   size_t queued_ GUARDED_BY(mu_) = 0;
   uint64_t next_seq_ GUARDED_BY(mu_) = 0;
   bool gate_set_ GUARDED_BY(mu_) = false;

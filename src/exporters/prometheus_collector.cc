@@ -389,6 +389,24 @@ void AppendLogFamilies(const JsonLogger& logger, std::vector<prometheus::MetricF
   out.push_back(std::move(lines));
 }
 
+void AppendExtraFamilies(const std::vector<ExtraFamily>& extra,
+                         std::vector<prometheus::MetricFamily>& out) {
+  for (const ExtraFamily& f : extra) {
+    const bool counter = f.type == ExtraFamily::Type::kCounter;
+    auto family = Family(f.name, f.help, counter ? MetricType::Counter : MetricType::Gauge);
+    for (const ExtraSample& sample : f.samples) {
+      std::vector<prometheus::ClientMetric::Label> labels;
+      for (const auto& [name, value] : sample.labels) labels.push_back({name, value});
+      if (counter) {
+        AddCounter(family, std::move(labels), sample.value);
+      } else {
+        AddGauge(family, std::move(labels), sample.value);
+      }
+    }
+    out.push_back(std::move(family));
+  }
+}
+
 }  // namespace
 
 std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
@@ -401,6 +419,7 @@ std::vector<prometheus::MetricFamily> PrometheusCollectorAccess::Collect(
   AppendMemoryFamilies(*impl.manager, out);
   if (impl.options.span_counts) AppendSpanFamilies(impl.options.span_counts(), out);
   if (impl.options.logger) AppendLogFamilies(*impl.options.logger, out);
+  if (impl.options.extra_families) AppendExtraFamilies(impl.options.extra_families(), out);
   return out;
 }
 

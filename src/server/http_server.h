@@ -32,8 +32,8 @@ namespace laneguard::server {
 struct Peer {
   uint64_t connection_id = 0;  // unique for the server's life, never 0
   bool unix_socket = false;
-  std::string address;         // "127.0.0.1:5432", "[::1]:5432", or "unix:PATH"
-  std::optional<int> pid;      // SO_PEERCRED, Unix socket only
+  std::string address;     // "127.0.0.1:5432", "[::1]:5432", or "unix:PATH"
+  std::optional<int> pid;  // SO_PEERCRED, Unix socket only
   std::optional<int> uid;
 };
 
@@ -72,15 +72,17 @@ struct HttpServerOptions {
   // "HOST:PORT" (IPv4, [IPv6] or localhost; port 0 picks a free one) or "unix:PATH" (an existing
   // socket file at PATH is replaced; the file is removed at Stop).
   std::vector<std::string> listen = {"127.0.0.1:7878"};
-  // When not empty, every request but GET /healthz and GET /readyz must carry
+  // When not empty, every request but GET (or HEAD) /healthz and /readyz must carry
   // "Authorization: Bearer <token>" (compared in constant time), else 401.
   std::string bearer_token;
-  size_t max_head_bytes = 16 * 1024;   // 431 beyond
-  size_t max_body_bytes = 256 * 1024;  // 413 beyond
-  std::chrono::milliseconds request_deadline{10'000};  // head and body, from the first byte
-  std::chrono::milliseconds idle_deadline{120'000};    // between keep-alive requests
-  std::chrono::milliseconds write_deadline{10'000};    // each response
-  size_t max_connections = 20'000;
+  size_t max_head_bytes = size_t{16} * 1024;   // 431 beyond
+  size_t max_body_bytes = size_t{256} * 1024;  // 413 beyond
+  // Head and body: from accept for a connection's first request (a client that connects and
+  // says nothing is a slow client), from the first byte for later ones. Past it: 408, closed.
+  std::chrono::milliseconds request_deadline{10'000};
+  std::chrono::milliseconds idle_deadline{120'000};  // between keep-alive requests
+  std::chrono::milliseconds write_deadline{10'000};  // each response
+  size_t max_connections = 20'000;  // beyond: accepted and closed at once (rejected_connections)
   int threads = 2;
 };
 
@@ -88,8 +90,7 @@ class HttpServer {
  public:
   // Binds every listen address and starts the threads. Errors name the option and value
   // (field "listen").
-  static Result<std::unique_ptr<HttpServer>> Start(HttpHandler& handler,
-                                                   HttpServerOptions options);
+  static Result<std::unique_ptr<HttpServer>> Start(HttpHandler& handler, HttpServerOptions options);
   ~HttpServer();  // Stop()
 
   // The bound addresses, in the order given: "127.0.0.1:40123" (the real port), "unix:/run/x".
@@ -100,6 +101,10 @@ class HttpServer {
   void StopAccepting();
   // Closes every connection (OnConnectionClosed for each) and joins the threads. Idempotent.
   void Stop();
+
+  // Connections open now, and those refused since Start because max_connections were open.
+  size_t open_connections() const;
+  uint64_t rejected_connections() const;
 
   struct Impl;
   explicit HttpServer(std::unique_ptr<Impl> impl);

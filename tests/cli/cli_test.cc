@@ -515,7 +515,7 @@ TEST_F(CliTest, MessagesANewUserMeetsNameTheProblem) {
   EXPECT_EQ(Cli({"--version"}), 0);
   EXPECT_THAT(out_, ::testing::MatchesRegex("laneguard [0-9]+\\.[0-9]+\\.[0-9]+\n"));
   EXPECT_EQ(Cli({"bogus"}), 2);
-  EXPECT_THAT(err_, HasSubstr("unknown command 'bogus' (commands: run, batch, config)"));
+  EXPECT_THAT(err_, HasSubstr("unknown command 'bogus' (commands: run, batch, serve, config)"));
   EXPECT_EQ(Cli({"config", "chek", "x.json"}), 2);
   EXPECT_THAT(err_, HasSubstr("laneguard config: unknown command 'chek' (commands: check, print)"));
   EXPECT_EQ(Cli({"run", "--log-level", "verbose", "--", "true"}), 2);

@@ -19,7 +19,8 @@ ALLOWED = {
     "worker": {"base", "core", "trace", "observe"},
     "process": {"base", "core", "trace", "observe", "worker"},
     "exporters": {"base", "core", "trace", "observe", "worker", "process"},
-    "cli": {"base", "core", "trace", "observe", "worker", "process", "exporters"},
+    "server": {"base", "core", "trace", "observe", "worker", "process", "exporters"},
+    "cli": {"base", "core", "trace", "observe", "worker", "process", "exporters", "server"},
 }
 
 PUBLIC_TOP = {

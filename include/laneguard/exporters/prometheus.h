@@ -44,6 +44,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "laneguard/manager.h"
@@ -63,12 +64,30 @@ using SpanCountsSource = std::function<SpanCounts()>;
 // Reads `processor->stats()` at each scrape; the processor must outlive the collector.
 SpanCountsSource SpanCountsFrom(const BatchSpanProcessor* processor);
 
+// Families a program adds to the exposition (laneguard serve: its leases), read at each scrape.
+// Names must follow Prometheus' rules and not clash with laneguard's own; a counter's name ends in
+// _total. Labels stay bounded: never a task or lease id.
+struct ExtraSample {
+  std::vector<std::pair<std::string, std::string>> labels;
+  double value = 0;
+};
+struct ExtraFamily {
+  enum class Type { kCounter, kGauge };
+  std::string name;
+  std::string help;
+  Type type = Type::kCounter;
+  std::vector<ExtraSample> samples;
+};
+using ExtraFamiliesSource = std::function<std::vector<ExtraFamily>()>;
+
 struct PrometheusOptions {
   // Log lines by level (laneguard_log_lines_total); omitted when null.
   std::shared_ptr<const JsonLogger> logger;
   // Spans exported and dropped; omitted when empty. Called at each scrape, from the scraping
   // thread.
   SpanCountsSource span_counts;
+  // Called at each scrape, from the scraping thread; omitted when empty.
+  ExtraFamiliesSource extra_families;
   // Upper bounds of the histogram buckets in seconds, strictly increasing, finite and > 0 (+Inf is
   // implied). Calls run for up to defaultTimeoutMs (300 s) x escalation, hence the long tail.
   std::vector<double> duration_buckets_seconds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
