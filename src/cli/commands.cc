@@ -1306,6 +1306,10 @@ int ServeCommand(ServeFlags flags) {
                : sig == SIGTERM ? "SIGTERM"
                                 : "SIGQUIT");
   Drain(*service, manager, signals, drain);
+  // The release that ended the drain has freed its lease, but its answer may not be written yet:
+  // Stop would drop it, and the client would not know its release was taken.
+  (*server)->StopAccepting();
+  (*server)->WaitUntilAnswered(std::chrono::seconds(1));
   (*server)->Stop();
   service.reset();
   runtime.Finish();

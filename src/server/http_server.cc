@@ -248,6 +248,8 @@ struct HttpServer::Impl {
   std::shared_ptr<Gate> gate = std::make_shared<Gate>();
   std::atomic<uint64_t> next_id{1};
   std::atomic<uint64_t> rejected{0};
+  // Connections with a request received whose response is not yet written (WaitUntilAnswered).
+  std::atomic<int> answering{0};
   mutable internal::Mutex mu;
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections GUARDED_BY(mu);
   bool accepting GUARDED_BY(mu) = true;
@@ -387,12 +389,25 @@ class Connection : public std::enable_shared_from_this<Connection> {
     socket_.close(ignored);
     parser_.reset();
     server_.Forget(id_);
+    EndAnswer();
     if (pending) stop_.request_stop();
     if (handled_any_) server_.handler.OnConnectionClosed(id_);
   }
 
  private:
   enum class State { kReading, kHandling, kWriting, kIdle, kDraining, kClosed };
+
+  // From a request's arrival to its response written (or the connection closed).
+  void BeginAnswer() {
+    if (answering_) return;
+    answering_ = true;
+    server_.answering.fetch_add(1, std::memory_order_relaxed);
+  }
+  void EndAnswer() {
+    if (!answering_) return;
+    answering_ = false;
+    server_.answering.fetch_sub(1, std::memory_order_relaxed);
+  }
 
   void Arm(std::chrono::milliseconds timeout) {
     const uint64_t generation = ++timer_generation_;
@@ -519,6 +534,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     parser_.reset();
     Disarm();  // no deadline while the handler has it
     state_ = State::kHandling;
+    BeginAnswer();
     const uint64_t seq = ++seq_;
     if (!authorized) {
       HttpResponse response = ErrorResponse(
@@ -598,6 +614,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void SendError(HttpResponse response) {
     state_ = State::kHandling;
+    BeginAnswer();
     ++seq_;
     head_ = false;
     version_ = 11;
@@ -628,6 +645,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void OnWritten(boost::system::error_code ec) {
     response_ = {};
+    EndAnswer();
     // Once the client has closed its side there is nothing more to read: a read after the end
     // of the stream may never complete (Asio's edge-triggered epoll has reported it already).
     if (ec || peer_gone_) return Close();
@@ -677,6 +695,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool peer_gone_ = false;
   bool close_after_write_ = false;
   bool handled_any_ = false;
+  bool answering_ = false;  // counted in server_.answering
 };
 
 }  // namespace
@@ -850,6 +869,16 @@ void HttpServer::StopAccepting() {
     asio::post(listener->executor(), [task] { (*task)(); });
   }
   for (auto& f : done) f.wait();
+}
+
+bool HttpServer::WaitUntilAnswered(std::chrono::milliseconds timeout) {
+  // A shutdown path, once: polling keeps the connections' hot path free of a lock.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (impl_->answering.load(std::memory_order_relaxed) > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return true;
 }
 
 void HttpServer::Stop() {

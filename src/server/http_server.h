@@ -99,6 +99,10 @@ class HttpServer {
   int port() const;
   // New connections are refused from now on; open ones keep being served.
   void StopAccepting();
+  // Waits until every request received so far has its response written (or its connection
+  // closed), for at most `timeout`; true if so. Between StopAccepting and Stop it lets the last
+  // answers of a drain (the release that ended it) reach their clients: Stop drops pending writes.
+  bool WaitUntilAnswered(std::chrono::milliseconds timeout);
   // Closes every connection (OnConnectionClosed for each) and joins the threads. Idempotent.
   void Stop();
 

@@ -962,5 +962,30 @@ TEST(HttpServerTest, TwoThousandParkedConnectionsOnTwoThreads) {
   EXPECT_EQ(handler.violations(), 0);
 }
 
+// WaitUntilAnswered: a parked request is unanswered; once answered, an idle keep-alive
+// connection is not waited for, and the answer reaches the client before Stop.
+TEST(HttpServerTest, WaitUntilAnsweredWaitsForParkedRequestsNotIdleConnections) {
+  TestHandler handler;
+  auto server = MustStart(handler, Loopback());
+  ASSERT_NE(server, nullptr);
+  EXPECT_TRUE(server->WaitUntilAnswered(milliseconds(0)));
+  RawClient idle = RawClient::Tcp(server->port());
+  ASSERT_TRUE(idle.Send(Get("/echo")));
+  ASSERT_TRUE(idle.Read());  // answered, then idle on keep-alive
+  RawClient parked = RawClient::Tcp(server->port());
+  ASSERT_TRUE(parked.Send(Get("/park")));
+  ASSERT_TRUE(WaitUntil([&] { return handler.parked() == 1; }));
+  EXPECT_FALSE(server->WaitUntilAnswered(milliseconds(50)));
+  server->StopAccepting();
+  EXPECT_EQ(handler.ReleaseAll(), 1u);
+  EXPECT_TRUE(server->WaitUntilAnswered(milliseconds(10'000)));
+  server->Stop();
+  const auto r = parked.Read();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);
+  EXPECT_EQ(r->body, "released /park");
+  EXPECT_EQ(handler.violations(), 0);
+}
+
 }  // namespace
 }  // namespace laneguard::server
