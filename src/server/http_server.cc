@@ -58,6 +58,7 @@
 #include "laneguard/error.h"
 #include "laneguard/exporters/prometheus.h"
 #include "laneguard/internal/mutex.h"
+#include "server/json_writer.h"
 
 namespace laneguard::server {
 namespace {
@@ -82,45 +83,15 @@ constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 beast::string_view View(std::string_view s) { return {s.data(), s.size()}; }
 std::string_view View(beast::string_view s) { return {s.data(), s.size()}; }
 
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (const char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          std::array<char, 8> hex{};
-          std::snprintf(hex.data(), hex.size(), "\\u%04x", static_cast<unsigned>(c));
-          out += hex.data();
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
-}
-
 HttpResponse ErrorResponse(int status, std::string_view error, std::string_view message,
                            std::string_view field = {}) {
   HttpResponse response;
   response.status = status;
-  response.body = "{\"error\":" + JsonString(error);
-  if (!field.empty()) response.body += ",\"field\":" + JsonString(field);
-  response.body += ",\"message\":" + JsonString(message) + "}";
+  ObjectWriter body;
+  body.Str("error", error);
+  if (!field.empty()) body.Str("field", field);
+  body.Str("message", message);
+  response.body = std::move(body).Finish();
   return response;
 }
 
