@@ -209,6 +209,25 @@ TEST_F(RunServerTest, StopRequestedByTheDaemonStopsTheCommand) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
+// A daemon killed and restarted knows no lease of before: the run's next renewal gets 404, and
+// the run stops its command rather than run on without a slot.
+TEST_F(RunServerTest, ALeaseLostToADaemonRestartStopsTheCommand) {
+  StartDaemon(kConfig);
+  const std::string old_port = url_.substr(url_.rfind(':') + 1);
+  const std::string ready = Path("ready");
+  const auto start = Steady::now();
+  const pid_t run = StartRun("run", {"--ttl", "3s", "--timeout", "60s", "--", "sh", "-c",
+                                     "touch " + ready + "; exec sleep 30"});
+  ASSERT_TRUE(AwaitFile(ready));
+  kill(daemon_, SIGKILL);
+  waitpid(daemon_, nullptr, 0);
+  daemon_ = -1;
+  StartDaemon(kConfig, {"--listen", "127.0.0.1:" + old_port});
+  EXPECT_EQ(Reap(run), 125) << Slurp(Path("run.stderr"));
+  EXPECT_LT(Steady::now() - start, 15s);
+  EXPECT_THAT(Slurp(Path("run.stderr")), HasSubstr("the lease is gone on the daemon"));
+}
+
 TEST_F(RunServerTest, RefusedAtOnceOnAFullLane) {
   StartDaemon(kConfig);
   const std::string ready = Path("ready");
