@@ -99,21 +99,26 @@ Result<ServerAddress> ParseServerAddress(std::string_view text) {
 }
 
 Result<std::string> ReadTokenFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) {
-    const int error = errno != 0 ? errno : ENOENT;
+  std::FILE* f = std::fopen(path.c_str(), "re");
+  if (f == nullptr) {
+    const int error = errno;
     return Error(ErrorCodeForErrno(error), "--token-file", path,
                  "--token-file " + path + ": " + std::generic_category().message(error));
   }
-  std::ostringstream text;
-  text << in.rdbuf();
-  std::string token = text.str();
+  // Bounded: the wrong file (/dev/zero, a log) is an error, not a read without end.
+  constexpr size_t kMaxTokenBytes = 4096;
+  std::string token(kMaxTokenBytes + 1, '\0');
+  token.resize(std::fread(token.data(), 1, token.size(), f));
+  std::fclose(f);
   const auto space = [](char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; };
   while (!token.empty() && space(token.back())) token.pop_back();
   token.erase(0, std::find_if_not(token.begin(), token.end(), space) - token.begin());
-  if (token.empty() || token.find_first_of("\r\n") != std::string::npos)
+  if (token.empty() || token.size() > kMaxTokenBytes ||
+      token.find_first_of(" \t\r\n") != std::string::npos) {
     return Error(ErrorCode::kInvalidArgument, "--token-file", path,
-                 "--token-file " + path + ": expected one line holding the token");
+                 "--token-file " + path + ": expected one line holding the token (no spaces, " +
+                     "at most 4096 bytes)");
+  }
   return token;
 }
 
