@@ -204,9 +204,12 @@ TEST_F(UpdateConfigTest, LoweredLimitHandsOnToWaitersOnlyBelowTheNewLimit) {
 TEST_F(UpdateConfigTest, ALoweredQueueLimitRefusesNothingAlreadyQueued) {
   Config c = Lanes(1, 2, 8);
   c.lane_queue_limits = {{"a", 3}};
+  // Declared before the manager: what they hold at the end is released, and what still waits is
+  // refused, into answers that are still alive (a slot granted into a destroyed answer would keep
+  // the manager's state alive: LeakSanitizer).
+  Answer w1, w2, w3, late;
   auto m = Make(c);
   Result<Slot> held = m->TryAcquire("t", "a");
-  Answer w1, w2, w3;
   m->AcquireAsync("t1", "a", {}, w1.Callback());
   m->AcquireAsync("t2", "a", {}, w2.Callback());
   m->AcquireAsync("t3", "a", {}, w3.Callback());
@@ -216,7 +219,6 @@ TEST_F(UpdateConfigTest, ALoweredQueueLimitRefusesNothingAlreadyQueued) {
   EXPECT_EQ(w1.calls + w2.calls + w3.calls, 0);
   EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("a").queued, 3);
   EXPECT_EQ(m->GetConcurrencyStatus().lanes.at("a").queue_limit, 1);
-  Answer late;
   m->AcquireAsync("t4", "a", {}, late.Callback());
   ASSERT_EQ(late.calls, 1);
   EXPECT_EQ(late.reason(), RejectReason::kQueueFull);

@@ -883,6 +883,12 @@ double CpuSeconds() {
 }
 
 TEST(HttpServerTest, OutOfDescriptorsBacksOffThenServes) {
+#ifdef LANEGUARD_TEST_UBSAN
+  // UBSan's vptr check tests whether memory is readable through a pipe it opens: with no
+  // descriptor left that fails, and it reports a valid type_info as an invalid object. The test
+  // runs in the plain and the ThreadSanitizer builds.
+  GTEST_SKIP() << "needs descriptors to be exhausted, which UBSan's own checks cannot survive";
+#endif
   TestHandler handler;
   auto server = MustStart(handler, Loopback());
   ASSERT_NE(server, nullptr);
