@@ -216,7 +216,9 @@ TEST_F(RunServerTest, ALeaseLostToADaemonRestartStopsTheCommand) {
   const std::string old_port = url_.substr(url_.rfind(':') + 1);
   const std::string ready = Path("ready");
   const auto start = Steady::now();
-  const pid_t run = StartRun("run", {"--ttl", "3s", "--timeout", "60s", "--", "sh", "-c",
+  // A TTL of 6 s: renewals every 2 s, and 3 s of failed renewals before the run gives up on
+  // its own, so a slow restart (a sanitizer build) still ends in the 404 this test is about.
+  const pid_t run = StartRun("run", {"--ttl", "6s", "--timeout", "60s", "--", "sh", "-c",
                                      "touch " + ready + "; exec sleep 30"});
   ASSERT_TRUE(AwaitFile(ready));
   kill(daemon_, SIGKILL);

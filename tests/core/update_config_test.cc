@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "laneguard/manager.h"
+#include "support/acquire_answer.h"
 #include "support/fake_memory_probe.h"
 
 namespace laneguard {
@@ -28,20 +29,7 @@ using ::testing::HasSubstr;
 
 constexpr int64_t kNanosPerMs = 1'000'000;
 
-// What an AcquireAsync callback was given, and how many times it was called (single-threaded
-// tests: the callback runs on the thread that decides the request).
-struct Answer {
-  int calls = 0;
-  std::optional<Result<Slot>> result;
-  AcquireCallback Callback() {
-    return [this](Result<Slot> r) {
-      ++calls;
-      result.emplace(std::move(r));
-    };
-  }
-  bool granted() const { return result && result->ok(); }
-  RejectReason reason() const { return result->error().rejection()->reason; }
-};
+using testing_support::Answer;
 
 RejectReason ReasonOf(const Result<Slot>& r) { return r.error().rejection()->reason; }
 

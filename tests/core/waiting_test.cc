@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "laneguard/manager.h"
+#include "support/acquire_answer.h"
 #include "support/fake_memory_probe.h"
 
 namespace laneguard {
@@ -22,19 +23,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Collects what an AcquireAsync callback was given, and how many times it was called.
-struct Answer {
-  int calls = 0;
-  std::optional<Result<Slot>> result;
-  AcquireCallback Callback() {
-    return [this](Result<Slot> r) {
-      ++calls;
-      result.emplace(std::move(r));
-    };
-  }
-  bool granted() const { return result && result->ok(); }
-  RejectReason reason() const { return result->error().rejection()->reason; }
-};
+using testing_support::Answer;
 
 class WaitingTest : public ::testing::Test {
  protected:
